@@ -1,0 +1,437 @@
+//! [`Cmd`]: a builder around `std::process::Command` that every external
+//! program in kiln goes through.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::interrupt::interrupted;
+use crate::tools::{find_tool, which};
+
+/// How many stderr lines an error quotes.
+const TAIL_LINES: usize = 40;
+/// How long a child gets between SIGTERM and SIGKILL after an interruption.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// What went wrong running an external program.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    #[error("`{tool}` is not installed (Debian package: {package}); run `kiln doctor` to see every missing tool")]
+    NotFound { tool: String, package: String },
+    #[error("`{tool}` is not in kiln's tool registry (kiln_exec::TOOLS); add it there so `kiln doctor` lists it")]
+    Unregistered { tool: String },
+    #[error("starting `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` {status}{}", tail_block(.tail))]
+    Failed { command: String, status: String, tail: String },
+    #[error("interrupted{}", if .command.is_empty() { String::new() } else { format!(" while running `{}`", .command) })]
+    Interrupted { command: String },
+    #[error("reading output of `{command}`")]
+    Io {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ExecError {
+    /// Whether this error is an interruption (exit code 130 at the top).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, ExecError::Interrupted { .. })
+    }
+}
+
+fn tail_block(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; last lines of its output:\n{}", tail.trim_end())
+    }
+}
+
+/// The captured result of a successful run.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    /// The last lines of stderr (and of stdout when it was streamed).
+    pub tail: String,
+}
+
+impl Output {
+    pub fn stdout_string(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+type LineSink = Box<dyn FnMut(&str) + Send>;
+
+/// A command to run. Build it, then call [`Cmd::run`] or one of its variants.
+pub struct Cmd {
+    program: String,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    stdin: Option<Vec<u8>>,
+    log: Option<PathBuf>,
+    on_line: Option<LineSink>,
+    capture_stdout: bool,
+}
+
+impl Cmd {
+    /// A command running `program`, which must be listed in [`crate::TOOLS`].
+    pub fn new(program: &str) -> Self {
+        Cmd {
+            program: program.to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            cwd: None,
+            stdin: None,
+            log: None,
+            on_line: None,
+            capture_stdout: true,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Feeds these bytes on stdin (otherwise stdin is null).
+    pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Appends everything the child prints (stdout and stderr) to this file.
+    pub fn log_to(mut self, path: impl AsRef<Path>) -> Self {
+        self.log = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// Streams stdout and stderr line by line to `sink` instead of capturing
+    /// stdout; the error still quotes the tail of both.
+    pub fn on_line(mut self, sink: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_line = Some(Box::new(sink));
+        self.capture_stdout = false;
+        self
+    }
+
+    /// The command line, shell-quoted, as errors and logs show it.
+    pub fn display(&self) -> String {
+        std::iter::once(OsStr::new(&self.program))
+            .chain(self.args.iter().map(|a| a.as_os_str()))
+            .map(|a| shell_quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs to completion; a non-zero exit is an error.
+    pub fn run(self) -> Result<Output, ExecError> {
+        let (status, output, command) = self.run_inner()?;
+        if status.success() {
+            Ok(output)
+        } else {
+            Err(ExecError::Failed { command, status: describe(status), tail: output.tail })
+        }
+    }
+
+    /// Runs to completion and returns stdout as a string, trimmed of the
+    /// final newline.
+    pub fn run_string(self) -> Result<String, ExecError> {
+        let out = self.run()?;
+        let mut s = out.stdout_string();
+        if s.ends_with('\n') {
+            s.pop();
+        }
+        Ok(s)
+    }
+
+    /// Runs to completion and returns the exit status whatever it is (for
+    /// tools whose non-zero exit is an answer, like `e2fsck -n`).
+    pub fn run_status(self) -> Result<(ExitStatus, Output), ExecError> {
+        let (status, output, _) = self.run_inner()?;
+        Ok((status, output))
+    }
+
+    fn run_inner(self) -> Result<(ExitStatus, Output, String), ExecError> {
+        let command = self.display();
+        let tool = find_tool(&self.program).ok_or_else(|| ExecError::Unregistered { tool: self.program.clone() })?;
+        let path = which(tool.name)
+            .ok_or_else(|| ExecError::NotFound { tool: tool.name.to_owned(), package: tool.package.to_owned() })?;
+        if interrupted() {
+            return Err(ExecError::Interrupted { command });
+        }
+        tracing::debug!(target: "kiln::exec", "running {command}");
+
+        #[allow(clippy::disallowed_methods)] // this is the one sanctioned call site
+        let mut std_cmd = std::process::Command::new(&path);
+        std_cmd
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(cwd) = &self.cwd {
+            std_cmd.current_dir(cwd);
+        }
+        crate::cmd::sys::detach_into_group(&mut std_cmd);
+        let mut child = std_cmd.spawn().map_err(|source| ExecError::Spawn { command: command.clone(), source })?;
+
+        if let Some(bytes) = self.stdin {
+            let mut stdin = child.stdin.take().expect("stdin is piped");
+            // A writer thread, so a child that prints before it reads cannot deadlock us.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            });
+        }
+
+        let log = match &self.log {
+            Some(p) => Some(Arc::new(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|source| ExecError::Io { command: command.clone(), source })?,
+            ))),
+            None => None,
+        };
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let sink = self.on_line.map(|s| Arc::new(Mutex::new(s)));
+
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let out_reader = if self.capture_stdout {
+            let log = log.clone();
+            std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+                let mut buf = Vec::new();
+                BufReader::new(stdout).read_to_end(&mut buf)?;
+                if let Some(log) = log {
+                    let _ = log.lock().unwrap().write_all(&buf);
+                }
+                Ok(buf)
+            })
+        } else {
+            let (log, tail, sink) = (log.clone(), Arc::clone(&tail), sink.clone());
+            std::thread::spawn(move || {
+                pump_lines(stdout, log, tail, sink)?;
+                Ok(Vec::new())
+            })
+        };
+        let err_reader = {
+            let (log, tail, sink) = (log.clone(), Arc::clone(&tail), sink.clone());
+            std::thread::spawn(move || pump_lines(stderr, log, tail, sink))
+        };
+
+        let status = wait_interruptibly(&mut child, &command)?;
+        let stdout = out_reader
+            .join()
+            .expect("stdout reader panicked")
+            .map_err(|source| ExecError::Io { command: command.clone(), source })?;
+        err_reader
+            .join()
+            .expect("stderr reader panicked")
+            .map_err(|source| ExecError::Io { command: command.clone(), source })?;
+        let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        if interrupted() {
+            return Err(ExecError::Interrupted { command });
+        }
+        Ok((status, Output { stdout, tail: tail.join("\n") }, command))
+    }
+}
+
+fn pump_lines(
+    stream: impl Read,
+    log: Option<Arc<Mutex<std::fs::File>>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    sink: Option<Arc<Mutex<LineSink>>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if reader.read_until(b'\n', &mut raw)? == 0 {
+            return Ok(());
+        }
+        if let Some(log) = &log {
+            let _ = log.lock().unwrap().write_all(&raw);
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches(['\n', '\r']);
+        {
+            let mut t = tail.lock().unwrap();
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line.to_owned());
+        }
+        if let Some(sink) = &sink {
+            (sink.lock().unwrap())(line);
+        }
+    }
+}
+
+/// Waits for `child`; on interruption sends SIGTERM to its process group,
+/// then SIGKILL after a grace period, and reaps it either way.
+fn wait_interruptibly(child: &mut Child, command: &str) -> Result<ExitStatus, ExecError> {
+    let io = |source| ExecError::Io { command: command.to_owned(), source };
+    let mut signalled: Option<Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait().map_err(io)? {
+            return Ok(status);
+        }
+        match signalled {
+            None if interrupted() => {
+                sys::signal_group(child.id(), libc::SIGTERM);
+                signalled = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() > KILL_GRACE => {
+                sys::signal_group(child.id(), libc::SIGKILL);
+                return child.wait().map_err(io);
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "failed".to_owned(),
+    }
+}
+
+/// Quotes `s` for a POSIX shell when it contains anything unusual.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[allow(unsafe_code)]
+mod sys {
+    //! The only unsafe code in kiln: `pre_exec` and `kill(2)`.
+    use std::os::unix::process::CommandExt;
+
+    /// Puts the child in its own process group (so an interruption can stop
+    /// it and all its descendants at once) and asks the kernel to kill it if
+    /// kiln dies without cleaning up.
+    pub(super) fn detach_into_group(cmd: &mut std::process::Command) {
+        // SAFETY: setpgid and prctl are async-signal-safe and touch no
+        // memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    pub(super) fn signal_group(pid: u32, sig: libc::c_int) {
+        // SAFETY: plain syscall; a stale pid group only yields ESRCH.
+        unsafe {
+            libc::kill(-(pid as libc::pid_t), sig);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_stdout() {
+        let out = Cmd::new("sh").args(["-c", "echo hello; echo oops >&2"]).run().unwrap();
+        assert_eq!(out.stdout_string(), "hello\n");
+        assert_eq!(out.tail, "oops");
+    }
+
+    #[test]
+    fn failure_quotes_command_and_stderr_tail() {
+        let err = Cmd::new("sh").args(["-c", "echo first >&2; echo 'the reason' >&2; exit 3"]).run().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`sh -c 'echo first >&2; echo '\\''the reason'\\'' >&2; exit 3'`"), "{msg}");
+        assert!(msg.contains("exited with status 3"), "{msg}");
+        assert!(msg.ends_with("first\nthe reason"), "{msg}");
+    }
+
+    #[test]
+    fn stdin_is_null_unless_given() {
+        let out = Cmd::new("sh").args(["-c", "cat"]).run().unwrap();
+        assert!(out.stdout.is_empty());
+        let out = Cmd::new("sh").args(["-c", "cat"]).stdin_bytes("fed").run().unwrap();
+        assert_eq!(out.stdout_string(), "fed");
+    }
+
+    #[test]
+    fn unregistered_tool_is_refused() {
+        let err = Cmd::new("ls").run().unwrap_err();
+        assert!(matches!(err, ExecError::Unregistered { .. }), "{err}");
+    }
+
+    #[test]
+    fn streams_lines_and_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        Cmd::new("sh")
+            .args(["-c", "echo a; echo b >&2; echo c"])
+            .log_to(&log)
+            .on_line(move |l| seen2.lock().unwrap().push(l.to_owned()))
+            .run()
+            .unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("plain-arg_1.0"), "plain-arg_1.0");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,90 @@
+//! The registry of every external program kiln may run, with the Debian
+//! package that provides it. `kiln doctor` prints this table, and [`crate::Cmd`]
+//! refuses programs that are not listed, so the table cannot drift from the code.
+
+use std::path::PathBuf;
+
+/// An external program kiln calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tool {
+    /// Name looked up on `PATH`.
+    pub name: &'static str,
+    /// Debian package that ships it.
+    pub package: &'static str,
+    /// What kiln uses it for, shown by `kiln doctor`.
+    pub purpose: &'static str,
+    /// Needed only by the test suites, not by `kiln build`.
+    pub test_only: bool,
+}
+
+const fn tool(name: &'static str, package: &'static str, purpose: &'static str) -> Tool {
+    Tool { name, package, purpose, test_only: false }
+}
+
+const fn test_tool(name: &'static str, package: &'static str, purpose: &'static str) -> Tool {
+    Tool { name, package, purpose, test_only: true }
+}
+
+/// Every program kiln runs. Keep sorted by purpose group, then name.
+pub const TOOLS: &[Tool] = &[
+    tool("mmdebstrap", "mmdebstrap", "bootstrap Debian/Ubuntu root trees"),
+    tool("unshare", "util-linux", "private mount namespaces for chroots and mounts"),
+    tool("chroot", "coreutils", "run customisation steps inside the image tree"),
+    tool("sh", "dash", "run generated helper scripts"),
+    tool("dpkg-query", "dpkg", "list the packages installed in the image"),
+    tool("mke2fs", "e2fsprogs", "create ext4 filesystems populated from the tree"),
+    tool("debugfs", "e2fsprogs", "read ext4 filesystems without mounting them"),
+    tool("mkfs.xfs", "xfsprogs", "create XFS filesystems"),
+    tool("xfs_db", "xfsprogs", "read XFS filesystems without mounting them"),
+    tool("mount", "mount", "loop-mount filesystems that cannot be populated from a directory"),
+    tool("losetup", "mount", "attach disk files to loop devices"),
+    tool("qemu-img", "qemu-utils", "convert and compress disk images"),
+    tool("git", "git", "record the commit of the spec's repository"),
+    test_tool("sfdisk", "fdisk", "oracle: verify partition tables"),
+    test_tool("e2fsck", "e2fsprogs", "oracle: verify ext4 filesystems"),
+    test_tool("xfs_repair", "xfsprogs", "oracle: verify XFS filesystems"),
+    test_tool("blkid", "util-linux", "oracle: read filesystem labels and UUIDs"),
+    test_tool("partx", "util-linux", "tests: create partition nodes for loop devices"),
+    test_tool("shellcheck", "shellcheck", "tests: lint generated shell scripts"),
+];
+
+/// Looks a program up in [`TOOLS`].
+pub fn find_tool(name: &str) -> Option<&'static Tool> {
+    TOOLS.iter().find(|t| t.name == name)
+}
+
+/// Finds `name` on `PATH` (plus the sbin directories, which a non-root
+/// `PATH` often lacks although root runs kiln).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = TOOLS.iter().map(|t| t.name).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a tool is listed twice");
+    }
+
+    #[test]
+    fn finds_sh_on_path() {
+        assert!(which("sh").is_some());
+        assert!(which("kiln-no-such-tool").is_none());
+    }
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything kiln and its test suites call, on Debian 12 (bookworm), as root.
+# Safe to run again: it only adds what is missing.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps.sh: run as root (it calls apt-get)" >&2
+  exit 1
+fi
+
+# qemu-system-x86 must come from bookworm-backports so that it matches the
+# backports qemu-utils; add that suite next to the host's own Debian mirror.
+mirror_uri() {
+  local uri
+  uri=$(awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list)
+  fi
+  echo "$uri"
+}
+if ! grep -rqsE 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  uri=$(mirror_uri)
+  if [ -z "$uri" ]; then
+    echo "install-deps.sh: no Debian mirror found in /etc/apt/sources.list*; add one first" >&2
+    exit 1
+  fi
+  cat > /etc/apt/sources.list.d/kiln-backports.sources <<SRC
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+  mmdebstrap debian-archive-keyring arch-test \
+  e2fsprogs xfsprogs dosfstools btrfs-progs fdisk gdisk util-linux mount \
+  grub-pc-bin grub-efi-amd64-bin grub-common \
+  genisoimage shellcheck git ca-certificates curl rsync zstd xz-utils time \
+  build-essential pkg-config
+apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
+apt-get install -y -q --no-install-recommends ovmf
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    apt-get install -y -q --no-install-recommends cargo rustc
+  fi
+fi
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add clippy rustfmt >/dev/null 2>&1 || true
+fi
