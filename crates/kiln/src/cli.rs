@@ -1,0 +1,135 @@
+//! Command-line types. One struct per subcommand; `commands` hands each to
+//! the libraries. Kept public so tests can parse argv.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kiln bakes bootable Linux disk images from one declarative spec, without a
+/// VM, checks them against their target's contract, and ships them.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More output: -v logs every external command kiln runs.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+const EXAMPLES: &str = "Examples:
+  kiln plan examples/debian-12-ovh-byol.toml       what a build would do
+  kiln build examples/debian-12-ovh-byol.toml --out out
+  kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
+  kiln inspect out/debian-12-byol-1.0.0.qcow2
+  kiln doctor                                      which tools are missing";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build every target of a spec (needs root; no VM, no KVM).
+    Build(BuildArgs),
+    /// Print the stages a build would run, with their input hashes; runs nothing.
+    Plan(PlanArgs),
+    /// Check an image against a target's contract, rule by rule (exit 1 if any rule fails).
+    Check(CheckArgs),
+    /// Show an image's partitions, filesystems, kernel, packages and embedded manifest.
+    Inspect(InspectArgs),
+    /// Print the JSON Schema of the spec format.
+    Schema,
+    /// List every external tool kiln calls, found or missing, with its Debian package.
+    Doctor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Progress per stage with elapsed time.
+    Human,
+    /// One JSON object per line: a stage-start and a stage-end event per stage.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The spec file (TOML).
+    pub spec: PathBuf,
+    /// Output directory for images, checksums, manifest.json and the build log.
+    #[arg(short, long, default_value = "out")]
+    pub out: PathBuf,
+    /// Where to put the scratch root tree and raw disk (default: inside --out).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the scratch directory after the build, for debugging.
+    #[arg(long)]
+    pub keep_work: bool,
+    /// How to report progress.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The spec file (TOML).
+    pub spec: PathBuf,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckTarget {
+    /// OVHcloud Bring Your Own Linux (byolinux_64).
+    #[value(name = "ovh-byol")]
+    OvhByol,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The image file (qcow2 or raw).
+    pub image: PathBuf,
+    /// Whose contract to check.
+    #[arg(long, value_enum)]
+    pub target: CheckTarget,
+    /// The server's RAM, e.g. 32GiB: adds the rule "image smaller than RAM − 3 GiB".
+    #[arg(long, value_parser = parse_size)]
+    pub ram: Option<u64>,
+    /// The efiBootloaderPath you will send to the API (default: from the embedded manifest).
+    #[arg(long)]
+    pub efi_bootloader_path: Option<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image file (qcow2 or raw).
+    pub image: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    kiln_spec::parse_size(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_check_with_ram() {
+        let cli = Cli::try_parse_from(["kiln", "check", "x.qcow2", "--target", "ovh-byol", "--ram", "32GiB"]).unwrap();
+        match cli.command {
+            Command::Check(c) => assert_eq!(c.ram, Some(32 << 30)),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["kiln", "check", "x", "--target", "ovh-byol", "--ram", "lots"]).is_err());
+    }
+}

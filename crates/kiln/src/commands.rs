@@ -1,0 +1,135 @@
+//! Dispatch: one function per subcommand, each a thin call into a library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{BuildArgs, CheckArgs, CheckTarget, Cli, Command, InspectArgs, LogFormat, PlanArgs};
+use crate::progress;
+
+pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Build(args) => build(args),
+        Command::Plan(args) => plan(args),
+        Command::Check(args) => check(args),
+        Command::Inspect(args) => inspect(args),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => Ok(doctor()),
+    }
+}
+
+fn load_plan(spec: &std::path::Path) -> Result<kiln_build::Plan> {
+    let loaded = kiln_spec::load(spec)?;
+    kiln_build::plan(&loaded, kiln_build::tool_versions())
+}
+
+fn build(args: BuildArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let plan = load_plan(&args.spec)?;
+    let reporter: Arc<dyn kiln_build::Reporter> = match args.log_format {
+        LogFormat::Human => Arc::new(progress::Bars::new(&plan)),
+        LogFormat::Json => Arc::new(progress::JsonLines),
+    };
+    let opts = kiln_build::BuildOptions { out_dir: args.out.clone(), work_dir: args.work_dir, keep_work: args.keep_work };
+    let result = kiln_build::build(&plan, &opts, Arc::clone(&reporter));
+    progress::finish(args.log_format, result.is_ok(), started.elapsed());
+    let output = result?;
+    if args.log_format == LogFormat::Human {
+        for a in &output.artifacts {
+            println!("built {}", a.display());
+        }
+        println!("manifest {}", output.manifest.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(args: PlanArgs) -> Result<ExitCode> {
+    let plan = load_plan(&args.spec)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("plan for {} {} (spec {})", plan.name, plan.version, plan.spec_hash.short());
+    for (i, stage) in plan.stages.iter().enumerate() {
+        println!("\n{}. {}  [{}]", i + 1, stage.id, stage.hash.short());
+        for a in &stage.actions {
+            println!("   - {a}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    use kiln_build::targets::ovh_byol::check;
+    let results = match args.target {
+        CheckTarget::OvhByol => check::check_image(
+            &args.image,
+            &check::CheckOptions { ram: args.ram, efi_bootloader_path: args.efi_bootloader_path.clone() },
+        )
+        .with_context(|| format!("checking {}", args.image.display()))?,
+    };
+    let failed = results.iter().filter(|r| !r.passed).count();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": args.image,
+                "target": "ovh-byol",
+                "passed": failed == 0,
+                "rules": results,
+            }))?
+        );
+    } else {
+        for r in &results {
+            println!("{} {:<28} {}", if r.passed { "PASS" } else { "FAIL" }, r.id, r.reason);
+        }
+        println!(
+            "\n{}: {} of {} rules passed",
+            if failed == 0 { "image meets the ovh-byol contract" } else { "image does NOT meet the ovh-byol contract" },
+            results.len() - failed,
+            results.len()
+        );
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn inspect(args: InspectArgs) -> Result<ExitCode> {
+    let report = kiln_disk::inspect::inspect(&args.image).with_context(|| format!("inspecting {}", args.image.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn doctor() -> ExitCode {
+    let mut missing_build = 0;
+    println!("{:<12} {:<8} {:<14} {}", "tool", "status", "package", "used for");
+    for t in kiln_exec::TOOLS {
+        let found = kiln_exec::which(t.name);
+        if found.is_none() && !t.test_only {
+            missing_build += 1;
+        }
+        println!(
+            "{:<12} {:<8} {:<14} {}{}",
+            t.name,
+            if found.is_some() { "found" } else { "MISSING" },
+            t.package,
+            t.purpose,
+            if t.test_only { " (tests only)" } else { "" }
+        );
+    }
+    if missing_build == 0 {
+        println!("\nall tools kiln build needs are installed");
+        ExitCode::SUCCESS
+    } else {
+        println!("\n{missing_build} tool(s) kiln build needs are missing: apt-get install the packages above (or run scripts/install-deps.sh)");
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,242 @@
+//! Slow, real tests: real Debian builds with mmdebstrap against the Debian
+//! archive, checked with kiln's own `check` and `inspect` and with the
+//! reference tools. They need root and network access to a Debian mirror;
+//! `scripts/test.sh` runs them (`cargo test -- --ignored`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn kiln() -> Command {
+    #[allow(clippy::disallowed_methods)] // the binary under test
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.stdin(Stdio::null());
+    c
+}
+
+#[allow(clippy::disallowed_methods)] // test oracles
+fn tool(name: &str) -> Command {
+    let mut c = Command::new(name);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn example(name: &str) -> PathBuf {
+    repo_root().join("examples").join(name)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("command starts");
+    eprintln!("--- {:?} → {}", cmd, out.status);
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Mount points below `dir` as this process sees them.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy().into_owned();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_owned).collect()
+}
+
+fn loop_devices() -> String {
+    String::from_utf8_lossy(&run(tool("losetup").arg("-a")).stdout).into_owned()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) && !cmdline.contains("real_build") {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// Everything left in `out` besides expected files.
+fn leftovers(out: &Path) -> Vec<String> {
+    std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kiln-work") || n.ends_with(".part"))
+        .collect()
+}
+
+fn build_and_check(spec: &str, image: &str, fs: &str) {
+    let out = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let started = Instant::now();
+    let res = run(kiln().args(["build", "--log-format", "json", "--out"]).arg(out.path()).arg(example(spec)));
+    let log = text(&res);
+    assert!(res.status.success(), "build failed:\n{log}");
+    eprintln!("built {spec} in {:?}", started.elapsed());
+
+    // One JSON object per line, a start and an end per stage.
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&res.stdout).lines().map(|l| serde_json::from_str(l).expect("json event")).collect();
+    for stage in ["bootstrap", "customise", "ovh-byol/finalise", "ovh-byol/filesystem", "ovh-byol/disk", "ovh-byol/convert", "checksums"] {
+        assert!(events.iter().any(|e| e["event"] == "stage-start" && e["stage"] == stage), "no start for {stage}: {log}");
+        assert!(
+            events.iter().any(|e| e["event"] == "stage-end" && e["stage"] == stage && e["duration_s"].as_f64().is_some()),
+            "no end for {stage}: {log}"
+        );
+    }
+    let rss = events.last().unwrap()["peak_rss_kib"].as_u64().unwrap();
+    eprintln!("kiln peak RSS: {} MiB", rss / 1024);
+
+    let qcow = out.path().join(image);
+    assert!(qcow.is_file());
+    assert!(leftovers(out.path()).is_empty(), "{:?}", leftovers(out.path()));
+    assert!(mounts_below(out.path()).is_empty());
+
+    // Checksums verify with the reference tool.
+    let sums = run(tool("sha512sum").arg("-c").arg("SHA512SUMS").current_dir(out.path()));
+    assert!(sums.status.success(), "{}", text(&sums));
+    let side = run(tool("sha512sum").arg("-c").arg(format!("{image}.sha512")).current_dir(out.path()));
+    assert!(side.status.success(), "{}", text(&side));
+
+    // The manifest says what the issue asks.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let artifact = &manifest["artifacts"][0];
+    assert_eq!(artifact["path"], image);
+    assert_eq!(artifact["format"], "qcow2");
+    assert_eq!(artifact["size"].as_u64().unwrap(), std::fs::metadata(&qcow).unwrap().len());
+    assert_eq!(manifest["efiBootloaderPath"], "\\efi\\debian\\grubx64.efi");
+    assert_eq!(manifest["partitions"].as_array().unwrap().len(), 1);
+    assert_eq!(manifest["partitions"][0]["filesystem"], fs);
+    assert!(manifest["stages"].as_array().unwrap().len() >= 7);
+    assert!(manifest["git"]["commit"].as_str().is_some(), "spec is in a git repository");
+    let packages = manifest["packages"].as_array().unwrap();
+    for p in ["cloud-init", "mdadm", "lvm2", "grub-pc-bin", "grub-efi-amd64-bin", "linux-image-amd64", "curl"] {
+        assert!(packages.iter().any(|x| x["name"] == p), "{p} missing from manifest packages");
+    }
+    let payload = &manifest["ovhReinstall"];
+    assert_eq!(payload["operatingSystem"], "byolinux_64");
+    assert_eq!(payload["customizations"]["imageCheckSum"], artifact["sha512"]);
+
+    // qemu-img agrees it is a sane, compressed qcow2.
+    let info = run(tool("qemu-img").args(["check", "-f", "qcow2"]).arg(&qcow));
+    assert!(info.status.success(), "{}", text(&info));
+
+    // kiln's own contract check passes, also with enough RAM, and fails with too little.
+    let check = run(kiln().args(["check", "--target", "ovh-byol", "--json", "--ram", "32GiB"]).arg(&qcow));
+    assert!(check.status.success(), "{}", text(&check));
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(report["passed"], true);
+    let small = run(kiln().args(["check", "--target", "ovh-byol", "--ram", "3GiB"]).arg(&qcow));
+    assert_eq!(small.status.code(), Some(1), "{}", text(&small));
+
+    let inspect = run(kiln().args(["inspect", "--json"]).arg(&qcow));
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.contains("6.1.0-"), "no Debian 12 kernel in inspect output: {inspect}");
+    assert!(inspect.contains("efiBootloaderPath"), "no embedded manifest: {inspect}");
+}
+
+#[test]
+#[ignore = "slow: real Debian build (root, network to a Debian mirror)"]
+fn builds_and_checks_the_ext4_example() {
+    build_and_check("debian-12-ovh-byol.toml", "debian-12-byol-1.0.0.qcow2", "ext4");
+}
+
+#[test]
+#[ignore = "slow: real Debian build (root, network to a Debian mirror)"]
+fn builds_and_checks_the_xfs_example() {
+    build_and_check("debian-12-ovh-byol-xfs.toml", "debian-12-byol-xfs-1.0.0.qcow2", "xfs");
+}
+
+/// A spec in a temp dir whose `[[run]]` step fails after printing something.
+fn failing_spec(dir: &Path) -> PathBuf {
+    let spec = dir.join("fail.toml");
+    std::fs::write(
+        &spec,
+        "[image]\nname = \"fail\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+         [[run]]\nname = \"break on purpose\"\nscript = \"echo about to fail\\necho the-reason >&2\\nexit 3\"\n\
+         [targets.ovh-byol]\n",
+    )
+    .unwrap();
+    spec
+}
+
+#[test]
+#[ignore = "slow: real Debian bootstrap (root, network to a Debian mirror)"]
+fn a_failing_run_step_names_the_step_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let spec = failing_spec(dir.path());
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // An earlier build's output must survive a failed build.
+    std::fs::write(out.join("fail-1.qcow2"), "previous build").unwrap();
+    let loops_before = loop_devices();
+
+    let res = run(kiln().arg("build").arg("--out").arg(&out).arg(&spec));
+    let msg = text(&res);
+    assert_eq!(res.status.code(), Some(2), "{msg}");
+    assert!(msg.contains("break on purpose"), "error does not name the step: {msg}");
+    assert!(msg.contains("the-reason"), "error does not show the script's output tail: {msg}");
+    assert!(msg.contains("exited with status 3"), "{msg}");
+    assert!(msg.contains("stage customise failed"), "{msg}");
+
+    assert_eq!(std::fs::read_to_string(out.join("fail-1.qcow2")).unwrap(), "previous build");
+    assert!(!out.join("manifest.json").exists());
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    assert!(mounts_below(dir.path()).is_empty(), "{:?}", mounts_below(dir.path()));
+    assert_eq!(loop_devices(), loops_before);
+    assert!(processes_mentioning(&out.to_string_lossy()).is_empty());
+}
+
+#[test]
+#[ignore = "slow: real Debian bootstrap (root, network to a Debian mirror)"]
+fn sigint_during_bootstrap_cleans_up() {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let spec = failing_spec(dir.path());
+    let out = dir.path().join("out");
+    let loops_before = loop_devices();
+
+    let mut child = kiln()
+        .args(["build", "--log-format", "json", "--out"])
+        .arg(&out)
+        .arg(&spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until mmdebstrap is busy (it has mounted things inside its tree).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let busy = processes_mentioning("mmdebstrap").iter().any(|p| p.contains(&*out.to_string_lossy()));
+        if busy || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(child.try_wait().unwrap().is_none(), "build ended before it could be interrupted");
+    #[allow(clippy::disallowed_methods)]
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let res = child.wait_with_output().unwrap();
+    let msg = text(&res);
+    assert_eq!(res.status.code(), Some(130), "{msg}");
+    assert!(msg.contains("interrupted"), "{msg}");
+
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    assert!(mounts_below(dir.path()).is_empty(), "{:?}", mounts_below(dir.path()));
+    assert_eq!(loop_devices(), loops_before);
+    assert!(processes_mentioning(&out.to_string_lossy()).is_empty(), "{:?}", processes_mentioning(&out.to_string_lossy()));
+}
