@@ -3,3 +3,13 @@
 //! backends, customisation in a chroot, and the targets.
 
 pub mod targets;
+pub mod bootstrap;
+pub mod build;
+pub mod chroot;
+pub mod customise;
+pub mod hash;
+pub mod manifest;
+pub mod plan;
+
+pub use build::{build, BuildOptions, BuildOutput, Event, Quiet, Reporter};
+pub use plan::{plan, tool_versions, Plan, Stage, StageKind};

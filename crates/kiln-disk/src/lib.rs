@@ -1,2 +1,37 @@
 //! Disk images: partition tables (GPT/MBR), qcow2 reading, filesystem
 //! assembly and read-only inspection. This crate never spawns a chroot.
+//!
+//! Writing: [`layout`] places partitions, [`make_ext4`] / [`make_xfs`] build
+//! filesystems in place inside the disk file, [`write_partition_table`]
+//! writes the GPT or MBR. Reading: [`DiskImage`] opens raw or qcow2 files,
+//! [`read_partition_table`] and [`probe_filesystem`] find what is on them,
+//! [`open_filesystem`] gives a [`FsRead`] over ext4 or XFS without mounting,
+//! and [`inspect`] puts it all together.
+
+mod dpkg;
+mod error;
+mod fsread;
+mod image;
+pub mod inspect;
+pub mod mkfs;
+pub mod partition;
+mod probe;
+mod qcow2;
+mod table;
+
+pub use dpkg::{installed_packages, Package};
+pub use error::{Error, ErrorKind, Result};
+pub use fsread::{open_filesystem, FileKind, FileMeta, FsRead};
+pub use image::{DiskImage, Format};
+pub use inspect::{inspect, Inspection, RootInfo, Volume, MANIFEST_PATH};
+pub use mkfs::{make_ext4, make_xfs, tree_size, FsOptions};
+pub use partition::{
+    layout, mbr_signature, write_partition_table, Layout, PartKind, PartitionSpec, PlacedPartition, TableKind,
+    ALIGNMENT, SECTOR,
+};
+pub use probe::{probe_filesystem, FsInfo, FsType};
+pub use qcow2::{Compression, Qcow2Header};
+pub use table::{read_partition_table, PartType, Partition, PartitionTable};
+
+#[cfg(test)]
+mod testutil;

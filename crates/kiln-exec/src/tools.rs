@@ -46,6 +46,9 @@ pub const TOOLS: &[Tool] = &[
     test_tool("blkid", "util-linux", "oracle: read filesystem labels and UUIDs"),
     test_tool("partx", "util-linux", "tests: create partition nodes for loop devices"),
     test_tool("shellcheck", "shellcheck", "tests: lint generated shell scripts"),
+    test_tool("bash", "bash", "tests: run functions of generated bash scripts"),
+    tool("cp", "coreutils", "copy the tree into a loop-mounted XFS filesystem (inside a private mount namespace)"),
+    tool("umount", "mount", "unmount a loop-mounted filesystem before its loop device is detached"),
 ];
 
 /// Looks a program up in [`TOOLS`].

@@ -1,6 +1,26 @@
 //! kiln's image spec: the TOML types, parsing with source spans, semantic
-//! validation and the JSON Schema. This crate runs nothing.
+//! validation and the JSON Schema. This crate runs nothing: it reads the spec
+//! and checks that the files it names exist, and that is all.
+//!
+//! [`load`] is the entry point. Every error it returns renders as
+//! `file:line:col` with the offending line quoted and a hint
+//! ([`SpecError`]'s `Display`), and carries the same data structured
+//! ([`SpecError::diagnostics`]).
 
+mod decode;
+mod diagnostic;
+mod load;
 pub mod model;
+mod rules;
+mod schema;
+mod size;
+mod spans;
+mod validate;
 
+pub use diagnostic::{Diagnostic, DiagnosticKind, SpecError};
+pub use load::{load, parse_str, LoadedSpec};
 pub use model::*;
+pub use rules::parse_mode;
+pub use schema::json_schema;
+pub use size::{format_size, parse_size, Headroom, Size, GIB, KIB, MIB, TIB};
+pub use validate::{MAX_PARTITION_SIZE, MIN_BASE_CONTENT};

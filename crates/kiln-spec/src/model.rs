@@ -4,22 +4,32 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::size::{Headroom, Size, MIB};
+
 /// A kiln image spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    /// Name and version of the image.
     pub image: Image,
+    /// The distribution the image is bootstrapped from.
     pub base: Base,
+    /// Packages to install and remove.
     #[serde(default)]
     pub packages: Packages,
+    /// Files copied from the spec directory into the image.
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// Directories created in the image.
     #[serde(default)]
     pub directories: Vec<DirectoryEntry>,
+    /// Scripts run in a chroot of the image, in order, after files and packages.
     #[serde(default)]
     pub run: Vec<RunStep>,
+    /// Local users (not root: see `root`).
     #[serde(default)]
     pub users: Vec<User>,
+    /// The root account's password and SSH keys.
     #[serde(default)]
     pub root: Root,
     /// Static hostname written to /etc/hostname (cloud-init may override it at boot).
@@ -27,14 +37,19 @@ pub struct Spec {
     pub hostname: Option<String>,
     /// Time zone name from the tz database, e.g. "Europe/Paris". Default "Etc/UTC".
     #[serde(default)]
+    #[schemars(extend("default" = "Etc/UTC"))]
     pub timezone: Option<String>,
     /// Locale, e.g. "en_US.UTF-8". Default "C.UTF-8".
     #[serde(default)]
+    #[schemars(extend("default" = "C.UTF-8"))]
     pub locale: Option<String>,
+    /// systemd units to enable, disable or mask.
     #[serde(default)]
     pub services: Services,
+    /// Kernel package and command line.
     #[serde(default)]
     pub kernel: Kernel,
+    /// cloud-init settings.
     #[serde(default)]
     pub cloud_init: CloudInit,
     /// Output targets, keyed by target kind (e.g. `ovh-byol`).
@@ -42,10 +57,11 @@ pub struct Spec {
     pub targets: Targets,
 }
 
+/// Identity of the image, used in output names and the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
-    /// Image name: letters, digits, '.', '_' and '-'; used in output file names.
+    /// Image name: letters, digits, '.', '_', '+' and '-', not starting with '.' or '-'; used in output file names.
     pub name: String,
     /// Image version, e.g. "1.0.0"; used in output file names.
     pub version: String,
@@ -54,6 +70,7 @@ pub struct Image {
     pub source_date_epoch: Option<u64>,
 }
 
+/// A distribution family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Distro {
@@ -61,9 +78,11 @@ pub enum Distro {
     Ubuntu,
 }
 
+/// Where the root file system comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Base {
+    /// Distribution family, bootstrapped with mmdebstrap.
     pub distro: Distro,
     /// Release code name, e.g. "bookworm".
     pub release: String,
@@ -72,25 +91,32 @@ pub struct Base {
     pub mirror: Option<String>,
     /// Archive components. Default ["main"].
     #[serde(default)]
+    #[schemars(extend("default" = ["main"]))]
     pub components: Option<Vec<String>>,
     /// mmdebstrap variant. Default "important".
     #[serde(default)]
+    #[schemars(extend("default" = "important"))]
     pub variant: Option<String>,
     /// Architecture. Default "amd64".
     #[serde(default)]
+    #[schemars(extend("default" = "amd64"))]
     pub architecture: Option<String>,
     /// Extra apt sources available during the build and kept in the image.
     #[serde(default)]
     pub sources: Vec<AptSource>,
 }
 
+/// An extra apt source, written as a deb822 .sources file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AptSource {
     /// Name of the sources file: /etc/apt/sources.list.d/<name>.sources.
     pub name: String,
+    /// Archive URL (http, https or file).
     pub uri: String,
+    /// Suites, e.g. ["bookworm-backports"].
     pub suites: Vec<String>,
+    /// Components, e.g. ["main"].
     #[serde(default)]
     pub components: Vec<String>,
     /// ASCII-armoured or binary OpenPGP key file, relative to the spec file.
@@ -98,6 +124,7 @@ pub struct AptSource {
     pub key: Option<String>,
 }
 
+/// Packages to install and remove.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Packages {
@@ -109,6 +136,7 @@ pub struct Packages {
     pub remove: Vec<String>,
 }
 
+/// A file copied from the spec directory into the image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
@@ -118,12 +146,15 @@ pub struct FileEntry {
     pub dest: String,
     /// Octal mode as a string, e.g. "0644". Default "0644".
     #[serde(default)]
+    #[schemars(extend("default" = "0644"))]
     pub mode: Option<String>,
     /// "user:group" or "user". Default "root:root".
     #[serde(default)]
+    #[schemars(extend("default" = "root:root"))]
     pub owner: Option<String>,
 }
 
+/// A directory created in the image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryEntry {
@@ -131,9 +162,11 @@ pub struct DirectoryEntry {
     pub path: String,
     /// Octal mode as a string. Default "0755".
     #[serde(default)]
+    #[schemars(extend("default" = "0755"))]
     pub mode: Option<String>,
     /// "user:group" or "user". Default "root:root".
     #[serde(default)]
+    #[schemars(extend("default" = "root:root"))]
     pub owner: Option<String>,
 }
 
@@ -153,18 +186,23 @@ pub struct RunStep {
     pub file: Option<String>,
 }
 
+/// A local user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct User {
+    /// User name: lower-case letters, digits, `_` and `-`.
     pub name: String,
+    /// Supplementary groups; they must exist in the image.
     #[serde(default)]
     pub groups: Vec<String>,
     /// Login shell. Default "/bin/bash".
     #[serde(default)]
+    #[schemars(extend("default" = "/bin/bash"))]
     pub shell: Option<String>,
     /// Passwordless sudo (writes /etc/sudoers.d/<name>).
     #[serde(default)]
     pub sudo: bool,
+    /// Public keys for ~/.ssh/authorized_keys, one `TYPE BASE64 [COMMENT]` line each.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
     /// crypt(3) password hash; omitted means the password is locked.
@@ -175,6 +213,7 @@ pub struct User {
     pub locked: Option<bool>,
 }
 
+/// The root account.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Root {
@@ -184,32 +223,40 @@ pub struct Root {
     /// Lock root's password (the default when no hash is given).
     #[serde(default)]
     pub locked: Option<bool>,
+    /// Public keys for /root/.ssh/authorized_keys.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
 }
 
+/// systemd units.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Services {
+    /// Units to enable, e.g. "ssh" or "getty@ttyS0.service".
     #[serde(default)]
     pub enable: Vec<String>,
+    /// Units to disable.
     #[serde(default)]
     pub disable: Vec<String>,
+    /// Units to mask (link to /dev/null).
     #[serde(default)]
     pub mask: Vec<String>,
 }
 
+/// The kernel.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Kernel {
     /// Kernel package. Default "linux-image-amd64".
     #[serde(default)]
+    #[schemars(extend("default" = "linux-image-amd64"))]
     pub package: Option<String>,
     /// Extra kernel command line, appended to the target's defaults.
     #[serde(default)]
     pub cmdline: Vec<String>,
 }
 
+/// cloud-init settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInit {
@@ -222,20 +269,26 @@ pub struct CloudInit {
     pub default_user: Option<DefaultUser>,
 }
 
+/// cloud-init's default user, created at first boot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultUser {
+    /// The default user's name.
     pub name: String,
+    /// Supplementary groups.
     #[serde(default)]
     pub groups: Vec<String>,
     /// Login shell. Default "/bin/bash".
     #[serde(default)]
+    #[schemars(extend("default" = "/bin/bash"))]
     pub shell: Option<String>,
     /// Passwordless sudo. Default true.
     #[serde(default)]
+    #[schemars(extend("default" = true))]
     pub sudo: Option<bool>,
 }
 
+/// Output targets; at least one must be defined.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Targets {
@@ -243,6 +296,7 @@ pub struct Targets {
     pub ovh_byol: Option<OvhByolTarget>,
 }
 
+/// A file system type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Filesystem {
@@ -251,6 +305,7 @@ pub enum Filesystem {
     Xfs,
 }
 
+/// A partition table type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionTable {
@@ -269,12 +324,14 @@ pub struct OvhByolTarget {
     pub filesystem: Filesystem,
     /// Partition size, e.g. "4GiB", or "auto" (content plus headroom). Default "auto".
     #[serde(default)]
+    #[schemars(extend("default" = "auto"))]
     pub size: Option<String>,
     /// Partition table. Default "gpt".
     #[serde(default)]
     pub partition_table: PartitionTable,
     /// Compress the qcow2. Default true.
     #[serde(default)]
+    #[schemars(extend("default" = true))]
     pub compress: Option<bool>,
     /// EFI bootloader directory name under \efi\ (grub-install --bootloader-id). Default: the distro name.
     #[serde(default)]
@@ -282,4 +339,92 @@ pub struct OvhByolTarget {
     /// Extra free space in the filesystem when size is "auto", e.g. "512MiB". Default "25%" of content + 256MiB.
     #[serde(default)]
     pub headroom: Option<String>,
+}
+
+impl Spec {
+    /// The top-level sections, in file order; the keys `section_json` takes.
+    pub const SECTIONS: &'static [&'static str] = &[
+        "image",
+        "base",
+        "packages",
+        "files",
+        "directories",
+        "run",
+        "users",
+        "root",
+        "hostname",
+        "timezone",
+        "locale",
+        "services",
+        "kernel",
+        "cloud_init",
+        "targets",
+    ];
+
+    /// The canonical JSON of one top-level section (`"packages"`, `"files"`,
+    /// ...), for cache keys: the same spec gives the same JSON, byte for byte,
+    /// because the model holds no hash maps and serde_json writes struct
+    /// fields in declaration order. `Null` for a name not in [`Spec::SECTIONS`].
+    pub fn section_json(&self, section: &str) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut sections)) => {
+                sections.remove(section).unwrap_or_default()
+            }
+            // The model is plain data and always serialises to an object.
+            _ => serde_json::Value::Null,
+        }
+    }
+}
+
+impl Targets {
+    /// Every target kind kiln knows, as written under `[targets.*]`.
+    pub const KINDS: &'static [&'static str] = &["ovh-byol"];
+
+    /// The kinds this spec defines, in [`Targets::KINDS`] order.
+    pub fn defined(&self) -> Vec<&'static str> {
+        let Targets { ovh_byol } = self;
+        [ovh_byol.is_some()]
+            .into_iter()
+            .zip(Self::KINDS)
+            .filter_map(|(defined, kind)| defined.then_some(*kind))
+            .collect()
+    }
+}
+
+impl OvhByolTarget {
+    /// The partition size: `Some(bytes)` when fixed, `None` for "auto" (and
+    /// for an unparsable size, which `load` has already rejected).
+    pub fn partition_size(&self) -> Option<u64> {
+        match Size::parse(self.size.as_deref().unwrap_or("auto")) {
+            Ok(Size::Bytes(bytes)) => Some(bytes),
+            Ok(Size::Auto) | Err(_) => None,
+        }
+    }
+
+    /// The headroom the user asked for; `None` means the default, 25% of
+    /// the content plus 256 MiB (see [`OvhByolTarget::resolved_size`]).
+    pub fn headroom(&self) -> Option<Headroom> {
+        self.headroom
+            .as_deref()
+            .and_then(|h| Headroom::parse(h).ok())
+    }
+
+    /// The partition size to build for `content` bytes of files: the fixed
+    /// size, or for "auto" the content plus headroom, rounded up to whole MiB
+    /// so the partition stays aligned.
+    pub fn resolved_size(&self, content: u64) -> u64 {
+        if let Some(fixed) = self.partition_size() {
+            return fixed;
+        }
+        let extra = match self.headroom() {
+            Some(headroom) => headroom.extra(content),
+            None => Headroom::Percent(25)
+                .extra(content)
+                .saturating_add(256 * MIB),
+        };
+        content
+            .saturating_add(extra)
+            .div_ceil(MIB)
+            .saturating_mul(MIB)
+    }
 }

@@ -1,0 +1,180 @@
+//! The build manifest: what was built, from which spec and commit, with
+//! which tools and packages, and how to hand it to OVH's API. One copy is
+//! embedded in the image (without the artifacts, which do not exist yet) and
+//! the full one is written next to the outputs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kiln_exec::Cmd;
+use serde::Serialize;
+
+use crate::hash::Hash;
+use crate::plan::Plan;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    #[serde(rename = "manifestVersion")]
+    pub manifest_version: u32,
+    pub name: String,
+    pub version: String,
+    #[serde(rename = "kilnVersion")]
+    pub kiln_version: String,
+    pub spec: SpecInfo,
+    pub git: Option<GitInfo>,
+    pub stages: Vec<StageHash>,
+    pub tools: BTreeMap<String, String>,
+    pub packages: Vec<Package>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionInfo>,
+    #[serde(rename = "efiBootloaderPath", skip_serializing_if = "Option::is_none")]
+    pub efi_bootloader_path: Option<String>,
+    #[serde(rename = "ovhReinstall", skip_serializing_if = "Option::is_none")]
+    pub ovh_reinstall: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecInfo {
+    pub path: String,
+    pub hash: Hash,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GitInfo {
+    /// The commit, with `-dirty` appended when the work tree had changes.
+    pub commit: String,
+    pub dirty: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageHash {
+    pub id: String,
+    pub hash: Hash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifact {
+    pub target: String,
+    /// File name relative to the output directory.
+    pub path: String,
+    pub format: String,
+    pub size: u64,
+    pub sha512: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionInfo {
+    pub index: u32,
+    pub start: u64,
+    pub size: u64,
+    pub filesystem: String,
+    pub uuid: String,
+    #[serde(rename = "partitionTable")]
+    pub partition_table: String,
+}
+
+impl Manifest {
+    pub fn new(plan: &Plan, git: Option<GitInfo>, packages: Vec<Package>) -> Self {
+        Manifest {
+            manifest_version: 1,
+            name: plan.name.clone(),
+            version: plan.version.clone(),
+            kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
+            spec: SpecInfo { path: plan.spec_path.display().to_string(), hash: plan.spec_hash },
+            git,
+            stages: plan.stages.iter().map(|s| StageHash { id: s.id.clone(), hash: s.hash }).collect(),
+            tools: plan.tools.clone(),
+            packages,
+            artifacts: Vec::new(),
+            partitions: Vec::new(),
+            efi_bootloader_path: plan.ovh_byol.as_ref().map(|o| o.efi_bootloader_path.clone()),
+            ovh_reinstall: None,
+        }
+    }
+}
+
+/// The packages installed in `tree`, sorted by name.
+pub fn installed_packages(tree: &Path) -> Result<Vec<Package>> {
+    let out = Cmd::new("dpkg-query")
+        .arg(format!("--admindir={}", tree.join("var/lib/dpkg").display()))
+        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"])
+        .run_string()
+        .context("listing the packages installed in the image")?;
+    Ok(parse_dpkg_query(&out))
+}
+
+fn parse_dpkg_query(out: &str) -> Vec<Package> {
+    let mut pkgs: Vec<Package> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let status = f.next()?;
+            let name = f.next()?;
+            let version = f.next()?;
+            status.starts_with("ii").then(|| Package { name: name.to_owned(), version: version.to_owned() })
+        })
+        .collect();
+    pkgs.sort();
+    pkgs
+}
+
+/// The commit of the repository holding the spec, `-dirty` if it has
+/// uncommitted changes; `None` outside a repository or without git.
+pub fn git_info(spec_dir: &Path) -> Option<GitInfo> {
+    let head = Cmd::new("git").arg("-C").arg(spec_dir).args(["rev-parse", "HEAD"]).run_string().ok()?;
+    let status = Cmd::new("git").arg("-C").arg(spec_dir).args(["status", "--porcelain"]).run_string().ok()?;
+    let dirty = !status.trim().is_empty();
+    Some(GitInfo { commit: if dirty { format!("{head}-dirty") } else { head }, dirty })
+}
+
+/// A ready-to-send body for `POST /dedicated/server/{serviceName}/reinstall`
+/// (reference §1.8.2); fill in `imageURL` and, optionally, the rest.
+pub fn ovh_reinstall_template(efi_bootloader_path: &str, sha512: &str, file_name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "operatingSystem": "byolinux_64",
+        "customizations": {
+            "imageURL": format!("https://REPLACE-WITH-WHERE-YOU-HOST-IT/{file_name}"),
+            "imageCheckSum": sha512,
+            "imageCheckSumType": "sha512",
+            "efiBootloaderPath": efi_bootloader_path,
+            "hostname": "REPLACE-WITH-HOSTNAME",
+            "sshKey": "REPLACE-WITH-SSH-PUBLIC-KEY (optional)",
+            "configDriveUserData": "REPLACE-WITH-BASE64-CLOUD-CONFIG (optional)"
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_installed_packages() {
+        let out = "ii \tbash\t5.2.15-2+b7\nrc \told\t1.0\nii \tapt\t2.6.1\n";
+        assert_eq!(
+            parse_dpkg_query(out),
+            [
+                Package { name: "apt".into(), version: "2.6.1".into() },
+                Package { name: "bash".into(), version: "5.2.15-2+b7".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn reinstall_template_carries_checksum_and_efi_path() {
+        let v = ovh_reinstall_template("\\efi\\debian\\grubx64.efi", "abc", "x.qcow2");
+        assert_eq!(v["operatingSystem"], "byolinux_64");
+        assert_eq!(v["customizations"]["imageCheckSumType"], "sha512");
+        assert_eq!(v["customizations"]["efiBootloaderPath"], "\\efi\\debian\\grubx64.efi");
+        assert!(v["customizations"]["imageURL"].as_str().unwrap().ends_with("/x.qcow2"));
+    }
+}

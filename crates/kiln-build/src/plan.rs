@@ -1,0 +1,470 @@
+//! The stage graph: resolves a spec into concrete stages, each with a content
+//! hash of its inputs, without running anything but version probes.
+//!
+//! A stage's hash covers its own inputs and its parent's hash, so changing an
+//! input changes the hash of that stage and of every stage after it, and
+//! nothing before it: exactly the invalidation a stage cache needs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_spec::{Filesystem, LoadedSpec, PartitionTable, Spec};
+use serde::Serialize;
+
+use crate::bootstrap::{self, BootstrapRequest, ExtraSource};
+use crate::hash::{file_hash, Hash, Hasher};
+use crate::targets::ovh_byol;
+
+/// Bumped when kiln changes what a stage produces for the same inputs.
+const PIPELINE_VERSION: &str = "1";
+
+/// One input of a stage, named for `--explain` and the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageInput {
+    pub name: String,
+    pub hash: Hash,
+}
+
+/// What a stage is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageKind {
+    Bootstrap,
+    Customise,
+    Finalise,
+    Filesystem,
+    Disk,
+    Convert,
+    Checksums,
+}
+
+impl StageKind {
+    pub fn title(self) -> &'static str {
+        match self {
+            StageKind::Bootstrap => "bootstrap",
+            StageKind::Customise => "customise",
+            StageKind::Finalise => "finalise",
+            StageKind::Filesystem => "filesystem",
+            StageKind::Disk => "disk",
+            StageKind::Convert => "convert",
+            StageKind::Checksums => "checksums",
+        }
+    }
+}
+
+/// A node of the stage graph.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    /// Unique id, e.g. `bootstrap` or `ovh-byol/filesystem`.
+    pub id: String,
+    pub kind: StageKind,
+    /// The target this stage belongs to, for per-target stages.
+    pub target: Option<String>,
+    pub parent: Option<String>,
+    /// What the stage will do, one line each, for `kiln plan`.
+    pub actions: Vec<String>,
+    pub inputs: Vec<StageInput>,
+    pub hash: Hash,
+}
+
+/// Everything resolved for the `ovh-byol` target.
+#[derive(Debug, Clone, Serialize)]
+pub struct OvhByolPlan {
+    pub filesystem: Filesystem,
+    /// The target as written in the spec (sizes resolve through it).
+    pub target: kiln_spec::OvhByolTarget,
+    /// Partition size in bytes; `None` is automatic.
+    pub size: Option<u64>,
+    pub partition_table: PartitionTable,
+    pub compress: bool,
+    pub bootloader_id: String,
+    /// `efiBootloaderPath` as the OVH API wants it.
+    pub efi_bootloader_path: String,
+    /// Kernel command line for GRUB (target defaults plus the spec's).
+    pub cmdline: Vec<String>,
+    /// Output file name, e.g. `debian-12-byol-1.0.0.qcow2`.
+    pub file_name: String,
+}
+
+/// A resolved build: the stages and what each needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub version: String,
+    pub spec_path: PathBuf,
+    pub spec_dir: PathBuf,
+    pub spec_hash: Hash,
+    pub tools: BTreeMap<String, String>,
+    pub bootstrap: BootstrapRequest,
+    pub datasources: Vec<String>,
+    pub ovh_byol: Option<OvhByolPlan>,
+    pub stages: Vec<Stage>,
+    #[serde(skip)]
+    pub spec: Spec,
+}
+
+impl Plan {
+    pub fn stage(&self, id: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.id == id)
+    }
+}
+
+/// Versions of the tools whose output lands in the image; part of the hashes.
+pub fn tool_versions() -> BTreeMap<String, String> {
+    let probe = |tool: &str, args: &[&str]| -> String {
+        match kiln_exec::Cmd::new(tool).args(args).run() {
+            Ok(out) => {
+                let text = if out.stdout.is_empty() { out.tail } else { out.stdout_string() };
+                text.lines().next().unwrap_or("").trim().to_owned()
+            }
+            Err(_) => "missing".to_owned(),
+        }
+    };
+    BTreeMap::from([
+        ("kiln".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        ("mmdebstrap".to_owned(), probe("mmdebstrap", &["--version"])),
+        ("mke2fs".to_owned(), probe("mke2fs", &["-V"])),
+        ("mkfs.xfs".to_owned(), probe("mkfs.xfs", &["-V"])),
+        ("qemu-img".to_owned(), probe("qemu-img", &["--version"])),
+    ])
+}
+
+/// Resolves `loaded` into a plan, reading the host's apt sources for the
+/// default mirror and hashing every input file.
+pub fn plan(loaded: &LoadedSpec, tools: BTreeMap<String, String>) -> Result<Plan> {
+    plan_with_host_sources(loaded, tools, Path::new("/etc/apt"))
+}
+
+pub(crate) fn plan_with_host_sources(
+    loaded: &LoadedSpec,
+    tools: BTreeMap<String, String>,
+    etc_apt: &Path,
+) -> Result<Plan> {
+    let spec = &loaded.spec;
+    let dir = &loaded.dir;
+    let host = bootstrap::host_sources(etc_apt);
+    let sources = bootstrap::resolve_sources(&spec.base, &host)?;
+
+    let ovh = spec.targets.ovh_byol.as_ref().map(|t| resolve_ovh_byol(spec, t)).transpose()?;
+
+    // The package set: the spec's, the kernel, and what targets and
+    // customisations need.
+    let mut include: Vec<String> = spec.packages.install.clone();
+    include.push(spec.kernel.package.clone().unwrap_or_else(|| "linux-image-amd64".to_owned()));
+    let mut download = Vec::new();
+    if ovh.is_some() {
+        include.extend(ovh_byol::REQUIRED_PACKAGES.iter().map(|p| p.to_string()));
+        download.extend(ovh_byol::DOWNLOADED_PACKAGES.iter().map(|p| p.to_string()));
+    }
+    if spec.users.iter().any(|u| u.sudo) {
+        include.push("sudo".to_owned());
+    }
+    if spec.locale.as_deref().is_some_and(|l| !matches!(l, "C.UTF-8" | "C" | "POSIX")) {
+        include.push("locales".to_owned());
+    }
+    if spec.timezone.is_some() {
+        include.push("tzdata".to_owned());
+    }
+    include.retain(|p| !spec.packages.remove.contains(p));
+    include.sort();
+    include.dedup();
+
+    let extra_sources = spec
+        .base
+        .sources
+        .iter()
+        .map(|s| ExtraSource {
+            name: s.name.clone(),
+            deb822: format!(
+                "Types: deb\nURIs: {}\nSuites: {}\nComponents: {}\n{}",
+                s.uri,
+                s.suites.join(" "),
+                if s.components.is_empty() { "main".to_owned() } else { s.components.join(" ") },
+                s.key
+                    .as_ref()
+                    .map(|k| format!(
+                        "Signed-By: /etc/apt/keyrings/{}\n",
+                        Path::new(k).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                    ))
+                    .unwrap_or_default()
+            ),
+            key: s.key.as_ref().map(|k| dir.join(k)),
+        })
+        .collect();
+
+    let bootstrap = BootstrapRequest {
+        distro: spec.base.distro,
+        release: spec.base.release.clone(),
+        variant: spec.base.variant.clone().unwrap_or_else(|| "important".to_owned()),
+        architecture: spec.base.architecture.clone().unwrap_or_else(|| "amd64".to_owned()),
+        sources,
+        include,
+        download,
+        download_dir: ovh_byol::DEBS_DIR.to_owned(),
+        extra_sources,
+    };
+
+    let datasources = if !spec.cloud_init.datasources.is_empty() {
+        spec.cloud_init.datasources.clone()
+    } else if ovh.is_some() {
+        ovh_byol::DEFAULT_DATASOURCES.iter().map(|d| d.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+
+    // Input hashes.
+    let tool = |name: &str| tools.get(name).cloned().unwrap_or_default();
+    let mut file_inputs = Vec::new();
+    for f in &spec.files {
+        let h = file_hash(&dir.join(&f.src)).with_context(|| format!("reading [[files]] src {}", f.src))?;
+        file_inputs.push(StageInput { name: format!("file {}", f.src), hash: h });
+    }
+    for r in &spec.run {
+        if let Some(file) = &r.file {
+            let h = file_hash(&dir.join(file)).with_context(|| format!("reading [[run]] file {file}"))?;
+            file_inputs.push(StageInput { name: format!("run file {file}"), hash: h });
+        }
+    }
+    for s in &spec.base.sources {
+        if let Some(k) = &s.key {
+            let h = file_hash(&dir.join(k)).with_context(|| format!("reading apt key {k}"))?;
+            file_inputs.push(StageInput { name: format!("apt key {k}"), hash: h });
+        }
+    }
+
+    let mut stages: Vec<Stage> = Vec::new();
+    let push = |stages: &mut Vec<Stage>, id: String, kind: StageKind, target: Option<&str>, actions: Vec<String>, inputs: Vec<StageInput>| {
+        let parent = stages.last().map(|s: &Stage| (s.id.clone(), s.hash));
+        let mut h = Hasher::new(kind.title());
+        h.str("pipeline", PIPELINE_VERSION);
+        if let Some((_, ph)) = &parent {
+            h.hash("parent", ph);
+        }
+        for i in &inputs {
+            h.str("input", &i.name).hash("value", &i.hash);
+        }
+        stages.push(Stage {
+            id,
+            kind,
+            target: target.map(str::to_owned),
+            parent: parent.map(|(id, _)| id),
+            actions,
+            inputs,
+            hash: h.finish(),
+        });
+    };
+    let json_input = |name: &str, v: &dyn erased::Json| StageInput { name: name.to_owned(), hash: v.hash(name) };
+    let str_input = |name: &str, v: &str| StageInput { name: name.to_owned(), hash: Hasher::new(name).str("v", v).finish() };
+
+    push(
+        &mut stages,
+        "bootstrap".into(),
+        StageKind::Bootstrap,
+        None,
+        vec![
+            format!(
+                "mmdebstrap {} {} (variant {}, {})",
+                bootstrap.release,
+                bootstrap.architecture,
+                bootstrap.variant,
+                bootstrap.sources.iter().map(|s| s.suite.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            format!("install {} packages: {}", bootstrap.include.len(), bootstrap.include.join(" ")),
+            if bootstrap.download.is_empty() {
+                "download no extra .deb files".to_owned()
+            } else {
+                format!("keep .deb files of {} in {}", bootstrap.download.join(", "), bootstrap.download_dir)
+            },
+        ],
+        vec![
+            json_input("[base]", &spec.base),
+            json_input("bootstrap request", &bootstrap),
+            str_input("mmdebstrap", &tool("mmdebstrap")),
+        ]
+        .into_iter()
+        .chain(file_inputs.iter().filter(|i| i.name.starts_with("apt key")).cloned())
+        .collect(),
+    );
+
+    let mut actions = Vec::new();
+    if !spec.files.is_empty() || !spec.directories.is_empty() {
+        actions.push(format!("place {} files and {} directories", spec.files.len(), spec.directories.len()));
+    }
+    if !spec.users.is_empty() {
+        actions.push(format!("create users {}", spec.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")));
+    }
+    actions.push(format!(
+        "hostname {}, time zone {}, locale {}",
+        spec.hostname.as_deref().unwrap_or("(from cloud-init)"),
+        spec.timezone.as_deref().unwrap_or("Etc/UTC"),
+        spec.locale.as_deref().unwrap_or("C.UTF-8")
+    ));
+    if !datasources.is_empty() {
+        actions.push(format!("cloud-init datasources: {}", datasources.join(", ")));
+    }
+    for (i, r) in spec.run.iter().enumerate() {
+        actions.push(format!("run {}", run_name(r, i)));
+    }
+    if !spec.packages.remove.is_empty() {
+        actions.push(format!("purge {}", spec.packages.remove.join(" ")));
+    }
+    push(
+        &mut stages,
+        "customise".into(),
+        StageKind::Customise,
+        None,
+        actions,
+        vec![
+            json_input("[[files]]", &spec.files),
+            json_input("[[directories]]", &spec.directories),
+            json_input("[[run]]", &spec.run),
+            json_input("[[users]]", &spec.users),
+            json_input("[root]", &spec.root),
+            json_input("hostname/timezone/locale", &(&spec.hostname, &spec.timezone, &spec.locale)),
+            json_input("[services]", &spec.services),
+            json_input("[cloud_init]", &(&spec.cloud_init, &datasources)),
+            json_input("[packages] remove", &spec.packages.remove),
+        ]
+        .into_iter()
+        .chain(file_inputs.iter().filter(|i| !i.name.starts_with("apt key")).cloned())
+        .collect(),
+    );
+
+    if let Some(o) = &ovh {
+        let t = "ovh-byol";
+        push(
+            &mut stages,
+            format!("{t}/finalise"),
+            StageKind::Finalise,
+            Some(t),
+            vec![
+                format!("write /root/.ovh/make_image_bootable.sh (EFI path {})", o.efi_bootloader_path),
+                format!("GRUB defaults: {}", o.cmdline.join(" ")),
+                "cloud-init: disable growpart, resizefs, grub-dpkg".to_owned(),
+                "remove machine-id, SSH host keys, network config, cloud-init state, apt lists, logs".to_owned(),
+                "embed the build manifest at /usr/share/kiln/manifest.json".to_owned(),
+            ],
+            vec![
+                json_input("target", o),
+                json_input("[kernel]", &spec.kernel),
+                str_input("script template", &ovh_byol::script_fingerprint(o)),
+            ],
+        );
+        push(
+            &mut stages,
+            format!("{t}/filesystem"),
+            StageKind::Filesystem,
+            Some(t),
+            vec![format!(
+                "{} filesystem of {}",
+                match o.filesystem {
+                    Filesystem::Ext4 => "ext4",
+                    Filesystem::Xfs => "xfs",
+                },
+                match o.size {
+                    Some(s) => format!("{} MiB", s >> 20),
+                    None => format!("automatic size (content + {})", o.target.headroom.as_deref().unwrap_or("25% + 256 MiB")),
+                }
+            )],
+            vec![
+                json_input("filesystem", &(o.filesystem, &o.target.size, &o.target.headroom)),
+                str_input("mkfs", &tool(if o.filesystem == Filesystem::Ext4 { "mke2fs" } else { "mkfs.xfs" })),
+            ],
+        );
+        push(
+            &mut stages,
+            format!("{t}/disk"),
+            StageKind::Disk,
+            Some(t),
+            vec![format!(
+                "{} partition table with one partition at 1 MiB",
+                match o.partition_table {
+                    PartitionTable::Gpt => "GPT",
+                    PartitionTable::Mbr => "MBR",
+                }
+            )],
+            vec![json_input("partition table", &o.partition_table)],
+        );
+        push(
+            &mut stages,
+            format!("{t}/convert"),
+            StageKind::Convert,
+            Some(t),
+            vec![format!("qemu-img convert to {}qcow2 → {}", if o.compress { "compressed " } else { "" }, o.file_name)],
+            vec![json_input("compress", &o.compress), str_input("qemu-img", &tool("qemu-img"))],
+        );
+    }
+    push(
+        &mut stages,
+        "checksums".into(),
+        StageKind::Checksums,
+        None,
+        vec!["write <file>.sha512, SHA512SUMS and manifest.json".to_owned()],
+        vec![],
+    );
+
+    let mut spec_hasher = Hasher::new("spec");
+    spec_hasher.json("spec", spec);
+    for i in &file_inputs {
+        spec_hasher.str("file", &i.name).hash("content", &i.hash);
+    }
+
+    Ok(Plan {
+        name: spec.image.name.clone(),
+        version: spec.image.version.clone(),
+        spec_path: loaded.path.clone(),
+        spec_dir: dir.clone(),
+        spec_hash: spec_hasher.finish(),
+        tools,
+        bootstrap,
+        datasources,
+        ovh_byol: ovh,
+        stages,
+        spec: spec.clone(),
+    })
+}
+
+/// The name of a `[[run]]` step for progress and errors.
+pub fn run_name(r: &kiln_spec::RunStep, index: usize) -> String {
+    match (&r.name, &r.file) {
+        (Some(n), _) => format!("\"{n}\""),
+        (None, Some(f)) => f.clone(),
+        (None, None) => format!("#{}", index + 1),
+    }
+}
+
+fn resolve_ovh_byol(spec: &Spec, t: &kiln_spec::OvhByolTarget) -> Result<OvhByolPlan> {
+    let bootloader_id = t.bootloader_id.clone().unwrap_or_else(|| match spec.base.distro {
+        kiln_spec::Distro::Debian => "debian".to_owned(),
+        kiln_spec::Distro::Ubuntu => "ubuntu".to_owned(),
+    });
+    let mut cmdline: Vec<String> = ovh_byol::DEFAULT_CMDLINE.iter().map(|s| s.to_string()).collect();
+    cmdline.extend(spec.kernel.cmdline.iter().cloned());
+    Ok(OvhByolPlan {
+        filesystem: t.filesystem,
+        target: t.clone(),
+        size: t.partition_size(),
+        partition_table: t.partition_table,
+        compress: t.compress.unwrap_or(true),
+        efi_bootloader_path: ovh_byol::script::efi_bootloader_path(&bootloader_id),
+        bootloader_id,
+        cmdline,
+        file_name: format!("{}-{}.qcow2", spec.image.name, spec.image.version),
+    })
+}
+
+/// Object-safe hashing of serialisable values for stage inputs.
+mod erased {
+    use crate::hash::{Hash, Hasher};
+
+    pub(super) trait Json {
+        fn hash(&self, name: &str) -> Hash;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn hash(&self, name: &str) -> Hash {
+            Hasher::new(name).json("v", self).finish()
+        }
+    }
+}

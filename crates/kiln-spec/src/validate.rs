@@ -1,0 +1,582 @@
+//! Semantic validation of a decoded spec, before any build work starts:
+//! every value that TOML and serde accept but that would fail (or silently
+//! misbehave) later in the build. All problems are collected, each pointing
+//! at its value. Reads the spec directory's files (existence, size), nothing
+//! else.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Component, Path};
+
+use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
+use crate::model::{OvhByolTarget, Spec, Targets};
+use crate::rules::{self, Problem};
+use crate::size::{format_size, Headroom, Size, GIB, MIB, TIB};
+use crate::spans::{table_name, SpanIndex};
+
+/// What a Debian image with kernel, GRUB and cloud-init takes before any
+/// user content; a fixed size below this cannot hold the image.
+pub const MIN_BASE_CONTENT: u64 = GIB;
+
+/// Larger images are typos: OVH's installer copies the image's files onto
+/// the partitions it creates, so the image only ever needs room for them
+/// (and an MBR partition table cannot describe more).
+pub const MAX_PARTITION_SIZE: u64 = 2 * TIB;
+
+pub(crate) fn validate(
+    spec: &Spec,
+    dir: &Path,
+    spans: &SpanIndex<'_>,
+    file: &SourceFile<'_>,
+) -> Vec<Diagnostic> {
+    let mut v = Validator {
+        spans,
+        file,
+        dir,
+        diagnostics: Vec::new(),
+    };
+    v.image(spec);
+    v.base(spec);
+    v.packages(spec);
+    let files_bytes = v.files(spec);
+    v.directories(spec);
+    v.run(spec);
+    v.accounts(spec);
+    v.system(spec);
+    v.targets(&spec.targets, files_bytes);
+    v.diagnostics
+}
+
+struct Validator<'a, 'i> {
+    spans: &'a SpanIndex<'i>,
+    file: &'a SourceFile<'a>,
+    dir: &'a Path,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Validator<'_, '_> {
+    fn report(&mut self, path: &str, message: String, help: Option<String>) {
+        let span = self.spans.value_or_parent(path);
+        self.diagnostics.push(
+            self.file
+                .diagnostic(DiagnosticKind::Invalid, span, message, help),
+        );
+    }
+
+    /// Reports `result` as "invalid WHAT `VALUE`: WHY".
+    fn check(&mut self, path: &str, what: &str, value: &str, result: Result<(), Problem>) {
+        if let Err(p) = result {
+            self.report(path, format!("invalid {what} `{value}`: {}", p.why), p.help);
+        }
+    }
+
+    fn line_of(&self, path: &str) -> String {
+        let line = self.spans.value(path).map(|s| self.file.line(s.start));
+        line.map_or_else(String::new, |l| format!(" (line {l})"))
+    }
+
+    fn image(&mut self, spec: &Spec) {
+        self.check(
+            "image.name",
+            "image name",
+            &spec.image.name,
+            rules::image_name(&spec.image.name),
+        );
+        self.check(
+            "image.version",
+            "image version",
+            &spec.image.version,
+            rules::image_name(&spec.image.version),
+        );
+    }
+
+    fn base(&mut self, spec: &Spec) {
+        let base = &spec.base;
+        if base.release.trim().is_empty() {
+            self.report(
+                "base.release",
+                "`release` is empty".into(),
+                Some("name the release, e.g. \"bookworm\"".into()),
+            );
+        }
+        if let Some(mirror) = &base.mirror {
+            self.check("base.mirror", "mirror", mirror, rules::archive_url(mirror));
+        }
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, source) in base.sources.iter().enumerate() {
+            let at = format!("base.sources[{i}]");
+            self.check(
+                &format!("{at}.name"),
+                "apt source name",
+                &source.name,
+                rules::apt_source_name(&source.name),
+            );
+            if let Some(first) = names.insert(&source.name, i) {
+                let help = format!(
+                    "the first is {}{}",
+                    table_name(&format!("base.sources[{first}]")),
+                    self.line_of(&format!("base.sources[{first}].name"))
+                );
+                self.report(
+                    &format!("{at}.name"),
+                    format!("duplicate apt source `{}`", source.name),
+                    Some(help),
+                );
+            }
+            self.check(
+                &format!("{at}.uri"),
+                "apt source URI",
+                &source.uri,
+                rules::archive_url(&source.uri),
+            );
+            if source.suites.is_empty() {
+                self.report(
+                    &format!("{at}.suites"),
+                    "`suites` is empty".into(),
+                    Some("list at least one suite, e.g. [\"bookworm-backports\"]".into()),
+                );
+            }
+            if let Some(key) = &source.key {
+                self.source_file(&format!("{at}.key"), "key file", key);
+            }
+        }
+    }
+
+    fn packages(&mut self, spec: &Spec) {
+        for (list, names) in [
+            ("install", &spec.packages.install),
+            ("remove", &spec.packages.remove),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                self.check(
+                    &format!("packages.{list}[{i}]"),
+                    "package",
+                    name,
+                    rules::package(name),
+                );
+            }
+        }
+    }
+
+    /// Returns the total size of the source files, which the image must hold.
+    fn files(&mut self, spec: &Spec) -> u64 {
+        let mut total = 0u64;
+        let mut dests: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, entry) in spec.files.iter().enumerate() {
+            let at = format!("files[{i}]");
+            if let Some(size) = self.source_file(&format!("{at}.src"), "source file", &entry.src) {
+                total = total.saturating_add(size);
+            }
+            self.check(
+                &format!("{at}.dest"),
+                "destination",
+                &entry.dest,
+                rules::image_path(&entry.dest),
+            );
+            if let Some(first) = dests.insert(&entry.dest, i) {
+                let help = format!(
+                    "{} writes it too{}",
+                    table_name(&format!("files[{first}]")),
+                    self.line_of(&format!("files[{first}].dest"))
+                );
+                self.report(
+                    &format!("{at}.dest"),
+                    format!("duplicate destination `{}`", entry.dest),
+                    Some(help),
+                );
+            }
+            self.mode_and_owner(&at, entry.mode.as_deref(), entry.owner.as_deref());
+        }
+        total
+    }
+
+    fn directories(&mut self, spec: &Spec) {
+        let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, entry) in spec.directories.iter().enumerate() {
+            let at = format!("directories[{i}]");
+            self.check(
+                &format!("{at}.path"),
+                "directory path",
+                &entry.path,
+                rules::image_path(&entry.path),
+            );
+            if let Some(first) = paths.insert(&entry.path, i) {
+                let help = format!(
+                    "{} creates it too{}",
+                    table_name(&format!("directories[{first}]")),
+                    self.line_of(&format!("directories[{first}].path"))
+                );
+                self.report(
+                    &format!("{at}.path"),
+                    format!("duplicate directory `{}`", entry.path),
+                    Some(help),
+                );
+            }
+            self.mode_and_owner(&at, entry.mode.as_deref(), entry.owner.as_deref());
+        }
+    }
+
+    fn mode_and_owner(&mut self, at: &str, mode: Option<&str>, owner: Option<&str>) {
+        if let Some(mode) = mode {
+            if let Err(why) = rules::parse_mode(mode) {
+                self.report(
+                    &format!("{at}.mode"),
+                    format!("invalid mode: {why}"),
+                    Some("write it like chmod, e.g. \"0644\" or \"0755\"".into()),
+                );
+            }
+        }
+        if let Some(owner) = owner {
+            self.check(&format!("{at}.owner"), "owner", owner, rules::owner(owner));
+        }
+    }
+
+    fn run(&mut self, spec: &Spec) {
+        for (i, step) in spec.run.iter().enumerate() {
+            let at = format!("run[{i}]");
+            let header = table_name(&at);
+            match (&step.script, &step.file) {
+                (Some(_), Some(_)) => self.report(
+                    &format!("{at}.file"),
+                    format!("{header} has both `script` and `file`"),
+                    Some(
+                        "keep one: `script` holds the script itself, `file` names a script file"
+                            .into(),
+                    ),
+                ),
+                (None, None) => self.report(
+                    &at,
+                    format!("{header} has neither `script` nor `file`"),
+                    Some(
+                        "add `script = \"…\"` (the script itself) or `file = \"scripts/….sh\"`"
+                            .into(),
+                    ),
+                ),
+                (Some(script), None) if script.trim().is_empty() => {
+                    self.report(
+                        &format!("{at}.script"),
+                        format!("{header} has an empty `script`"),
+                        None,
+                    );
+                }
+                _ => {}
+            }
+            if let Some(file) = &step.file {
+                self.source_file(&format!("{at}.file"), "script file", file);
+            }
+        }
+    }
+
+    fn accounts(&mut self, spec: &Spec) {
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, user) in spec.users.iter().enumerate() {
+            let at = format!("users[{i}]");
+            let name_at = format!("{at}.name");
+            if user.name == "root" {
+                self.report(
+                    &name_at,
+                    "`root` cannot be one of [[users]]".into(),
+                    Some("configure root in the [root] table".into()),
+                );
+            } else {
+                self.check(
+                    &name_at,
+                    "user name",
+                    &user.name,
+                    rules::account_name(&user.name),
+                );
+            }
+            if let Some(first) = names.insert(&user.name, i) {
+                let help = format!(
+                    "the first is {}{}",
+                    table_name(&format!("users[{first}]")),
+                    self.line_of(&format!("users[{first}].name"))
+                );
+                self.report(
+                    &name_at,
+                    format!("duplicate user `{}`", user.name),
+                    Some(help),
+                );
+            }
+            for (g, group) in user.groups.iter().enumerate() {
+                self.check(
+                    &format!("{at}.groups[{g}]"),
+                    "group name",
+                    group,
+                    rules::account_name(group),
+                );
+            }
+            if let Some(shell) = &user.shell {
+                self.check(
+                    &format!("{at}.shell"),
+                    "shell",
+                    shell,
+                    rules::image_path(shell),
+                );
+            }
+            self.credentials(
+                &at,
+                &user.ssh_keys,
+                user.password_hash.as_deref(),
+                user.locked,
+            );
+        }
+        let root = &spec.root;
+        self.credentials(
+            "root",
+            &root.ssh_keys,
+            root.password_hash.as_deref(),
+            root.locked,
+        );
+
+        if let Some(user) = &spec.cloud_init.default_user {
+            let at = "cloud_init.default_user";
+            self.check(
+                &format!("{at}.name"),
+                "user name",
+                &user.name,
+                rules::account_name(&user.name),
+            );
+            for (g, group) in user.groups.iter().enumerate() {
+                self.check(
+                    &format!("{at}.groups[{g}]"),
+                    "group name",
+                    group,
+                    rules::account_name(group),
+                );
+            }
+            if let Some(shell) = &user.shell {
+                self.check(
+                    &format!("{at}.shell"),
+                    "shell",
+                    shell,
+                    rules::image_path(shell),
+                );
+            }
+        }
+    }
+
+    fn credentials(
+        &mut self,
+        at: &str,
+        ssh_keys: &[String],
+        hash: Option<&str>,
+        locked: Option<bool>,
+    ) {
+        for (k, key) in ssh_keys.iter().enumerate() {
+            if let Err(p) = rules::ssh_key(key) {
+                self.report(
+                    &format!("{at}.ssh_keys[{k}]"),
+                    format!("invalid SSH public key: {}", p.why),
+                    p.help,
+                );
+            }
+        }
+        if let Some(hash) = hash {
+            if let Err(p) = rules::crypt_hash(hash) {
+                self.report(
+                    &format!("{at}.password_hash"),
+                    format!("invalid `password_hash`: {}", p.why),
+                    p.help,
+                );
+            }
+            if locked == Some(true) {
+                self.report(
+                    &format!("{at}.locked"),
+                    "`locked = true` contradicts `password_hash`".into(),
+                    Some(
+                        "remove `password_hash` to lock the password, or `locked` to set it".into(),
+                    ),
+                );
+            }
+        }
+    }
+
+    fn system(&mut self, spec: &Spec) {
+        if let Some(hostname) = &spec.hostname {
+            self.check("hostname", "hostname", hostname, rules::hostname(hostname));
+        }
+        if let Some(tz) = &spec.timezone {
+            self.check("timezone", "time zone", tz, rules::timezone(tz));
+        }
+        if let Some(locale) = &spec.locale {
+            self.check("locale", "locale", locale, rules::locale(locale));
+        }
+        let services = &spec.services;
+        for (list, units) in [
+            ("enable", &services.enable),
+            ("disable", &services.disable),
+            ("mask", &services.mask),
+        ] {
+            for (i, unit) in units.iter().enumerate() {
+                self.check(
+                    &format!("services.{list}[{i}]"),
+                    "unit name",
+                    unit,
+                    rules::unit(unit),
+                );
+            }
+        }
+        if let Some(package) = &spec.kernel.package {
+            self.check(
+                "kernel.package",
+                "kernel package",
+                package,
+                rules::package(package),
+            );
+        }
+    }
+
+    fn targets(&mut self, targets: &Targets, files_bytes: u64) {
+        if targets.defined().is_empty() {
+            let known = Targets::KINDS
+                .iter()
+                .map(|k| format!("[targets.{k}]"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.report(
+                "targets",
+                "no target is defined".into(),
+                Some(format!("add a target table; kiln knows {known}")),
+            );
+        }
+        if let Some(t) = &targets.ovh_byol {
+            self.ovh_byol(t, files_bytes);
+        }
+    }
+
+    fn ovh_byol(&mut self, t: &OvhByolTarget, files_bytes: u64) {
+        let at = "targets.ovh-byol";
+        let size_help = "write \"auto\" or a size such as \"4GiB\", \"512MiB\" or \"2G\"";
+        let size = t.size.as_deref().map(|s| (s, Size::parse(s)));
+        match &size {
+            Some((_, Err(why))) => self.report(
+                &format!("{at}.size"),
+                format!("invalid `size`: {why}"),
+                Some(size_help.into()),
+            ),
+            Some((text, Ok(Size::Bytes(bytes)))) => {
+                let min = MIN_BASE_CONTENT.saturating_add(files_bytes);
+                if *bytes < min {
+                    let suggestion = if min % GIB == 0 {
+                        format!("{}GiB", min / GIB)
+                    } else {
+                        format!("{}MiB", min.div_ceil(MIB))
+                    };
+                    self.report(
+                        &format!("{at}.size"),
+                        format!(
+                            "size `{text}` is smaller than the content: at least {} ({} for a Debian system with kernel, GRUB and cloud-init, plus {} of [[files]])",
+                            format_size(min),
+                            format_size(MIN_BASE_CONTENT),
+                            format_size(files_bytes)
+                        ),
+                        Some(format!("use \"auto\", or at least \"{suggestion}\"")),
+                    );
+                } else if *bytes > MAX_PARTITION_SIZE {
+                    self.report(
+                        &format!("{at}.size"),
+                        format!("size `{text}` is larger than {}", format_size(MAX_PARTITION_SIZE)),
+                        Some("OVH's installer copies the image's files onto its own partitions, so the image only needs room for its content; use \"auto\"".into()),
+                    );
+                }
+            }
+            None | Some((_, Ok(Size::Auto))) => {}
+        }
+        if let Some(headroom) = &t.headroom {
+            match Headroom::parse(headroom) {
+                Err(why) => self.report(
+                    &format!("{at}.headroom"),
+                    format!("invalid `headroom`: {why}"),
+                    Some("write a size such as \"512MiB\" or a percentage of the content such as \"25%\"".into()),
+                ),
+                Ok(Headroom::Bytes(b)) if b > MAX_PARTITION_SIZE => self.report(
+                    &format!("{at}.headroom"),
+                    format!("headroom `{headroom}` is larger than {}", format_size(MAX_PARTITION_SIZE)),
+                    None,
+                ),
+                Ok(_) => {}
+            }
+            if matches!(size, Some((_, Ok(Size::Bytes(_))))) {
+                // A silently ignored option is worse than an error.
+                self.report(
+                    &format!("{at}.headroom"),
+                    "`headroom` only applies when `size` is \"auto\"".into(),
+                    Some("remove `headroom`, or set `size = \"auto\"`".into()),
+                );
+            }
+        }
+        if let Some(id) = &t.bootloader_id {
+            self.check(
+                &format!("{at}.bootloader_id"),
+                "`bootloader_id`",
+                id,
+                rules::bootloader_id(id),
+            );
+        }
+    }
+
+    /// Checks a file named relative to the spec's directory; returns its size.
+    fn source_file(&mut self, path: &str, what: &str, rel: &str) -> Option<u64> {
+        match self.resolve(rel) {
+            Ok(size) => Some(size),
+            Err(p) => {
+                self.report(path, format!("{what} `{rel}` {}", p.why), p.help);
+                None
+            }
+        }
+    }
+
+    fn resolve(&self, rel: &str) -> Result<u64, Problem> {
+        let dir = self.dir.display();
+        if rel.is_empty() {
+            return Err(Problem::new("is empty"));
+        }
+        let path = Path::new(rel);
+        if path.is_absolute() {
+            return Err(Problem::new("is absolute")
+                .help(format!("name it relative to the spec's directory, {dir}")));
+        }
+        // Lexical first: `../x` is an escape whether or not it exists.
+        let mut depth = 0i32;
+        for c in path.components() {
+            match c {
+                Component::ParentDir => depth -= 1,
+                Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+            if depth < 0 {
+                return Err(
+                    Problem::new("is outside the spec's directory").help(format!(
+                        "kiln only reads files under {dir}; copy the file there"
+                    )),
+                );
+            }
+        }
+        let joined = self.dir.join(path);
+        let real = match fs::canonicalize(&joined) {
+            Ok(real) => real,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(
+                    Problem::new("does not exist").help(format!("looked for {}", joined.display()))
+                );
+            }
+            Err(e) => return Err(Problem::new(format!("cannot be read: {e}"))),
+        };
+        if !real.starts_with(self.dir) {
+            return Err(Problem::new(format!(
+                "is outside the spec's directory (it resolves to {})",
+                real.display()
+            ))
+            .help(format!(
+                "kiln only reads files under {dir}; copy the file there instead of linking to it"
+            )));
+        }
+        let meta = fs::metadata(&real).map_err(|e| Problem::new(format!("cannot be read: {e}")))?;
+        if !meta.is_file() {
+            return Err(Problem::new("is not a regular file"));
+        }
+        Ok(meta.len())
+    }
+}
