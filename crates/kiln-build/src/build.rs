@@ -290,7 +290,7 @@ impl Run<'_> {
                 }
                 partition::write_partition_table(&disk, &layout, derived_uuid(plan, "disk"))?;
                 ovh.layout = Some(layout);
-                Ok(format!("{table:?}, 1 partition"))
+                Ok(format!("{}, 1 partition", if table == TableKind::Gpt { "GPT" } else { "MBR" }))
             }
             Convert => {
                 let o = ovh_plan(plan)?;

@@ -232,16 +232,18 @@ fn cloud_init_config(datasources: &[String], default_user: Option<&DefaultUser>)
 mod tests {
     use super::*;
 
-    fn spec(extra: &str) -> Spec {
+    /// A spec with `top` level keys and `tables` after the required sections.
+    fn spec_with(top: &str, tables: &str) -> Spec {
         let text = format!(
-            "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n{extra}\n[targets.ovh-byol]\n"
+            "{top}\n[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n{tables}\n[targets.ovh-byol]\n"
         );
         toml::from_str(&text).unwrap()
     }
 
     #[test]
     fn quotes_everything_from_the_spec() {
-        let s = spec(
+        let s = spec_with(
+            "",
             "[[directories]]\npath = \"/srv/my dir\"\nowner = \"www-data:adm\"\n\
              [[users]]\nname = \"ops\"\nsudo = true\ngroups = [\"adm\"]\nssh_keys = [\"ssh-ed25519 AAAAC3Nza ops@x\"]\n",
         );
@@ -255,9 +257,9 @@ mod tests {
 
     #[test]
     fn generated_script_is_valid_sh() {
-        let s = spec(
-            "hostname = \"box\"\ntimezone = \"Europe/Paris\"\nlocale = \"en_US.UTF-8\"\n\
-             [[files]]\nsrc = \"a\"\ndest = \"/etc/a b\"\nmode = \"0600\"\n\
+        let s = spec_with(
+            "hostname = \"box\"\ntimezone = \"Europe/Paris\"\nlocale = \"en_US.UTF-8\"",
+            "[[files]]\nsrc = \"a\"\ndest = \"/etc/a b\"\nmode = \"0600\"\n\
              [services]\nenable = [\"ssh\"]\nmask = [\"apt-daily.timer\"]\n\
              [packages]\nremove = [\"nano\"]\n\
              [cloud_init]\ndefault_user = { name = \"debian\", groups = [\"adm\"] }\n",

@@ -155,7 +155,10 @@ fn console_from_rescue_cmdline_goes_to_grub_defaults() {
     s.cmdline("BOOT_IMAGE=/boot/vmlinuz console=tty0 console=ttyS1,57600o7 quiet -- console=ttyS9 single\n");
     s.ok("configure_console");
     let first = s.read("etc/default/grub");
-    assert_eq!(assignments(&first, "GRUB_CMDLINE_LINUX"), [r#"GRUB_CMDLINE_LINUX="console=tty0 console=ttyS1,57600o7""#]);
+    assert_eq!(
+        assignments(&first, "GRUB_CMDLINE_LINUX"),
+        [r#"GRUB_CMDLINE_LINUX="console=tty0 console=ttyS1,57600o7""#]
+    );
     assert_eq!(assignments(&first, "GRUB_TERMINAL"), [r#"GRUB_TERMINAL="console serial""#]);
     assert_eq!(
         assignments(&first, "GRUB_SERIAL_COMMAND"),
@@ -321,7 +324,11 @@ fn grub_stubs(s: &Sandbox, fail_on: &str) {
 if [ -n "${{id:-}}" ]; then mkdir -p "$KILN_ROOT/boot/efi/EFI/$id" && : > "$KILN_ROOT/boot/efi/EFI/$id/grubx64.efi"; fi"#
         ),
     );
-    for deb in ["grub-pc_2.06-13+deb12u2_amd64.deb", "grub-pc-bin_2.06-13+deb12u2_amd64.deb", "grub-efi-amd64_2.06-13+deb12u2_amd64.deb"] {
+    for deb in [
+        "grub-pc_2.06-13+deb12u2_amd64.deb",
+        "grub-pc-bin_2.06-13+deb12u2_amd64.deb",
+        "grub-efi-amd64_2.06-13+deb12u2_amd64.deb",
+    ] {
         s.write(&format!("root/.ovh/debs/{deb}"), "");
     }
 }
@@ -483,7 +490,10 @@ fn err_trap_names_step_line_and_command() {
     let log = s.fails("sub_step() {\n  local x\n  x=$(fail 'no luck')\n}\nrun_step sub_step");
     assert!(log.contains("ERROR: no luck"), "{log}");
     assert!(log.contains("error at line 4 in sub_step: no luck"), "{log}");
-    assert!(log.contains("FAILED in step sub_step, line 4 (sub_step): 'x=$(fail 'no luck')' exited with status 1"), "{log}");
+    assert!(
+        log.contains("FAILED in step sub_step, line 4 (sub_step): 'x=$(fail 'no luck')' exited with status 1"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -18,6 +18,8 @@ use crate::plan::OvhByolPlan;
 /// Packages the contract needs in the image (reference §7, items 5, 7, 9),
 /// plus what first boot on a bare-metal server needs: SSH, ifupdown with a
 /// DHCP client (cloud-init's renderer on Debian), sudo for the default user.
+/// `ucf` is a dependency of both kept GRUB packages, which are installed
+/// offline; `zstd` keeps update-initramfs from falling back to gzip.
 pub const REQUIRED_PACKAGES: &[&str] = &[
     "initramfs-tools",
     "grub2-common",
@@ -34,6 +36,8 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     "ifupdown",
     "isc-dhcp-client",
     "sudo",
+    "ucf",
+    "zstd",
 ];
 
 /// Conflicting GRUB flavours: `make_image_bootable.sh` installs the one the

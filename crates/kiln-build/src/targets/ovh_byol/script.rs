@@ -105,7 +105,9 @@ impl fmt::Display for Reason {
         match self {
             Reason::Empty => f.write_str("it is empty"),
             Reason::TooLong => f.write_str("it is too long"),
-            Reason::BadCharacter(c) => write!(f, "{c:?} is not allowed (only ASCII letters, digits and ._-, plus / and + in paths)"),
+            Reason::BadCharacter(c) => {
+                write!(f, "{c:?} is not allowed (only ASCII letters, digits and ._-, plus / and + in paths)")
+            }
             Reason::BadStart => f.write_str("it must start with a letter or a digit"),
             Reason::NotAbsolute => f.write_str("it must be an absolute path"),
             Reason::BadComponent => f.write_str("it has an empty, `.` or `..` component or a trailing slash"),
