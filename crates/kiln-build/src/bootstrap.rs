@@ -40,7 +40,9 @@ pub fn host_sources(etc_apt: &Path) -> Vec<HostSource> {
         let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for p in paths {
-            let Ok(text) = std::fs::read_to_string(&p) else { continue };
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
             match p.extension().and_then(|e| e.to_str()) {
                 Some("list") => out.extend(parse_one_line_sources(&text)),
                 Some("sources") => out.extend(parse_deb822_sources(&text)),
@@ -69,7 +71,10 @@ fn parse_one_line_sources(text: &str) -> Vec<HostSource> {
             }
             let uri = words.next()?.to_owned();
             let suite = words.next()?.to_owned();
-            Some(HostSource { uri, suites: vec![suite] })
+            Some(HostSource {
+                uri,
+                suites: vec![suite],
+            })
         })
         .collect()
 }
@@ -82,7 +87,9 @@ fn parse_deb822_sources(text: &str) -> Vec<HostSource> {
         let mut suites = Vec::new();
         let mut enabled = true;
         for line in stanza.lines().filter(|l| !l.trim_start().starts_with('#')) {
-            let Some((key, value)) = line.split_once(':') else { continue };
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
             let words = || value.split_whitespace().map(str::to_owned);
             match key.trim().to_ascii_lowercase().as_str() {
                 "types" => types = value.to_owned(),
@@ -93,7 +100,10 @@ fn parse_deb822_sources(text: &str) -> Vec<HostSource> {
             }
         }
         if enabled && types.split_whitespace().any(|t| t == "deb") {
-            out.extend(uris.into_iter().map(|uri| HostSource { uri, suites: suites.clone() }));
+            out.extend(uris.into_iter().map(|uri| HostSource {
+                uri,
+                suites: suites.clone(),
+            }));
         }
     }
     out
@@ -111,7 +121,10 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
             Distro::Debian => host
                 .iter()
                 .find(|s| serves(s, release) && !s.uri.contains("security"))
-                .or_else(|| host.iter().find(|s| s.uri.ends_with("/debian") || s.uri.ends_with("/debian/")))
+                .or_else(|| {
+                    host.iter()
+                        .find(|s| s.uri.ends_with("/debian") || s.uri.ends_with("/debian/"))
+                })
                 .map(|s| s.uri.trim_end_matches('/').to_owned())
                 .with_context(|| {
                     format!(
@@ -119,11 +132,20 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
                          set `mirror = \"http://.../debian\"` in [base]"
                     )
                 })?,
-            Distro::Ubuntu => bail!("[base] distro = \"ubuntu\" needs an explicit `mirror` (the host's apt sources are Debian's)"),
+            Distro::Ubuntu => {
+                bail!("[base] distro = \"ubuntu\" needs an explicit `mirror` (the host's apt sources are Debian's)")
+            }
         },
     };
-    let line = |uri: &str, suite: String| SourceLine { uri: uri.to_owned(), suite, components: components.clone() };
-    let mut lines = vec![line(&mirror, release.to_owned()), line(&mirror, format!("{release}-updates"))];
+    let line = |uri: &str, suite: String| SourceLine {
+        uri: uri.to_owned(),
+        suite,
+        components: components.clone(),
+    };
+    let mut lines = vec![
+        line(&mirror, release.to_owned()),
+        line(&mirror, format!("{release}-updates")),
+    ];
     let security_suite = format!("{release}-security");
     let security = match base.distro {
         Distro::Ubuntu => mirror.clone(),
@@ -183,7 +205,10 @@ pub fn mmdebstrap_args(req: &BootstrapRequest, tree: &Path, scratch: &Path) -> V
         let file = scratch.join(format!("{}.sources", extra.name));
         args.push("--setup-hook=mkdir -p \"$1/etc/apt/sources.list.d\" \"$1/etc/apt/keyrings\"".to_owned());
         if let Some(key) = &extra.key {
-            let name = key.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = key
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             args.push(format!(
                 "--setup-hook=copy-in {} /etc/apt/keyrings/",
                 kiln_exec::cmd::shell_quote(&key.to_string_lossy())
@@ -234,14 +259,26 @@ mod tests {
         let s = parse_deb822_sources(DEB822);
         assert_eq!(s.len(), 2, "{s:?}");
         assert_eq!(s[0].suites, ["bookworm", "bookworm-updates"]);
-        let o = parse_one_line_sources("deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n#deb x y\ndeb-src a b");
-        assert_eq!(o, [HostSource { uri: "http://m.example/debian".into(), suites: vec!["bookworm".into()] }]);
+        let o = parse_one_line_sources(
+            "deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n#deb x y\ndeb-src a b",
+        );
+        assert_eq!(
+            o,
+            [HostSource {
+                uri: "http://m.example/debian".into(),
+                suites: vec!["bookworm".into()]
+            }]
+        );
     }
 
     #[test]
     fn resolves_host_mirror_with_updates_and_security() {
         let host = parse_deb822_sources(DEB822);
-        let lines: Vec<String> = resolve_sources(&base(None), &host).unwrap().iter().map(SourceLine::one_line).collect();
+        let lines: Vec<String> = resolve_sources(&base(None), &host)
+            .unwrap()
+            .iter()
+            .map(SourceLine::one_line)
+            .collect();
         assert_eq!(
             lines,
             [

@@ -27,11 +27,24 @@ use crate::targets::ovh_byol;
 /// What the executor tells the user interface.
 #[derive(Debug, Clone)]
 pub enum Event {
-    StageStarted { id: String, title: String },
+    StageStarted {
+        id: String,
+        title: String,
+    },
     /// One line of a stage's tool output.
-    Output { id: String, line: String },
-    StageFinished { id: String, elapsed: Duration, summary: String },
-    StageFailed { id: String, elapsed: Duration },
+    Output {
+        id: String,
+        line: String,
+    },
+    StageFinished {
+        id: String,
+        elapsed: Duration,
+        summary: String,
+    },
+    StageFailed {
+        id: String,
+        elapsed: Duration,
+    },
 }
 
 /// Receives [`Event`]s; the binary renders them as progress bars or JSON.
@@ -88,7 +101,13 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
     }
     let log = out_dir.join(format!("{}-{}.build.log", plan.name, plan.version));
     std::fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
-    let mut run = Run { plan, reporter, log: log.clone(), tree: work.path().join("tree"), work: work.path().to_owned() };
+    let mut run = Run {
+        plan,
+        reporter,
+        log: log.clone(),
+        tree: work.path().join("tree"),
+        work: work.path().to_owned(),
+    };
 
     let mut artifacts = Vec::new();
     let mut manifest_doc = None;
@@ -97,18 +116,32 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
     for stage in stage_iter.by_ref() {
         kiln_exec::check_interrupted()?;
         let started = Instant::now();
-        run.reporter.event(Event::StageStarted { id: stage.id.clone(), title: stage.kind.title().to_owned() });
+        run.reporter.event(Event::StageStarted {
+            id: stage.id.clone(),
+            title: stage.kind.title().to_owned(),
+        });
         let result = run.stage(stage, &out_dir, &mut ovh_state, &mut artifacts, &mut manifest_doc);
         match result {
-            Ok(summary) => run.reporter.event(Event::StageFinished { id: stage.id.clone(), elapsed: started.elapsed(), summary }),
+            Ok(summary) => run.reporter.event(Event::StageFinished {
+                id: stage.id.clone(),
+                elapsed: started.elapsed(),
+                summary,
+            }),
             Err(e) => {
-                run.reporter.event(Event::StageFailed { id: stage.id.clone(), elapsed: started.elapsed() });
+                run.reporter.event(Event::StageFailed {
+                    id: stage.id.clone(),
+                    elapsed: started.elapsed(),
+                });
                 return Err(e.context(format!("stage {} failed (build log: {})", stage.id, log.display())));
             }
         }
     }
     let manifest_path = out_dir.join("manifest.json");
-    Ok(BuildOutput { artifacts, manifest: manifest_path, log })
+    Ok(BuildOutput {
+        artifacts,
+        manifest: manifest_path,
+        log,
+    })
 }
 
 fn preflight(plan: &Plan) -> Result<()> {
@@ -121,7 +154,10 @@ fn preflight(plan: &Plan) -> Result<()> {
         })
         .collect();
     if !missing.is_empty() {
-        bail!("missing tools: {}; install them (see `kiln doctor`) and try again", missing.join(", "));
+        bail!(
+            "missing tools: {}; install them (see `kiln doctor`) and try again",
+            missing.join(", ")
+        );
     }
     if !is_root() {
         bail!("kiln build needs root: mmdebstrap's root mode, chroot and mounts need it; run it with sudo");
@@ -132,7 +168,11 @@ fn preflight(plan: &Plan) -> Result<()> {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -160,7 +200,12 @@ impl Run<'_> {
     fn sink(&self, stage: &Stage) -> impl FnMut(&str) + Send + 'static {
         let reporter = Arc::clone(&self.reporter);
         let id = stage.id.clone();
-        move |line: &str| reporter.event(Event::Output { id: id.clone(), line: line.to_owned() })
+        move |line: &str| {
+            reporter.event(Event::Output {
+                id: id.clone(),
+                line: line.to_owned(),
+            })
+        }
     }
 
     fn chroot(&self, stage: &Stage, name: &str, body: &str) -> Result<()> {
@@ -191,7 +236,15 @@ impl Run<'_> {
                 // makes in the tree can outlive it, even if it is killed; its
                 // temporary files go to the work directory for the same reason.
                 Cmd::new("unshare")
-                    .args(["--mount", "--propagation", "private", "--fork", "--kill-child", "--", "mmdebstrap"])
+                    .args([
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "--fork",
+                        "--kill-child",
+                        "--",
+                        "mmdebstrap",
+                    ])
                     .args(&args)
                     .env("TMPDIR", &tmp)
                     .log_to(&self.log)
@@ -208,11 +261,15 @@ impl Run<'_> {
                     let name = format!("[[run]] {}", run_name(step, i));
                     let body = match (&step.script, &step.file) {
                         (Some(s), _) => s.clone(),
-                        (None, Some(f)) => std::fs::read_to_string(plan.spec_dir.join(f))
-                            .with_context(|| format!("reading {f}"))?,
+                        (None, Some(f)) => {
+                            std::fs::read_to_string(plan.spec_dir.join(f)).with_context(|| format!("reading {f}"))?
+                        }
                         (None, None) => bail!("{name} has neither `script` nor `file`"),
                     };
-                    self.reporter.event(Event::Output { id: stage.id.clone(), line: format!("kiln: {name}") });
+                    self.reporter.event(Event::Output {
+                        id: stage.id.clone(),
+                        line: format!("kiln: {name}"),
+                    });
                     self.chroot(stage, &name, &body)?;
                 }
                 Ok(format!("{} run steps", plan.spec.run.len()))
@@ -255,17 +312,29 @@ impl Run<'_> {
                 let disk = self.work.join("disk.raw");
                 std::fs::File::create(&disk)?.set_len(disk_size)?;
                 let uuid = derived_uuid(plan, "root filesystem");
-                let fs_opts = kiln_disk::mkfs::FsOptions { uuid, label: "root".to_owned(), ..Default::default() };
+                let fs_opts = kiln_disk::mkfs::FsOptions {
+                    uuid,
+                    label: "root".to_owned(),
+                    ..Default::default()
+                };
                 match o.filesystem {
-                    kiln_spec::Filesystem::Ext4 => kiln_disk::mkfs::make_ext4(&disk, fs_offset, fs_size, &self.tree, &fs_opts),
-                    kiln_spec::Filesystem::Xfs => kiln_disk::mkfs::make_xfs(&disk, fs_offset, fs_size, &self.tree, &fs_opts),
+                    kiln_spec::Filesystem::Ext4 => {
+                        kiln_disk::mkfs::make_ext4(&disk, fs_offset, fs_size, &self.tree, &fs_opts)
+                    }
+                    kiln_spec::Filesystem::Xfs => {
+                        kiln_disk::mkfs::make_xfs(&disk, fs_offset, fs_size, &self.tree, &fs_opts)
+                    }
                 }
                 .context("creating the root filesystem")?;
                 ovh.disk = Some(disk);
                 ovh.fs_offset = fs_offset;
                 ovh.fs_size = fs_size;
                 ovh.fs_uuid = Some(uuid);
-                Ok(format!("{} MiB of content in a {} MiB filesystem", content >> 20, fs_size >> 20))
+                Ok(format!(
+                    "{} MiB of content in a {} MiB filesystem",
+                    content >> 20,
+                    fs_size >> 20
+                ))
             }
             Disk => {
                 let o = ovh_plan(plan)?;
@@ -286,11 +355,18 @@ impl Run<'_> {
                     }],
                 )?;
                 if layout.partitions[0].start != ovh.fs_offset {
-                    bail!("internal: partition placed at {} but the filesystem is at {}", layout.partitions[0].start, ovh.fs_offset);
+                    bail!(
+                        "internal: partition placed at {} but the filesystem is at {}",
+                        layout.partitions[0].start,
+                        ovh.fs_offset
+                    );
                 }
                 partition::write_partition_table(&disk, &layout, derived_uuid(plan, "disk"))?;
                 ovh.layout = Some(layout);
-                Ok(format!("{}, 1 partition", if table == TableKind::Gpt { "GPT" } else { "MBR" }))
+                Ok(format!(
+                    "{}, 1 partition",
+                    if table == TableKind::Gpt { "GPT" } else { "MBR" }
+                ))
             }
             Convert => {
                 let o = ovh_plan(plan)?;
@@ -300,7 +376,11 @@ impl Run<'_> {
                 if o.compress {
                     cmd = cmd.arg("-c");
                 }
-                cmd.arg(&disk).arg(part.path()).log_to(&self.log).run().context("converting the disk to qcow2")?;
+                cmd.arg(&disk)
+                    .arg(part.path())
+                    .log_to(&self.log)
+                    .run()
+                    .context("converting the disk to qcow2")?;
                 let size = std::fs::metadata(part.path())?.len();
                 ovh.output = Some(part);
                 Ok(format!("{} MiB", size >> 20))
@@ -340,7 +420,11 @@ impl Run<'_> {
                             })
                             .collect();
                     }
-                    doc.ovh_reinstall = Some(manifest::ovh_reinstall_template(&o.efi_bootloader_path, &sha, &o.file_name));
+                    doc.ovh_reinstall = Some(manifest::ovh_reinstall_template(
+                        &o.efi_bootloader_path,
+                        &sha,
+                        &o.file_name,
+                    ));
                     pending.push(output);
                     pending.push(side);
                 }
@@ -364,13 +448,18 @@ impl Run<'_> {
 }
 
 fn ovh_plan(plan: &Plan) -> Result<&OvhByolPlan> {
-    plan.ovh_byol.as_ref().context("internal: ovh-byol stage without an ovh-byol target")
+    plan.ovh_byol
+        .as_ref()
+        .context("internal: ovh-byol stage without an ovh-byol target")
 }
 
 /// A UUID derived from the spec hash, so rebuilding the same spec gives the
 /// same filesystem and partition identifiers.
 fn derived_uuid(plan: &Plan, what: &str) -> uuid::Uuid {
-    let h = Hasher::new("uuid").hash("spec", &plan.spec_hash).str("what", what).finish();
+    let h = Hasher::new("uuid")
+        .hash("spec", &plan.spec_hash)
+        .str("what", what)
+        .finish();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&h.bytes()[..16]);
     uuid::Builder::from_random_bytes(bytes).into_uuid()

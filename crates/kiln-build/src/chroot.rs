@@ -32,7 +32,8 @@ fi
 exec chroot "$root" /bin/sh -c '. /etc/profile >/dev/null 2>&1 || true; exec "$0"' "$script"
 "#;
 
-const POLICY_RC_D: &str = "#!/bin/sh\n# Written by kiln during the build: no service starts in the build chroot.\nexit 101\n";
+const POLICY_RC_D: &str =
+    "#!/bin/sh\n# Written by kiln during the build: no service starts in the build chroot.\nexit 101\n";
 
 /// A script to run in the tree.
 pub struct ChrootScript<'a> {
@@ -59,7 +60,18 @@ pub fn run_in_tree(
     };
     write_mode(&tree.join(inside.trim_start_matches('/')), &body, 0o755)?;
     let result = Cmd::new("unshare")
-        .args(["--mount", "--propagation", "private", "--fork", "--kill-child", "--", "sh", "-c", WRAPPER, "kiln-chroot"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            WRAPPER,
+            "kiln-chroot",
+        ])
         .arg(tree)
         .arg(inside)
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -71,7 +83,13 @@ pub fn run_in_tree(
         .run();
     let _ = std::fs::remove_file(tree.join(inside.trim_start_matches('/')));
     drop(guard);
-    result.with_context(|| format!("running {} in the image tree (full log: {})", script.name, log.display()))?;
+    result.with_context(|| {
+        format!(
+            "running {} in the image tree (full log: {})",
+            script.name,
+            log.display()
+        )
+    })?;
     Ok(())
 }
 

@@ -108,6 +108,9 @@ mod tests {
     #[test]
     fn domain_separates() {
         assert_ne!(Hasher::new("a").finish(), Hasher::new("b").finish());
-        assert_eq!(Hasher::new("a").str("k", "v").finish(), Hasher::new("a").str("k", "v").finish());
+        assert_eq!(
+            Hasher::new("a").str("k", "v").finish(),
+            Hasher::new("a").str("k", "v").finish()
+        );
     }
 }

@@ -2,7 +2,6 @@
 //! filesystem, disk, convert, checksums) with content hashes, the bootstrap
 //! backends, customisation in a chroot, and the targets.
 
-pub mod targets;
 pub mod bootstrap;
 pub mod build;
 pub mod chroot;
@@ -10,6 +9,7 @@ pub mod customise;
 pub mod hash;
 pub mod manifest;
 pub mod plan;
+pub mod targets;
 
 pub use build::{build, BuildOptions, BuildOutput, Event, Quiet, Reporter};
 pub use plan::{plan, tool_versions, Plan, Stage, StageKind};

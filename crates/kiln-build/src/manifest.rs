@@ -89,9 +89,19 @@ impl Manifest {
             name: plan.name.clone(),
             version: plan.version.clone(),
             kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
-            spec: SpecInfo { path: plan.spec_path.display().to_string(), hash: plan.spec_hash },
+            spec: SpecInfo {
+                path: plan.spec_path.display().to_string(),
+                hash: plan.spec_hash,
+            },
             git,
-            stages: plan.stages.iter().map(|s| StageHash { id: s.id.clone(), hash: s.hash }).collect(),
+            stages: plan
+                .stages
+                .iter()
+                .map(|s| StageHash {
+                    id: s.id.clone(),
+                    hash: s.hash,
+                })
+                .collect(),
             tools: plan.tools.clone(),
             packages,
             artifacts: Vec::new(),
@@ -120,7 +130,10 @@ fn parse_dpkg_query(out: &str) -> Vec<Package> {
             let status = f.next()?;
             let name = f.next()?;
             let version = f.next()?;
-            status.starts_with("ii").then(|| Package { name: name.to_owned(), version: version.to_owned() })
+            status.starts_with("ii").then(|| Package {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            })
         })
         .collect();
     pkgs.sort();
@@ -130,10 +143,23 @@ fn parse_dpkg_query(out: &str) -> Vec<Package> {
 /// The commit of the repository holding the spec, `-dirty` if it has
 /// uncommitted changes; `None` outside a repository or without git.
 pub fn git_info(spec_dir: &Path) -> Option<GitInfo> {
-    let head = Cmd::new("git").arg("-C").arg(spec_dir).args(["rev-parse", "HEAD"]).run_string().ok()?;
-    let status = Cmd::new("git").arg("-C").arg(spec_dir).args(["status", "--porcelain"]).run_string().ok()?;
+    let head = Cmd::new("git")
+        .arg("-C")
+        .arg(spec_dir)
+        .args(["rev-parse", "HEAD"])
+        .run_string()
+        .ok()?;
+    let status = Cmd::new("git")
+        .arg("-C")
+        .arg(spec_dir)
+        .args(["status", "--porcelain"])
+        .run_string()
+        .ok()?;
     let dirty = !status.trim().is_empty();
-    Some(GitInfo { commit: if dirty { format!("{head}-dirty") } else { head }, dirty })
+    Some(GitInfo {
+        commit: if dirty { format!("{head}-dirty") } else { head },
+        dirty,
+    })
 }
 
 /// A ready-to-send body for `POST /dedicated/server/{serviceName}/reinstall`
@@ -163,8 +189,14 @@ mod tests {
         assert_eq!(
             parse_dpkg_query(out),
             [
-                Package { name: "apt".into(), version: "2.6.1".into() },
-                Package { name: "bash".into(), version: "5.2.15-2+b7".into() }
+                Package {
+                    name: "apt".into(),
+                    version: "2.6.1".into()
+                },
+                Package {
+                    name: "bash".into(),
+                    version: "5.2.15-2+b7".into()
+                }
             ]
         );
     }

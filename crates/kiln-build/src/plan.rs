@@ -115,7 +115,11 @@ pub fn tool_versions() -> BTreeMap<String, String> {
     let probe = |tool: &str, args: &[&str]| -> String {
         match kiln_exec::Cmd::new(tool).args(args).run() {
             Ok(out) => {
-                let text = if out.stdout.is_empty() { out.tail } else { out.stdout_string() };
+                let text = if out.stdout.is_empty() {
+                    out.tail
+                } else {
+                    out.stdout_string()
+                };
                 text.lines().next().unwrap_or("").trim().to_owned()
             }
             Err(_) => "missing".to_owned(),
@@ -146,12 +150,22 @@ pub(crate) fn plan_with_host_sources(
     let host = bootstrap::host_sources(etc_apt);
     let sources = bootstrap::resolve_sources(&spec.base, &host)?;
 
-    let ovh = spec.targets.ovh_byol.as_ref().map(|t| resolve_ovh_byol(spec, t)).transpose()?;
+    let ovh = spec
+        .targets
+        .ovh_byol
+        .as_ref()
+        .map(|t| resolve_ovh_byol(spec, t))
+        .transpose()?;
 
     // The package set: the spec's, the kernel, and what targets and
     // customisations need.
     let mut include: Vec<String> = spec.packages.install.clone();
-    include.push(spec.kernel.package.clone().unwrap_or_else(|| "linux-image-amd64".to_owned()));
+    include.push(
+        spec.kernel
+            .package
+            .clone()
+            .unwrap_or_else(|| "linux-image-amd64".to_owned()),
+    );
     let mut download = Vec::new();
     if ovh.is_some() {
         include.extend(ovh_byol::REQUIRED_PACKAGES.iter().map(|p| p.to_string()));
@@ -160,7 +174,11 @@ pub(crate) fn plan_with_host_sources(
     if spec.users.iter().any(|u| u.sudo) {
         include.push("sudo".to_owned());
     }
-    if spec.locale.as_deref().is_some_and(|l| !matches!(l, "C.UTF-8" | "C" | "POSIX")) {
+    if spec
+        .locale
+        .as_deref()
+        .is_some_and(|l| !matches!(l, "C.UTF-8" | "C" | "POSIX"))
+    {
         include.push("locales".to_owned());
     }
     if spec.timezone.is_some() {
@@ -180,12 +198,19 @@ pub(crate) fn plan_with_host_sources(
                 "Types: deb\nURIs: {}\nSuites: {}\nComponents: {}\n{}",
                 s.uri,
                 s.suites.join(" "),
-                if s.components.is_empty() { "main".to_owned() } else { s.components.join(" ") },
+                if s.components.is_empty() {
+                    "main".to_owned()
+                } else {
+                    s.components.join(" ")
+                },
                 s.key
                     .as_ref()
                     .map(|k| format!(
                         "Signed-By: /etc/apt/keyrings/{}\n",
-                        Path::new(k).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                        Path::new(k)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
                     ))
                     .unwrap_or_default()
             ),
@@ -218,23 +243,37 @@ pub(crate) fn plan_with_host_sources(
     let mut file_inputs = Vec::new();
     for f in &spec.files {
         let h = file_hash(&dir.join(&f.src)).with_context(|| format!("reading [[files]] src {}", f.src))?;
-        file_inputs.push(StageInput { name: format!("file {}", f.src), hash: h });
+        file_inputs.push(StageInput {
+            name: format!("file {}", f.src),
+            hash: h,
+        });
     }
     for r in &spec.run {
         if let Some(file) = &r.file {
             let h = file_hash(&dir.join(file)).with_context(|| format!("reading [[run]] file {file}"))?;
-            file_inputs.push(StageInput { name: format!("run file {file}"), hash: h });
+            file_inputs.push(StageInput {
+                name: format!("run file {file}"),
+                hash: h,
+            });
         }
     }
     for s in &spec.base.sources {
         if let Some(k) = &s.key {
             let h = file_hash(&dir.join(k)).with_context(|| format!("reading apt key {k}"))?;
-            file_inputs.push(StageInput { name: format!("apt key {k}"), hash: h });
+            file_inputs.push(StageInput {
+                name: format!("apt key {k}"),
+                hash: h,
+            });
         }
     }
 
     let mut stages: Vec<Stage> = Vec::new();
-    let push = |stages: &mut Vec<Stage>, id: String, kind: StageKind, target: Option<&str>, actions: Vec<String>, inputs: Vec<StageInput>| {
+    let push = |stages: &mut Vec<Stage>,
+                id: String,
+                kind: StageKind,
+                target: Option<&str>,
+                actions: Vec<String>,
+                inputs: Vec<StageInput>| {
         let parent = stages.last().map(|s: &Stage| (s.id.clone(), s.hash));
         let mut h = Hasher::new(kind.title());
         h.str("pipeline", PIPELINE_VERSION);
@@ -254,8 +293,14 @@ pub(crate) fn plan_with_host_sources(
             hash: h.finish(),
         });
     };
-    let json_input = |name: &str, v: &dyn erased::Json| StageInput { name: name.to_owned(), hash: v.hash(name) };
-    let str_input = |name: &str, v: &str| StageInput { name: name.to_owned(), hash: Hasher::new(name).str("v", v).finish() };
+    let json_input = |name: &str, v: &dyn erased::Json| StageInput {
+        name: name.to_owned(),
+        hash: v.hash(name),
+    };
+    let str_input = |name: &str, v: &str| StageInput {
+        name: name.to_owned(),
+        hash: Hasher::new(name).str("v", v).finish(),
+    };
 
     push(
         &mut stages,
@@ -268,13 +313,26 @@ pub(crate) fn plan_with_host_sources(
                 bootstrap.release,
                 bootstrap.architecture,
                 bootstrap.variant,
-                bootstrap.sources.iter().map(|s| s.suite.as_str()).collect::<Vec<_>>().join(", ")
+                bootstrap
+                    .sources
+                    .iter()
+                    .map(|s| s.suite.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
-            format!("install {} packages: {}", bootstrap.include.len(), bootstrap.include.join(" ")),
+            format!(
+                "install {} packages: {}",
+                bootstrap.include.len(),
+                bootstrap.include.join(" ")
+            ),
             if bootstrap.download.is_empty() {
                 "download no extra .deb files".to_owned()
             } else {
-                format!("keep .deb files of {} in {}", bootstrap.download.join(", "), bootstrap.download_dir)
+                format!(
+                    "keep .deb files of {} in {}",
+                    bootstrap.download.join(", "),
+                    bootstrap.download_dir
+                )
             },
         ],
         vec![
@@ -289,10 +347,21 @@ pub(crate) fn plan_with_host_sources(
 
     let mut actions = Vec::new();
     if !spec.files.is_empty() || !spec.directories.is_empty() {
-        actions.push(format!("place {} files and {} directories", spec.files.len(), spec.directories.len()));
+        actions.push(format!(
+            "place {} files and {} directories",
+            spec.files.len(),
+            spec.directories.len()
+        ));
     }
     if !spec.users.is_empty() {
-        actions.push(format!("create users {}", spec.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")));
+        actions.push(format!(
+            "create users {}",
+            spec.users
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     actions.push(format!(
         "hostname {}, time zone {}, locale {}",
@@ -321,7 +390,10 @@ pub(crate) fn plan_with_host_sources(
             json_input("[[run]]", &spec.run),
             json_input("[[users]]", &spec.users),
             json_input("[root]", &spec.root),
-            json_input("hostname/timezone/locale", &(&spec.hostname, &spec.timezone, &spec.locale)),
+            json_input(
+                "hostname/timezone/locale",
+                &(&spec.hostname, &spec.timezone, &spec.locale),
+            ),
             json_input("[services]", &spec.services),
             json_input("[cloud_init]", &(&spec.cloud_init, &datasources)),
             json_input("[packages] remove", &spec.packages.remove),
@@ -339,7 +411,10 @@ pub(crate) fn plan_with_host_sources(
             StageKind::Finalise,
             Some(t),
             vec![
-                format!("write /root/.ovh/make_image_bootable.sh (EFI path {})", o.efi_bootloader_path),
+                format!(
+                    "write /root/.ovh/make_image_bootable.sh (EFI path {})",
+                    o.efi_bootloader_path
+                ),
                 format!("GRUB defaults: {}", o.cmdline.join(" ")),
                 "cloud-init: disable growpart, resizefs, grub-dpkg".to_owned(),
                 "remove machine-id, SSH host keys, network config, cloud-init state, apt lists, logs".to_owned(),
@@ -364,12 +439,22 @@ pub(crate) fn plan_with_host_sources(
                 },
                 match o.size {
                     Some(s) => format!("{} MiB", s >> 20),
-                    None => format!("automatic size (content + {})", o.target.headroom.as_deref().unwrap_or("25% + 256 MiB")),
+                    None => format!(
+                        "automatic size (content + {})",
+                        o.target.headroom.as_deref().unwrap_or("25% + 256 MiB")
+                    ),
                 }
             )],
             vec![
                 json_input("filesystem", &(o.filesystem, &o.target.size, &o.target.headroom)),
-                str_input("mkfs", &tool(if o.filesystem == Filesystem::Ext4 { "mke2fs" } else { "mkfs.xfs" })),
+                str_input(
+                    "mkfs",
+                    &tool(if o.filesystem == Filesystem::Ext4 {
+                        "mke2fs"
+                    } else {
+                        "mkfs.xfs"
+                    }),
+                ),
             ],
         );
         push(
@@ -391,8 +476,15 @@ pub(crate) fn plan_with_host_sources(
             format!("{t}/convert"),
             StageKind::Convert,
             Some(t),
-            vec![format!("qemu-img convert to {}qcow2 → {}", if o.compress { "compressed " } else { "" }, o.file_name)],
-            vec![json_input("compress", &o.compress), str_input("qemu-img", &tool("qemu-img"))],
+            vec![format!(
+                "qemu-img convert to {}qcow2 → {}",
+                if o.compress { "compressed " } else { "" },
+                o.file_name
+            )],
+            vec![
+                json_input("compress", &o.compress),
+                str_input("qemu-img", &tool("qemu-img")),
+            ],
         );
     }
     push(

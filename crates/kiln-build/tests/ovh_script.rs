@@ -106,7 +106,11 @@ impl Sandbox {
             .env("PATH", format!("{}:{host_path}", self.bin().display()))
             .run_status()
             .unwrap();
-        Run { status, stdout: out.stdout_string(), log: out.tail }
+        Run {
+            status,
+            stdout: out.stdout_string(),
+            log: out.tail,
+        }
     }
 
     /// [`Sandbox::run`], which must succeed.
@@ -128,7 +132,9 @@ impl Sandbox {
         let dir = self.root().join("dev/disk/by-id");
         fs::create_dir_all(&dir).unwrap();
         for line in fs::read_to_string(fixture(listing)).unwrap().lines() {
-            let Some((left, target)) = line.split_once(" -> ") else { continue };
+            let Some((left, target)) = line.split_once(" -> ") else {
+                continue;
+            };
             let name = left.split_whitespace().last().unwrap();
             std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
             // The device node itself, so the link is not dangling.
@@ -159,13 +165,19 @@ fn console_from_rescue_cmdline_goes_to_grub_defaults() {
         assignments(&first, "GRUB_CMDLINE_LINUX"),
         [r#"GRUB_CMDLINE_LINUX="console=tty0 console=ttyS1,57600o7""#]
     );
-    assert_eq!(assignments(&first, "GRUB_TERMINAL"), [r#"GRUB_TERMINAL="console serial""#]);
+    assert_eq!(
+        assignments(&first, "GRUB_TERMINAL"),
+        [r#"GRUB_TERMINAL="console serial""#]
+    );
     assert_eq!(
         assignments(&first, "GRUB_SERIAL_COMMAND"),
         [r#"GRUB_SERIAL_COMMAND="serial --unit=1 --speed=57600 --parity=odd --word=7""#]
     );
     // Everything else is untouched.
-    assert_eq!(assignments(&first, "GRUB_CMDLINE_LINUX_DEFAULT"), [r#"GRUB_CMDLINE_LINUX_DEFAULT="quiet""#]);
+    assert_eq!(
+        assignments(&first, "GRUB_CMDLINE_LINUX_DEFAULT"),
+        [r#"GRUB_CMDLINE_LINUX_DEFAULT="quiet""#]
+    );
     assert!(first.contains("#GRUB_TERMINAL=console\n"));
     assert_eq!(first.lines().count(), grub_default_bookworm().lines().count() + 2);
 
@@ -177,12 +189,27 @@ fn console_from_rescue_cmdline_goes_to_grub_defaults() {
 fn serial_command_follows_the_kernel_syntax() {
     let s = Sandbox::new();
     for (consoles, expected) in [
-        ("console=ttyS1,57600o7", "serial --unit=1 --speed=57600 --parity=odd --word=7"),
-        ("console=ttyS0,115200n8", "serial --unit=0 --speed=115200 --parity=no --word=8"),
-        ("console=ttyS0,115200e7r", "serial --unit=0 --speed=115200 --parity=even --word=7"),
-        ("console=ttyS1,115200", "serial --unit=1 --speed=115200 --parity=no --word=8"),
+        (
+            "console=ttyS1,57600o7",
+            "serial --unit=1 --speed=57600 --parity=odd --word=7",
+        ),
+        (
+            "console=ttyS0,115200n8",
+            "serial --unit=0 --speed=115200 --parity=no --word=8",
+        ),
+        (
+            "console=ttyS0,115200e7r",
+            "serial --unit=0 --speed=115200 --parity=even --word=7",
+        ),
+        (
+            "console=ttyS1,115200",
+            "serial --unit=1 --speed=115200 --parity=no --word=8",
+        ),
         ("console=ttyS0", "serial --unit=0 --speed=9600 --parity=no --word=8"),
-        ("console=ttyS0,9600 console=tty0 console=ttyS1,19200", "serial --unit=1 --speed=19200 --parity=no --word=8"),
+        (
+            "console=ttyS0,9600 console=tty0 console=ttyS1,19200",
+            "serial --unit=1 --speed=19200 --parity=no --word=8",
+        ),
         ("console=tty0", ""),
         ("console=ttyUSB0,115200", ""),
         ("console=ttyS0,fast", ""),
@@ -223,7 +250,10 @@ fn missing_grub_defaults_are_created_from_the_packaged_template() {
     s.cmdline("console=ttyS0,115200\n");
     s.ok("configure_console");
     let text = s.read("etc/default/grub");
-    assert_eq!(assignments(&text, "GRUB_CMDLINE_LINUX"), [r#"GRUB_CMDLINE_LINUX="console=ttyS0,115200""#]);
+    assert_eq!(
+        assignments(&text, "GRUB_CMDLINE_LINUX"),
+        [r#"GRUB_CMDLINE_LINUX="console=ttyS0,115200""#]
+    );
     assert!(text.starts_with("# If you change this file, run 'update-grub'"));
 }
 
@@ -243,9 +273,17 @@ fn unsafe_console_tokens_are_ignored() {
     s.cmdline("console=ttyS0\"$(reboot)\" console=tty0;id console=`id` console=ttyS1,115200\n");
     let run = s.run("configure_console");
     assert!(run.status.success(), "{}", run.log);
-    assert!(run.log.contains("ignoring console parameter with unexpected characters"), "{}", run.log);
+    assert!(
+        run.log
+            .contains("ignoring console parameter with unexpected characters"),
+        "{}",
+        run.log
+    );
     let text = s.read("etc/default/grub");
-    assert_eq!(assignments(&text, "GRUB_CMDLINE_LINUX"), [r#"GRUB_CMDLINE_LINUX="console=ttyS1,115200""#]);
+    assert_eq!(
+        assignments(&text, "GRUB_CMDLINE_LINUX"),
+        [r#"GRUB_CMDLINE_LINUX="console=ttyS1,115200""#]
+    );
 }
 
 #[test]
@@ -287,7 +325,12 @@ fn boot_disks_through_lvm_on_md() {
     s.replay("findmnt", "findmnt-lvm-on-md.txt");
     s.replay("lsblk", "lsblk-lvm-on-md.txt");
     assert_eq!(s.ok("boot_disks"), "/dev/nvme0n1\n/dev/nvme1n1\n");
-    assert!(s.calls().contains("lsblk -n -p -l -o TYPE,NAME -s /dev/mapper/vg-data\n"), "{}", s.calls());
+    assert!(
+        s.calls()
+            .contains("lsblk -n -p -l -o TYPE,NAME -s /dev/mapper/vg-data\n"),
+        "{}",
+        s.calls()
+    );
 }
 
 #[test]
@@ -297,7 +340,11 @@ fn boot_disk_on_a_loop_device_falls_back_to_the_device_path() {
     s.replay("lsblk", "lsblk-loop.txt");
     // No /boot directory in the root: the filesystem holding / is asked for.
     assert_eq!(s.ok("boot_disks"), "/dev/loop0\n");
-    assert!(s.calls().starts_with("findmnt -A -c -e -l -n -T / -o SOURCE,FSTYPE\n"), "{}", s.calls());
+    assert!(
+        s.calls().starts_with("findmnt -A -c -e -l -n -T / -o SOURCE,FSTYPE\n"),
+        "{}",
+        s.calls()
+    );
     assert_eq!(s.ok("disk_id /dev/loop0"), "/dev/loop0\n");
 }
 
@@ -314,7 +361,10 @@ fn boot_on_zfs_is_refused() {
 
 /// Stubs for an offline GRUB install; `grub-install` fails on `fail_on`.
 fn grub_stubs(s: &Sandbox, fail_on: &str) {
-    s.stub("debconf-set-selections", "sed 's/^/  debconf: /' >> \"$KILN_TEST_CALLS\"");
+    s.stub(
+        "debconf-set-selections",
+        "sed 's/^/  debconf: /' >> \"$KILN_TEST_CALLS\"",
+    );
     s.stub("apt-get", "");
     s.stub("dpkg", "exit 1");
     s.stub(
@@ -343,7 +393,10 @@ fn bios_install_preseeds_every_raid_member_and_installs_each() {
     grub_stubs(&s, "none");
     s.ok("run_step install_grub");
     let calls = s.calls();
-    let calls: Vec<&str> = calls.lines().filter(|l| !l.starts_with("findmnt") && !l.starts_with("lsblk")).collect();
+    let calls: Vec<&str> = calls
+        .lines()
+        .filter(|l| !l.starts_with("findmnt") && !l.starts_with("lsblk"))
+        .collect();
     assert_eq!(
         calls,
         [
@@ -365,7 +418,10 @@ fn bios_install_fails_loudly_when_one_disk_fails() {
     s.by_id_from("ls-by-id-md-raid1.txt");
     grub_stubs(&s, "/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_S4EWNX0R654321B");
     let log = s.fails("run_step install_grub");
-    assert!(log.contains("ERROR: grub-install failed on /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_S4EWNX0R654321B"), "{log}");
+    assert!(
+        log.contains("ERROR: grub-install failed on /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_S4EWNX0R654321B"),
+        "{log}"
+    );
     assert!(
         log.contains("(install_grub_bios): grub-install failed on /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_S4EWNX0R654321B"),
         "{log}"
@@ -390,7 +446,11 @@ fn efi_install_never_touches_nvram() {
          apt-get install -y --no-install-recommends -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /root/.ovh/debs/grub-efi-amd64_2.06-13+deb12u2_amd64.deb\n\
          grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian --no-nvram\n"
     );
-    assert!(run.log.contains(r"efiBootloaderPath \efi\debian\grubx64.efi"), "{}", run.log);
+    assert!(
+        run.log.contains(r"efiBootloaderPath \efi\debian\grubx64.efi"),
+        "{}",
+        run.log
+    );
 }
 
 #[test]
@@ -403,7 +463,11 @@ fn efi_removable_fallback_only_when_asked() {
     s.stub("findmnt", "");
     grub_stubs(&s, "none");
     s.ok("install_grub");
-    assert!(s.calls().contains("force_efi_extra_removable boolean true\n"), "{}", s.calls());
+    assert!(
+        s.calls().contains("force_efi_extra_removable boolean true\n"),
+        "{}",
+        s.calls()
+    );
     assert!(
         s.calls().contains("grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=kiln-os --no-nvram --force-extra-removable\n"),
         "{}",
@@ -419,7 +483,10 @@ fn efi_install_fails_when_grubx64_is_missing_or_esp_unmounted() {
     grub_stubs(&s, "none");
     s.stub("grub-install", "true");
     let log = s.fails("run_step install_grub");
-    assert!(log.contains("grub-install did not produce /boot/efi/EFI/debian/grubx64.efi"), "{log}");
+    assert!(
+        log.contains("grub-install did not produce /boot/efi/EFI/debian/grubx64.efi"),
+        "{log}"
+    );
 
     s.stub("findmnt", "exit 1");
     let log = s.fails("run_step install_grub");
@@ -467,7 +534,10 @@ fn initramfs_is_updated_or_created_for_each_image_kernel() {
     s.stub("uname", "echo 6.5.0-rescue");
     s.stub("update-initramfs", r#"printf new > "$KILN_ROOT/boot/initrd.img-$3""#);
     s.ok("regenerate_initramfs");
-    assert_eq!(s.calls(), "update-initramfs -u -k 6.1.0-56-amd64\nupdate-initramfs -c -k 6.10.0-1-amd64\n");
+    assert_eq!(
+        s.calls(),
+        "update-initramfs -u -k 6.1.0-56-amd64\nupdate-initramfs -c -k 6.10.0-1-amd64\n"
+    );
 
     let s = Sandbox::new();
     s.stub("update-initramfs", "");
@@ -482,7 +552,10 @@ fn err_trap_names_step_line_and_command() {
     let s = Sandbox::new();
     let log = s.fails("failing_step() {\n  true\n  false\n}\nrun_step failing_step\necho not reached");
     assert!(log.contains("==> step failing_step: start"), "{log}");
-    assert!(log.contains("FAILED in step failing_step, line 4 (failing_step): 'false' exited with status 1"), "{log}");
+    assert!(
+        log.contains("FAILED in step failing_step, line 4 (failing_step): 'false' exited with status 1"),
+        "{log}"
+    );
     assert!(log.contains("/root/.ovh is kept so this script can be rerun"), "{log}");
     assert!(!log.contains("not reached"), "{log}");
 
@@ -510,6 +583,9 @@ fn sourcing_runs_nothing_and_steps_are_timestamped() {
     for line in lines {
         let (stamp, rest) = line.split_once(' ').unwrap();
         assert_eq!(stamp.len(), "2025-01-31T12:34:56+0000".len(), "{line}");
-        assert!(stamp.as_bytes()[10] == b'T' && rest.starts_with("==> step quiet_step: "), "{line}");
+        assert!(
+            stamp.as_bytes()[10] == b'T' && rest.starts_with("==> step quiet_step: "),
+            "{line}"
+        );
     }
 }

@@ -60,7 +60,9 @@ fn tree() -> PathBuf {
         return tree.clone();
     }
     let given = std::env::var_os("KILN_TEST_TREE").map(PathBuf::from);
-    let tree = given.clone().unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("ovh-script-tree"));
+    let tree = given
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("ovh-script-tree"));
     let stamp = with_suffix(&tree, ".stamp");
     // The recipe, independent of where the tree lives.
     let recipe = mmdebstrap_args(Path::new("TREE")).join("\n");
@@ -113,8 +115,14 @@ struct PartitionNodes {
 
 impl PartitionNodes {
     fn add(device: &Path) -> Self {
-        Cmd::new("partx").arg("--add").arg(device).run().unwrap_or_else(|e| panic!("{e}"));
-        PartitionNodes { device: device.to_owned() }
+        Cmd::new("partx")
+            .arg("--add")
+            .arg(device)
+            .run()
+            .unwrap_or_else(|e| panic!("{e}"));
+        PartitionNodes {
+            device: device.to_owned(),
+        }
     }
 }
 
@@ -171,7 +179,11 @@ struct Outcome {
 fn assert_root() {
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
-    assert_eq!(uid.split_whitespace().nth(1), Some("0"), "this test needs root (loop devices, mounts, chroot)");
+    assert_eq!(
+        uid.split_whitespace().nth(1),
+        Some("0"),
+        "this test needs root (loop devices, mounts, chroot)"
+    );
 }
 
 fn run_script(scenario: &str) -> Outcome {
@@ -192,7 +204,11 @@ fn run_script(scenario: &str) -> Outcome {
     let partitions = PartitionNodes::add(loop_device.path());
     let part = PathBuf::from(format!("{}p1", loop_device.path().display()));
     wait_for(&part);
-    Cmd::new("mke2fs").args(["-q", "-t", "ext4"]).arg(&part).run().unwrap_or_else(|e| panic!("{e}"));
+    Cmd::new("mke2fs")
+        .args(["-q", "-t", "ext4"])
+        .arg(&part)
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let params = ScriptParams::debian();
     let script = work.path().join("make_image_bootable.sh");
@@ -202,7 +218,17 @@ fn run_script(scenario: &str) -> Outcome {
     let timer = Instant::now();
     let prefix = format!("  {scenario} |");
     Cmd::new("unshare")
-        .args(["--mount", "--propagation", "private", "--fork", "--kill-child", "--", "sh", "-c", NAMESPACE_SCRIPT])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            NAMESPACE_SCRIPT,
+        ])
         .arg("kiln-ovh-chroot-test")
         .arg(&part)
         .arg(work.path().join("mnt"))
@@ -214,7 +240,10 @@ fn run_script(scenario: &str) -> Outcome {
         .on_line(move |line| eprintln!("{prefix} {line}"))
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{scenario}: copying the tree and running the script took {:.0?}", timer.elapsed());
+    eprintln!(
+        "{scenario}: copying the tree and running the script took {:.0?}",
+        timer.elapsed()
+    );
     drop(partitions);
     drop(loop_device);
 
@@ -228,7 +257,11 @@ fn run_script(scenario: &str) -> Outcome {
     let mut head = fs::read(&disk).unwrap();
     head.truncate(1 << 20);
     Outcome {
-        status: read("status").expect("the namespace script wrote no status").trim().parse().unwrap(),
+        status: read("status")
+            .expect("the namespace script wrote no status")
+            .trim()
+            .parse()
+            .unwrap(),
         log: read("log").unwrap_or_default(),
         grub_cfg: read("grub.cfg"),
         machine_id: read("machine-id"),
@@ -242,7 +275,11 @@ fn run_script(scenario: &str) -> Outcome {
 fn wait_for(node: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !node.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear after partx --add", node.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear after partx --add",
+            node.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -261,7 +298,13 @@ fn host_consoles() -> Vec<String> {
 fn image_kernels(tree: &Path) -> Vec<String> {
     let mut versions: Vec<String> = fs::read_dir(tree.join("boot"))
         .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(str::to_owned)
+        })
         .collect();
     versions.sort();
     versions
@@ -274,18 +317,40 @@ fn assert_grub_in_boot_sectors(head: &[u8], tree: &Path) {
     let mbr = &head[..512];
     assert_eq!(&mbr[510..], [0x55, 0xAA], "MBR signature");
     // The partition table survived: partition 1 still starts at sector 2048.
-    assert_eq!(u32::from_le_bytes(mbr[0x1C6..0x1CA].try_into().unwrap()), 2048, "partition 1 start");
+    assert_eq!(
+        u32::from_le_bytes(mbr[0x1C6..0x1CA].try_into().unwrap()),
+        2048,
+        "partition 1 start"
+    );
     // boot.img's code and messages ("GRUB \0Geom\0Hard Disk\0Read\0 Error")
     // are in the first 440 bytes; grub-install only patches the BPB, the
     // core.img sector and the boot drive bytes before 0x80.
     assert_eq!(&mbr[0x180..0x185], b"GRUB ", "GRUB's boot.img is not in the MBR");
-    assert_eq!(&mbr[0x80..0x1B8], &boot_img[0x80..0x1B8], "MBR code differs from boot.img");
+    assert_eq!(
+        &mbr[0x80..0x1B8],
+        &boot_img[0x80..0x1B8],
+        "MBR code differs from boot.img"
+    );
     // It loads core.img from sector 1, which starts with diskboot.img and is
     // followed by the rest of core.img in the post-MBR gap.
-    assert_eq!(u64::from_le_bytes(mbr[0x5C..0x64].try_into().unwrap()), 1, "boot.img's core.img sector");
-    assert_eq!(&head[512..512 + 0x100], &diskboot_img[..0x100], "sector 1 is not GRUB's diskboot.img");
-    let used_sectors = head[1024..2048 * 512].chunks(512).filter(|s| s.iter().any(|b| *b != 0)).count();
-    assert!(used_sectors > 40, "only {used_sectors} non-empty sectors after diskboot.img: no core.img in the gap");
+    assert_eq!(
+        u64::from_le_bytes(mbr[0x5C..0x64].try_into().unwrap()),
+        1,
+        "boot.img's core.img sector"
+    );
+    assert_eq!(
+        &head[512..512 + 0x100],
+        &diskboot_img[..0x100],
+        "sector 1 is not GRUB's diskboot.img"
+    );
+    let used_sectors = head[1024..2048 * 512]
+        .chunks(512)
+        .filter(|s| s.iter().any(|b| *b != 0))
+        .count();
+    assert!(
+        used_sectors > 40,
+        "only {used_sectors} non-empty sectors after diskboot.img: no core.img in the gap"
+    );
 }
 
 #[test]
@@ -295,8 +360,14 @@ fn legacy_bios_install_in_a_chroot_makes_the_disk_bootable() {
     let log = &outcome.log;
     assert_eq!(outcome.status, 0, "the script failed; its log:\n{log}");
     for step in ["configure_console", "configure_mdadm", "install_grub", "finalize"] {
-        assert!(log.contains(&format!("==> step {step}: start")), "{step} missing from the log:\n{log}");
-        assert!(log.contains(&format!("==> step {step}: done")), "{step} did not finish:\n{log}");
+        assert!(
+            log.contains(&format!("==> step {step}: start")),
+            "{step} missing from the log:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("==> step {step}: done")),
+            "{step} did not finish:\n{log}"
+        );
     }
     assert!(log.contains("all steps done: the image is bootable"), "{log}");
     assert!(!outcome.ovh_dir_kept, "/root/.ovh was not removed");
@@ -306,17 +377,32 @@ fn legacy_bios_install_in_a_chroot_makes_the_disk_bootable() {
 
     let grub_cfg = outcome.grub_cfg.as_deref().expect("no /boot/grub/grub.cfg");
     let consoles = host_consoles();
-    assert!(!consoles.is_empty(), "the host kernel has no console= (this test expects console=ttyS0)");
-    let linux_lines: Vec<&str> = grub_cfg.lines().filter(|l| l.trim_start().starts_with("linux")).collect();
+    assert!(
+        !consoles.is_empty(),
+        "the host kernel has no console= (this test expects console=ttyS0)"
+    );
+    let linux_lines: Vec<&str> = grub_cfg
+        .lines()
+        .filter(|l| l.trim_start().starts_with("linux"))
+        .collect();
     assert!(!linux_lines.is_empty(), "no linux line in grub.cfg:\n{grub_cfg}");
     for line in &linux_lines {
         for console in &consoles {
-            assert!(line.split_whitespace().any(|w| w == console), "{console} missing from `{line}`");
+            assert!(
+                line.split_whitespace().any(|w| w == console),
+                "{console} missing from `{line}`"
+            );
         }
     }
     if consoles.iter().any(|c| c.starts_with("console=ttyS")) {
-        assert!(grub_cfg.contains("serial --unit="), "no GRUB serial terminal in grub.cfg");
-        assert!(grub_cfg.contains("terminal_output console serial"), "serial not a GRUB output:\n{grub_cfg}");
+        assert!(
+            grub_cfg.contains("serial --unit="),
+            "no GRUB serial terminal in grub.cfg"
+        );
+        assert!(
+            grub_cfg.contains("terminal_output console serial"),
+            "serial not a GRUB output:\n{grub_cfg}"
+        );
     }
 
     let machine_id = outcome.machine_id.as_deref().unwrap_or_default().trim().to_owned();
@@ -331,8 +417,15 @@ fn legacy_bios_install_in_a_chroot_makes_the_disk_bootable() {
         let name = format!("initrd.img-{version}");
         let mtime = outcome.initrds.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
         let mtime = mtime.unwrap_or_else(|| panic!("no /boot/{name}; initrds: {:?}", outcome.initrds));
-        assert!(mtime >= outcome.started, "/boot/{name} was not regenerated (mtime {mtime} < {})", outcome.started);
-        assert!(log.contains(&format!("update-initramfs: Generating /boot/{name}")), "{log}");
+        assert!(
+            mtime >= outcome.started,
+            "/boot/{name} was not regenerated (mtime {mtime} < {})",
+            outcome.started
+        );
+        assert!(
+            log.contains(&format!("update-initramfs: Generating /boot/{name}")),
+            "{log}"
+        );
     }
 }
 
@@ -341,11 +434,17 @@ fn legacy_bios_install_in_a_chroot_makes_the_disk_bootable() {
 fn missing_grub_pc_deb_fails_the_install_and_says_where() {
     let outcome = run_script("without-grub-pc-deb");
     let log = &outcome.log;
-    assert_ne!(outcome.status, 0, "the script succeeded without grub-pc; its log:\n{log}");
+    assert_ne!(
+        outcome.status, 0,
+        "the script succeeded without grub-pc; its log:\n{log}"
+    );
     assert!(log.contains("==> step configure_console: done"), "{log}");
     assert!(log.contains("no grub-pc_*.deb in /root/.ovh/debs"), "{log}");
     assert!(log.contains("FAILED in step install_grub, line "), "{log}");
     assert!(!log.contains("==> step finalize"), "{log}");
-    assert!(outcome.ovh_dir_kept, "/root/.ovh must stay for a rerun from the rescue system");
+    assert!(
+        outcome.ovh_dir_kept,
+        "/root/.ovh must stay for a rerun from the rescue system"
+    );
     assert_eq!(&outcome.head[0x180..0x185], [0; 5], "GRUB was installed anyway");
 }

@@ -17,7 +17,9 @@ pub fn installed_packages(status: &str) -> Vec<Package> {
     for stanza in status.split("\n\n") {
         let (mut name, mut version, mut arch, mut installed) = (None, "", "", false);
         for line in stanza.lines() {
-            let Some((key, value)) = line.split_once(':') else { continue };
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
             if line.starts_with([' ', '\t']) {
                 continue; // continuation of a multi-line field
             }
@@ -31,7 +33,11 @@ pub fn installed_packages(status: &str) -> Vec<Package> {
             }
         }
         if let (Some(name), true) = (name, installed) {
-            out.push(Package { name: name.to_owned(), version: version.to_owned(), arch: arch.to_owned() });
+            out.push(Package {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                arch: arch.to_owned(),
+            });
         }
     }
     out
@@ -49,7 +55,10 @@ mod tests {
                       Package: half\nStatus: install ok half-configured\n\n\
                       Package: libc6\nStatus: install ok installed\nArchitecture: i386\nVersion: 2.36\n";
         let p = installed_packages(status);
-        let names: Vec<_> = p.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.arch.as_str())).collect();
+        let names: Vec<_> = p
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str(), p.arch.as_str()))
+            .collect();
         assert_eq!(names, [("mdadm", "4.2-5", "amd64"), ("libc6", "2.36", "i386")]);
     }
 }

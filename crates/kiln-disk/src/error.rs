@@ -53,11 +53,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Error { kind, context: context.into(), source: None }
+        Error {
+            kind,
+            context: context.into(),
+            source: None,
+        }
     }
 
     pub fn with_source(kind: ErrorKind, context: impl Into<String>, source: impl Into<Source>) -> Self {
-        Error { kind, context: context.into(), source: Some(source.into()) }
+        Error {
+            kind,
+            context: context.into(),
+            source: Some(source.into()),
+        }
     }
 
     pub fn kind(&self) -> ErrorKind {

@@ -73,9 +73,16 @@ pub fn open_filesystem(image: &DiskImage, offset: u64, size: u64) -> Result<Box<
     let path = image.path().to_owned();
     let at = || format!("opening the filesystem at offset {offset} of {}", path.display());
     match info.map(|i| i.fs_type) {
-        Some(t) if t.is_ext() => Ok(Box::new(Ext4Fs::open(image, offset, size, t).map_err(|e| e.context_for(at()))?)),
-        Some(FsType::Xfs) => Ok(Box::new(XfsFs::open(&mut image, offset, size).map_err(|e| e.context_for(at()))?)),
-        Some(t) => Err(Error::unsupported(format!("{}: kiln does not read {t} filesystems", at()))),
+        Some(t) if t.is_ext() => Ok(Box::new(
+            Ext4Fs::open(image, offset, size, t).map_err(|e| e.context_for(at()))?,
+        )),
+        Some(FsType::Xfs) => Ok(Box::new(
+            XfsFs::open(&mut image, offset, size).map_err(|e| e.context_for(at()))?,
+        )),
+        Some(t) => Err(Error::unsupported(format!(
+            "{}: kiln does not read {t} filesystems",
+            at()
+        ))),
         None => Err(Error::invalid(format!("{}: no filesystem found", at()))),
     }
 }
@@ -168,7 +175,13 @@ fn ext4_meta(m: &ext4_view::Metadata) -> FileMeta {
     } else {
         FileKind::Other
     };
-    FileMeta { kind, mode: u32::from(m.mode()), uid: m.uid(), gid: m.gid(), size: m.len() }
+    FileMeta {
+        kind,
+        mode: u32::from(m.mode()),
+        uid: m.uid(),
+        gid: m.gid(),
+        size: m.len(),
+    }
 }
 
 impl FsRead for Ext4Fs {
@@ -258,7 +271,8 @@ impl XfsFs {
         image.extract(offset, size, &raw)?;
         let file = File::open(&raw).ctx(|| format!("opening {}", raw.display()))?;
         let mut sb = [0u8; 512];
-        file.read_exact_at(&mut sb, 0).ctx(|| "reading the XFS superblock".into())?;
+        file.read_exact_at(&mut sb, 0)
+            .ctx(|| "reading the XFS superblock".into())?;
         let be32 = |at: usize| u64::from(u32::from_be_bytes(sb[at..at + 4].try_into().expect("4 bytes")));
         let (block_size, ag_blocks) = (be32(4), be32(84));
         let root = u64::from_be_bytes(sb[56..64].try_into().expect("8 bytes"));
@@ -282,7 +296,9 @@ impl XfsFs {
         for c in commands {
             cmd = cmd.args(["-c", c]);
         }
-        cmd.arg(&self.raw).run_string().map_err(|e| Error::tool("reading XFS metadata", e))
+        cmd.arg(&self.raw)
+            .run_string()
+            .map_err(|e| Error::tool("reading XFS metadata", e))
     }
 
     fn inode(&mut self, ino: u64) -> Result<XfsInode> {
@@ -308,8 +324,14 @@ impl XfsFs {
             }
         }
         let num = |k: &str| -> Result<u64> {
-            let v = fields.get(k).ok_or_else(|| Error::corrupt(format!("inode {ino}: xfs_db printed no core.{k}")))?;
-            let parsed = if k == "mode" { u64::from_str_radix(v, 8) } else { v.parse() };
+            let v = fields
+                .get(k)
+                .ok_or_else(|| Error::corrupt(format!("inode {ino}: xfs_db printed no core.{k}")))?;
+            let parsed = if k == "mode" {
+                u64::from_str_radix(v, 8)
+            } else {
+                v.parse()
+            };
             parsed.map_err(|_| Error::corrupt(format!("inode {ino}: core.{k} = {v:?}")))
         };
         let mode = num("mode")? as u32;
@@ -320,7 +342,11 @@ impl XfsFs {
             gid: num("gid")? as u32,
             size: num("size")?,
         };
-        let inode = XfsInode { meta, extents, local_target };
+        let inode = XfsInode {
+            meta,
+            extents,
+            local_target,
+        };
         self.inodes.insert(ino, inode.clone());
         Ok(inode)
     }
@@ -333,7 +359,10 @@ impl XfsFs {
         let (ag, agbno): (u64, u64) = (ag.parse().ok()?, agbno.parse().ok()?);
         let count = words.get(5)?.parse().ok()?;
         let unwritten = words.get(7)? != &"0";
-        let byte = ag.checked_mul(self.ag_blocks)?.checked_add(agbno)?.checked_mul(self.block_size)?;
+        let byte = ag
+            .checked_mul(self.ag_blocks)?
+            .checked_add(agbno)?
+            .checked_mul(self.block_size)?;
         Some((file_block, byte, count, unwritten))
     }
 
@@ -357,10 +386,16 @@ impl XfsFs {
     fn read_data(&mut self, ino: u64, inode: &XfsInode) -> Result<Vec<u8>> {
         let size = inode.meta.size;
         if size > MAX_READ {
-            return Err(Error::unsupported(format!("inode {ino} is {size} bytes, more than kiln reads into memory")));
+            return Err(Error::unsupported(format!(
+                "inode {ino} is {size} bytes, more than kiln reads into memory"
+            )));
         }
         let mut data = vec![0u8; size as usize];
-        let len = self.file.metadata().ctx(|| "reading the extracted partition".into())?.len();
+        let len = self
+            .file
+            .metadata()
+            .ctx(|| "reading the extracted partition".into())?
+            .len();
         for &(file_block, at, count, unwritten) in &inode.extents {
             let start = file_block.saturating_mul(self.block_size);
             if unwritten || start >= size {
@@ -368,7 +403,9 @@ impl XfsFs {
             }
             let n = count.saturating_mul(self.block_size).min(size - start) as usize;
             if at.saturating_add(n as u64) > len {
-                return Err(Error::corrupt(format!("inode {ino} has an extent beyond the end of the filesystem")));
+                return Err(Error::corrupt(format!(
+                    "inode {ino} has an extent beyond the end of the filesystem"
+                )));
             }
             self.file
                 .read_exact_at(&mut data[start as usize..start as usize + n], at)
@@ -393,7 +430,11 @@ impl XfsFs {
                 self.file
                     .read_exact_at(&mut block, at + b * self.block_size)
                     .ctx(|| format!("reading symlink inode {ino}"))?;
-                let body = if &block[0..4] == b"XSLM" { &block[56..] } else { &block[..] };
+                let body = if &block[0..4] == b"XSLM" {
+                    &block[56..]
+                } else {
+                    &block[..]
+                };
                 target.extend_from_slice(body);
             }
         }
@@ -465,7 +506,9 @@ fn parse_ls_line(line: &str) -> Option<(String, u64)> {
 
 impl FsRead for XfsFs {
     fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
-        let Some(ino) = self.resolve(path, true)? else { return Ok(None) };
+        let Some(ino) = self.resolve(path, true)? else {
+            return Ok(None);
+        };
         let inode = self.inode(ino)?;
         if inode.meta.kind != FileKind::File {
             return Err(Error::input(format!("{path} is not a regular file")));
@@ -488,7 +531,9 @@ impl FsRead for XfsFs {
     }
 
     fn read_dir(&mut self, path: &str) -> Result<Option<Vec<String>>> {
-        let Some(ino) = self.resolve(path, true)? else { return Ok(None) };
+        let Some(ino) = self.resolve(path, true)? else {
+            return Ok(None);
+        };
         if self.inode(ino)?.meta.kind != FileKind::Dir {
             return Ok(None);
         }
@@ -498,7 +543,9 @@ impl FsRead for XfsFs {
     }
 
     fn read_link(&mut self, path: &str) -> Result<Option<String>> {
-        let Some(ino) = self.resolve(path, false)? else { return Ok(None) };
+        let Some(ino) = self.resolve(path, false)? else {
+            return Ok(None);
+        };
         let inode = self.inode(ino)?;
         if inode.meta.kind != FileKind::Symlink {
             return Ok(None);
@@ -545,18 +592,41 @@ mod tests {
 
     fn check(fs: &mut dyn FsRead, big: &[u8]) {
         assert_eq!(fs.read_file("/usr/bin/big").unwrap().unwrap(), big);
-        assert_eq!(fs.read_file("/bin/big").unwrap().unwrap(), big, "via a relative dir symlink");
-        assert_eq!(fs.read_file("/usr/abs-link").unwrap().unwrap(), b"kiln\n", "absolute target from the image root");
-        assert_eq!(fs.read_file("/usr/bin/up-link").unwrap().unwrap(), b"kiln\n", ".. stops at the image root");
-        assert_eq!(fs.read_file("/long-link").unwrap().unwrap(), b"kiln\n", "a symlink stored in blocks");
+        assert_eq!(
+            fs.read_file("/bin/big").unwrap().unwrap(),
+            big,
+            "via a relative dir symlink"
+        );
+        assert_eq!(
+            fs.read_file("/usr/abs-link").unwrap().unwrap(),
+            b"kiln\n",
+            "absolute target from the image root"
+        );
+        assert_eq!(
+            fs.read_file("/usr/bin/up-link").unwrap().unwrap(),
+            b"kiln\n",
+            ".. stops at the image root"
+        );
+        assert_eq!(
+            fs.read_file("/long-link").unwrap().unwrap(),
+            b"kiln\n",
+            "a symlink stored in blocks"
+        );
         assert_eq!(fs.read_file("etc/sub/file with space").unwrap().unwrap(), b"spaced");
-        assert_eq!(fs.read_file("/etc/host-passwd").unwrap(), None, "never the host's /etc/passwd");
+        assert_eq!(
+            fs.read_file("/etc/host-passwd").unwrap(),
+            None,
+            "never the host's /etc/passwd"
+        );
         assert_eq!(fs.read_file("/nope").unwrap(), None);
         assert_eq!(fs.read_file("/etc/hostname/below").unwrap(), None);
         assert!(fs.read_file("/loop1").is_err());
 
         let m = fs.metadata("/etc/hostname").unwrap().unwrap();
-        assert_eq!((m.kind, m.mode, m.uid, m.gid, m.size), (FileKind::File, 0o644, 42, 43, 5));
+        assert_eq!(
+            (m.kind, m.mode, m.uid, m.gid, m.size),
+            (FileKind::File, 0o644, 42, 43, 5)
+        );
         assert_eq!(fs.metadata("/bin").unwrap().unwrap().kind, FileKind::Dir);
         assert_eq!(fs.symlink_metadata("/bin").unwrap().unwrap().kind, FileKind::Symlink);
         assert_eq!(fs.read_link("/bin").unwrap().as_deref(), Some("usr/bin"));
@@ -579,8 +649,12 @@ mod tests {
         let size = if fs == FsType::Xfs { 302u64 << 20 } else { 40 << 20 };
         let disk = dir.path().join("disk.raw");
         sparse_file(&disk, size);
-        let parts =
-            [PartitionSpec { kind: PartKind::LinuxFs, size: 0, name: "root".into(), guid: uuid::Uuid::from_u128(1) }];
+        let parts = [PartitionSpec {
+            kind: PartKind::LinuxFs,
+            size: 0,
+            name: "root".into(),
+            guid: uuid::Uuid::from_u128(1),
+        }];
         let l = layout(size, TableKind::Gpt, &parts).unwrap();
         let p = &l.partitions[0];
         if fs == FsType::Xfs {

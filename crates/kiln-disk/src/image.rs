@@ -59,14 +59,21 @@ impl DiskImage {
     /// Opens `path`, detecting its format from its first bytes.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-        let file_size = file.metadata().ctx(|| format!("reading metadata of {}", path.display()))?.len();
+        let file_size = file
+            .metadata()
+            .ctx(|| format!("reading metadata of {}", path.display()))?
+            .len();
         let mut head = [0u8; 32];
         let n = (file_size as usize).min(head.len());
-        file.read_exact_at(&mut head[..n], 0).ctx(|| format!("reading {}", path.display()))?;
+        file.read_exact_at(&mut head[..n], 0)
+            .ctx(|| format!("reading {}", path.display()))?;
         let within = |e: Error| e.context_for(format!("reading {}", path.display()));
         let (format, inner) = if head.starts_with(qcow2::MAGIC) {
-            let q = Qcow2::open(file.try_clone().ctx(|| format!("opening {}", path.display()))?, file_size)
-                .map_err(within)?;
+            let q = Qcow2::open(
+                file.try_clone().ctx(|| format!("opening {}", path.display()))?,
+                file_size,
+            )
+            .map_err(within)?;
             (Format::Qcow2(q.header().clone()), Inner::Qcow2(Box::new(q)))
         } else if let Some((_, name)) = OTHER_MAGICS.iter().find(|(m, _)| head[..n].starts_with(m)) {
             return Err(within(Error::unsupported(format!(
@@ -75,7 +82,14 @@ impl DiskImage {
         } else {
             (Format::Raw, Inner::Raw)
         };
-        Ok(DiskImage { path: path.to_owned(), file, file_size, format, inner, pos: 0 })
+        Ok(DiskImage {
+            path: path.to_owned(),
+            file,
+            file_size,
+            format,
+            inner,
+            pos: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,7 +133,10 @@ impl DiskImage {
             ));
         }
         match &mut self.inner {
-            Inner::Raw => self.file.read_exact_at(buf, pos).ctx(|| format!("reading {}", self.path.display())),
+            Inner::Raw => self
+                .file
+                .read_exact_at(buf, pos)
+                .ctx(|| format!("reading {}", self.path.display())),
             Inner::Qcow2(q) => q.read_exact_at(buf, pos),
         }
     }
@@ -130,7 +147,13 @@ impl DiskImage {
         const CHUNK: u64 = 1 << 20;
         const BLOCK: usize = 4096;
         let src = self.path.clone();
-        let what = || format!("extracting {len} bytes at offset {offset} of {} to {}", src.display(), dest.display());
+        let what = || {
+            format!(
+                "extracting {len} bytes at offset {offset} of {} to {}",
+                src.display(),
+                dest.display()
+            )
+        };
         let mut out = File::create(dest).ctx(what)?;
         out.set_len(len).ctx(what)?;
         let mut buf = vec![0u8; CHUNK as usize];
@@ -196,7 +219,10 @@ impl Seek for DiskImage {
                 self.pos = p;
                 Ok(p)
             }
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the disk")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the disk",
+            )),
         }
     }
 }

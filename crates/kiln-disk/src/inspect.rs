@@ -87,14 +87,26 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let mut root = None;
     for (partition, start, size) in spans {
         let filesystem = probe_filesystem(&mut image, start, size)?;
-        if root.is_none() && filesystem.as_ref().is_some_and(|f| f.fs_type.is_ext() || f.fs_type == crate::FsType::Xfs)
+        if root.is_none()
+            && filesystem
+                .as_ref()
+                .is_some_and(|f| f.fs_type.is_ext() || f.fs_type == crate::FsType::Xfs)
         {
             match open_filesystem(&image, start, size).and_then(|mut fs| root_info(fs.as_mut(), partition)) {
                 Ok(found) => root = found,
-                Err(e) => warnings.push(format!("reading the filesystem of {}: {}", name_of(partition), chain(&e))),
+                Err(e) => warnings.push(format!(
+                    "reading the filesystem of {}: {}",
+                    name_of(partition),
+                    chain(&e)
+                )),
             }
         }
-        volumes.push(Volume { partition, start, size, filesystem });
+        volumes.push(Volume {
+            partition,
+            start,
+            size,
+            filesystem,
+        });
     }
     Ok(Inspection {
         path: path.display().to_string(),
@@ -128,12 +140,20 @@ fn root_info(fs: &mut dyn FsRead, partition: Option<u32>) -> Result<Option<RootI
         return Ok(None);
     }
     let boot = fs.read_dir("/boot")?.unwrap_or_default();
-    let kernels = boot.iter().filter_map(|n| n.strip_prefix("vmlinuz-")).map(str::to_owned).collect();
-    let initramfs =
-        boot.iter().filter(|n| n.starts_with("initrd.img-") || n.starts_with("initramfs-")).cloned().collect();
+    let kernels = boot
+        .iter()
+        .filter_map(|n| n.strip_prefix("vmlinuz-"))
+        .map(str::to_owned)
+        .collect();
+    let initramfs = boot
+        .iter()
+        .filter(|n| n.starts_with("initrd.img-") || n.starts_with("initramfs-"))
+        .cloned()
+        .collect();
     let module_dirs = fs.read_dir("/lib/modules")?.unwrap_or_default();
-    let installed_packages =
-        fs.read_file("/var/lib/dpkg/status")?.map(|s| installed_packages(&String::from_utf8_lossy(&s)).len());
+    let installed_packages = fs
+        .read_file("/var/lib/dpkg/status")?
+        .map(|s| installed_packages(&String::from_utf8_lossy(&s)).len());
     let manifest = fs.read_file(MANIFEST_PATH)?.map(|bytes| {
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()))
@@ -143,7 +163,15 @@ fn root_info(fs: &mut dyn FsRead, partition: Option<u32>) -> Result<Option<RootI
             .lines()
             .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
     });
-    Ok(Some(RootInfo { partition, os, kernels, module_dirs, initramfs, installed_packages, manifest }))
+    Ok(Some(RootInfo {
+        partition,
+        os,
+        kernels,
+        module_dirs,
+        initramfs,
+        installed_packages,
+        manifest,
+    }))
 }
 
 /// Bytes as "1.5 GiB".
@@ -184,7 +212,12 @@ impl fmt::Display for Inspection {
                 writeln!(f)?;
             }
         }
-        writeln!(f, "  file size {}, virtual size {}", human_size(self.file_size), human_size(self.virtual_size))?;
+        writeln!(
+            f,
+            "  file size {}, virtual size {}",
+            human_size(self.file_size),
+            human_size(self.virtual_size)
+        )?;
         let t = &self.partition_table;
         match t.kind {
             None => writeln!(f, "  no partition table")?,
@@ -225,7 +258,12 @@ impl fmt::Display for Inspection {
             writeln!(f)?;
         }
         if let Some(r) = &self.root {
-            writeln!(f, "  root filesystem ({}): {}", name_of(r.partition), r.os.as_deref().unwrap_or("unknown OS"))?;
+            writeln!(
+                f,
+                "  root filesystem ({}): {}",
+                name_of(r.partition),
+                r.os.as_deref().unwrap_or("unknown OS")
+            )?;
             let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
             writeln!(f, "    kernels: {}", list(&r.kernels))?;
             writeln!(f, "    module dirs: {}", list(&r.module_dirs))?;
@@ -235,7 +273,11 @@ impl fmt::Display for Inspection {
                 None => writeln!(f, "    packages: no dpkg database")?,
             }
             match &r.manifest {
-                Some(m) => writeln!(f, "    build manifest: {MANIFEST_PATH} ({} bytes of JSON)", m.to_string().len())?,
+                Some(m) => writeln!(
+                    f,
+                    "    build manifest: {MANIFEST_PATH} ({} bytes of JSON)",
+                    m.to_string().len()
+                )?,
                 None => writeln!(f, "    build manifest: none")?,
             }
         }
@@ -256,29 +298,57 @@ mod tests {
     fn inspects_a_small_debian_like_image() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("tree");
-        for d in ["etc", "boot", "usr/lib/modules/6.1.0-18-amd64", "var/lib/dpkg", "usr/share/kiln"] {
+        for d in [
+            "etc",
+            "boot",
+            "usr/lib/modules/6.1.0-18-amd64",
+            "var/lib/dpkg",
+            "usr/share/kiln",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
         std::fs::write(root.join("boot/vmlinuz-6.1.0-18-amd64"), "kernel").unwrap();
         std::fs::write(root.join("boot/initrd.img-6.1.0-18-amd64"), "initrd").unwrap();
-        std::fs::write(root.join("etc/os-release"), "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").unwrap();
+        std::fs::write(
+            root.join("etc/os-release"),
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+        )
+        .unwrap();
         std::fs::write(
             root.join("var/lib/dpkg/status"),
             "Package: a\nStatus: install ok installed\n\nPackage: b\nStatus: install ok installed\n",
         )
         .unwrap();
-        std::fs::write(root.join("usr/share/kiln/manifest.json"), r#"{"image":"t","version":"1.0.0"}"#).unwrap();
+        std::fs::write(
+            root.join("usr/share/kiln/manifest.json"),
+            r#"{"image":"t","version":"1.0.0"}"#,
+        )
+        .unwrap();
 
         let disk = dir.path().join("disk.raw");
         sparse_file(&disk, 48 << 20);
         let parts = [
-            PartitionSpec { kind: PartKind::Esp, size: 4 << 20, name: "esp".into(), guid: uuid::Uuid::from_u128(1) },
-            PartitionSpec { kind: PartKind::LinuxFs, size: 0, name: "root".into(), guid: uuid::Uuid::from_u128(2) },
+            PartitionSpec {
+                kind: PartKind::Esp,
+                size: 4 << 20,
+                name: "esp".into(),
+                guid: uuid::Uuid::from_u128(1),
+            },
+            PartitionSpec {
+                kind: PartKind::LinuxFs,
+                size: 0,
+                name: "root".into(),
+                guid: uuid::Uuid::from_u128(2),
+            },
         ];
         let l = layout(48 << 20, TableKind::Gpt, &parts).unwrap();
         let p = &l.partitions[1];
-        let opts = FsOptions { uuid: uuid::Uuid::from_u128(3), label: "root".into(), ..Default::default() };
+        let opts = FsOptions {
+            uuid: uuid::Uuid::from_u128(3),
+            label: "root".into(),
+            ..Default::default()
+        };
         make_ext4(&disk, p.start, p.size, &root, &opts).unwrap();
         write_partition_table(&disk, &l, uuid::Uuid::from_u128(4)).unwrap();
         let q = dir.path().join("disk.qcow2");
@@ -300,7 +370,10 @@ mod tests {
         let json = serde_json::to_value(&i).unwrap();
         assert_eq!(json["format"]["name"], "qcow2");
         assert_eq!(json["partition_table"]["kind"], "gpt");
-        assert_eq!(json["partition_table"]["partitions"][1]["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+        assert_eq!(
+            json["partition_table"]["partitions"][1]["type"],
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        );
         assert_eq!(json["volumes"][1]["filesystem"]["type"], "ext4");
 
         let text = i.to_string();

@@ -37,7 +37,9 @@ pub struct FsOptions {
 }
 
 fn check_room(disk: &Path, offset: u64, size: u64) -> Result<()> {
-    let len = std::fs::metadata(disk).ctx(|| format!("reading metadata of {}", disk.display()))?.len();
+    let len = std::fs::metadata(disk)
+        .ctx(|| format!("reading metadata of {}", disk.display()))?
+        .len();
     if offset.checked_add(size).is_none_or(|end| end > len) {
         return Err(Error::input(format!(
             "a {size}-byte filesystem at offset {offset} does not fit in {} ({len} bytes)",
@@ -49,7 +51,10 @@ fn check_room(disk: &Path, offset: u64, size: u64) -> Result<()> {
 
 fn check_label(label: &str, max: usize, fs: &str) -> Result<()> {
     if label.len() > max {
-        return Err(Error::input(format!("{fs} labels hold at most {max} bytes; {label:?} has {}", label.len())));
+        return Err(Error::input(format!(
+            "{fs} labels hold at most {max} bytes; {label:?} has {}",
+            label.len()
+        )));
     }
     Ok(())
 }
@@ -71,7 +76,19 @@ pub fn make_ext4(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOpti
     // `-T default` so that small filesystems do not silently switch to the
     // "small" profile (1 KiB blocks, 128-byte inodes that end in 2038).
     let mut cmd = Cmd::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-T", "default", "-b", &block.to_string(), "-E", &ext, "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-T",
+            "default",
+            "-b",
+            &block.to_string(),
+            "-E",
+            &ext,
+            "-d",
+        ])
         .arg(tree);
     if !opts.uuid.is_nil() {
         cmd = cmd.args(["-U", &opts.uuid.to_string()]);
@@ -81,10 +98,19 @@ pub fn make_ext4(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOpti
         cmd = cmd.args(["-L", &opts.label]);
     }
     if let Some(t) = opts.source_date_epoch {
-        cmd = cmd.env("SOURCE_DATE_EPOCH", t.to_string()).env("E2FSPROGS_FAKE_TIME", t.to_string());
+        cmd = cmd
+            .env("SOURCE_DATE_EPOCH", t.to_string())
+            .env("E2FSPROGS_FAKE_TIME", t.to_string());
     }
     cmd.arg(disk).arg(format!("{}k", size / 1024)).run().map_err(|e| {
-        Error::tool(format!("making ext4 in {} at offset {offset} from {}", disk.display(), tree.display()), e)
+        Error::tool(
+            format!(
+                "making ext4 in {} at offset {offset} from {}",
+                disk.display(),
+                tree.display()
+            ),
+            e,
+        )
     })?;
     Ok(())
 }
@@ -93,7 +119,13 @@ pub fn make_ext4(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOpti
 /// copies `tree` into it. mkfs.xfs refuses filesystems under 300 MiB.
 pub fn make_xfs(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOptions) -> Result<()> {
     check_room(disk, offset, size)?;
-    let what = || format!("making XFS in {} at offset {offset} from {}", disk.display(), tree.display());
+    let what = || {
+        format!(
+            "making XFS in {} at offset {offset} from {}",
+            disk.display(),
+            tree.display()
+        )
+    };
     let tool = |e| Error::tool(what(), e);
     let device = LoopDevice::attach(disk, Some(offset), Some(size)).map_err(tool)?;
 
@@ -120,7 +152,16 @@ pub fn make_xfs(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOptio
     // the filesystem before the loop device is detached.
     let script = r#"mount -t xfs "$1" "$2"; cp -a "$3"/. "$2"/; umount "$2""#;
     Cmd::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-euc", script, "kiln-make-xfs"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-euc",
+            script,
+            "kiln-make-xfs",
+        ])
         .arg(device.path())
         .arg(&mnt)
         .arg(tree)
@@ -213,7 +254,10 @@ mod tests {
         let (status, out) = Cmd::new("e2fsck").args(["-fn", p]).run_status().unwrap();
         assert!(status.success(), "{}", out.tail);
         let b = run("blkid", ["-p", "-o", "export", p]);
-        assert!(b.contains("TYPE=ext4") && b.contains(&format!("UUID={}", Uuid::from_u128(0xabc))), "{b}");
+        assert!(
+            b.contains("TYPE=ext4") && b.contains(&format!("UUID={}", Uuid::from_u128(0xabc))),
+            "{b}"
+        );
         assert!(b.contains("LABEL=kiln-root"), "{b}");
         let stat = run("debugfs", ["-R", "stat /etc/hostname", p]);
         assert!(stat.contains("User:  1234") && stat.contains("Group:  5678"), "{stat}");
@@ -231,19 +275,37 @@ mod tests {
         let (off, size) = (1u64 << 20, 300u64 << 20);
         sparse_file(&disk, off + size + (1 << 20));
         crate::testutil::write_at(&disk, off + size, b"tail");
-        let opts = FsOptions { uuid: Uuid::from_u128(0x5f5), label: "kiln-xfs".into(), ..FsOptions::default() };
+        let opts = FsOptions {
+            uuid: Uuid::from_u128(0x5f5),
+            label: "kiln-xfs".into(),
+            ..FsOptions::default()
+        };
         make_xfs(&disk, off, size, &tree, &opts).unwrap();
         let dev = LoopDevice::attach(&disk, Some(off), Some(size)).unwrap();
         let d = dev.path().to_str().unwrap();
         let (status, out) = Cmd::new("xfs_repair").args(["-n", d]).run_status().unwrap();
         assert!(status.success(), "{}", out.tail);
         let b = run("blkid", ["-p", "-o", "export", d]);
-        assert!(b.contains("TYPE=xfs") && b.contains(&format!("UUID={}", Uuid::from_u128(0x5f5))), "{b}");
+        assert!(
+            b.contains("TYPE=xfs") && b.contains(&format!("UUID={}", Uuid::from_u128(0x5f5))),
+            "{b}"
+        );
         let script = r#"mount -o ro -t xfs "$1" "$2"; cat "$2/etc/hostname"; stat -c '%u:%g %h %a' "$2/etc/hostname" "$2/usr/bin/tool""#;
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let out = Cmd::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-euc", script, "t", d, mnt.to_str().unwrap()])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-euc",
+                script,
+                "t",
+                d,
+                mnt.to_str().unwrap(),
+            ])
             .run_string()
             .unwrap();
         assert_eq!(out, "kiln\n1234:5678 1 644\n0:0 2 4755");

@@ -105,7 +105,9 @@ pub struct Layout {
 /// first at 1 MiB.
 pub fn layout(disk_size: u64, table: TableKind, parts: &[PartitionSpec]) -> Result<Layout> {
     if !disk_size.is_multiple_of(SECTOR) {
-        return Err(Error::input(format!("disk size {disk_size} is not a multiple of {SECTOR} bytes")));
+        return Err(Error::input(format!(
+            "disk size {disk_size} is not a multiple of {SECTOR} bytes"
+        )));
     }
     let usable_end = match table {
         TableKind::Gpt => disk_size.saturating_sub(GPT_TAIL_SECTORS * SECTOR),
@@ -116,10 +118,15 @@ pub fn layout(disk_size: u64, table: TableKind, parts: &[PartitionSpec]) -> Resu
     for (i, spec) in parts.iter().enumerate() {
         let index = i as u32 + 1;
         if table == TableKind::Mbr && spec.kind.mbr_type().is_none() {
-            return Err(Error::input(format!("partition {index} ({:?}) cannot live on an MBR disk", spec.kind)));
+            return Err(Error::input(format!(
+                "partition {index} ({:?}) cannot live on an MBR disk",
+                spec.kind
+            )));
         }
         if table == TableKind::Mbr && index > 4 {
-            return Err(Error::input("an MBR holds at most 4 partitions (kiln writes no extended partitions)"));
+            return Err(Error::input(
+                "an MBR holds at most 4 partitions (kiln writes no extended partitions)",
+            ));
         }
         let start = next;
         let size = if spec.size == 0 {
@@ -143,10 +150,21 @@ pub fn layout(disk_size: u64, table: TableKind, parts: &[PartitionSpec]) -> Resu
                 "partition {index} ends beyond 2 TiB, which an MBR cannot address; use GPT"
             )));
         }
-        placed.push(PlacedPartition { index, kind: spec.kind, start, size, name: spec.name.clone(), guid: spec.guid });
+        placed.push(PlacedPartition {
+            index,
+            kind: spec.kind,
+            start,
+            size,
+            name: spec.name.clone(),
+            guid: spec.guid,
+        });
         next = (start + size).div_ceil(ALIGNMENT) * ALIGNMENT;
     }
-    Ok(Layout { table, disk_size, partitions: placed })
+    Ok(Layout {
+        table,
+        disk_size,
+        partitions: placed,
+    })
 }
 
 /// Writes `layout`'s partition table into `disk`, which must already be
@@ -184,8 +202,12 @@ fn check_layout(layout: &Layout) -> Result<()> {
     };
     let mut prev_end = first;
     for p in &layout.partitions {
-        let bad =
-            |why: &str| Err(Error::input(format!("partition {} ({} bytes at {}): {why}", p.index, p.size, p.start)));
+        let bad = |why: &str| {
+            Err(Error::input(format!(
+                "partition {} ({} bytes at {}): {why}",
+                p.index, p.size, p.start
+            )))
+        };
         if p.start % SECTOR != 0 || p.size % SECTOR != 0 || p.size == 0 {
             return bad("not a whole number of sectors");
         }
@@ -220,7 +242,10 @@ fn write_gpt(file: &mut std::fs::File, layout: &Layout, disk_guid: Uuid) -> Resu
         .iter()
         .map(|p| {
             let entry = gpt::partition::Partition {
-                part_type_guid: Type { guid: p.kind.gpt_type(), os: OperatingSystem::Linux },
+                part_type_guid: Type {
+                    guid: p.kind.gpt_type(),
+                    os: OperatingSystem::Linux,
+                },
                 part_guid: p.guid,
                 first_lba: p.start / SECTOR,
                 last_lba: (p.start + p.size) / SECTOR - 1,
@@ -273,7 +298,12 @@ mod tests {
     use super::*;
 
     fn spec(kind: PartKind, size: u64, n: u8) -> PartitionSpec {
-        PartitionSpec { kind, size, name: format!("p{n}"), guid: Uuid::from_bytes([n; 16]) }
+        PartitionSpec {
+            kind,
+            size,
+            name: format!("p{n}"),
+            guid: Uuid::from_bytes([n; 16]),
+        }
     }
 
     #[test]
@@ -286,16 +316,36 @@ mod tests {
         ];
         let l = layout(1 << 30, TableKind::Gpt, &parts).unwrap();
         let got: Vec<_> = l.partitions.iter().map(|p| (p.index, p.start >> 20, p.size)).collect();
-        assert_eq!(got, [(1, 1, 1 << 20), (2, 2, 100 << 20), (3, 102, 3072), (4, 103, (1023 - 103) << 20)]);
+        assert_eq!(
+            got,
+            [
+                (1, 1, 1 << 20),
+                (2, 2, 100 << 20),
+                (3, 102, 3072),
+                (4, 103, (1023 - 103) << 20)
+            ]
+        );
     }
 
     #[test]
     fn layout_rejects_what_does_not_fit() {
         let cases: &[(TableKind, Vec<PartitionSpec>, &str)] = &[
-            (TableKind::Gpt, vec![spec(PartKind::LinuxFs, 1 << 30, 1)], "does not fit"),
-            (TableKind::Gpt, vec![spec(PartKind::LinuxFs, 0, 1), spec(PartKind::LinuxFs, 1, 2)], "only the last"),
+            (
+                TableKind::Gpt,
+                vec![spec(PartKind::LinuxFs, 1 << 30, 1)],
+                "does not fit",
+            ),
+            (
+                TableKind::Gpt,
+                vec![spec(PartKind::LinuxFs, 0, 1), spec(PartKind::LinuxFs, 1, 2)],
+                "only the last",
+            ),
             (TableKind::Mbr, vec![spec(PartKind::BiosBoot, 1 << 20, 1)], "MBR"),
-            (TableKind::Mbr, (1..=5).map(|n| spec(PartKind::LinuxFs, 1 << 20, n)).collect(), "at most 4"),
+            (
+                TableKind::Mbr,
+                (1..=5).map(|n| spec(PartKind::LinuxFs, 1 << 20, n)).collect(),
+                "at most 4",
+            ),
         ];
         for (table, parts, needle) in cases {
             let err = layout(64 << 20, *table, parts).unwrap_err();
@@ -338,7 +388,10 @@ mod tests {
         let parts = [
             spec(PartKind::BiosBoot, 1 << 20, 1),
             spec(PartKind::Esp, 8 << 20, 2),
-            PartitionSpec { name: "root fs é".into(), ..spec(PartKind::LinuxFs, 0, 3) },
+            PartitionSpec {
+                name: "root fs é".into(),
+                ..spec(PartKind::LinuxFs, 0, 3)
+            },
         ];
         // Boot code written before the table must survive it.
         let (disk, l) = {
@@ -370,12 +423,23 @@ mod tests {
         let read = crate::read_partition_table(&mut std::fs::File::open(&disk).unwrap()).unwrap();
         assert_eq!(read.kind, Some(TableKind::Gpt));
         assert_eq!(read.disk_id.as_deref(), Some(disk_guid.to_string().as_str()));
-        let summary: Vec<_> =
-            read.partitions.iter().map(|p| (p.index, p.start, p.size, p.type_name, p.name.clone().unwrap())).collect();
+        let summary: Vec<_> = read
+            .partitions
+            .iter()
+            .map(|p| (p.index, p.start, p.size, p.type_name, p.name.clone().unwrap()))
+            .collect();
         let want: Vec<_> = l
             .partitions
             .iter()
-            .map(|p| (p.index, p.start, p.size, crate::PartType::Gpt(p.kind.gpt_type()).name(), p.name.clone()))
+            .map(|p| {
+                (
+                    p.index,
+                    p.start,
+                    p.size,
+                    crate::PartType::Gpt(p.kind.gpt_type()).name(),
+                    p.name.clone(),
+                )
+            })
             .collect();
         assert_eq!(summary, want);
         assert!(read.partitions[0].part_type.is_bios_boot() && read.partitions[1].part_type.is_esp());
@@ -386,9 +450,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk.raw");
         crate::testutil::sparse_file(&disk, 8 << 20);
-        let mut l =
-            layout(8 << 20, TableKind::Gpt, &[spec(PartKind::LinuxFs, 1 << 20, 1), spec(PartKind::LinuxFs, 0, 2)])
-                .unwrap();
+        let mut l = layout(
+            8 << 20,
+            TableKind::Gpt,
+            &[spec(PartKind::LinuxFs, 1 << 20, 1), spec(PartKind::LinuxFs, 0, 2)],
+        )
+        .unwrap();
         l.partitions[1].start -= SECTOR;
         let err = write_partition_table(&disk, &l, Uuid::nil()).unwrap_err();
         assert!(err.to_string().contains("overlaps"), "{err}");
@@ -427,11 +494,18 @@ mod tests {
             assert_eq!(p["size"], want.size / SECTOR);
         }
         let b = blkid(&disk);
-        assert!(b.contains("PTTYPE=dos") && b.contains(&format!("PTUUID={sig:08x}")), "{b}");
+        assert!(
+            b.contains("PTTYPE=dos") && b.contains(&format!("PTUUID={sig:08x}")),
+            "{b}"
+        );
 
         let read = crate::read_partition_table(&mut std::fs::File::open(&disk).unwrap()).unwrap();
         assert_eq!(read.kind, Some(TableKind::Mbr));
-        let summary: Vec<_> = read.partitions.iter().map(|p| (p.index, p.start, p.size, p.uuid.clone())).collect();
+        let summary: Vec<_> = read
+            .partitions
+            .iter()
+            .map(|p| (p.index, p.start, p.size, p.uuid.clone()))
+            .collect();
         assert_eq!(
             summary,
             l.partitions

@@ -71,7 +71,12 @@ pub fn probe_filesystem<R: Read + Seek>(r: &mut R, offset: u64, size: u64) -> Re
     let mut buf = read_at(r, offset, len, "reading filesystem superblocks")?;
     buf.resize(PROBE_LEN as usize, 0);
     let b = &buf[..];
-    Ok(xfs(b).or_else(|| ext(b)).or_else(|| btrfs(b)).or_else(|| swap(b)).or_else(|| iso9660(b)).or_else(|| vfat(b)))
+    Ok(xfs(b)
+        .or_else(|| ext(b))
+        .or_else(|| btrfs(b))
+        .or_else(|| swap(b))
+        .or_else(|| iso9660(b))
+        .or_else(|| vfat(b)))
 }
 
 fn uuid_of(bytes: &[u8]) -> Option<String> {
@@ -120,7 +125,12 @@ fn ext(b: &[u8]) -> Option<FsInfo> {
     }
     let log = le32(&sb[24..]);
     let size = (log <= 6).then(|| blocks.checked_mul(1024 << log)).flatten();
-    Some(FsInfo { fs_type, uuid: uuid_of(&sb[104..120]), label: label_of(&sb[120..136]), size })
+    Some(FsInfo {
+        fs_type,
+        uuid: uuid_of(&sb[104..120]),
+        label: label_of(&sb[120..136]),
+        size,
+    })
 }
 
 fn btrfs(b: &[u8]) -> Option<FsInfo> {
@@ -152,7 +162,16 @@ fn iso9660(b: &[u8]) -> Option<FsInfo> {
     let t = &pvd[813..829];
     let uuid = t.iter().all(u8::is_ascii_digit).then(|| {
         let s = std::str::from_utf8(t).expect("ascii digits");
-        format!("{}-{}-{}-{}-{}-{}-{}", &s[0..4], &s[4..6], &s[6..8], &s[8..10], &s[10..12], &s[12..14], &s[14..16])
+        format!(
+            "{}-{}-{}-{}-{}-{}-{}",
+            &s[0..4],
+            &s[4..6],
+            &s[6..8],
+            &s[8..10],
+            &s[10..12],
+            &s[12..14],
+            &s[14..16]
+        )
     });
     let block = u64::from(u16::from_le_bytes([pvd[128], pvd[129]]));
     Some(FsInfo {
@@ -203,7 +222,16 @@ mod tests {
         let cases: &[(&str, &[&str], u64, FsType)] = &[
             (
                 "mke2fs",
-                &["-q", "-F", "-t", "ext4", "-L", "root", "-U", "00000000-0000-0000-0000-0000000000e4"],
+                &[
+                    "-q",
+                    "-F",
+                    "-t",
+                    "ext4",
+                    "-L",
+                    "root",
+                    "-U",
+                    "00000000-0000-0000-0000-0000000000e4",
+                ],
                 16,
                 FsType::Ext4,
             ),
@@ -217,7 +245,9 @@ mod tests {
             let mut argv: Vec<&str> = args.to_vec();
             argv.push(img.to_str().unwrap());
             run(tool, argv);
-            let info = probe_filesystem(&mut File::open(&img).unwrap(), 0, mib << 20).unwrap().unwrap();
+            let info = probe_filesystem(&mut File::open(&img).unwrap(), 0, mib << 20)
+                .unwrap()
+                .unwrap();
             assert_eq!(info.fs_type, *want);
             let b = run("blkid", ["-p", "-o", "export", img.to_str().unwrap()]);
             assert!(b.contains(&format!("TYPE={want}\n")), "{b}");
@@ -225,10 +255,16 @@ mod tests {
             if let Some(label) = &info.label {
                 assert!(b.contains(&format!("LABEL={label}\n")), "{b}");
             }
-            assert_eq!(info.size, Some(mib << 20).filter(|_| *want != FsType::Xfs).or(info.size));
+            assert_eq!(
+                info.size,
+                Some(mib << 20).filter(|_| *want != FsType::Xfs).or(info.size)
+            );
         }
         let blank = dir.path().join("blank.img");
         sparse_file(&blank, 1 << 20);
-        assert_eq!(probe_filesystem(&mut File::open(&blank).unwrap(), 0, 1 << 20).unwrap(), None);
+        assert_eq!(
+            probe_filesystem(&mut File::open(&blank).unwrap(), 0, 1 << 20).unwrap(),
+            None
+        );
     }
 }

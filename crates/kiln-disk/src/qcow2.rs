@@ -99,18 +99,27 @@ pub(crate) fn parse_header(h: &[u8], file_len: u64) -> Result<Qcow2Header> {
         return Err(Error::invalid("not a qcow2 file (no QFI\\xfb magic)"));
     }
     if h.len() < 72 {
-        return Err(Error::invalid(format!("the qcow2 header is truncated: the file has only {} bytes", h.len())));
+        return Err(Error::invalid(format!(
+            "the qcow2 header is truncated: the file has only {} bytes",
+            h.len()
+        )));
     }
     let version = be32(h, 4);
     if !(2..=3).contains(&version) {
-        return Err(Error::unsupported(format!("qcow2 version {version} (kiln reads versions 2 and 3)")));
+        return Err(Error::unsupported(format!(
+            "qcow2 version {version} (kiln reads versions 2 and 3)"
+        )));
     }
     if be64(h, 8) != 0 {
-        return Err(Error::unsupported("the qcow2 image has a backing file; flatten it with `qemu-img convert`"));
+        return Err(Error::unsupported(
+            "the qcow2 image has a backing file; flatten it with `qemu-img convert`",
+        ));
     }
     let cluster_bits = be32(h, 20);
     if !(9..=21).contains(&cluster_bits) {
-        return Err(Error::invalid(format!("qcow2 cluster_bits {cluster_bits} is outside 9..=21")));
+        return Err(Error::invalid(format!(
+            "qcow2 cluster_bits {cluster_bits} is outside 9..=21"
+        )));
     }
     let cluster_size = 1u64 << cluster_bits;
     let virtual_size = be64(h, 24);
@@ -134,17 +143,25 @@ pub(crate) fn parse_header(h: &[u8], file_len: u64) -> Result<Qcow2Header> {
         refcount_bits = 1 << order;
         let header_len = be32(h, 100);
         if header_len < 104 || u64::from(header_len) > cluster_size {
-            return Err(Error::invalid(format!("qcow2 header_length {header_len} is impossible")));
+            return Err(Error::invalid(format!(
+                "qcow2 header_length {header_len} is impossible"
+            )));
         }
         if incompat & INCOMPAT_DATA_FILE != 0 {
-            return Err(Error::unsupported("the qcow2 image keeps its data in an external data file"));
+            return Err(Error::unsupported(
+                "the qcow2 image keeps its data in an external data file",
+            ));
         }
         if incompat & INCOMPAT_EXTL2 != 0 {
-            return Err(Error::unsupported("the qcow2 image uses extended L2 entries (subclusters)"));
+            return Err(Error::unsupported(
+                "the qcow2 image uses extended L2 entries (subclusters)",
+            ));
         }
         let unknown = incompat & !(INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION);
         if unknown != 0 {
-            return Err(Error::unsupported(format!("the qcow2 image has unknown incompatible features {unknown:#x}")));
+            return Err(Error::unsupported(format!(
+                "the qcow2 image has unknown incompatible features {unknown:#x}"
+            )));
         }
         if incompat & INCOMPAT_COMPRESSION != 0 {
             if header_len <= 104 || h.len() <= 104 {
@@ -168,7 +185,9 @@ pub(crate) fn parse_header(h: &[u8], file_len: u64) -> Result<Qcow2Header> {
         )));
     }
     if u64::from(l1_entries) * 8 > MAX_L1_BYTES {
-        return Err(Error::unsupported(format!("qcow2 L1 table of {l1_entries} entries is larger than 32 MiB")));
+        return Err(Error::unsupported(format!(
+            "qcow2 L1 table of {l1_entries} entries is larger than 32 MiB"
+        )));
     }
     if l1_entries > 0
         && (!l1_offset.is_multiple_of(cluster_size) || l1_offset.saturating_add(u64::from(l1_entries) * 8) > file_len)
@@ -196,14 +215,26 @@ impl Qcow2 {
     /// Reads the header and the L1 table of `file`.
     pub(crate) fn open(file: File, file_len: u64) -> Result<Self> {
         let mut head = vec![0u8; 512.min(file_len as usize)];
-        file.read_exact_at(&mut head, 0).ctx(|| "reading the qcow2 header".into())?;
+        file.read_exact_at(&mut head, 0)
+            .ctx(|| "reading the qcow2 header".into())?;
         let header = parse_header(&head, file_len)?;
         let mut raw = vec![0u8; header.l1_entries as usize * 8];
         file.read_exact_at(&mut raw, header.l1_offset)
             .ctx(|| format!("reading the qcow2 L1 table at offset {:#x}", header.l1_offset))?;
-        let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+        let l1 = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         let l2_cache_max = (L2_CACHE_BYTES / header.cluster_size as usize).max(1);
-        Ok(Qcow2 { file, file_len, header, l1, l2_cache: Vec::new(), l2_cache_max, inflated: None })
+        Ok(Qcow2 {
+            file,
+            file_len,
+            header,
+            l1,
+            l2_cache: Vec::new(),
+            l2_cache_max,
+            inflated: None,
+        })
     }
 
     pub(crate) fn header(&self) -> &Qcow2Header {
@@ -235,7 +266,10 @@ impl Qcow2 {
                 )));
             }
             // The last compressed cluster may end inside its final sector.
-            return Ok(Cluster::Compressed { offset, len: len.min(self.file_len - offset) });
+            return Ok(Cluster::Compressed {
+                offset,
+                len: len.min(self.file_len - offset),
+            });
         }
         if self.header.version >= 3 && l2e & L2_ZERO != 0 {
             return Ok(Cluster::Zero);
@@ -269,7 +303,10 @@ impl Qcow2 {
             self.file
                 .read_exact_at(&mut raw, offset)
                 .ctx(|| format!("reading the qcow2 L2 table at offset {offset:#x}"))?;
-            let table = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+            let table = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+                .collect();
             if self.l2_cache.len() >= self.l2_cache_max {
                 self.l2_cache.remove(0);
             }
@@ -375,11 +412,20 @@ mod tests {
         img.read_to_end(&mut got).unwrap();
         assert!(got == expected, "{} differs from its raw source", path.display());
         // Unaligned reads across cluster boundaries.
-        for (pos, len) in [(65_535u64, 3usize), (3 << 20, 70_000), ((5 << 20) + 700, 131_072), (DISK, 25 * 512)] {
+        for (pos, len) in [
+            (65_535u64, 3usize),
+            (3 << 20, 70_000),
+            ((5 << 20) + 700, 131_072),
+            (DISK, 25 * 512),
+        ] {
             let mut buf = vec![0u8; len];
             img.seek(SeekFrom::Start(pos)).unwrap();
             img.read_exact(&mut buf).unwrap();
-            assert!(buf == expected[pos as usize..pos as usize + len], "{} at {pos}", path.display());
+            assert!(
+                buf == expected[pos as usize..pos as usize + len],
+                "{} at {pos}",
+                path.display()
+            );
         }
     }
 
@@ -394,14 +440,26 @@ mod tests {
             ("small-clusters", &["-o", "cluster_size=4096"], 3, None),
             ("large-clusters", &["-o", "cluster_size=2M"], 3, None),
             ("zlib", &["-c"], 3, Some(crate::Compression::Zlib)),
-            ("zlib-v2-512", &["-c", "-o", "compat=0.10,cluster_size=512"], 2, Some(crate::Compression::Zlib)),
-            ("zstd", &["-c", "-o", "compression_type=zstd"], 3, Some(crate::Compression::Zstd)),
+            (
+                "zlib-v2-512",
+                &["-c", "-o", "compat=0.10,cluster_size=512"],
+                2,
+                Some(crate::Compression::Zlib),
+            ),
+            (
+                "zstd",
+                &["-c", "-o", "compression_type=zstd"],
+                3,
+                Some(crate::Compression::Zstd),
+            ),
         ];
         for (name, opts, version, compression) in flavours {
             let q = dir.path().join(format!("{name}.qcow2"));
             to_qcow2(&raw, &q, opts);
             let img = DiskImage::open(&q).unwrap();
-            let Format::Qcow2(h) = img.format() else { panic!("{name} not detected as qcow2") };
+            let Format::Qcow2(h) = img.format() else {
+                panic!("{name} not detected as qcow2")
+            };
             assert_eq!(h.version, *version, "{name}");
             if let Some(c) = compression {
                 assert_eq!(h.compression, *c, "{name}");
@@ -453,17 +511,42 @@ mod tests {
     fn malformed_headers_give_clean_errors() {
         type Patch = Box<dyn FnOnce(&Path)>;
         let cases: Vec<(&str, Patch, ErrorKind, &str)> = vec![
-            ("version 1", Box::new(|q| write_at(q, 4, &1u32.to_be_bytes())), ErrorKind::Unsupported, "version 1"),
-            ("backing", Box::new(|q| write_at(q, 8, &512u64.to_be_bytes())), ErrorKind::Unsupported, "backing file"),
-            ("encrypted", Box::new(|q| write_at(q, 32, &1u32.to_be_bytes())), ErrorKind::Unsupported, "encrypted"),
-            ("data file", Box::new(|q| write_at(q, 72, &4u64.to_be_bytes())), ErrorKind::Unsupported, "external data"),
+            (
+                "version 1",
+                Box::new(|q| write_at(q, 4, &1u32.to_be_bytes())),
+                ErrorKind::Unsupported,
+                "version 1",
+            ),
+            (
+                "backing",
+                Box::new(|q| write_at(q, 8, &512u64.to_be_bytes())),
+                ErrorKind::Unsupported,
+                "backing file",
+            ),
+            (
+                "encrypted",
+                Box::new(|q| write_at(q, 32, &1u32.to_be_bytes())),
+                ErrorKind::Unsupported,
+                "encrypted",
+            ),
+            (
+                "data file",
+                Box::new(|q| write_at(q, 72, &4u64.to_be_bytes())),
+                ErrorKind::Unsupported,
+                "external data",
+            ),
             (
                 "cluster bits",
                 Box::new(|q| write_at(q, 20, &30u32.to_be_bytes())),
                 ErrorKind::InvalidFormat,
                 "cluster_bits",
             ),
-            ("l1 too small", Box::new(|q| write_at(q, 36, &0u32.to_be_bytes())), ErrorKind::Corrupt, "L1 table has 0"),
+            (
+                "l1 too small",
+                Box::new(|q| write_at(q, 36, &0u32.to_be_bytes())),
+                ErrorKind::Corrupt,
+                "L1 table has 0",
+            ),
             (
                 "l1 beyond eof",
                 Box::new(|q| write_at(q, 40, &(1u64 << 40).to_be_bytes())),
@@ -516,7 +599,10 @@ mod tests {
         let raw = dir.path().join("x.raw");
         sparse_file(&raw, 1 << 20);
         let vmdk = dir.path().join("x.vmdk");
-        crate::testutil::run("qemu-img", ["convert", "-O", "vmdk", raw.to_str().unwrap(), vmdk.to_str().unwrap()]);
+        crate::testutil::run(
+            "qemu-img",
+            ["convert", "-O", "vmdk", raw.to_str().unwrap(), vmdk.to_str().unwrap()],
+        );
         let e = DiskImage::open(&vmdk).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
         assert!(crate::testutil::chain(&e).contains("VMDK"), "{e:?}");

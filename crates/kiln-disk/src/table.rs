@@ -144,7 +144,13 @@ pub struct PartitionTable {
 /// Reads the partition table of the disk `r`.
 pub fn read_partition_table<R: Read + Seek>(r: &mut R) -> Result<PartitionTable> {
     let disk_size = r.seek(SeekFrom::End(0)).ctx(|| "finding the disk size".into())?;
-    let none = PartitionTable { kind: None, disk_id: None, sector_size: 512, partitions: vec![], warnings: vec![] };
+    let none = PartitionTable {
+        kind: None,
+        disk_id: None,
+        sector_size: 512,
+        partitions: vec![],
+        warnings: vec![],
+    };
     if disk_size < 512 {
         return Ok(none);
     }
@@ -173,7 +179,12 @@ struct MbrRecord {
 fn mbr_records(sector: &[u8]) -> [MbrRecord; 4] {
     std::array::from_fn(|i| {
         let e = &sector[446 + i * 16..446 + (i + 1) * 16];
-        MbrRecord { boot: e[0], kind: e[4], start: le32(&e[8..]), sectors: le32(&e[12..]) }
+        MbrRecord {
+            boot: e[0],
+            kind: e[4],
+            start: le32(&e[8..]),
+            sectors: le32(&e[12..]),
+        }
     })
 }
 
@@ -211,7 +222,13 @@ fn read_mbr<R: Read + Seek>(r: &mut R, disk_size: u64, mbr: &[u8], records: &[Mb
         if rec.kind == 0 || rec.sectors == 0 {
             continue;
         }
-        push(&mut partitions, i as u32 + 1, rec.kind, rec.start.into(), rec.sectors.into())?;
+        push(
+            &mut partitions,
+            i as u32 + 1,
+            rec.kind,
+            rec.start.into(),
+            rec.sectors.into(),
+        )?;
         if PartType::Mbr(rec.kind).is_extended() && extended.is_none() {
             extended = Some(u64::from(rec.start));
         }
@@ -237,7 +254,13 @@ fn read_mbr<R: Read + Seek>(r: &mut R, disk_size: u64, mbr: &[u8], records: &[Mb
             }
             let recs = mbr_records(&sector);
             if recs[0].kind != 0 && recs[0].sectors != 0 {
-                push(&mut partitions, index, recs[0].kind, ebr + u64::from(recs[0].start), recs[0].sectors.into())?;
+                push(
+                    &mut partitions,
+                    index,
+                    recs[0].kind,
+                    ebr + u64::from(recs[0].start),
+                    recs[0].sectors.into(),
+                )?;
                 index += 1;
             }
             if !PartType::Mbr(recs[1].kind).is_extended() || recs[1].sectors == 0 {
@@ -287,8 +310,9 @@ fn read_gpt<R: Read + Seek>(r: &mut R, disk_size: u64) -> Result<PartitionTable>
             });
             match backup {
                 Ok(found) => {
-                    warnings
-                        .push(format!("primary GPT is unusable ({primary_err}); read the backup at LBA {last_lba}"));
+                    warnings.push(format!(
+                        "primary GPT is unusable ({primary_err}); read the backup at LBA {last_lba}"
+                    ));
                     found
                 }
                 Err(_) => return Err(primary_err.context_for("reading the GPT (the backup is unusable too)")),
@@ -310,7 +334,10 @@ fn read_gpt<R: Read + Seek>(r: &mut R, disk_size: u64) -> Result<PartitionTable>
                 last_lba + 1
             )));
         }
-        let name: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let name: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         let name = String::from_utf16_lossy(&name).trim_end_matches('\0').to_owned();
         let part_type = PartType::Gpt(type_guid);
         partitions.push(Partition {
@@ -340,7 +367,9 @@ fn parse_gpt_header<R: Read + Seek>(r: &mut R, ss: u64, lba: u64, disk_size: u64
     }
     let header_size = le32(&h[12..]);
     if !(92..=ss as u32).contains(&header_size) {
-        return Err(Error::corrupt(format!("{at} claims an impossible size of {header_size} bytes")));
+        return Err(Error::corrupt(format!(
+            "{at} claims an impossible size of {header_size} bytes"
+        )));
     }
     let crc = le32(&h[16..]);
     h[16..20].fill(0);
@@ -369,7 +398,9 @@ fn parse_gpt_header<R: Read + Seek>(r: &mut R, ss: u64, lba: u64, disk_size: u64
         .checked_mul(ss)
         .and_then(|s| s.checked_add(u64::from(header.entries) * u64::from(header.entry_size)));
     if array_end.is_none_or(|end| end > disk_size) {
-        return Err(Error::corrupt(format!("{at} puts its entry array beyond the end of the disk")));
+        return Err(Error::corrupt(format!(
+            "{at} puts its entry array beyond the end of the disk"
+        )));
     }
     Ok(header)
 }
@@ -378,14 +409,18 @@ fn read_gpt_entries<R: Read + Seek>(r: &mut R, h: &GptHeader, ss: u64) -> Result
     let len = h.entries as usize * h.entry_size as usize;
     let entries = read_at(r, h.entries_lba * ss, len, "reading the GPT entry array")?;
     if crc32fast::hash(&entries) != h.entries_crc {
-        return Err(Error::corrupt(format!("GPT entry array at LBA {} fails its CRC32 check", h.entries_lba)));
+        return Err(Error::corrupt(format!(
+            "GPT entry array at LBA {} fails its CRC32 check",
+            h.entries_lba
+        )));
     }
     Ok(entries)
 }
 
 pub(crate) fn read_at<R: Read + Seek>(r: &mut R, offset: u64, len: usize, what: &str) -> Result<Vec<u8>> {
     let mut buf = vec![0; len];
-    r.seek(SeekFrom::Start(offset)).ctx(|| format!("{what} at offset {offset}"))?;
+    r.seek(SeekFrom::Start(offset))
+        .ctx(|| format!("{what} at offset {offset}"))?;
     r.read_exact(&mut buf).ctx(|| format!("{what} at offset {offset}"))?;
     Ok(buf)
 }
@@ -409,8 +444,18 @@ mod tests {
     fn gpt_disk(dir: &std::path::Path) -> std::path::PathBuf {
         let disk = dir.join("gpt.raw");
         sparse_file(&disk, 32 << 20);
-        let parts = [PartitionSpec { kind: PartKind::LinuxFs, size: 0, name: "root".into(), guid: Uuid::from_u128(5) }];
-        write_partition_table(&disk, &layout(32 << 20, TableKind::Gpt, &parts).unwrap(), Uuid::from_u128(9)).unwrap();
+        let parts = [PartitionSpec {
+            kind: PartKind::LinuxFs,
+            size: 0,
+            name: "root".into(),
+            guid: Uuid::from_u128(5),
+        }];
+        write_partition_table(
+            &disk,
+            &layout(32 << 20, TableKind::Gpt, &parts).unwrap(),
+            Uuid::from_u128(9),
+        )
+        .unwrap();
         disk
     }
 
@@ -440,7 +485,11 @@ mod tests {
         write_at(&disk, backup, &[0; 512]);
         let e = read_partition_table(&mut File::open(&disk).unwrap()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
-        assert!(crate::testutil::chain(&e).contains("refuses"), "{}", crate::testutil::chain(&e));
+        assert!(
+            crate::testutil::chain(&e).contains("refuses"),
+            "{}",
+            crate::testutil::chain(&e)
+        );
     }
 
     #[test]
@@ -453,10 +502,17 @@ mod tests {
             "label: dos\nlabel-id: 0x0badcafe\n{d}1 : start=2048, size=16384, type=83\n{d}2 : start=18432, size=81920, type=5\n\
              {d}5 : start=20480, size=20480, type=82\n{d}6 : start=43008, size=20480, type=8e\n"
         );
-        kiln_exec::Cmd::new("sfdisk").arg(&disk).stdin_bytes(script).run().unwrap();
+        kiln_exec::Cmd::new("sfdisk")
+            .arg(&disk)
+            .stdin_bytes(script)
+            .run()
+            .unwrap();
         let t = read_partition_table(&mut File::open(&disk).unwrap()).unwrap();
-        let ours: Vec<_> =
-            t.partitions.iter().map(|p| (p.index, p.start / 512, p.size / 512, p.part_type.to_string())).collect();
+        let ours: Vec<_> = t
+            .partitions
+            .iter()
+            .map(|p| (p.index, p.start / 512, p.size / 512, p.part_type.to_string()))
+            .collect();
         let json: serde_json::Value = serde_json::from_str(&run("sfdisk", ["--json", disk.to_str().unwrap()])).unwrap();
         let theirs: Vec<_> = json["partitiontable"]["partitions"]
             .as_array()

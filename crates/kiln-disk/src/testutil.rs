@@ -26,7 +26,12 @@ pub(crate) fn sparse_file(path: &Path, size: u64) {
 }
 
 pub(crate) fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
-    OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, offset).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
 }
 
 /// Runs a tool and returns stdout; panics with the tool's error otherwise.

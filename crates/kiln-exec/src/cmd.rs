@@ -32,7 +32,11 @@ pub enum ExecError {
         source: std::io::Error,
     },
     #[error("`{command}` {status}{}", tail_block(.tail))]
-    Failed { command: String, status: String, tail: String },
+    Failed {
+        command: String,
+        status: String,
+        tail: String,
+    },
     #[error("interrupted{}", if .command.is_empty() { String::new() } else { format!(" while running `{}`", .command) })]
     Interrupted { command: String },
     #[error("reading output of `{command}`")]
@@ -160,7 +164,11 @@ impl Cmd {
         if status.success() {
             Ok(output)
         } else {
-            Err(ExecError::Failed { command, status: describe(status), tail: output.tail })
+            Err(ExecError::Failed {
+                command,
+                status: describe(status),
+                tail: output.tail,
+            })
         }
     }
 
@@ -184,9 +192,13 @@ impl Cmd {
 
     fn run_inner(self) -> Result<(ExitStatus, Output, String), ExecError> {
         let command = self.display();
-        let tool = find_tool(&self.program).ok_or_else(|| ExecError::Unregistered { tool: self.program.clone() })?;
-        let path = which(tool.name)
-            .ok_or_else(|| ExecError::NotFound { tool: tool.name.to_owned(), package: tool.package.to_owned() })?;
+        let tool = find_tool(&self.program).ok_or_else(|| ExecError::Unregistered {
+            tool: self.program.clone(),
+        })?;
+        let path = which(tool.name).ok_or_else(|| ExecError::NotFound {
+            tool: tool.name.to_owned(),
+            package: tool.package.to_owned(),
+        })?;
         if interrupted() {
             return Err(ExecError::Interrupted { command });
         }
@@ -197,14 +209,21 @@ impl Cmd {
         std_cmd
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(cwd) = &self.cwd {
             std_cmd.current_dir(cwd);
         }
         crate::cmd::sys::detach_into_group(&mut std_cmd);
-        let mut child = std_cmd.spawn().map_err(|source| ExecError::Spawn { command: command.clone(), source })?;
+        let mut child = std_cmd.spawn().map_err(|source| ExecError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
 
         if let Some(bytes) = self.stdin {
             let mut stdin = child.stdin.take().expect("stdin is piped");
@@ -220,7 +239,10 @@ impl Cmd {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|source| ExecError::Io { command: command.clone(), source })?,
+                    .map_err(|source| ExecError::Io {
+                        command: command.clone(),
+                        source,
+                    })?,
             ))),
             None => None,
         };
@@ -255,16 +277,29 @@ impl Cmd {
         let stdout = out_reader
             .join()
             .expect("stdout reader panicked")
-            .map_err(|source| ExecError::Io { command: command.clone(), source })?;
+            .map_err(|source| ExecError::Io {
+                command: command.clone(),
+                source,
+            })?;
         err_reader
             .join()
             .expect("stderr reader panicked")
-            .map_err(|source| ExecError::Io { command: command.clone(), source })?;
+            .map_err(|source| ExecError::Io {
+                command: command.clone(),
+                source,
+            })?;
         let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
         if interrupted() {
             return Err(ExecError::Interrupted { command });
         }
-        Ok((status, Output { stdout, tail: tail.join("\n") }, command))
+        Ok((
+            status,
+            Output {
+                stdout,
+                tail: tail.join("\n"),
+            },
+            command,
+        ))
     }
 }
 
@@ -302,7 +337,10 @@ fn pump_lines(
 /// Waits for `child`; on interruption sends SIGTERM to its process group,
 /// then SIGKILL after a grace period, and reaps it either way.
 fn wait_interruptibly(child: &mut Child, command: &str) -> Result<ExitStatus, ExecError> {
-    let io = |source| ExecError::Io { command: command.to_owned(), source };
+    let io = |source| ExecError::Io {
+        command: command.to_owned(),
+        source,
+    };
     let mut signalled: Option<Instant> = None;
     loop {
         if let Some(status) = child.try_wait().map_err(io)? {
@@ -335,7 +373,8 @@ fn describe(status: ExitStatus) -> String {
 /// Quotes `s` for a POSIX shell when it contains anything unusual.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
     if plain {
         s.to_owned()
     } else {
@@ -388,9 +427,15 @@ mod tests {
 
     #[test]
     fn failure_quotes_command_and_stderr_tail() {
-        let err = Cmd::new("sh").args(["-c", "echo first >&2; echo 'the reason' >&2; exit 3"]).run().unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo first >&2; echo 'the reason' >&2; exit 3"])
+            .run()
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("`sh -c 'echo first >&2; echo '\\''the reason'\\'' >&2; exit 3'`"), "{msg}");
+        assert!(
+            msg.contains("`sh -c 'echo first >&2; echo '\\''the reason'\\'' >&2; exit 3'`"),
+            "{msg}"
+        );
         assert!(msg.contains("exited with status 3"), "{msg}");
         assert!(msg.ends_with("first\nthe reason"), "{msg}");
     }

@@ -23,7 +23,10 @@ impl WorkDir {
     pub fn new_in(parent: &Path, prefix: &str) -> io::Result<Self> {
         fs::create_dir_all(parent)?;
         let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
-        Ok(WorkDir { path: dir.keep(), keep: false })
+        Ok(WorkDir {
+            path: dir.keep(),
+            keep: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -107,7 +110,11 @@ impl PartialFile {
         let dest = dest.into();
         let mut part = dest.clone().into_os_string();
         part.push(".part");
-        PartialFile { part: PathBuf::from(part), dest, committed: false }
+        PartialFile {
+            part: PathBuf::from(part),
+            dest,
+            committed: false,
+        }
     }
 
     /// Where to write.
@@ -159,7 +166,9 @@ impl LoopDevice {
             cmd = cmd.arg("--sizelimit").arg(size.to_string());
         }
         let device = cmd.arg(file).run_string()?;
-        Ok(LoopDevice { device: PathBuf::from(device.trim()) })
+        Ok(LoopDevice {
+            device: PathBuf::from(device.trim()),
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -15,7 +15,11 @@ fn flag() -> &'static Arc<AtomicBool> {
 
 /// Routes SIGINT, SIGTERM and SIGHUP to the interruption flag. Call once, early.
 pub fn install_signal_handlers() -> std::io::Result<()> {
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, Arc::clone(flag()))?;
     }
     Ok(())

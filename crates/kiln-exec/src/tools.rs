@@ -18,17 +18,31 @@ pub struct Tool {
 }
 
 const fn tool(name: &'static str, package: &'static str, purpose: &'static str) -> Tool {
-    Tool { name, package, purpose, test_only: false }
+    Tool {
+        name,
+        package,
+        purpose,
+        test_only: false,
+    }
 }
 
 const fn test_tool(name: &'static str, package: &'static str, purpose: &'static str) -> Tool {
-    Tool { name, package, purpose, test_only: true }
+    Tool {
+        name,
+        package,
+        purpose,
+        test_only: true,
+    }
 }
 
 /// Every program kiln runs. Keep sorted by purpose group, then name.
 pub const TOOLS: &[Tool] = &[
     tool("mmdebstrap", "mmdebstrap", "bootstrap Debian/Ubuntu root trees"),
-    tool("unshare", "util-linux", "private mount namespaces for chroots and mounts"),
+    tool(
+        "unshare",
+        "util-linux",
+        "private mount namespaces for chroots and mounts",
+    ),
     tool("chroot", "coreutils", "run customisation steps inside the image tree"),
     tool("sh", "dash", "run generated helper scripts"),
     tool("dpkg-query", "dpkg", "list the packages installed in the image"),
@@ -36,7 +50,11 @@ pub const TOOLS: &[Tool] = &[
     tool("debugfs", "e2fsprogs", "read ext4 filesystems without mounting them"),
     tool("mkfs.xfs", "xfsprogs", "create XFS filesystems"),
     tool("xfs_db", "xfsprogs", "read XFS filesystems without mounting them"),
-    tool("mount", "mount", "loop-mount filesystems that cannot be populated from a directory"),
+    tool(
+        "mount",
+        "mount",
+        "loop-mount filesystems that cannot be populated from a directory",
+    ),
     tool("losetup", "mount", "attach disk files to loop devices"),
     tool("qemu-img", "qemu-utils", "convert and compress disk images"),
     tool("git", "git", "record the commit of the spec's repository"),
@@ -47,8 +65,16 @@ pub const TOOLS: &[Tool] = &[
     test_tool("partx", "util-linux", "tests: create partition nodes for loop devices"),
     test_tool("shellcheck", "shellcheck", "tests: lint generated shell scripts"),
     test_tool("bash", "bash", "tests: run functions of generated bash scripts"),
-    tool("cp", "coreutils", "copy the tree into a loop-mounted XFS filesystem (inside a private mount namespace)"),
-    tool("umount", "mount", "unmount a loop-mounted filesystem before its loop device is detached"),
+    tool(
+        "cp",
+        "coreutils",
+        "copy the tree into a loop-mounted XFS filesystem (inside a private mount namespace)",
+    ),
+    tool(
+        "umount",
+        "mount",
+        "unmount a loop-mounted filesystem before its loop device is detached",
+    ),
 ];
 
 /// Looks a program up in [`TOOLS`].
@@ -69,7 +95,9 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

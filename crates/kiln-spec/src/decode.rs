@@ -57,19 +57,14 @@ fn translate(file: &SourceFile<'_>, spans: &SpanIndex<'_>, e: &toml::de::Error) 
             (format!("unknown target `{name}`"), Some(help))
         } else {
             let where_ = path.map_or_else(String::new, |p| format!(" {}", table_of(p)));
-            (
-                format!("unknown key `{name}`{where_}"),
-                suggest(name, &expected),
-            )
+            (format!("unknown key `{name}`{where_}"), suggest(name, &expected))
         };
         return file.diagnostic(DiagnosticKind::UnknownKey, span, message, help);
     }
 
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         let (name, expected) = split_expected(rest);
-        let key = path.map_or_else(String::new, |p| {
-            format!(" for `{}` {}", leaf(p), table_of(p))
-        });
+        let key = path.map_or_else(String::new, |p| format!(" for `{}` {}", leaf(p), table_of(p)));
         return file.diagnostic(
             DiagnosticKind::WrongType,
             span,
@@ -82,14 +77,10 @@ fn translate(file: &SourceFile<'_>, spans: &SpanIndex<'_>, e: &toml::de::Error) 
         .strip_prefix("invalid type: ")
         .or_else(|| message.strip_prefix("invalid value: "))
     {
-        let (found, expected) = rest
-            .rsplit_once(", expected ")
-            .unwrap_or((rest, "another type"));
+        let (found, expected) = rest.rsplit_once(", expected ").unwrap_or((rest, "another type"));
         let expected = in_toml_terms(expected);
         let found = in_toml_terms(found);
-        let key = path.map_or_else(String::new, |p| {
-            format!(" for `{}` {}", leaf(p), table_of(p))
-        });
+        let key = path.map_or_else(String::new, |p| format!(" for `{}` {}", leaf(p), table_of(p)));
         let value_text = span.as_ref().and_then(|s| file.text.get(s.clone()));
         let help = match (expected.as_str(), value_text, path) {
             ("an array", Some(v), Some(p)) if !v.starts_with('[') => {
@@ -138,13 +129,7 @@ fn split_expected(rest: &str) -> (&str, Vec<&str>) {
 }
 
 fn suggest(name: &str, expected: &[&str]) -> Option<String> {
-    let listed = || {
-        expected
-            .iter()
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let listed = || expected.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
     match closest(name, expected.iter().copied()) {
         Some(close) => Some(format!("did you mean `{close}`?")),
         None if expected.is_empty() => None,
@@ -155,10 +140,7 @@ fn suggest(name: &str, expected: &[&str]) -> Option<String> {
 /// The candidate most like `word`, if any is close enough to be a typo.
 /// Case and `-`/`_` are ignored because `ovh_byol` for `ovh-byol` and
 /// `cloud-init` for `cloud_init` are the typos people make.
-pub(crate) fn closest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let fold = |s: &str| s.to_ascii_lowercase().replace('-', "_");
     let word = fold(word);
     candidates
@@ -210,18 +192,12 @@ mod tests {
         assert_eq!(closest("remvoe", keys), Some("remove"));
         assert_eq!(closest("purge", keys), None);
         assert_eq!(closest("ovh_byol", ["ovh-byol"]), Some("ovh-byol"));
-        assert_eq!(
-            closest("cloud-init", ["cloud_init", "kernel"]),
-            Some("cloud_init")
-        );
+        assert_eq!(closest("cloud-init", ["cloud_init", "kernel"]), Some("cloud_init"));
     }
 
     #[test]
     fn serde_expected_lists() {
-        assert_eq!(
-            split_expected("`x`, expected `a` or `b`"),
-            ("x", vec!["a", "b"])
-        );
+        assert_eq!(split_expected("`x`, expected `a` or `b`"), ("x", vec!["a", "b"]));
         assert_eq!(
             split_expected("`x`, expected one of `a`, `b`, `c`"),
             ("x", vec!["a", "b", "c"])

@@ -128,10 +128,7 @@ impl SourceFile<'_> {
             let trimmed = rendered.trim_end().len();
             rendered.truncate(trimmed);
         }
-        SpecError::Invalid {
-            diagnostics,
-            rendered,
-        }
+        SpecError::Invalid { diagnostics, rendered }
     }
 
     fn render(&self, d: &Diagnostic, out: &mut String) {
@@ -146,13 +143,7 @@ impl SourceFile<'_> {
         let line_text = self.text.lines().nth(d.line - 1).unwrap_or("");
         let gutter = d.line.to_string().len();
         let pad = " ".repeat(gutter);
-        let _ = writeln!(
-            out,
-            "{pad}--> {}:{}:{}",
-            self.path.display(),
-            d.line,
-            d.column
-        );
+        let _ = writeln!(out, "{pad}--> {}:{}:{}", self.path.display(), d.line, d.column);
         let _ = writeln!(out, "{pad} |");
         let _ = writeln!(out, "{} | {line_text}", d.line);
         // Keep tabs in the marker's indent so that it lines up under the span.
@@ -164,11 +155,7 @@ impl SourceFile<'_> {
         let start = floor_char_boundary(self.text, span.start.min(self.text.len()));
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let end = span.end.clamp(start, line_start + line_text.len());
-        let width = self
-            .text
-            .get(start..end)
-            .map_or(1, |t| t.chars().count())
-            .max(1);
+        let width = self.text.get(start..end).map_or(1, |t| t.chars().count()).max(1);
         let _ = writeln!(out, "{pad} | {indent}{}", "^".repeat(width));
         if let Some(help) = &d.help {
             let _ = writeln!(out, "{pad} = help: {help}");

@@ -367,9 +367,7 @@ impl Spec {
     /// fields in declaration order. `Null` for a name not in [`Spec::SECTIONS`].
     pub fn section_json(&self, section: &str) -> serde_json::Value {
         match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(mut sections)) => {
-                sections.remove(section).unwrap_or_default()
-            }
+            Ok(serde_json::Value::Object(mut sections)) => sections.remove(section).unwrap_or_default(),
             // The model is plain data and always serialises to an object.
             _ => serde_json::Value::Null,
         }
@@ -404,9 +402,7 @@ impl OvhByolTarget {
     /// The headroom the user asked for; `None` means the default, 25% of
     /// the content plus 256 MiB (see [`OvhByolTarget::resolved_size`]).
     pub fn headroom(&self) -> Option<Headroom> {
-        self.headroom
-            .as_deref()
-            .and_then(|h| Headroom::parse(h).ok())
+        self.headroom.as_deref().and_then(|h| Headroom::parse(h).ok())
     }
 
     /// The partition size to build for `content` bytes of files: the fixed
@@ -418,13 +414,8 @@ impl OvhByolTarget {
         }
         let extra = match self.headroom() {
             Some(headroom) => headroom.extra(content),
-            None => Headroom::Percent(25)
-                .extra(content)
-                .saturating_add(256 * MIB),
+            None => Headroom::Percent(25).extra(content).saturating_add(256 * MIB),
         };
-        content
-            .saturating_add(extra)
-            .div_ceil(MIB)
-            .saturating_mul(MIB)
+        content.saturating_add(extra).div_ceil(MIB).saturating_mul(MIB)
     }
 }

@@ -108,10 +108,7 @@ pub(crate) fn image_path(s: &str) -> Rule {
     if s.contains('\0') {
         return Err(Problem::new("it contains a NUL byte"));
     }
-    let parts: Vec<&str> = s
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
+    let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if parts.contains(&"..") {
         return Err(Problem::new("it contains `..`").help("write the path it means, without `..`"));
     }
@@ -149,19 +146,14 @@ pub(crate) fn ssh_key(s: &str) -> Rule {
     };
     if !SSH_KEY_TYPES.contains(&kind) {
         let shown: String = kind.chars().take(24).collect();
-        return Err(
-            Problem::new(format!("`{shown}` is not an SSH key type")).help(format!(
-                "{help}; kiln accepts ed25519, RSA, ECDSA and FIDO (sk-) keys"
-            )),
-        );
+        return Err(Problem::new(format!("`{shown}` is not an SSH key type"))
+            .help(format!("{help}; kiln accepts ed25519, RSA, ECDSA and FIDO (sk-) keys")));
     }
     let Some(blob) = fields.next() else {
         return Err(Problem::new("the base64 key data is missing").help(help));
     };
     let Some(bytes) = base64_decode(blob) else {
-        return Err(
-            Problem::new("the key data is not valid base64 (truncated or edited?)").help(help),
-        );
+        return Err(Problem::new("the key data is not valid base64 (truncated or edited?)").help(help));
     };
     let embedded = bytes
         .get(..4)
@@ -218,9 +210,7 @@ pub(crate) fn crypt_hash(s: &str) -> Rule {
             .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()))
         && fields.next_back().is_some_and(|last| !last.is_empty());
     if !shape_ok {
-        return Err(
-            Problem::new("it does not look like a crypt(3) hash (`$id$salt$hash`)").help(help),
-        );
+        return Err(Problem::new("it does not look like a crypt(3) hash (`$id$salt$hash`)").help(help));
     }
     if let Some(c) = first_bad_char(s, |c| c.is_ascii_graphic() && c != ':') {
         return Err(Problem::new(format!("{c:?} cannot appear in a hash")).help(help));
@@ -243,19 +233,13 @@ pub(crate) fn hostname(s: &str) -> Rule {
             ));
         }
         if label.len() > 63 {
-            return Err(Problem::new(format!(
-                "label `{label}` is longer than 63 characters"
-            )));
+            return Err(Problem::new(format!("label `{label}` is longer than 63 characters")));
         }
         if let Some(c) = first_bad_char(label, |c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(
-                Problem::new(format!("{c:?} is not allowed")).help("use letters, digits and `-`")
-            );
+            return Err(Problem::new(format!("{c:?} is not allowed")).help("use letters, digits and `-`"));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(Problem::new(format!(
-                "label `{label}` starts or ends with `-`"
-            )));
+            return Err(Problem::new(format!("label `{label}` starts or ends with `-`")));
         }
     }
     Ok(())
@@ -271,8 +255,7 @@ pub(crate) fn timezone(s: &str) -> Rule {
     let parts: Vec<&str> = s.split('/').collect();
     let part_ok = |p: &&str| {
         p.starts_with(|c: char| c.is_ascii_uppercase())
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
     };
     if !(2..=3).contains(&parts.len()) || !parts.iter().all(part_ok) {
         return Err(Problem::new("it is not a tz database name").help(help));
@@ -285,25 +268,16 @@ pub(crate) fn timezone(s: &str) -> Rule {
 pub(crate) fn locale(s: &str) -> Rule {
     let help = "write e.g. \"en_US.UTF-8\" or \"C.UTF-8\"";
     let (main, modifier) = s.split_once('@').map_or((s, None), |(m, x)| (m, Some(x)));
-    let (name, codeset) = main
-        .split_once('.')
-        .map_or((main, None), |(n, c)| (n, Some(c)));
-    let (lang, territory) = name
-        .split_once('_')
-        .map_or((name, None), |(l, t)| (l, Some(t)));
+    let (name, codeset) = main.split_once('.').map_or((main, None), |(n, c)| (n, Some(c)));
+    let (lang, territory) = name.split_once('_').map_or((name, None), |(l, t)| (l, Some(t)));
     let lang_ok = matches!(lang, "C" | "POSIX")
         || ((2..=3).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_lowercase()));
-    let territory_ok = territory.map_or(true, |t| {
-        t.len() == 2 && t.bytes().all(|b| b.is_ascii_uppercase())
-    });
+    let territory_ok = territory.map_or(true, |t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_uppercase()));
     let codeset_ok = codeset.map_or(true, |c| {
         !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
-    let modifier_ok = modifier.map_or(true, |m| {
-        !m.is_empty() && m.bytes().all(|b| b.is_ascii_lowercase())
-    });
-    if lang_ok && territory_ok && codeset_ok && modifier_ok && !(lang == "C" && territory.is_some())
-    {
+    let modifier_ok = modifier.map_or(true, |m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_lowercase()));
+    if lang_ok && territory_ok && codeset_ok && modifier_ok && !(lang == "C" && territory.is_some()) {
         Ok(())
     } else {
         Err(Problem::new("it is not a locale name").help(help))
@@ -317,9 +291,7 @@ pub(crate) fn archive_url(s: &str) -> Rule {
         return Err(Problem::new("it is not a URL").help(help));
     };
     if !matches!(scheme, "http" | "https" | "file") {
-        return Err(
-            Problem::new(format!("scheme `{scheme}` is not http, https or file")).help(help),
-        );
+        return Err(Problem::new(format!("scheme `{scheme}` is not http, https or file")).help(help));
     }
     if let Some(c) = first_bad_char(s, |c| c.is_ascii_graphic()) {
         return Err(Problem::new(format!("{c:?} is not allowed in a URL")).help(help));
@@ -330,11 +302,7 @@ pub(crate) fn archive_url(s: &str) -> Rule {
         !rest.is_empty() && !rest.starts_with('/')
     };
     if !ok {
-        let what = if scheme == "file" {
-            "an absolute path"
-        } else {
-            "a host"
-        };
+        let what = if scheme == "file" { "an absolute path" } else { "a host" };
         return Err(Problem::new(format!("it has no {what}")).help(help));
     }
     Ok(())
@@ -362,10 +330,7 @@ pub(crate) fn bootloader_id(s: &str) -> Rule {
         return Err(Problem::new("it is empty"));
     }
     match first_bad_char(s, |c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        Some(c) => {
-            Err(Problem::new(format!("{c:?} is not allowed"))
-                .help("use letters, digits, `_` and `-`"))
-        }
+        Some(c) => Err(Problem::new(format!("{c:?} is not allowed")).help("use letters, digits, `_` and `-`")),
         None => Ok(()),
     }
 }
@@ -380,9 +345,7 @@ pub(crate) fn package(s: &str) -> Rule {
         return Err(Problem::new("it starts with `-`"));
     }
     if s.chars().any(char::is_whitespace) {
-        return Err(
-            Problem::new("it contains white space").help("list each package as its own string")
-        );
+        return Err(Problem::new("it contains white space").help("list each package as its own string"));
     }
     Ok(())
 }
@@ -436,19 +399,10 @@ mod tests {
         check(bootloader_id, &["debian", "my_os-2"], &["", "a.b", "a b"]);
         check(
             package,
-            &[
-                "vim",
-                "linux-image-amd64",
-                "vim=2:9.0",
-                "vim/bookworm-backports",
-            ],
+            &["vim", "linux-image-amd64", "vim=2:9.0", "vim/bookworm-backports"],
             &["", "-y", "vim curl"],
         );
-        check(
-            unit,
-            &["ssh", "ssh.service", "getty@tty1.service"],
-            &["", "a/b", "a b"],
-        );
+        check(unit, &["ssh", "ssh.service", "getty@tty1.service"], &["", "a/b", "a b"]);
     }
 
     #[test]
@@ -478,38 +432,20 @@ mod tests {
             ("/etc/x", Ok(())),
             (
                 "../etc/x",
-                Err((
-                    "it contains `..`",
-                    Some("write the path it means, without `..`"),
-                )),
+                Err(("it contains `..`", Some("write the path it means, without `..`"))),
             ),
             (
                 "/etc/../x",
-                Err((
-                    "it contains `..`",
-                    Some("write the path it means, without `..`"),
-                )),
+                Err(("it contains `..`", Some("write the path it means, without `..`"))),
             ),
             (
                 "etc/motd",
                 Err(("it is not absolute", Some("did you mean `/etc/motd`?"))),
             ),
-            (
-                "/",
-                Err(("it is the root directory", Some("name a path below `/`"))),
-            ),
-            (
-                "//",
-                Err(("it is the root directory", Some("name a path below `/`"))),
-            ),
-            (
-                "/etc//motd/",
-                Err(("it is not normalised", Some("write `/etc/motd`"))),
-            ),
-            (
-                "/etc/./motd",
-                Err(("it is not normalised", Some("write `/etc/motd`"))),
-            ),
+            ("/", Err(("it is the root directory", Some("name a path below `/`")))),
+            ("//", Err(("it is the root directory", Some("name a path below `/`")))),
+            ("/etc//motd/", Err(("it is not normalised", Some("write `/etc/motd`")))),
+            ("/etc/./motd", Err(("it is not normalised", Some("write `/etc/motd`")))),
             ("", Err(("it is empty", None))),
         ];
         for (s, want) in cases {
@@ -519,7 +455,8 @@ mod tests {
         }
     }
 
-    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f ops@example";
+    const ED25519: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f ops@example";
 
     #[test]
     fn ssh_keys() {
@@ -542,27 +479,17 @@ mod tests {
                 "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4",
                 Some("the key data is not valid base64 (truncated or edited?)"),
             ),
-            (
-                "ssh-ed25519 AAAAC3Nz",
-                Some("the key data is too short (truncated?)"),
-            ),
+            ("ssh-ed25519 AAAAC3Nz", Some("the key data is too short (truncated?)")),
             (
                 &rsa_type_ed25519_blob,
                 Some("the key data is a `ssh-ed25519` key, not `ssh-rsa`"),
             ),
-            (
-                "ssh-dss AAAAB3NzaC1kc3M=",
-                Some("`ssh-dss` is not an SSH key type"),
-            ),
+            ("ssh-dss AAAAB3NzaC1kc3M=", Some("`ssh-dss` is not an SSH key type")),
             ("ssh-ed25519", Some("the base64 key data is missing")),
             ("", Some("it is empty")),
         ];
         for (s, want) in cases {
-            assert_eq!(
-                ssh_key(s).err().map(|p| p.why),
-                want.map(str::to_owned),
-                "{s:?}"
-            );
+            assert_eq!(ssh_key(s).err().map(|p| p.why), want.map(str::to_owned), "{s:?}");
         }
     }
 
@@ -613,35 +540,16 @@ mod tests {
                 "America/Argentina/Buenos_Aires",
                 "Etc/GMT+5",
             ],
-            &[
-                "",
-                "utc",
-                "Paris",
-                "europe/paris",
-                "Europe/Paris/X/Y",
-                "Europe/",
-            ],
+            &["", "utc", "Paris", "europe/paris", "Europe/Paris/X/Y", "Europe/"],
         );
         check(
             locale,
-            &[
-                "en_US.UTF-8",
-                "C.UTF-8",
-                "C",
-                "POSIX",
-                "de_DE@euro",
-                "fr_FR.utf8",
-                "eo",
-            ],
+            &["en_US.UTF-8", "C.UTF-8", "C", "POSIX", "de_DE@euro", "fr_FR.utf8", "eo"],
             &["", "english", "en_us.UTF-8", "en_US.", "C_US", "en-US"],
         );
         check(
             archive_url,
-            &[
-                "http://deb.debian.org/debian",
-                "https://x/y",
-                "file:///srv/mirror",
-            ],
+            &["http://deb.debian.org/debian", "https://x/y", "file:///srv/mirror"],
             &[
                 "",
                 "deb.debian.org",

@@ -102,11 +102,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 "`{s}` is not a whole number; use a smaller unit (e.g. \"1536MiB\" for 1.5GiB)"
             ))
         }
-        _ => {
-            return Err(format!(
-                "`{s}` has an unknown unit `{unit}`; use KiB, MiB, GiB or TiB"
-            ))
-        }
+        _ => return Err(format!("`{s}` has an unknown unit `{unit}`; use KiB, MiB, GiB or TiB")),
     };
     let number: u64 = digits.parse().map_err(|_| format!("`{s}` is too large"))?;
     number
@@ -158,9 +154,18 @@ mod tests {
             ("", Err("`` is not a size")),
             ("GiB", Err("`GiB` is not a size")),
             ("-1GiB", Err("`-1GiB` is not a size")),
-            ("4GB", Err("`4GB` uses a decimal unit; kiln sizes are binary, write `4GiB`")),
-            ("1.5GiB", Err("`1.5GiB` is not a whole number; use a smaller unit (e.g. \"1536MiB\" for 1.5GiB)")),
-            ("4 PiB", Err("`4 PiB` has an unknown unit `PiB`; use KiB, MiB, GiB or TiB")),
+            (
+                "4GB",
+                Err("`4GB` uses a decimal unit; kiln sizes are binary, write `4GiB`"),
+            ),
+            (
+                "1.5GiB",
+                Err("`1.5GiB` is not a whole number; use a smaller unit (e.g. \"1536MiB\" for 1.5GiB)"),
+            ),
+            (
+                "4 PiB",
+                Err("`4 PiB` has an unknown unit `PiB`; use KiB, MiB, GiB or TiB"),
+            ),
             ("99999999999999999999", Err("`99999999999999999999` is too large")),
             ("99999999999T", Err("`99999999999T` is too large")),
         ];

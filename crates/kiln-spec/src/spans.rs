@@ -23,9 +23,7 @@ enum Segment<'p> {
 fn segments(path: &str) -> Vec<Segment<'_>> {
     let mut out = Vec::new();
     for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (key, mut indexes) = part
-            .split_once('[')
-            .map_or((part, ""), |(k, rest)| (k, rest));
+        let (key, mut indexes) = part.split_once('[').map_or((part, ""), |(k, rest)| (k, rest));
         if !key.is_empty() {
             out.push(Segment::Key(key));
         }
@@ -152,22 +150,13 @@ mod tests {
         assert_eq!(text(index.value("files[1].dest")), Some("\"/y\""));
         assert_eq!(text(index.value("targets.ovh-byol.size")), Some("\"4GiB\""));
         assert_eq!(text(index.value("files[0].dest")), None);
-        assert_eq!(
-            text(index.value_or_parent("files[0].dest")),
-            Some("[[files]]")
-        );
-        assert_eq!(
-            text(index.value_or_parent("packages.remove")),
-            Some("[packages]")
-        );
+        assert_eq!(text(index.value_or_parent("files[0].dest")), Some("[[files]]"));
+        assert_eq!(text(index.value_or_parent("packages.remove")), Some("[packages]"));
         assert_eq!(index.value_or_parent("kernel.package"), None);
         let dest = index.value("files[1].dest").unwrap();
         assert_eq!(index.path_at(&dest).as_deref(), Some("files[1].dest"));
         let key = SPEC.find("install").unwrap();
-        assert_eq!(
-            index.path_at(&(key..key + 7)).as_deref(),
-            Some("packages.install")
-        );
+        assert_eq!(index.path_at(&(key..key + 7)).as_deref(), Some("packages.install"));
     }
 
     #[test]

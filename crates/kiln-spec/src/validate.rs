@@ -24,12 +24,7 @@ pub const MIN_BASE_CONTENT: u64 = GIB;
 /// (and an MBR partition table cannot describe more).
 pub const MAX_PARTITION_SIZE: u64 = 2 * TIB;
 
-pub(crate) fn validate(
-    spec: &Spec,
-    dir: &Path,
-    spans: &SpanIndex<'_>,
-    file: &SourceFile<'_>,
-) -> Vec<Diagnostic> {
+pub(crate) fn validate(spec: &Spec, dir: &Path, spans: &SpanIndex<'_>, file: &SourceFile<'_>) -> Vec<Diagnostic> {
     let mut v = Validator {
         spans,
         file,
@@ -58,10 +53,8 @@ struct Validator<'a, 'i> {
 impl Validator<'_, '_> {
     fn report(&mut self, path: &str, message: String, help: Option<String>) {
         let span = self.spans.value_or_parent(path);
-        self.diagnostics.push(
-            self.file
-                .diagnostic(DiagnosticKind::Invalid, span, message, help),
-        );
+        self.diagnostics
+            .push(self.file.diagnostic(DiagnosticKind::Invalid, span, message, help));
     }
 
     /// Reports `result` as "invalid WHAT `VALUE`: WHY".
@@ -144,17 +137,9 @@ impl Validator<'_, '_> {
     }
 
     fn packages(&mut self, spec: &Spec) {
-        for (list, names) in [
-            ("install", &spec.packages.install),
-            ("remove", &spec.packages.remove),
-        ] {
+        for (list, names) in [("install", &spec.packages.install), ("remove", &spec.packages.remove)] {
             for (i, name) in names.iter().enumerate() {
-                self.check(
-                    &format!("packages.{list}[{i}]"),
-                    "package",
-                    name,
-                    rules::package(name),
-                );
+                self.check(&format!("packages.{list}[{i}]"), "package", name, rules::package(name));
             }
         }
     }
@@ -240,25 +225,15 @@ impl Validator<'_, '_> {
                 (Some(_), Some(_)) => self.report(
                     &format!("{at}.file"),
                     format!("{header} has both `script` and `file`"),
-                    Some(
-                        "keep one: `script` holds the script itself, `file` names a script file"
-                            .into(),
-                    ),
+                    Some("keep one: `script` holds the script itself, `file` names a script file".into()),
                 ),
                 (None, None) => self.report(
                     &at,
                     format!("{header} has neither `script` nor `file`"),
-                    Some(
-                        "add `script = \"…\"` (the script itself) or `file = \"scripts/….sh\"`"
-                            .into(),
-                    ),
+                    Some("add `script = \"…\"` (the script itself) or `file = \"scripts/….sh\"`".into()),
                 ),
                 (Some(script), None) if script.trim().is_empty() => {
-                    self.report(
-                        &format!("{at}.script"),
-                        format!("{header} has an empty `script`"),
-                        None,
-                    );
+                    self.report(&format!("{at}.script"), format!("{header} has an empty `script`"), None);
                 }
                 _ => {}
             }
@@ -280,12 +255,7 @@ impl Validator<'_, '_> {
                     Some("configure root in the [root] table".into()),
                 );
             } else {
-                self.check(
-                    &name_at,
-                    "user name",
-                    &user.name,
-                    rules::account_name(&user.name),
-                );
+                self.check(&name_at, "user name", &user.name, rules::account_name(&user.name));
             }
             if let Some(first) = names.insert(&user.name, i) {
                 let help = format!(
@@ -293,11 +263,7 @@ impl Validator<'_, '_> {
                     table_name(&format!("users[{first}]")),
                     self.line_of(&format!("users[{first}].name"))
                 );
-                self.report(
-                    &name_at,
-                    format!("duplicate user `{}`", user.name),
-                    Some(help),
-                );
+                self.report(&name_at, format!("duplicate user `{}`", user.name), Some(help));
             }
             for (g, group) in user.groups.iter().enumerate() {
                 self.check(
@@ -308,27 +274,12 @@ impl Validator<'_, '_> {
                 );
             }
             if let Some(shell) = &user.shell {
-                self.check(
-                    &format!("{at}.shell"),
-                    "shell",
-                    shell,
-                    rules::image_path(shell),
-                );
+                self.check(&format!("{at}.shell"), "shell", shell, rules::image_path(shell));
             }
-            self.credentials(
-                &at,
-                &user.ssh_keys,
-                user.password_hash.as_deref(),
-                user.locked,
-            );
+            self.credentials(&at, &user.ssh_keys, user.password_hash.as_deref(), user.locked);
         }
         let root = &spec.root;
-        self.credentials(
-            "root",
-            &root.ssh_keys,
-            root.password_hash.as_deref(),
-            root.locked,
-        );
+        self.credentials("root", &root.ssh_keys, root.password_hash.as_deref(), root.locked);
 
         if let Some(user) = &spec.cloud_init.default_user {
             let at = "cloud_init.default_user";
@@ -347,23 +298,12 @@ impl Validator<'_, '_> {
                 );
             }
             if let Some(shell) = &user.shell {
-                self.check(
-                    &format!("{at}.shell"),
-                    "shell",
-                    shell,
-                    rules::image_path(shell),
-                );
+                self.check(&format!("{at}.shell"), "shell", shell, rules::image_path(shell));
             }
         }
     }
 
-    fn credentials(
-        &mut self,
-        at: &str,
-        ssh_keys: &[String],
-        hash: Option<&str>,
-        locked: Option<bool>,
-    ) {
+    fn credentials(&mut self, at: &str, ssh_keys: &[String], hash: Option<&str>, locked: Option<bool>) {
         for (k, key) in ssh_keys.iter().enumerate() {
             if let Err(p) = rules::ssh_key(key) {
                 self.report(
@@ -385,9 +325,7 @@ impl Validator<'_, '_> {
                 self.report(
                     &format!("{at}.locked"),
                     "`locked = true` contradicts `password_hash`".into(),
-                    Some(
-                        "remove `password_hash` to lock the password, or `locked` to set it".into(),
-                    ),
+                    Some("remove `password_hash` to lock the password, or `locked` to set it".into()),
                 );
             }
         }
@@ -410,21 +348,11 @@ impl Validator<'_, '_> {
             ("mask", &services.mask),
         ] {
             for (i, unit) in units.iter().enumerate() {
-                self.check(
-                    &format!("services.{list}[{i}]"),
-                    "unit name",
-                    unit,
-                    rules::unit(unit),
-                );
+                self.check(&format!("services.{list}[{i}]"), "unit name", unit, rules::unit(unit));
             }
         }
         if let Some(package) = &spec.kernel.package {
-            self.check(
-                "kernel.package",
-                "kernel package",
-                package,
-                rules::package(package),
-            );
+            self.check("kernel.package", "kernel package", package, rules::package(package));
         }
     }
 
@@ -493,7 +421,10 @@ impl Validator<'_, '_> {
                 ),
                 Ok(Headroom::Bytes(b)) if b > MAX_PARTITION_SIZE => self.report(
                     &format!("{at}.headroom"),
-                    format!("headroom `{headroom}` is larger than {}", format_size(MAX_PARTITION_SIZE)),
+                    format!(
+                        "headroom `{headroom}` is larger than {}",
+                        format_size(MAX_PARTITION_SIZE)
+                    ),
                     None,
                 ),
                 Ok(_) => {}
@@ -535,8 +466,7 @@ impl Validator<'_, '_> {
         }
         let path = Path::new(rel);
         if path.is_absolute() {
-            return Err(Problem::new("is absolute")
-                .help(format!("name it relative to the spec's directory, {dir}")));
+            return Err(Problem::new("is absolute").help(format!("name it relative to the spec's directory, {dir}")));
         }
         // Lexical first: `../x` is an escape whether or not it exists.
         let mut depth = 0i32;
@@ -547,20 +477,15 @@ impl Validator<'_, '_> {
                 _ => {}
             }
             if depth < 0 {
-                return Err(
-                    Problem::new("is outside the spec's directory").help(format!(
-                        "kiln only reads files under {dir}; copy the file there"
-                    )),
-                );
+                return Err(Problem::new("is outside the spec's directory")
+                    .help(format!("kiln only reads files under {dir}; copy the file there")));
             }
         }
         let joined = self.dir.join(path);
         let real = match fs::canonicalize(&joined) {
             Ok(real) => real,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(
-                    Problem::new("does not exist").help(format!("looked for {}", joined.display()))
-                );
+                return Err(Problem::new("does not exist").help(format!("looked for {}", joined.display())));
             }
             Err(e) => return Err(Problem::new(format!("cannot be read: {e}"))),
         };

@@ -499,28 +499,16 @@ fn semantic_problems_are_all_reported() {
         .map(|d| (d.line, d.column, d.message.as_str()))
         .collect();
     let want = vec![
-        (
-            1,
-            12,
-            "invalid time zone `Paris`: it is not a tz database name",
-        ),
+        (1, 12, "invalid time zone `Paris`: it is not a tz database name"),
         (2, 10, "invalid locale `english`: it is not a locale name"),
-        (
-            4,
-            8,
-            "invalid image name `.hidden`: it must not start with `.`",
-        ),
+        (4, 8, "invalid image name `.hidden`: it must not start with `.`"),
         (5, 11, "invalid image version `1 0`: ' ' is not allowed"),
         (
             9,
             10,
             "invalid mirror `ftp://deb.debian.org/debian`: scheme `ftp` is not http, https or file",
         ),
-        (
-            12,
-            8,
-            "invalid destination `/etc//motd`: it is not normalised",
-        ),
+        (12, 8, "invalid destination `/etc//motd`: it is not normalised"),
         (
             13,
             8,
@@ -540,11 +528,7 @@ fn semantic_problems_are_all_reported() {
         ),
         (20, 10, "`locked = true` contradicts `password_hash`"),
         (23, 12, "`headroom` only applies when `size` is \"auto\""),
-        (
-            24,
-            17,
-            "invalid `bootloader_id` `my os`: ' ' is not allowed",
-        ),
+        (24, 17, "invalid `bootloader_id` `my os`: ' ' is not allowed"),
     ];
     assert_eq!(got, want, "rendered:\n{err}");
     insta::assert_snapshot!("many_problems", err.to_string());
@@ -565,19 +549,10 @@ dest = "/etc/motd"
 size = "1GiB"
 "#;
     let err = parse(spec).unwrap_err();
-    let [d] = err.diagnostics() else {
-        panic!("{err}")
-    };
+    let [d] = err.diagnostics() else { panic!("{err}") };
     assert_eq!((d.line, d.column), (11, 8));
-    assert!(
-        d.message.contains("plus 31 B of [[files]]"),
-        "{}",
-        d.message
-    );
-    assert_eq!(
-        d.help.as_deref(),
-        Some("use \"auto\", or at least \"1025MiB\"")
-    );
+    assert!(d.message.contains("plus 31 B of [[files]]"), "{}", d.message);
+    assert_eq!(d.help.as_deref(), Some("use \"auto\", or at least \"1025MiB\""));
     assert!(parse(&spec.replace("\"1GiB\"", "\"1025MiB\"")).is_ok());
 }
 
@@ -604,11 +579,7 @@ dest = "/etc/b"
 [targets.ovh-byol]
 "#;
     let err = parse_str(spec, Path::new("spec.toml"), &dir).unwrap_err();
-    let got: Vec<(usize, &str)> = err
-        .diagnostics()
-        .iter()
-        .map(|d| (d.line, d.message.as_str()))
-        .collect();
+    let got: Vec<(usize, &str)> = err.diagnostics().iter().map(|d| (d.line, d.message.as_str())).collect();
     let secret = tmp.path().canonicalize().unwrap().join("secret");
     let escape = format!(
         "source file `link` is outside the spec's directory (it resolves to {})",
@@ -616,10 +587,7 @@ dest = "/etc/b"
     );
     assert_eq!(
         got,
-        vec![
-            (8, escape.as_str()),
-            (11, "source file `adir` is not a regular file")
-        ]
+        vec![(8, escape.as_str()), (11, "source file `adir` is not a regular file")]
     );
 }
 
@@ -651,8 +619,7 @@ fn load_reports_unreadable_files() {
     assert!(matches!(err, SpecError::Read { .. }));
     assert!(err.diagnostics().is_empty());
     assert!(
-        err.to_string()
-            .starts_with("reading spec /nonexistent/spec.toml: "),
+        err.to_string().starts_with("reading spec /nonexistent/spec.toml: "),
         "{err}"
     );
 }
@@ -693,12 +660,7 @@ fn section_json_is_stable() {
     assert_eq!(loaded.spec.section_json("nope"), serde_json::Value::Null);
     // Serialised sections list every section the model has.
     let all = serde_json::to_value(&loaded.spec).unwrap();
-    let keys: Vec<&str> = all
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys: Vec<&str> = all.as_object().unwrap().keys().map(String::as_str).collect();
     let mut sections = kiln_spec::Spec::SECTIONS.to_vec();
     sections.sort_unstable();
     let mut keys_sorted = keys.clone();

@@ -35,7 +35,11 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         LogFormat::Human => Arc::new(progress::Bars::new(&plan)),
         LogFormat::Json => Arc::new(progress::JsonLines),
     };
-    let opts = kiln_build::BuildOptions { out_dir: args.out.clone(), work_dir: args.work_dir, keep_work: args.keep_work };
+    let opts = kiln_build::BuildOptions {
+        out_dir: args.out.clone(),
+        work_dir: args.work_dir,
+        keep_work: args.keep_work,
+    };
     let result = kiln_build::build(&plan, &opts, Arc::clone(&reporter));
     progress::finish(args.log_format, result.is_ok(), started.elapsed());
     let output = result?;
@@ -54,7 +58,12 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("plan for {} {} (spec {})", plan.name, plan.version, plan.spec_hash.short());
+    println!(
+        "plan for {} {} (spec {})",
+        plan.name,
+        plan.version,
+        plan.spec_hash.short()
+    );
     for (i, stage) in plan.stages.iter().enumerate() {
         println!("\n{}. {}  [{}]", i + 1, stage.id, stage.hash.short());
         for a in &stage.actions {
@@ -69,7 +78,10 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
     let results = match args.target {
         CheckTarget::OvhByol => check::check_image(
             &args.image,
-            &check::CheckOptions { ram: args.ram, efi_bootloader_path: args.efi_bootloader_path.clone() },
+            &check::CheckOptions {
+                ram: args.ram,
+                efi_bootloader_path: args.efi_bootloader_path.clone(),
+            },
         )
         .with_context(|| format!("checking {}", args.image.display()))?,
     };
@@ -90,16 +102,25 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
         }
         println!(
             "\n{}: {} of {} rules passed",
-            if failed == 0 { "image meets the ovh-byol contract" } else { "image does NOT meet the ovh-byol contract" },
+            if failed == 0 {
+                "image meets the ovh-byol contract"
+            } else {
+                "image does NOT meet the ovh-byol contract"
+            },
             results.len() - failed,
             results.len()
         );
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn inspect(args: InspectArgs) -> Result<ExitCode> {
-    let report = kiln_disk::inspect::inspect(&args.image).with_context(|| format!("inspecting {}", args.image.display()))?;
+    let report =
+        kiln_disk::inspect::inspect(&args.image).with_context(|| format!("inspecting {}", args.image.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -110,7 +131,7 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
 
 fn doctor() -> ExitCode {
     let mut missing_build = 0;
-    println!("{:<12} {:<8} {:<14} {}", "tool", "status", "package", "used for");
+    println!("{:<12} {:<8} {:<14} used for", "tool", "status", "package");
     for t in kiln_exec::TOOLS {
         let found = kiln_exec::which(t.name);
         if found.is_none() && !t.test_only {

@@ -22,7 +22,12 @@ pub fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            if kiln_exec::interrupted() || e.chain().any(|c| c.downcast_ref::<kiln_exec::ExecError>().is_some_and(|x| x.is_interrupted())) {
+            if kiln_exec::interrupted()
+                || e.chain().any(|c| {
+                    c.downcast_ref::<kiln_exec::ExecError>()
+                        .is_some_and(|x| x.is_interrupted())
+                })
+            {
                 eprintln!("kiln: interrupted; cleaned up");
                 return ExitCode::from(EXIT_INTERRUPTED);
             }

@@ -28,7 +28,11 @@ impl Bars {
     pub(crate) fn new(plan: &Plan) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let width = plan.stages.iter().map(|s| s.id.len()).max().unwrap_or(10);
-        Bars { multi, bars: Mutex::new(HashMap::new()), width }
+        Bars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+            width,
+        }
     }
 }
 
@@ -39,8 +43,11 @@ impl Reporter for Bars {
             Event::StageStarted { id, .. } => {
                 let bar = self.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
-                    ProgressStyle::with_template(&format!("{{spinner}} {{prefix:<{}}} {{elapsed:>4}}  {{wide_msg}}", self.width))
-                        .expect("valid template"),
+                    ProgressStyle::with_template(&format!(
+                        "{{spinner}} {{prefix:<{}}} {{elapsed:>4}}  {{wide_msg}}",
+                        self.width
+                    ))
+                    .expect("valid template"),
                 );
                 bar.set_prefix(id.clone());
                 bar.enable_steady_tick(Duration::from_millis(200));
@@ -84,7 +91,9 @@ pub(crate) struct JsonLines;
 impl Reporter for JsonLines {
     fn event(&self, event: Event) {
         let v = match event {
-            Event::StageStarted { id, title } => serde_json::json!({"event": "stage-start", "stage": id, "kind": title}),
+            Event::StageStarted { id, title } => {
+                serde_json::json!({"event": "stage-start", "stage": id, "kind": title})
+            }
             Event::StageFinished { id, elapsed, summary } => serde_json::json!({
                 "event": "stage-end", "stage": id, "status": "ok",
                 "duration_s": round3(elapsed), "summary": summary,

@@ -7,15 +7,26 @@ use std::process::{Command, Output, Stdio};
 
 fn kiln(args: &[&str]) -> Output {
     #[allow(clippy::disallowed_methods)] // the binary under test
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .canonicalize()
+        .unwrap()
 }
 
 #[test]
@@ -43,7 +54,10 @@ fn build_reports_spec_errors_with_location_before_any_work() {
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("broken.toml:8:1"), "{t}");
     assert!(t.contains("did you mean `install`"), "{t}");
-    assert!(!out_dir.exists(), "a spec error must stop the build before it creates anything");
+    assert!(
+        !out_dir.exists(),
+        "a spec error must stop the build before it creates anything"
+    );
 }
 
 #[test]
@@ -59,12 +73,24 @@ fn plan_lists_every_stage_with_hashes() {
     let out = kiln(&["plan", examples().join("debian-12-ovh-byol.toml").to_str().unwrap()]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    for stage in ["bootstrap", "customise", "ovh-byol/finalise", "ovh-byol/filesystem", "ovh-byol/disk", "ovh-byol/convert", "checksums"] {
+    for stage in [
+        "bootstrap",
+        "customise",
+        "ovh-byol/finalise",
+        "ovh-byol/filesystem",
+        "ovh-byol/disk",
+        "ovh-byol/convert",
+        "checksums",
+    ] {
         assert!(t.contains(stage), "plan lacks {stage}: {t}");
     }
     assert!(t.contains("make_image_bootable.sh"), "{t}");
 
-    let json = kiln(&["plan", "--json", examples().join("debian-12-ovh-byol-xfs.toml").to_str().unwrap()]);
+    let json = kiln(&[
+        "plan",
+        "--json",
+        examples().join("debian-12-ovh-byol-xfs.toml").to_str().unwrap(),
+    ]);
     let plan: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let stages = plan["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 7);
@@ -78,7 +104,16 @@ fn schema_is_json_with_the_spec_sections() {
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let props = &schema["properties"];
-    for key in ["image", "base", "packages", "files", "run", "users", "targets", "cloud_init"] {
+    for key in [
+        "image",
+        "base",
+        "packages",
+        "files",
+        "run",
+        "users",
+        "targets",
+        "cloud_init",
+    ] {
         assert!(props.get(key).is_some(), "schema lacks {key}");
     }
 }
@@ -87,8 +122,15 @@ fn schema_is_json_with_the_spec_sections() {
 fn doctor_lists_tools_with_packages() {
     let out = kiln(&["doctor"]);
     let t = text(&out);
-    for (tool, pkg) in [("mmdebstrap", "mmdebstrap"), ("mke2fs", "e2fsprogs"), ("qemu-img", "qemu-utils")] {
-        let line = t.lines().find(|l| l.starts_with(tool)).unwrap_or_else(|| panic!("no {tool} line: {t}"));
+    for (tool, pkg) in [
+        ("mmdebstrap", "mmdebstrap"),
+        ("mke2fs", "e2fsprogs"),
+        ("qemu-img", "qemu-utils"),
+    ] {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with(tool))
+            .unwrap_or_else(|| panic!("no {tool} line: {t}"));
         assert!(line.contains(pkg), "{line}");
     }
 }

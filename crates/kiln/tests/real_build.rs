@@ -22,7 +22,10 @@ fn tool(name: &str) -> Command {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn example(name: &str) -> PathBuf {
@@ -36,14 +39,22 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Mount points below `dir` as this process sees them.
 fn mounts_below(dir: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = dir.to_string_lossy().into_owned();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_owned).collect()
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn loop_devices() -> String {
@@ -80,18 +91,38 @@ fn leftovers(out: &Path) -> Vec<String> {
 fn build_and_check(spec: &str, image: &str, fs: &str) {
     let out = tempfile::tempdir_in(repo_root().join("target")).unwrap();
     let started = Instant::now();
-    let res = run(kiln().args(["build", "--log-format", "json", "--out"]).arg(out.path()).arg(example(spec)));
+    let res = run(kiln()
+        .args(["build", "--log-format", "json", "--out"])
+        .arg(out.path())
+        .arg(example(spec)));
     let log = text(&res);
     assert!(res.status.success(), "build failed:\n{log}");
     eprintln!("built {spec} in {:?}", started.elapsed());
 
     // One JSON object per line, a start and an end per stage.
-    let events: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&res.stdout).lines().map(|l| serde_json::from_str(l).expect("json event")).collect();
-    for stage in ["bootstrap", "customise", "ovh-byol/finalise", "ovh-byol/filesystem", "ovh-byol/disk", "ovh-byol/convert", "checksums"] {
-        assert!(events.iter().any(|e| e["event"] == "stage-start" && e["stage"] == stage), "no start for {stage}: {log}");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&res.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json event"))
+        .collect();
+    for stage in [
+        "bootstrap",
+        "customise",
+        "ovh-byol/finalise",
+        "ovh-byol/filesystem",
+        "ovh-byol/disk",
+        "ovh-byol/convert",
+        "checksums",
+    ] {
         assert!(
-            events.iter().any(|e| e["event"] == "stage-end" && e["stage"] == stage && e["duration_s"].as_f64().is_some()),
+            events
+                .iter()
+                .any(|e| e["event"] == "stage-start" && e["stage"] == stage),
+            "no start for {stage}: {log}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "stage-end" && e["stage"] == stage && e["duration_s"].as_f64().is_some()),
             "no end for {stage}: {log}"
         );
     }
@@ -106,7 +137,10 @@ fn build_and_check(spec: &str, image: &str, fs: &str) {
     // Checksums verify with the reference tool.
     let sums = run(tool("sha512sum").arg("-c").arg("SHA512SUMS").current_dir(out.path()));
     assert!(sums.status.success(), "{}", text(&sums));
-    let side = run(tool("sha512sum").arg("-c").arg(format!("{image}.sha512")).current_dir(out.path()));
+    let side = run(tool("sha512sum")
+        .arg("-c")
+        .arg(format!("{image}.sha512"))
+        .current_dir(out.path()));
     assert!(side.status.success(), "{}", text(&side));
 
     // The manifest says what the issue asks.
@@ -115,15 +149,32 @@ fn build_and_check(spec: &str, image: &str, fs: &str) {
     let artifact = &manifest["artifacts"][0];
     assert_eq!(artifact["path"], image);
     assert_eq!(artifact["format"], "qcow2");
-    assert_eq!(artifact["size"].as_u64().unwrap(), std::fs::metadata(&qcow).unwrap().len());
+    assert_eq!(
+        artifact["size"].as_u64().unwrap(),
+        std::fs::metadata(&qcow).unwrap().len()
+    );
     assert_eq!(manifest["efiBootloaderPath"], "\\efi\\debian\\grubx64.efi");
     assert_eq!(manifest["partitions"].as_array().unwrap().len(), 1);
     assert_eq!(manifest["partitions"][0]["filesystem"], fs);
     assert!(manifest["stages"].as_array().unwrap().len() >= 7);
-    assert!(manifest["git"]["commit"].as_str().is_some(), "spec is in a git repository");
+    assert!(
+        manifest["git"]["commit"].as_str().is_some(),
+        "spec is in a git repository"
+    );
     let packages = manifest["packages"].as_array().unwrap();
-    for p in ["cloud-init", "mdadm", "lvm2", "grub-pc-bin", "grub-efi-amd64-bin", "linux-image-amd64", "curl"] {
-        assert!(packages.iter().any(|x| x["name"] == p), "{p} missing from manifest packages");
+    for p in [
+        "cloud-init",
+        "mdadm",
+        "lvm2",
+        "grub-pc-bin",
+        "grub-efi-amd64-bin",
+        "linux-image-amd64",
+        "curl",
+    ] {
+        assert!(
+            packages.iter().any(|x| x["name"] == p),
+            "{p} missing from manifest packages"
+        );
     }
     let payload = &manifest["ovhReinstall"];
     assert_eq!(payload["operatingSystem"], "byolinux_64");
@@ -134,17 +185,24 @@ fn build_and_check(spec: &str, image: &str, fs: &str) {
     assert!(info.status.success(), "{}", text(&info));
 
     // kiln's own contract check passes, also with enough RAM, and fails with too little.
-    let check = run(kiln().args(["check", "--target", "ovh-byol", "--json", "--ram", "32GiB"]).arg(&qcow));
+    let check = run(kiln()
+        .args(["check", "--target", "ovh-byol", "--json", "--ram", "32GiB"])
+        .arg(&qcow));
     assert!(check.status.success(), "{}", text(&check));
     let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(report["passed"], true);
-    let small = run(kiln().args(["check", "--target", "ovh-byol", "--ram", "3GiB"]).arg(&qcow));
+    let small = run(kiln()
+        .args(["check", "--target", "ovh-byol", "--ram", "3GiB"])
+        .arg(&qcow));
     assert_eq!(small.status.code(), Some(1), "{}", text(&small));
 
     let inspect = run(kiln().args(["inspect", "--json"]).arg(&qcow));
     assert!(inspect.status.success(), "{}", text(&inspect));
     let inspect = String::from_utf8_lossy(&inspect.stdout);
-    assert!(inspect.contains("6.1.0-"), "no Debian 12 kernel in inspect output: {inspect}");
+    assert!(
+        inspect.contains("6.1.0-"),
+        "no Debian 12 kernel in inspect output: {inspect}"
+    );
     assert!(inspect.contains("efiBootloaderPath"), "no embedded manifest: {inspect}");
 }
 
@@ -188,11 +246,17 @@ fn a_failing_run_step_names_the_step_and_leaves_nothing_behind() {
     let msg = text(&res);
     assert_eq!(res.status.code(), Some(2), "{msg}");
     assert!(msg.contains("break on purpose"), "error does not name the step: {msg}");
-    assert!(msg.contains("the-reason"), "error does not show the script's output tail: {msg}");
+    assert!(
+        msg.contains("the-reason"),
+        "error does not show the script's output tail: {msg}"
+    );
     assert!(msg.contains("exited with status 3"), "{msg}");
     assert!(msg.contains("stage customise failed"), "{msg}");
 
-    assert_eq!(std::fs::read_to_string(out.join("fail-1.qcow2")).unwrap(), "previous build");
+    assert_eq!(
+        std::fs::read_to_string(out.join("fail-1.qcow2")).unwrap(),
+        "previous build"
+    );
     assert!(!out.join("manifest.json").exists());
     assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
     assert!(mounts_below(dir.path()).is_empty(), "{:?}", mounts_below(dir.path()));
@@ -219,16 +283,24 @@ fn sigint_during_bootstrap_cleans_up() {
     // Wait until mmdebstrap is busy (it has mounted things inside its tree).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let busy = processes_mentioning("mmdebstrap").iter().any(|p| p.contains(&*out.to_string_lossy()));
+        let busy = processes_mentioning("mmdebstrap")
+            .iter()
+            .any(|p| p.contains(&*out.to_string_lossy()));
         if busy || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(8));
-    assert!(child.try_wait().unwrap().is_none(), "build ended before it could be interrupted");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "build ended before it could be interrupted"
+    );
     #[allow(clippy::disallowed_methods)]
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let res = child.wait_with_output().unwrap();
     let msg = text(&res);
@@ -238,5 +310,9 @@ fn sigint_during_bootstrap_cleans_up() {
     assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
     assert!(mounts_below(dir.path()).is_empty(), "{:?}", mounts_below(dir.path()));
     assert_eq!(loop_devices(), loops_before);
-    assert!(processes_mentioning(&out.to_string_lossy()).is_empty(), "{:?}", processes_mentioning(&out.to_string_lossy()));
+    assert!(
+        processes_mentioning(&out.to_string_lossy()).is_empty(),
+        "{:?}",
+        processes_mentioning(&out.to_string_lossy())
+    );
 }

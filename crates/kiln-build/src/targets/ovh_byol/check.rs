@@ -22,7 +22,14 @@ const SCRIPT: &str = "/root/.ovh/make_image_bootable.sh";
 const MANIFEST: &str = "/usr/share/kiln/manifest.json";
 const DEB_DIRS: &[&str] = &["/root/.ovh/debs", "/var/cache/apt/archives"];
 const STORAGE_PACKAGES: &[&str] = &["mdadm", "lvm2", "xfsprogs", "btrfs-progs", "dosfstools"];
-const PATH_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const PATH_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 const MODULE_LISTS: &[&str] = &["cloud_init_modules", "cloud_config_modules", "cloud_final_modules"];
 
 /// What the caller knows about the target server.
@@ -78,10 +85,17 @@ impl Ctx {
 pub fn check_image(path: &Path, opts: &CheckOptions) -> Result<Vec<RuleResult>> {
     let mut results = Vec::new();
     let mut push = |id: &'static str, title: &str, (passed, reason): Verdict| {
-        results.push(RuleResult { id, title: title.to_owned(), passed, reason });
+        results.push(RuleResult {
+            id,
+            title: title.to_owned(),
+            passed,
+            reason,
+        });
     };
 
-    let file_size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    let file_size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     let image = match DiskImage::open(path) {
         Ok(image) => image,
         Err(e) if e.kind() == ErrorKind::Io => {
@@ -91,7 +105,10 @@ pub fn check_image(path: &Path, opts: &CheckOptions) -> Result<Vec<RuleResult>> 
             push(
                 "qcow2-format",
                 "image file is qcow2",
-                fail(format!("{}; OVH accepts only qcow2: convert with `qemu-img convert -O qcow2`", chain(&e))),
+                fail(format!(
+                    "{}; OVH accepts only qcow2: convert with `qemu-img convert -O qcow2`",
+                    chain(&e)
+                )),
             );
             push_size_rule(&mut push, opts, file_size);
             return Ok(results);
@@ -101,38 +118,85 @@ pub fn check_image(path: &Path, opts: &CheckOptions) -> Result<Vec<RuleResult>> 
     push_size_rule(&mut push, opts, file_size);
 
     let (partition_verdict, mut ctx) = open_partition(image)?;
-    push("single-partition", "exactly one partition, no ESP or BIOS boot partition", partition_verdict.0);
-    push("filesystem", "partition filesystem is ext4, XFS or btrfs without subvolumes", partition_verdict.1);
+    push(
+        "single-partition",
+        "exactly one partition, no ESP or BIOS boot partition",
+        partition_verdict.0,
+    );
+    push(
+        "filesystem",
+        "partition filesystem is ext4, XFS or btrfs without subvolumes",
+        partition_verdict.1,
+    );
 
     ctx.installed = match ctx.fs.as_mut().map(|fs| fs.read_file("/var/lib/dpkg/status")) {
-        Some(Ok(Some(status))) => {
-            Some(kiln_disk::installed_packages(&String::from_utf8_lossy(&status)).into_iter().map(|p| p.name).collect())
-        }
+        Some(Ok(Some(status))) => Some(
+            kiln_disk::installed_packages(&String::from_utf8_lossy(&status))
+                .into_iter()
+                .map(|p| p.name)
+                .collect(),
+        ),
         _ => None,
     };
 
     let rules: &[(&'static str, &str, Rule)] = &[
-        ("script-executable", "/root/.ovh/make_image_bootable.sh is an executable file", |c, _| {
-            guarded(c, script_rule)
+        (
+            "script-executable",
+            "/root/.ovh/make_image_bootable.sh is an executable file",
+            |c, _| guarded(c, script_rule),
+        ),
+        (
+            "script-interpreter",
+            "the script's #! interpreter exists in the image",
+            |c, _| guarded(c, interpreter_rule),
+        ),
+        ("kernel", "a kernel in /boot with its /lib/modules directory", |c, _| {
+            guarded(c, kernel_rule)
         }),
-        ("script-interpreter", "the script's #! interpreter exists in the image", |c, _| guarded(c, interpreter_rule)),
-        ("kernel", "a kernel in /boot with its /lib/modules directory", |c, _| guarded(c, kernel_rule)),
-        ("initramfs-tools", "initramfs-tools is installed", |c, _| packages_rule(c, &["initramfs-tools"])),
-        ("grub-tools", "GRUB tools for BIOS and UEFI are present", |c, _| guarded(c, grub_tools_rule)),
-        ("grub-debs", "grub-pc and grub-efi-amd64 are available offline", |c, _| guarded(c, grub_debs_rule)),
-        ("storage-packages", "mdadm, lvm2, xfsprogs, btrfs-progs, dosfstools are installed", |c, _| {
-            packages_rule(c, STORAGE_PACKAGES)
+        ("initramfs-tools", "initramfs-tools is installed", |c, _| {
+            packages_rule(c, &["initramfs-tools"])
         }),
-        ("cloud-init", "cloud-init is installed with the ConfigDrive datasource", |c, _| guarded(c, cloud_init_rule)),
-        ("cloud-init-modules", "cloud-init growpart, resizefs and grub-dpkg are disabled", |c, _| {
-            guarded(c, cloud_modules_rule)
+        ("grub-tools", "GRUB tools for BIOS and UEFI are present", |c, _| {
+            guarded(c, grub_tools_rule)
         }),
+        (
+            "grub-debs",
+            "grub-pc and grub-efi-amd64 are available offline",
+            |c, _| guarded(c, grub_debs_rule),
+        ),
+        (
+            "storage-packages",
+            "mdadm, lvm2, xfsprogs, btrfs-progs, dosfstools are installed",
+            |c, _| packages_rule(c, STORAGE_PACKAGES),
+        ),
+        (
+            "cloud-init",
+            "cloud-init is installed with the ConfigDrive datasource",
+            |c, _| guarded(c, cloud_init_rule),
+        ),
+        (
+            "cloud-init-modules",
+            "cloud-init growpart, resizefs and grub-dpkg are disabled",
+            |c, _| guarded(c, cloud_modules_rule),
+        ),
         ("machine-id", "no baked machine-id", |c, _| guarded(c, machine_id_rule)),
-        ("ssh-host-keys", "no baked SSH host keys", |c, _| guarded(c, ssh_keys_rule)),
-        ("cloud-init-state", "no cloud-init instance state", |c, _| guarded(c, cloud_state_rule)),
-        ("network-config", "no baked network configuration", |c, _| guarded(c, network_rule)),
-        ("grub-partuuid", "no root=PARTUUID= GRUB drop-in", |c, _| guarded(c, partuuid_rule)),
-        ("efi-bootloader-id", "the script installs GRUB where efiBootloaderPath points", |c, o| efi_rule(c, o)),
+        ("ssh-host-keys", "no baked SSH host keys", |c, _| {
+            guarded(c, ssh_keys_rule)
+        }),
+        ("cloud-init-state", "no cloud-init instance state", |c, _| {
+            guarded(c, cloud_state_rule)
+        }),
+        ("network-config", "no baked network configuration", |c, _| {
+            guarded(c, network_rule)
+        }),
+        ("grub-partuuid", "no root=PARTUUID= GRUB drop-in", |c, _| {
+            guarded(c, partuuid_rule)
+        }),
+        (
+            "efi-bootloader-id",
+            "the script installs GRUB where efiBootloaderPath points",
+            |c, o| efi_rule(c, o),
+        ),
     ];
     for (id, title, rule) in rules {
         push(id, title, rule(&mut ctx, opts));
@@ -168,7 +232,11 @@ fn format_rule(image: &DiskImage) -> Verdict {
 /// Finds the one partition and opens its filesystem; returns the verdicts of
 /// the partition and filesystem rules.
 fn open_partition(mut image: DiskImage) -> Result<((Verdict, Verdict), Ctx)> {
-    let mut ctx = Ctx { fs: None, no_fs: String::new(), installed: None };
+    let mut ctx = Ctx {
+        fs: None,
+        no_fs: String::new(),
+        installed: None,
+    };
     let table = match kiln_disk::read_partition_table(&mut image) {
         Ok(t) => t,
         Err(e) if e.kind() == ErrorKind::Io => return Err(anyhow::Error::new(e).context("reading the partition table")),
@@ -189,9 +257,17 @@ fn open_partition(mut image: DiskImage) -> Result<((Verdict, Verdict), Ctx)> {
             list.join(", ")
         ))
     } else if parts[0].part_type.is_esp() || parts[0].part_type.is_bios_boot() {
-        fail(format!("the only partition is a {} partition; it must hold the root filesystem", parts[0].type_name))
+        fail(format!(
+            "the only partition is a {} partition; it must hold the root filesystem",
+            parts[0].type_name
+        ))
     } else {
-        pass(format!("partition {} ({}), {}", parts[0].index, parts[0].type_name, size(parts[0].size)))
+        pass(format!(
+            "partition {} ({}), {}",
+            parts[0].index,
+            parts[0].type_name,
+            size(parts[0].size)
+        ))
     };
 
     // Read the filesystem of the partition that looks like a root, so the
@@ -214,9 +290,11 @@ fn open_partition(mut image: DiskImage) -> Result<((Verdict, Verdict), Ctx)> {
             Err(e) => return Err(anyhow::Error::new(e).context("reading filesystem superblocks")),
         };
         fs_verdict = match info.fs_type {
-            FsType::Ext4 | FsType::Xfs => {
-                pass(format!("{} (uuid {})", info.fs_type, info.uuid.as_deref().unwrap_or("none")))
-            }
+            FsType::Ext4 | FsType::Xfs => pass(format!(
+                "{} (uuid {})",
+                info.fs_type,
+                info.uuid.as_deref().unwrap_or("none")
+            )),
             FsType::Btrfs => {
                 ctx.no_fs = "kiln cannot read btrfs".to_owned();
                 fail("btrfs: OVH accepts it only without subvolumes, and kiln cannot read btrfs to verify that (nor any rule below); use ext4 or XFS to have the image checked")
@@ -266,13 +344,16 @@ fn packages_rule(ctx: &mut Ctx, wanted: &[&str]) -> Verdict {
 
 fn script_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     Ok(match fs.metadata(SCRIPT)? {
-        None => fail(format!("{SCRIPT} is missing; OVH's installer runs it to install the bootloader")),
+        None => fail(format!(
+            "{SCRIPT} is missing; OVH's installer runs it to install the bootloader"
+        )),
         Some(m) if m.kind != FileKind::File => {
             fail(format!("{SCRIPT} is a {:?}, not a regular file", m.kind).to_lowercase())
         }
-        Some(m) if m.mode & 0o111 == 0 => {
-            fail(format!("{SCRIPT} has mode {:04o}, not executable: chmod 0755 it", m.mode))
-        }
+        Some(m) if m.mode & 0o111 == 0 => fail(format!(
+            "{SCRIPT} has mode {:04o}, not executable: chmod 0755 it",
+            m.mode
+        )),
         Some(m) => pass(format!("regular file, mode {:04o}, {} bytes", m.mode, m.size)),
     })
 }
@@ -287,7 +368,9 @@ fn shebang(script: &[u8]) -> Option<(String, Option<String>)> {
 }
 
 fn executable(fs: &mut dyn FsRead, path: &str) -> kiln_disk::Result<bool> {
-    Ok(fs.metadata(path)?.is_some_and(|m| m.kind == FileKind::File && m.mode & 0o111 != 0))
+    Ok(fs
+        .metadata(path)?
+        .is_some_and(|m| m.kind == FileKind::File && m.mode & 0o111 != 0))
 }
 
 fn interpreter_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
@@ -295,10 +378,14 @@ fn interpreter_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
         return Ok(fail(format!("{SCRIPT} is missing")));
     };
     let Some((interpreter, arg)) = shebang(&script) else {
-        return Ok(fail(format!("{SCRIPT} has no #! line; start it with #!/bin/bash (OVH executes it directly)")));
+        return Ok(fail(format!(
+            "{SCRIPT} has no #! line; start it with #!/bin/bash (OVH executes it directly)"
+        )));
     };
     if !interpreter.starts_with('/') {
-        return Ok(fail(format!("the #! interpreter {interpreter:?} is not an absolute path")));
+        return Ok(fail(format!(
+            "the #! interpreter {interpreter:?} is not an absolute path"
+        )));
     }
     if !executable(fs, &interpreter)? {
         return Ok(fail(format!(
@@ -339,7 +426,10 @@ fn kernel_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
             kernels.join(", ")
         )));
     }
-    let mut reason = format!("kernel {}", matched.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+    let mut reason = format!(
+        "kernel {}",
+        matched.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
     if kernels.iter().any(|k| k.contains("-cloud")) {
         reason.push_str(" (note: a -cloud kernel lacks bare-metal drivers)");
     }
@@ -358,8 +448,10 @@ fn grub_tools_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     if !found_install {
         missing.push("grub-install (package grub2-common)".to_owned());
     }
-    for (dir, package) in [("/usr/lib/grub/i386-pc", "grub-pc-bin"), ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin")]
-    {
+    for (dir, package) in [
+        ("/usr/lib/grub/i386-pc", "grub-pc-bin"),
+        ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin"),
+    ] {
         if fs.metadata(dir)?.map(|m| m.kind) != Some(FileKind::Dir) {
             missing.push(format!("{dir} (package {package})"));
         }
@@ -383,7 +475,12 @@ fn grub_debs_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     }
     let status = fs.read_file("/var/lib/dpkg/status")?;
     let installed: BTreeSet<String> = status
-        .map(|s| kiln_disk::installed_packages(&String::from_utf8_lossy(&s)).into_iter().map(|p| p.name).collect())
+        .map(|s| {
+            kiln_disk::installed_packages(&String::from_utf8_lossy(&s))
+                .into_iter()
+                .map(|p| p.name)
+                .collect()
+        })
         .unwrap_or_default();
     let mut found = Vec::new();
     let mut missing = Vec::new();
@@ -424,7 +521,11 @@ fn cloud_configs(fs: &mut dyn FsRead) -> kiln_disk::Result<std::result::Result<V
         match serde_yaml_ng::from_slice::<Yaml>(&bytes) {
             Ok(Yaml::Null) => {}
             Ok(v) => configs.push((path, v)),
-            Err(e) => return Ok(Err(format!("{path} is not valid YAML ({e}); cloud-init would ignore it"))),
+            Err(e) => {
+                return Ok(Err(format!(
+                    "{path} is not valid YAML ({e}); cloud-init would ignore it"
+                )))
+            }
         }
     }
     Ok(Ok(configs))
@@ -432,16 +533,23 @@ fn cloud_configs(fs: &mut dyn FsRead) -> kiln_disk::Result<std::result::Result<V
 
 /// The last definition of a top-level key wins, as in cloud-init's merge.
 fn last_key<'a>(configs: &'a [(String, Yaml)], key: &str) -> Option<(&'a str, &'a Yaml)> {
-    configs.iter().rev().find_map(|(path, v)| v.get(key).map(|value| (path.as_str(), value)))
+    configs
+        .iter()
+        .rev()
+        .find_map(|(path, v)| v.get(key).map(|value| (path.as_str(), value)))
 }
 
 fn cloud_init_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     let installed = fs.read_file("/var/lib/dpkg/status")?.map(|s| {
-        kiln_disk::installed_packages(&String::from_utf8_lossy(&s)).into_iter().any(|p| p.name == "cloud-init")
+        kiln_disk::installed_packages(&String::from_utf8_lossy(&s))
+            .into_iter()
+            .any(|p| p.name == "cloud-init")
     });
     let on_disk = executable(fs, "/usr/bin/cloud-init")?;
     if installed == Some(false) || (installed.is_none() && !on_disk) {
-        return Ok(fail("cloud-init is not installed: OVH configures hostname, SSH keys and user data through it"));
+        return Ok(fail(
+            "cloud-init is not installed: OVH configures hostname, SSH keys and user data through it",
+        ));
     }
     let configs = match cloud_configs(fs)? {
         Ok(c) => c,
@@ -452,13 +560,18 @@ fn cloud_init_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
         Some((path, list)) => {
             let names: Vec<String> = match list {
                 Yaml::Sequence(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
-                Yaml::String(s) => {
-                    s.trim_matches(|c| c == '[' || c == ']').split(',').map(|s| s.trim().to_owned()).collect()
-                }
+                Yaml::String(s) => s
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .collect(),
                 _ => Vec::new(),
             };
             if names.iter().any(|n| n == "ConfigDrive") {
-                pass(format!("cloud-init installed; datasource_list in {path}: [{}]", names.join(", ")))
+                pass(format!(
+                    "cloud-init installed; datasource_list in {path}: [{}]",
+                    names.join(", ")
+                ))
             } else {
                 fail(format!(
                     "datasource_list in {path} is [{}] without ConfigDrive: OVH's config drive would be ignored; add ConfigDrive",
@@ -494,7 +607,9 @@ fn cloud_modules_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
         Err(why) => return Ok(fail(why)),
     };
     if configs.is_empty() {
-        return Ok(fail("no /etc/cloud/cloud.cfg: cannot tell which cloud-init modules run"));
+        return Ok(fail(
+            "no /etc/cloud/cloud.cfg: cannot tell which cloud-init modules run",
+        ));
     }
     let mut enabled = BTreeSet::new();
     for list in MODULE_LISTS {
@@ -530,7 +645,10 @@ fn cloud_modules_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
 fn machine_id_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     let mut baked = Vec::new();
     for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
-        if fs.read_file(path)?.is_some_and(|c| !c.iter().all(u8::is_ascii_whitespace)) {
+        if fs
+            .read_file(path)?
+            .is_some_and(|c| !c.iter().all(u8::is_ascii_whitespace))
+        {
             baked.push(path);
         }
     }
@@ -545,8 +663,12 @@ fn machine_id_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
 }
 
 fn ssh_keys_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let keys: Vec<String> =
-        fs.read_dir("/etc/ssh")?.unwrap_or_default().into_iter().filter(|n| n.starts_with("ssh_host_")).collect();
+    let keys: Vec<String> = fs
+        .read_dir("/etc/ssh")?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with("ssh_host_"))
+        .collect();
     Ok(if keys.is_empty() {
         pass("no /etc/ssh/ssh_host_* keys")
     } else {
@@ -684,16 +806,24 @@ fn script_bootloader_ids(script: &str) -> Vec<String> {
     let assignment = |var: &str| -> Option<String> {
         script.lines().find_map(|l| {
             let l = l.trim_start();
-            let l =
-                ["readonly ", "export ", "local ", "declare -r "].iter().fold(l, |l, p| l.strip_prefix(p).unwrap_or(l));
-            l.strip_prefix(var)?.strip_prefix('=').map(|v| unquote(v.split_whitespace().next().unwrap_or("")))
+            let l = ["readonly ", "export ", "local ", "declare -r "]
+                .iter()
+                .fold(l, |l, p| l.strip_prefix(p).unwrap_or(l));
+            l.strip_prefix(var)?
+                .strip_prefix('=')
+                .map(|v| unquote(v.split_whitespace().next().unwrap_or("")))
         })
     };
     let mut ids = Vec::new();
     for (at, _) in script.match_indices("--bootloader-id") {
         let rest = &script[at + "--bootloader-id".len()..];
         let value = rest.strip_prefix('=').or_else(|| rest.strip_prefix(' ')).unwrap_or("");
-        let word = unquote(value.split(|c: char| c.is_whitespace() || c == ';').next().unwrap_or(""));
+        let word = unquote(
+            value
+                .split(|c: char| c.is_whitespace() || c == ';')
+                .next()
+                .unwrap_or(""),
+        );
         let resolved = match word.strip_prefix('$') {
             Some(var) => assignment(var.trim_start_matches('{').trim_end_matches('}')),
             None => Some(word),
@@ -722,7 +852,9 @@ fn efi_rule(ctx: &mut Ctx, opts: &CheckOptions) -> Verdict {
             ));
         };
         let Some(want) = bootloader_id(&path) else {
-            return Ok(fail(format!("efiBootloaderPath {path:?} is not of the form \\efi\\<id>\\<binary>.efi")));
+            return Ok(fail(format!(
+                "efiBootloaderPath {path:?} is not of the form \\efi\\<id>\\<binary>.efi"
+            )));
         };
         let Some(script) = fs.read_file(SCRIPT)? else {
             return Ok(fail(format!("{SCRIPT} is missing")));
@@ -816,11 +948,18 @@ mod tests {
         write(root, SCRIPT, SCRIPT_TEXT, 0o755);
         write(root, "/root/.ovh/debs/grub-pc_2.06-13_amd64.deb", "deb", 0o644);
         write(root, "/root/.ovh/debs/grub-efi-amd64_2.06-13_amd64.deb", "deb", 0o644);
-        let status: String =
-            STATUS.split(' ').map(|p| format!("Package: {p}\nStatus: install ok installed\nVersion: 1\n\n")).collect();
+        let status: String = STATUS
+            .split(' ')
+            .map(|p| format!("Package: {p}\nStatus: install ok installed\nVersion: 1\n\n"))
+            .collect();
         write(root, "/var/lib/dpkg/status", &status, 0o644);
         write(root, "/etc/cloud/cloud.cfg", CLOUD_CFG, 0o644);
-        write(root, "/etc/cloud/cloud.cfg.d/90_dpkg.cfg", "datasource_list: [ ConfigDrive, NoCloud ]\n", 0o644);
+        write(
+            root,
+            "/etc/cloud/cloud.cfg.d/90_dpkg.cfg",
+            "datasource_list: [ ConfigDrive, NoCloud ]\n",
+            0o644,
+        );
         write(
             root,
             "/etc/cloud/cloud.cfg.d/91-kiln-ovh-byol.cfg",
@@ -835,9 +974,24 @@ mod tests {
             "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n",
             0o644,
         );
-        write(root, "/etc/default/grub", "GRUB_CMDLINE_LINUX=\"nomodeset iommu=pt\"\n", 0o644);
-        write(root, "/etc/default/grub.d/kiln.cfg", "# root=PARTUUID= is what we avoid\n", 0o644);
-        write(root, MANIFEST, r#"{"efiBootloaderPath": "\\efi\\debian\\grubx64.efi"}"#, 0o644);
+        write(
+            root,
+            "/etc/default/grub",
+            "GRUB_CMDLINE_LINUX=\"nomodeset iommu=pt\"\n",
+            0o644,
+        );
+        write(
+            root,
+            "/etc/default/grub.d/kiln.cfg",
+            "# root=PARTUUID= is what we avoid\n",
+            0o644,
+        );
+        write(
+            root,
+            MANIFEST,
+            r#"{"efiBootloaderPath": "\\efi\\debian\\grubx64.efi"}"#,
+            0o644,
+        );
     }
 
     #[derive(Clone, Copy, PartialEq)]
@@ -857,12 +1011,21 @@ mod tests {
         let size = if disk == Disk::Xfs { 302u64 << 20 } else { 40 << 20 };
         let raw = dir.join("disk.raw");
         fs::File::create(&raw).unwrap().set_len(size).unwrap();
-        let root =
-            |size| PartitionSpec { kind: PartKind::LinuxFs, size, name: "root".into(), guid: Uuid::from_u128(1) };
+        let root = |size| PartitionSpec {
+            kind: PartKind::LinuxFs,
+            size,
+            name: "root".into(),
+            guid: Uuid::from_u128(1),
+        };
         let parts = match disk {
             Disk::WithEsp => {
                 vec![
-                    PartitionSpec { kind: PartKind::Esp, size: 4 << 20, name: "esp".into(), guid: Uuid::from_u128(2) },
+                    PartitionSpec {
+                        kind: PartKind::Esp,
+                        size: 4 << 20,
+                        name: "esp".into(),
+                        guid: Uuid::from_u128(2),
+                    },
                     root(0),
                 ]
             }
@@ -883,7 +1046,12 @@ mod tests {
             return lying;
         }
         let q = dir.join("disk.qcow2");
-        Cmd::new("qemu-img").args(["convert", "-c", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&q).run().unwrap();
+        Cmd::new("qemu-img")
+            .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&q)
+            .run()
+            .unwrap();
         q
     }
 
@@ -894,12 +1062,19 @@ mod tests {
     }
 
     fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
-        results.iter().filter(|r| !r.passed).map(|r| (r.id, r.reason.clone())).collect()
+        results
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| (r.id, r.reason.clone()))
+            .collect()
     }
 
     #[test]
     fn a_good_image_passes_every_rule() {
-        let opts = CheckOptions { ram: Some(32 * GIB), efi_bootloader_path: None };
+        let opts = CheckOptions {
+            ram: Some(32 * GIB),
+            efi_bootloader_path: None,
+        };
         let r = results(Disk::Qcow2, &opts, |_| {});
         assert_eq!(failed(&r), vec![]);
         assert_eq!(r.len(), 19, "{r:#?}");
@@ -932,12 +1107,29 @@ mod tests {
             })
         };
         let cases: Vec<(&str, Disk, CheckOptions, Mutate, &str, &str)> = vec![
-            ("raw", Disk::Raw, CheckOptions::default(), Box::new(|_| {}), "qcow2-format", "the file is raw"),
-            ("esp", Disk::WithEsp, CheckOptions::default(), Box::new(|_| {}), "single-partition", "2 partitions"),
+            (
+                "raw",
+                Disk::Raw,
+                CheckOptions::default(),
+                Box::new(|_| {}),
+                "qcow2-format",
+                "the file is raw",
+            ),
+            (
+                "esp",
+                Disk::WithEsp,
+                CheckOptions::default(),
+                Box::new(|_| {}),
+                "single-partition",
+                "2 partitions",
+            ),
             (
                 "ram",
                 Disk::Qcow2,
-                CheckOptions { ram: Some(3 * GIB), ..Default::default() },
+                CheckOptions {
+                    ram: Some(3 * GIB),
+                    ..Default::default()
+                },
                 Box::new(|_| {}),
                 "image-size",
                 "not below RAM",
@@ -972,7 +1164,12 @@ mod tests {
                 CheckOptions::default(),
                 Box::new(|t| {
                     write(t, "/usr/bin/env", "ELF", 0o755);
-                    write(t, SCRIPT, &SCRIPT_TEXT.replace("/bin/bash", "/usr/bin/env python3"), 0o755);
+                    write(
+                        t,
+                        SCRIPT,
+                        &SCRIPT_TEXT.replace("/bin/bash", "/usr/bin/env python3"),
+                        0o755,
+                    );
                 }),
                 "script-interpreter",
                 "python3 is not in the image's PATH",
@@ -1072,7 +1269,10 @@ mod tests {
                 "interfaces",
                 Disk::Qcow2,
                 CheckOptions::default(),
-                put("/etc/network/interfaces.d/eth0", "allow-hotplug eth0\niface eth0 inet dhcp\n"),
+                put(
+                    "/etc/network/interfaces.d/eth0",
+                    "allow-hotplug eth0\niface eth0 inet dhcp\n",
+                ),
                 "network-config",
                 "configures eth0",
             ),
@@ -1098,7 +1298,10 @@ mod tests {
             (
                 "efi id mismatch",
                 Disk::Qcow2,
-                CheckOptions { efi_bootloader_path: Some("\\efi\\ubuntu\\shimx64.efi".into()), ..Default::default() },
+                CheckOptions {
+                    efi_bootloader_path: Some("\\efi\\ubuntu\\shimx64.efi".into()),
+                    ..Default::default()
+                },
                 Box::new(|_| {}),
                 "efi-bootloader-id",
                 "installs GRUB with --bootloader-id debian",
@@ -1109,8 +1312,11 @@ mod tests {
             let r = results(disk, &opts, mutate);
             let fails = failed(&r);
             // Rules that cannot hold once the script is gone.
-            let consequences: &[&str] =
-                if name == "no script" { &["script-interpreter", "efi-bootloader-id"] } else { &[] };
+            let consequences: &[&str] = if name == "no script" {
+                &["script-interpreter", "efi-bootloader-id"]
+            } else {
+                &[]
+            };
             let caught = fails.iter().any(|(id, reason)| *id == rule && reason.contains(needle));
             let others_ok = fails.iter().all(|(id, _)| *id == rule || consequences.contains(id));
             if !caught || !others_ok {
@@ -1124,16 +1330,27 @@ mod tests {
 
     #[test]
     fn shebangs_and_bootloader_ids() {
-        assert_eq!(shebang(b"#!/usr/bin/env bash\nx"), Some(("/usr/bin/env".into(), Some("bash".into()))));
+        assert_eq!(
+            shebang(b"#!/usr/bin/env bash\nx"),
+            Some(("/usr/bin/env".into(), Some("bash".into())))
+        );
         assert_eq!(shebang(b"#! /bin/sh"), Some(("/bin/sh".into(), None)));
         assert_eq!(shebang(b"echo"), None);
         assert_eq!(bootloader_id("\\EFI\\debian\\grubx64.efi").as_deref(), Some("debian"));
         assert_eq!(bootloader_id("/efi/ubuntu/shimx64.efi").as_deref(), Some("ubuntu"));
         assert_eq!(bootloader_id("grubx64.efi"), None);
-        assert_eq!(script_bootloader_ids("grub-install --bootloader-id debian --no-nvram"), ["debian"]);
-        assert_eq!(script_bootloader_ids("ID=\"arch\"\ngrub-install --bootloader-id=$ID"), ["arch"]);
+        assert_eq!(
+            script_bootloader_ids("grub-install --bootloader-id debian --no-nvram"),
+            ["debian"]
+        );
+        assert_eq!(
+            script_bootloader_ids("ID=\"arch\"\ngrub-install --bootloader-id=$ID"),
+            ["arch"]
+        );
         assert!(script_bootloader_ids("grub-install --no-nvram").is_empty());
         assert_eq!(ifupdown_interfaces("auto lo eth0\niface lo inet loopback\n"), ["eth0"]);
-        assert!(ifupdown_interfaces("source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n").is_empty());
+        assert!(
+            ifupdown_interfaces("source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n").is_empty()
+        );
     }
 }

@@ -149,6 +149,10 @@ pub fn reset_host_files(tree: &Path, hostname: Option<&str>) -> Result<()> {
     let resolv = tree.join("etc/resolv.conf");
     let _ = std::fs::remove_file(&resolv);
     write_mode(&resolv, "", 0o644)?;
-    write_mode(&tree.join("etc/hostname"), &format!("{}\n", hostname.unwrap_or("localhost")), 0o644)?;
+    write_mode(
+        &tree.join("etc/hostname"),
+        &format!("{}\n", hostname.unwrap_or("localhost")),
+        0o644,
+    )?;
     Ok(())
 }

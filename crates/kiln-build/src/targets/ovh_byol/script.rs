@@ -80,7 +80,11 @@ impl Default for ScriptParams {
 #[non_exhaustive]
 pub enum ScriptError {
     #[error("invalid {field} {value:?} for make_image_bootable.sh: {reason}")]
-    InvalidParam { field: &'static str, value: String, reason: Reason },
+    InvalidParam {
+        field: &'static str,
+        value: String,
+        reason: Reason,
+    },
 }
 
 /// Why a parameter was refused.
@@ -106,7 +110,10 @@ impl fmt::Display for Reason {
             Reason::Empty => f.write_str("it is empty"),
             Reason::TooLong => f.write_str("it is too long"),
             Reason::BadCharacter(c) => {
-                write!(f, "{c:?} is not allowed (only ASCII letters, digits and ._-, plus / and + in paths)")
+                write!(
+                    f,
+                    "{c:?} is not allowed (only ASCII letters, digits and ._-, plus / and + in paths)"
+                )
             }
             Reason::BadStart => f.write_str("it must start with a letter or a digit"),
             Reason::NotAbsolute => f.write_str("it must be an absolute path"),
@@ -142,13 +149,20 @@ pub fn try_render_debian(params: &ScriptParams) -> Result<String, ScriptError> {
         .replace("@BOOTLOADER_ID@", &params.bootloader_id)
         .replace("@LOG_PATH@", &params.log_path)
         .replace("@DEBS_DIR@", &params.debs_dir)
-        .replace("@EFI_REMOVABLE_FALLBACK@", if params.efi_removable_fallback { "true" } else { "false" });
+        .replace(
+            "@EFI_REMOVABLE_FALLBACK@",
+            if params.efi_removable_fallback { "true" } else { "false" },
+        );
     debug_assert!(!script.contains("@BOOTLOADER_ID@") && !script.contains("@DEBS_DIR@"));
     Ok(script)
 }
 
 fn invalid(field: &'static str, value: &str, reason: Reason) -> ScriptError {
-    ScriptError::InvalidParam { field, value: value.to_owned(), reason }
+    ScriptError::InvalidParam {
+        field,
+        value: value.to_owned(),
+        reason,
+    }
 }
 
 fn check_bootloader_id(id: &str) -> Result<(), ScriptError> {
@@ -177,7 +191,10 @@ fn check_path(field: &'static str, path: &str) -> Result<(), ScriptError> {
     if path.len() > 1024 {
         return err(Reason::TooLong);
     }
-    if let Some(c) = path.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-/+".contains(*c))) {
+    if let Some(c) = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/+".contains(*c)))
+    {
         return err(Reason::BadCharacter(c));
     }
     let Some(rest) = path.strip_prefix('/') else {
@@ -236,33 +253,95 @@ mod tests {
     fn injection_is_refused() {
         use Reason::*;
         let cases: &[(ScriptParams, &str, Reason)] = &[
-            (params(|p| p.bootloader_id = "debian'; rm -rf / #".into()), "bootloader_id", BadCharacter('\'')),
-            (params(|p| p.bootloader_id = "$(reboot)".into()), "bootloader_id", BadCharacter('$')),
-            (params(|p| p.bootloader_id = "a b".into()), "bootloader_id", BadCharacter(' ')),
-            (params(|p| p.bootloader_id = "deb\nian".into()), "bootloader_id", BadCharacter('\n')),
-            (params(|p| p.bootloader_id = "de\\bian".into()), "bootloader_id", BadCharacter('\\')),
-            (params(|p| p.bootloader_id = "debian/x".into()), "bootloader_id", BadCharacter('/')),
-            (params(|p| p.bootloader_id = "débian".into()), "bootloader_id", BadCharacter('é')),
-            (params(|p| p.bootloader_id = "-debian".into()), "bootloader_id", BadStart),
+            (
+                params(|p| p.bootloader_id = "debian'; rm -rf / #".into()),
+                "bootloader_id",
+                BadCharacter('\''),
+            ),
+            (
+                params(|p| p.bootloader_id = "$(reboot)".into()),
+                "bootloader_id",
+                BadCharacter('$'),
+            ),
+            (
+                params(|p| p.bootloader_id = "a b".into()),
+                "bootloader_id",
+                BadCharacter(' '),
+            ),
+            (
+                params(|p| p.bootloader_id = "deb\nian".into()),
+                "bootloader_id",
+                BadCharacter('\n'),
+            ),
+            (
+                params(|p| p.bootloader_id = "de\\bian".into()),
+                "bootloader_id",
+                BadCharacter('\\'),
+            ),
+            (
+                params(|p| p.bootloader_id = "debian/x".into()),
+                "bootloader_id",
+                BadCharacter('/'),
+            ),
+            (
+                params(|p| p.bootloader_id = "débian".into()),
+                "bootloader_id",
+                BadCharacter('é'),
+            ),
+            (
+                params(|p| p.bootloader_id = "-debian".into()),
+                "bootloader_id",
+                BadStart,
+            ),
             (params(|p| p.bootloader_id = "..".into()), "bootloader_id", BadStart),
             (params(|p| p.bootloader_id = String::new()), "bootloader_id", Empty),
             (params(|p| p.bootloader_id = "x".repeat(65)), "bootloader_id", TooLong),
-            (params(|p| p.log_path = "/var/log/x`id`".into()), "log_path", BadCharacter('`')),
-            (params(|p| p.log_path = "/var/log/a'b".into()), "log_path", BadCharacter('\'')),
-            (params(|p| p.log_path = "/var/log/a\"b".into()), "log_path", BadCharacter('"')),
+            (
+                params(|p| p.log_path = "/var/log/x`id`".into()),
+                "log_path",
+                BadCharacter('`'),
+            ),
+            (
+                params(|p| p.log_path = "/var/log/a'b".into()),
+                "log_path",
+                BadCharacter('\''),
+            ),
+            (
+                params(|p| p.log_path = "/var/log/a\"b".into()),
+                "log_path",
+                BadCharacter('"'),
+            ),
             (params(|p| p.log_path = "var/log/x".into()), "log_path", NotAbsolute),
             (params(|p| p.log_path = "/var/log/".into()), "log_path", BadComponent),
             (params(|p| p.log_path = "/var//log".into()), "log_path", BadComponent),
-            (params(|p| p.log_path = "/var/../etc/passwd".into()), "log_path", BadComponent),
-            (params(|p| p.log_path = "/root/.ovh/log".into()), "log_path", InsideOvhDir),
+            (
+                params(|p| p.log_path = "/var/../etc/passwd".into()),
+                "log_path",
+                BadComponent,
+            ),
+            (
+                params(|p| p.log_path = "/root/.ovh/log".into()),
+                "log_path",
+                InsideOvhDir,
+            ),
             (params(|p| p.log_path = "/".into()), "log_path", BadComponent),
-            (params(|p| p.debs_dir = "/root/.ovh/debs;reboot".into()), "debs_dir", BadCharacter(';')),
-            (params(|p| p.debs_dir = "/root/.ovh/*".into()), "debs_dir", BadCharacter('*')),
+            (
+                params(|p| p.debs_dir = "/root/.ovh/debs;reboot".into()),
+                "debs_dir",
+                BadCharacter(';'),
+            ),
+            (
+                params(|p| p.debs_dir = "/root/.ovh/*".into()),
+                "debs_dir",
+                BadCharacter('*'),
+            ),
             (params(|p| p.debs_dir = String::new()), "debs_dir", Empty),
         ];
         for (p, field, reason) in cases {
             let err = try_render_debian(p).expect_err(&format!("{p:?} was accepted"));
-            let ScriptError::InvalidParam { field: f, reason: r, .. } = &err;
+            let ScriptError::InvalidParam {
+                field: f, reason: r, ..
+            } = &err;
             assert_eq!((f, r), (field, reason), "{p:?}: {err}");
         }
         let err = try_render_debian(&params(|p| p.bootloader_id = "a'b".into())).unwrap_err();
@@ -313,7 +392,12 @@ mod tests {
                 .stdin_bytes(script)
                 .run_status()
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert!(status.success(), "shellcheck findings ({status}):\n{}{}", out.stdout_string(), out.tail);
+            assert!(
+                status.success(),
+                "shellcheck findings ({status}):\n{}{}",
+                out.stdout_string(),
+                out.tail
+            );
         }
     }
 }
