@@ -34,6 +34,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Show an image's partitions, filesystems, kernel, packages and embedded manifest.
     Inspect(InspectArgs),
+    /// Write a cloud-init seed (NoCloud or ConfigDrive) as an ISO 9660 or FAT image.
+    Seed(SeedArgs),
+    /// Boot an image in QEMU (snapshot mode) and judge it from its serial console.
+    Boot(BootArgs),
     /// Print the JSON Schema of the spec format.
     Schema,
     /// List every external tool kiln calls, found or missing, with its Debian package.
@@ -107,6 +111,99 @@ pub struct InspectArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Datasource {
+    /// Label `cidata`: `user-data`, `meta-data`, optional `network-config`.
+    Nocloud,
+    /// Label `config-2`: `openstack/latest/meta_data.json`, `user_data`, optional `network_data.json`.
+    Configdrive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeedFs {
+    /// ISO 9660 (with Rock Ridge and Joliet names).
+    Iso,
+    /// FAT (vfat).
+    Vfat,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Which cloud-init datasource the seed is for.
+    #[arg(long, value_enum)]
+    pub datasource: Datasource,
+    /// Filesystem of the seed image.
+    #[arg(long = "fs", value_enum, default_value_t = SeedFs::Iso)]
+    pub fs: SeedFs,
+    /// Output file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// User data file (#cloud-config or a script). Default: an empty #cloud-config.
+    #[arg(long)]
+    pub user_data: Option<PathBuf>,
+    /// Meta data file (NoCloud meta-data YAML or ConfigDrive meta_data.json), instead of the options below.
+    #[arg(long, conflicts_with_all = ["hostname", "instance_id", "metadata"])]
+    pub meta_data: Option<PathBuf>,
+    /// Hostname (local-hostname / hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Instance id (default: a fresh UUID, so cloud-init treats the boot as a first boot).
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    /// An SSH public key for the default user; repeatable.
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<String>,
+    /// Network configuration file (NoCloud network-config v1/v2, ConfigDrive network_data.json).
+    #[arg(long)]
+    pub network_config: Option<PathBuf>,
+    /// ConfigDrive `meta` entry KEY=VALUE; repeatable.
+    #[arg(long = "metadata", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// The image file (qcow2 or raw); never modified (QEMU snapshot mode).
+    pub image: PathBuf,
+    /// Firmware to boot with.
+    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    pub firmware: Firmware,
+    /// A ready seed image to attach (default: kiln generates a NoCloud seed).
+    #[arg(long, conflicts_with_all = ["user_data", "ssh_keys"])]
+    pub seed: Option<PathBuf>,
+    /// User data for the generated seed.
+    #[arg(long)]
+    pub user_data: Option<PathBuf>,
+    /// SSH public key for the generated seed; repeatable.
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// A regular expression the console must show; repeatable.
+    #[arg(long = "expect")]
+    pub expect: Vec<String>,
+    /// Memory for the guest, e.g. 1GiB.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub memory: u64,
+    /// Where to write the serial console log (default: next to the image).
+    #[arg(long)]
+    pub console_log: Option<PathBuf>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -9,12 +9,17 @@ use anyhow::{Context, Result};
 use crate::cli::{BuildArgs, CheckArgs, CheckTarget, Cli, Command, InspectArgs, LogFormat, PlanArgs};
 use crate::progress;
 
+mod boot;
+mod seed;
+
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build(args),
         Command::Plan(args) => plan(args),
         Command::Check(args) => check(args),
         Command::Inspect(args) => inspect(args),
+        Command::Seed(args) => seed::run(args),
+        Command::Boot(args) => boot::run(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?);
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,1 @@
+//! `kiln boot`: boot an image in QEMU and give a verdict from its serial console.
