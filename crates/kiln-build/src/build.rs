@@ -7,6 +7,7 @@
 //! with their process. A failed or interrupted build therefore leaves the
 //! output directory as it was, plus the build log.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use crate::customise;
 use crate::hash::Hasher;
 use crate::manifest::{self, Artifact, Manifest, PartitionInfo};
 use crate::plan::{run_name, OvhByolPlan, Plan, Stage};
-use crate::targets::ovh_byol;
+use crate::targets::ovh_byol::{self, EMBEDDED_MANIFEST};
 
 /// What the executor tells the user interface.
 #[derive(Debug, Clone)]
@@ -107,21 +108,19 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
         log: log.clone(),
         tree: work.path().join("tree"),
         work: work.path().to_owned(),
+        out_dir,
+        targets: BTreeMap::new(),
+        artifacts: Vec::new(),
     };
 
-    let mut artifacts = Vec::new();
-    let mut manifest_doc = None;
-    let mut stage_iter = plan.stages.iter();
-    let mut ovh_state = OvhState::default();
-    for stage in stage_iter.by_ref() {
+    for stage in &plan.stages {
         kiln_exec::check_interrupted()?;
         let started = Instant::now();
         run.reporter.event(Event::StageStarted {
             id: stage.id.clone(),
             title: stage.kind.title().to_owned(),
         });
-        let result = run.stage(stage, &out_dir, &mut ovh_state, &mut artifacts, &mut manifest_doc);
-        match result {
+        match run.stage(stage) {
             Ok(summary) => run.reporter.event(Event::StageFinished {
                 id: stage.id.clone(),
                 elapsed: started.elapsed(),
@@ -136,10 +135,9 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
             }
         }
     }
-    let manifest_path = out_dir.join("manifest.json");
     Ok(BuildOutput {
-        artifacts,
-        manifest: manifest_path,
+        artifacts: run.artifacts,
+        manifest: run.out_dir.join("manifest.json"),
         log,
     })
 }
@@ -176,24 +174,31 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Intermediate results of the ovh-byol stages.
-#[derive(Default)]
-struct OvhState {
-    packages: Vec<manifest::Package>,
+/// What one target's stages hand to the next.
+struct TargetState {
+    /// The target's own copy of the customised tree.
+    tree: PathBuf,
+    /// The manifest embedded in the image (no artifacts yet).
+    embedded: Manifest,
+    /// The raw disk being assembled, in the work directory.
     disk: Option<PathBuf>,
-    fs_offset: u64,
-    fs_size: u64,
-    fs_uuid: Option<uuid::Uuid>,
+    /// Filesystem offset, size and UUID inside `disk`.
+    fs: Option<(u64, u64, uuid::Uuid)>,
     layout: Option<partition::Layout>,
-    output: Option<PartialFile>,
+    /// The finished image, not yet renamed into place.
+    output: Option<(PartialFile, String)>,
 }
 
 struct Run<'a> {
     plan: &'a Plan,
     reporter: Arc<dyn Reporter>,
     log: PathBuf,
+    /// The customised tree shared by all targets.
     tree: PathBuf,
     work: PathBuf,
+    out_dir: PathBuf,
+    targets: BTreeMap<String, TargetState>,
+    artifacts: Vec<PathBuf>,
 }
 
 impl Run<'_> {
@@ -208,110 +213,160 @@ impl Run<'_> {
         }
     }
 
-    fn chroot(&self, stage: &Stage, name: &str, body: &str) -> Result<()> {
-        run_in_tree(&self.tree, &ChrootScript { name, body }, &self.log, self.sink(stage))
+    fn chroot(&self, stage: &Stage, tree: &Path, name: &str, body: &str) -> Result<()> {
+        run_in_tree(tree, &ChrootScript { name, body }, &self.log, self.sink(stage))
     }
 
-    fn stage(
-        &mut self,
-        stage: &Stage,
-        out_dir: &Path,
-        ovh: &mut OvhState,
-        artifacts: &mut Vec<PathBuf>,
-        manifest_doc: &mut Option<Manifest>,
-    ) -> Result<String> {
+    fn state(&mut self, target: &str) -> Result<&mut TargetState> {
+        self.targets
+            .get_mut(target)
+            .with_context(|| format!("internal: no finalised tree for target {target}"))
+    }
+
+    fn stage(&mut self, stage: &Stage) -> Result<String> {
         use crate::plan::StageKind::*;
-        let plan = self.plan;
+        let target = stage.target.as_deref().unwrap_or_default();
         match stage.kind {
-            Bootstrap => {
-                let scratch = self.work.join("sources");
-                std::fs::create_dir_all(&scratch)?;
-                for extra in &plan.bootstrap.extra_sources {
-                    std::fs::write(scratch.join(format!("{}.sources", extra.name)), &extra.deb822)?;
+            Bootstrap => self.bootstrap(stage),
+            Customise => self.customise(stage),
+            Finalise => self.finalise(stage, target),
+            Filesystem => self.filesystem(target),
+            Disk => self.disk(target),
+            Convert => self.convert(target),
+            Checksums => self.checksums(),
+        }
+    }
+
+    fn bootstrap(&mut self, stage: &Stage) -> Result<String> {
+        let plan = self.plan;
+        let scratch = self.work.join("sources");
+        std::fs::create_dir_all(&scratch)?;
+        for extra in &plan.bootstrap.extra_sources {
+            std::fs::write(scratch.join(format!("{}.sources", extra.name)), &extra.deb822)?;
+        }
+        let args = crate::bootstrap::mmdebstrap_args(&plan.bootstrap, &self.tree, &scratch);
+        let tmp = self.work.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        // In a private mount namespace, so that no mount mmdebstrap makes in
+        // the tree can outlive it, even if it is killed; its temporary files
+        // go to the work directory for the same reason.
+        Cmd::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--fork",
+                "--kill-child",
+                "--",
+                "mmdebstrap",
+            ])
+            .args(&args)
+            .env("TMPDIR", &tmp)
+            .log_to(&self.log)
+            .on_line(self.sink(stage))
+            .run()
+            .context("bootstrapping the root tree with mmdebstrap")?;
+        Ok(format!("{} packages requested", plan.bootstrap.include.len()))
+    }
+
+    fn customise(&mut self, stage: &Stage) -> Result<String> {
+        let plan = self.plan;
+        customise::stage_files(&plan.spec, &plan.spec_dir, &self.tree)?;
+        let script = customise::configure_script(&plan.spec, &plan.datasources);
+        self.chroot(stage, &self.tree, "the spec's customisations", &script)?;
+        for (i, step) in plan.spec.run.iter().enumerate() {
+            let name = format!("[[run]] {}", run_name(step, i));
+            let body = match (&step.script, &step.file) {
+                (Some(s), _) => s.clone(),
+                (None, Some(f)) => {
+                    std::fs::read_to_string(plan.spec_dir.join(f)).with_context(|| format!("reading {f}"))?
                 }
-                let args = crate::bootstrap::mmdebstrap_args(&plan.bootstrap, &self.tree, &scratch);
-                let tmp = self.work.join("tmp");
-                std::fs::create_dir_all(&tmp)?;
-                // In a private mount namespace, so that no mount mmdebstrap
-                // makes in the tree can outlive it, even if it is killed; its
-                // temporary files go to the work directory for the same reason.
-                Cmd::new("unshare")
-                    .args([
-                        "--mount",
-                        "--propagation",
-                        "private",
-                        "--fork",
-                        "--kill-child",
-                        "--",
-                        "mmdebstrap",
-                    ])
-                    .args(&args)
-                    .env("TMPDIR", &tmp)
-                    .log_to(&self.log)
-                    .on_line(self.sink(stage))
-                    .run()
-                    .context("bootstrapping the root tree with mmdebstrap")?;
-                Ok(format!("{} packages requested", plan.bootstrap.include.len()))
-            }
-            Customise => {
-                customise::stage_files(&plan.spec, &plan.spec_dir, &self.tree)?;
-                let script = customise::configure_script(&plan.spec, &plan.datasources);
-                self.chroot(stage, "the spec's customisations", &script)?;
-                for (i, step) in plan.spec.run.iter().enumerate() {
-                    let name = format!("[[run]] {}", run_name(step, i));
-                    let body = match (&step.script, &step.file) {
-                        (Some(s), _) => s.clone(),
-                        (None, Some(f)) => {
-                            std::fs::read_to_string(plan.spec_dir.join(f)).with_context(|| format!("reading {f}"))?
-                        }
-                        (None, None) => bail!("{name} has neither `script` nor `file`"),
-                    };
-                    self.reporter.event(Event::Output {
-                        id: stage.id.clone(),
-                        line: format!("kiln: {name}"),
-                    });
-                    self.chroot(stage, &name, &body)?;
-                }
-                Ok(format!("{} run steps", plan.spec.run.len()))
-            }
-            Finalise => {
+                (None, None) => bail!("{name} has neither `script` nor `file`"),
+            };
+            self.reporter.event(Event::Output {
+                id: stage.id.clone(),
+                line: format!("kiln: {name}"),
+            });
+            self.chroot(stage, &self.tree, &name, &body)?;
+        }
+        Ok(format!("{} run steps", plan.spec.run.len()))
+    }
+
+    /// The tree `target` finalises: the shared tree itself for the last
+    /// target, a copy for the others (finalisation is target-specific).
+    fn target_tree(&self, target: &str) -> Result<PathBuf> {
+        let last = self.plan.target_names().last().copied();
+        if last == Some(target) {
+            return Ok(self.tree.clone());
+        }
+        let copy = self.work.join(format!("tree-{}", target.replace('/', "_")));
+        Cmd::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(&self.tree)
+            .arg(&copy)
+            .run()
+            .with_context(|| format!("copying the customised tree for target {target}"))?;
+        Ok(copy)
+    }
+
+    fn finalise(&mut self, stage: &Stage, target: &str) -> Result<String> {
+        let plan = self.plan;
+        let tree = self.target_tree(target)?;
+        match target {
+            "ovh-byol" => {
                 let o = ovh_plan(plan)?;
-                ovh_byol::install_script(&self.tree, o)?;
-                self.chroot(stage, "ovh-byol finalisation", &ovh_byol::finalise_script(o))?;
-                ovh.packages = manifest::installed_packages(&self.tree)?;
-                let embedded = Manifest::new(plan, manifest::git_info(&plan.spec_dir), ovh.packages.clone());
-                write_mode(
-                    &self.tree.join(ovh_byol::EMBEDDED_MANIFEST.trim_start_matches('/')),
-                    &serde_json::to_string_pretty(&embedded)?,
-                    0o644,
-                )?;
-                self.chroot(stage, "cleanup", ovh_byol::CLEANUP_SCRIPT)?;
-                ovh_byol::reset_host_files(&self.tree, plan.spec.hostname.as_deref())?;
-                *manifest_doc = Some(embedded);
-                Ok(format!("{} packages installed", ovh.packages.len()))
+                ovh_byol::install_script(&tree, o)?;
+                self.chroot(stage, &tree, "ovh-byol finalisation", &ovh_byol::finalise_script(o))?;
             }
-            Filesystem => {
+            other => bail!("internal: no finalisation for target {other}"),
+        }
+        let packages = manifest::installed_packages(&tree)?;
+        let count = packages.len();
+        let embedded = Manifest::new(plan, manifest::git_info(&plan.spec_dir), packages);
+        write_mode(
+            &tree.join(EMBEDDED_MANIFEST.trim_start_matches('/')),
+            &serde_json::to_string_pretty(&embedded)?,
+            0o644,
+        )?;
+        self.chroot(stage, &tree, "cleanup", ovh_byol::CLEANUP_SCRIPT)?;
+        ovh_byol::reset_host_files(&tree, plan.spec.hostname.as_deref())?;
+        self.targets.insert(
+            target.to_owned(),
+            TargetState {
+                tree,
+                embedded,
+                disk: None,
+                fs: None,
+                layout: None,
+                output: None,
+            },
+        );
+        Ok(format!("{count} packages installed"))
+    }
+
+    fn filesystem(&mut self, target: &str) -> Result<String> {
+        let plan = self.plan;
+        let work = self.work.clone();
+        let state = self.state(target)?;
+        match target {
+            "ovh-byol" => {
                 let o = ovh_plan(plan)?;
-                let content = kiln_disk::mkfs::tree_size(&self.tree).context("measuring the root tree")?;
+                let content = kiln_disk::mkfs::tree_size(&state.tree).context("measuring the root tree")?;
                 let fs_size = match o.size {
-                    Some(s) => {
-                        if s < content {
-                            bail!(
-                                "[targets.ovh-byol] size = {} MiB is smaller than the content ({} MiB); raise it or use \"auto\"",
-                                s >> 20,
-                                content.div_ceil(1 << 20)
-                            );
-                        }
-                        s
-                    }
+                    Some(s) if s < content => bail!(
+                        "[targets.ovh-byol] size = {} MiB is smaller than the content ({} MiB); raise it or use \"auto\"",
+                        s >> 20,
+                        content.div_ceil(1 << 20)
+                    ),
+                    Some(s) => s,
                     None => o.target.resolved_size(content),
                 };
                 let fs_offset = 1 << 20;
                 // 1 MiB in front for the table, 1 MiB behind for the GPT backup.
                 let disk_size = fs_offset + fs_size + (1 << 20);
-                let disk = self.work.join("disk.raw");
+                let disk = work.join(format!("{target}.raw"));
                 std::fs::File::create(&disk)?.set_len(disk_size)?;
-                let uuid = derived_uuid(plan, "root filesystem");
+                let uuid = derived_uuid(plan, target, "root filesystem");
                 let fs_opts = kiln_disk::mkfs::FsOptions {
                     uuid,
                     label: "root".to_owned(),
@@ -319,26 +374,33 @@ impl Run<'_> {
                 };
                 match o.filesystem {
                     kiln_spec::Filesystem::Ext4 => {
-                        kiln_disk::mkfs::make_ext4(&disk, fs_offset, fs_size, &self.tree, &fs_opts)
+                        kiln_disk::mkfs::make_ext4(&disk, fs_offset, fs_size, &state.tree, &fs_opts)
                     }
                     kiln_spec::Filesystem::Xfs => {
-                        kiln_disk::mkfs::make_xfs(&disk, fs_offset, fs_size, &self.tree, &fs_opts)
+                        kiln_disk::mkfs::make_xfs(&disk, fs_offset, fs_size, &state.tree, &fs_opts)
                     }
                 }
                 .context("creating the root filesystem")?;
-                ovh.disk = Some(disk);
-                ovh.fs_offset = fs_offset;
-                ovh.fs_size = fs_size;
-                ovh.fs_uuid = Some(uuid);
+                state.disk = Some(disk);
+                state.fs = Some((fs_offset, fs_size, uuid));
                 Ok(format!(
                     "{} MiB of content in a {} MiB filesystem",
                     content >> 20,
                     fs_size >> 20
                 ))
             }
-            Disk => {
+            other => bail!("internal: no filesystem stage for target {other}"),
+        }
+    }
+
+    fn disk(&mut self, target: &str) -> Result<String> {
+        let plan = self.plan;
+        let state = self.state(target)?;
+        let disk = state.disk.clone().context("the filesystem stage made no disk")?;
+        match target {
+            "ovh-byol" => {
                 let o = ovh_plan(plan)?;
-                let disk = ovh.disk.clone().context("the filesystem stage made no disk")?;
+                let (fs_offset, fs_size, _) = state.fs.context("the filesystem stage made no filesystem")?;
                 let disk_size = std::fs::metadata(&disk)?.len();
                 let table = match o.partition_table {
                     PartitionTable::Gpt => TableKind::Gpt,
@@ -349,101 +411,143 @@ impl Run<'_> {
                     table,
                     &[PartitionSpec {
                         kind: PartKind::LinuxFs,
-                        size: ovh.fs_size,
+                        size: fs_size,
                         name: "root".to_owned(),
-                        guid: derived_uuid(plan, "root partition"),
+                        guid: derived_uuid(plan, target, "root partition"),
                     }],
                 )?;
-                if layout.partitions[0].start != ovh.fs_offset {
+                if layout.partitions[0].start != fs_offset {
                     bail!(
-                        "internal: partition placed at {} but the filesystem is at {}",
-                        layout.partitions[0].start,
-                        ovh.fs_offset
+                        "internal: partition placed at {} but the filesystem is at {fs_offset}",
+                        layout.partitions[0].start
                     );
                 }
-                partition::write_partition_table(&disk, &layout, derived_uuid(plan, "disk"))?;
-                ovh.layout = Some(layout);
+                partition::write_partition_table(&disk, &layout, derived_uuid(plan, target, "disk"))?;
+                state.layout = Some(layout);
                 Ok(format!(
                     "{}, 1 partition",
                     if table == TableKind::Gpt { "GPT" } else { "MBR" }
                 ))
             }
-            Convert => {
+            other => bail!("internal: no disk stage for target {other}"),
+        }
+    }
+
+    fn convert(&mut self, target: &str) -> Result<String> {
+        let plan = self.plan;
+        let (file_name, format, compress) = match target {
+            "ovh-byol" => {
                 let o = ovh_plan(plan)?;
-                let disk = ovh.disk.clone().context("the filesystem stage made no disk")?;
-                let part = PartialFile::new(out_dir.join(&o.file_name));
-                let mut cmd = Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]);
-                if o.compress {
-                    cmd = cmd.arg("-c");
-                }
-                cmd.arg(&disk)
-                    .arg(part.path())
-                    .log_to(&self.log)
-                    .run()
-                    .context("converting the disk to qcow2")?;
-                let size = std::fs::metadata(part.path())?.len();
-                ovh.output = Some(part);
-                Ok(format!("{} MiB", size >> 20))
+                (o.file_name.clone(), "qcow2", o.compress)
             }
-            Checksums => {
-                let mut doc = manifest_doc.take().context("no manifest from the finalise stage")?;
-                let mut sums = String::new();
-                let mut pending = Vec::new();
-                if let (Some(o), Some(output)) = (&plan.ovh_byol, ovh.output.take()) {
-                    let sha = sha512_file(output.path())?;
-                    let size = std::fs::metadata(output.path())?.len();
-                    let line = format!("{sha}  {}\n", o.file_name);
-                    sums.push_str(&line);
-                    let side = PartialFile::new(out_dir.join(format!("{}.sha512", o.file_name)));
-                    side.write_all(line.as_bytes())?;
-                    doc.artifacts.push(Artifact {
-                        target: "ovh-byol".to_owned(),
-                        path: o.file_name.clone(),
-                        format: "qcow2".to_owned(),
-                        size,
-                        sha512: sha.clone(),
-                    });
-                    if let Some(layout) = &ovh.layout {
-                        doc.partitions = layout
-                            .partitions
-                            .iter()
-                            .map(|p| PartitionInfo {
-                                index: p.index,
-                                start: p.start,
-                                size: p.size,
-                                filesystem: match o.filesystem {
-                                    kiln_spec::Filesystem::Ext4 => "ext4".to_owned(),
-                                    kiln_spec::Filesystem::Xfs => "xfs".to_owned(),
-                                },
-                                uuid: ovh.fs_uuid.map(|u| u.to_string()).unwrap_or_default(),
-                                partition_table: format!("{:?}", layout.table).to_lowercase(),
-                            })
-                            .collect();
-                    }
-                    doc.ovh_reinstall = Some(manifest::ovh_reinstall_template(
-                        &o.efi_bootloader_path,
-                        &sha,
-                        &o.file_name,
-                    ));
-                    pending.push(output);
-                    pending.push(side);
-                }
-                let sums_file = PartialFile::new(out_dir.join("SHA512SUMS"));
-                sums_file.write_all(sums.as_bytes())?;
-                let manifest_file = PartialFile::new(out_dir.join("manifest.json"));
-                manifest_file.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
-                pending.push(sums_file);
-                pending.push(manifest_file);
-                // Images first, manifest last: whatever is visible is complete.
-                for p in pending {
-                    let dest = p.commit()?;
-                    if dest.extension().is_some_and(|e| e == "qcow2") {
-                        artifacts.push(dest);
-                    }
-                }
-                Ok(format!("{} artifacts", artifacts.len()))
+            other => bail!("internal: no convert stage for target {other}"),
+        };
+        let log = self.log.clone();
+        let part = PartialFile::new(self.out_dir.join(&file_name));
+        let state = self.state(target)?;
+        let disk = state.disk.clone().context("the filesystem stage made no disk")?;
+        let mut cmd = Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", format]);
+        if compress {
+            cmd = cmd.arg("-c");
+        }
+        cmd.arg(&disk)
+            .arg(part.path())
+            .log_to(&log)
+            .run()
+            .context("converting the disk image")?;
+        let size = std::fs::metadata(part.path())?.len();
+        // The raw disk is no longer needed; free its space early.
+        let _ = std::fs::remove_file(&disk);
+        state.output = Some((part, format.to_owned()));
+        Ok(format!("{file_name}, {} MiB", size >> 20))
+    }
+
+    fn checksums(&mut self) -> Result<String> {
+        let plan = self.plan;
+        let mut doc: Option<Manifest> = None;
+        let mut sums = String::new();
+        let mut pending = Vec::new();
+        for (target, state) in std::mem::take(&mut self.targets) {
+            let Some((output, format)) = state.output else { continue };
+            let file_name = output
+                .dest()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let sha = sha512_file(output.path())?;
+            let size = std::fs::metadata(output.path())?.len();
+            let line = format!("{sha}  {file_name}\n");
+            sums.push_str(&line);
+            let side = PartialFile::new(self.out_dir.join(format!("{file_name}.sha512")));
+            side.write_all(line.as_bytes())?;
+            let doc = doc.get_or_insert_with(|| state.embedded.clone());
+            doc.artifacts.push(Artifact {
+                target: target.clone(),
+                path: file_name.clone(),
+                format,
+                size,
+                sha512: sha.clone(),
+            });
+            if let Some(layout) = &state.layout {
+                let (fs_offset, _, uuid) = state.fs.unwrap_or((0, 0, uuid::Uuid::nil()));
+                doc.partitions.extend(layout.partitions.iter().map(|p| PartitionInfo {
+                    target: target.clone(),
+                    index: p.index,
+                    start: p.start,
+                    size: p.size,
+                    filesystem: if p.start == fs_offset {
+                        root_fs_name(plan, &target)
+                    } else {
+                        String::new()
+                    },
+                    uuid: if p.start == fs_offset {
+                        uuid.to_string()
+                    } else {
+                        String::new()
+                    },
+                    partition_table: format!("{:?}", layout.table).to_lowercase(),
+                }));
+            }
+            if target == "ovh-byol" {
+                let o = ovh_plan(plan)?;
+                doc.ovh_reinstall = Some(manifest::ovh_reinstall_template(
+                    &o.efi_bootloader_path,
+                    &sha,
+                    &file_name,
+                ));
+            }
+            pending.push(output);
+            pending.push(side);
+        }
+        let doc = doc.context("internal: no target produced an image")?;
+        let sums_file = PartialFile::new(self.out_dir.join("SHA512SUMS"));
+        sums_file.write_all(sums.as_bytes())?;
+        let manifest_file = PartialFile::new(self.out_dir.join("manifest.json"));
+        manifest_file.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        pending.push(sums_file);
+        pending.push(manifest_file);
+        // Images first, manifest last: whatever is visible is complete.
+        for p in pending {
+            let is_image = !p.dest().to_string_lossy().ends_with(".sha512")
+                && p.dest()
+                    .file_name()
+                    .is_some_and(|n| n != "SHA512SUMS" && n != "manifest.json");
+            let dest = p.commit()?;
+            if is_image {
+                self.artifacts.push(dest);
             }
         }
+        Ok(format!("{} artifacts", self.artifacts.len()))
+    }
+}
+
+fn root_fs_name(plan: &Plan, target: &str) -> String {
+    match (target, &plan.ovh_byol) {
+        ("ovh-byol", Some(o)) => match o.filesystem {
+            kiln_spec::Filesystem::Ext4 => "ext4".to_owned(),
+            kiln_spec::Filesystem::Xfs => "xfs".to_owned(),
+        },
+        _ => "ext4".to_owned(),
     }
 }
 
@@ -455,9 +559,10 @@ fn ovh_plan(plan: &Plan) -> Result<&OvhByolPlan> {
 
 /// A UUID derived from the spec hash, so rebuilding the same spec gives the
 /// same filesystem and partition identifiers.
-fn derived_uuid(plan: &Plan, what: &str) -> uuid::Uuid {
+fn derived_uuid(plan: &Plan, target: &str, what: &str) -> uuid::Uuid {
     let h = Hasher::new("uuid")
         .hash("spec", &plan.spec_hash)
+        .str("target", target)
         .str("what", what)
         .finish();
     let mut bytes = [0u8; 16];

@@ -73,6 +73,7 @@ pub struct Artifact {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionInfo {
+    pub target: String,
     pub index: u32,
     pub start: u64,
     pub size: u64,

@@ -61,7 +61,8 @@ pub struct Stage {
     pub kind: StageKind,
     /// The target this stage belongs to, for per-target stages.
     pub target: Option<String>,
-    pub parent: Option<String>,
+    /// The stages whose outputs this one consumes.
+    pub parents: Vec<String>,
     /// What the stage will do, one line each, for `kiln plan`.
     pub actions: Vec<String>,
     pub inputs: Vec<StageInput>,
@@ -107,6 +108,19 @@ pub struct Plan {
 impl Plan {
     pub fn stage(&self, id: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.id == id)
+    }
+
+    /// The targets this plan builds, in build order.
+    pub fn target_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for s in &self.stages {
+            if let Some(t) = s.target.as_deref() {
+                if !names.contains(&t) {
+                    names.push(t);
+                }
+            }
+        }
+        names
     }
 }
 
@@ -274,12 +288,19 @@ pub(crate) fn plan_with_host_sources(
                 target: Option<&str>,
                 actions: Vec<String>,
                 inputs: Vec<StageInput>| {
-        let parent = stages.last().map(|s: &Stage| (s.id.clone(), s.hash));
+        // Each target's chain hangs off the shared customised tree, and the
+        // checksums stage depends on every target's image.
+        let parents: Vec<&Stage> = match kind {
+            StageKind::Finalise => stages.iter().filter(|s| s.kind == StageKind::Customise).collect(),
+            StageKind::Checksums => stages.iter().filter(|s| s.kind == StageKind::Convert).collect(),
+            _ => stages.last().into_iter().collect(),
+        };
         let mut h = Hasher::new(kind.title());
         h.str("pipeline", PIPELINE_VERSION);
-        if let Some((_, ph)) = &parent {
-            h.hash("parent", ph);
+        for p in &parents {
+            h.hash("parent", &p.hash);
         }
+        let parents: Vec<String> = parents.iter().map(|p| p.id.clone()).collect();
         for i in &inputs {
             h.str("input", &i.name).hash("value", &i.hash);
         }
@@ -287,7 +308,7 @@ pub(crate) fn plan_with_host_sources(
             id,
             kind,
             target: target.map(str::to_owned),
-            parent: parent.map(|(id, _)| id),
+            parents,
             actions,
             inputs,
             hash: h.finish(),
@@ -421,7 +442,7 @@ pub(crate) fn plan_with_host_sources(
                 "embed the build manifest at /usr/share/kiln/manifest.json".to_owned(),
             ],
             vec![
-                json_input("target", o),
+                json_input("bootloader and kernel command line", &(&o.bootloader_id, &o.cmdline)),
                 json_input("[kernel]", &spec.kernel),
                 str_input("script template", &ovh_byol::script_fingerprint(o)),
             ],
@@ -482,7 +503,7 @@ pub(crate) fn plan_with_host_sources(
                 o.file_name
             )],
             vec![
-                json_input("compress", &o.compress),
+                json_input("output", &(o.compress, &o.file_name)),
                 str_input("qemu-img", &tool("qemu-img")),
             ],
         );
@@ -558,5 +579,135 @@ mod erased {
         fn hash(&self, name: &str) -> Hash {
             Hasher::new(name).json("v", self).finish()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("apt")).unwrap();
+            std::fs::write(
+                dir.path().join("apt/sources.list"),
+                "deb http://mirror.example/debian bookworm main\n",
+            )
+            .unwrap();
+            std::fs::write(dir.path().join("motd"), "hello\n").unwrap();
+            Fixture { dir }
+        }
+
+        fn plan(&self, extra_top: &str, target: &str) -> Plan {
+            let source = format!(
+                "{extra_top}\n[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+                 [[files]]\nsrc = \"motd\"\ndest = \"/etc/motd\"\n[targets.ovh-byol]\n{target}\n"
+            );
+            let loaded = kiln_spec::parse_str(&source, &self.dir.path().join("spec.toml"), self.dir.path())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let tools = BTreeMap::from([("mmdebstrap".to_owned(), "1.3.5".to_owned())]);
+            plan_with_host_sources(&loaded, tools, &self.dir.path().join("apt")).unwrap()
+        }
+    }
+
+    fn hashes(p: &Plan) -> Vec<(String, Hash)> {
+        p.stages.iter().map(|s| (s.id.clone(), s.hash)).collect()
+    }
+
+    /// The index of the first stage whose hash differs.
+    fn first_change(a: &Plan, b: &Plan) -> Option<String> {
+        let (a, b) = (hashes(a), hashes(b));
+        assert_eq!(a.len(), b.len());
+        let first = a.iter().zip(&b).position(|(x, y)| x.1 != y.1)?;
+        // Once a stage changes, every later one in its chain changes too.
+        for i in first..a.len() {
+            assert_ne!(a[i].1, b[i].1, "{} kept its hash after {} changed", a[i].0, a[first].0);
+        }
+        Some(a[first].0.clone())
+    }
+
+    #[test]
+    fn unchanged_inputs_keep_every_hash() {
+        let f = Fixture::new();
+        assert_eq!(hashes(&f.plan("", "")), hashes(&f.plan("", "")));
+    }
+
+    #[test]
+    fn a_change_invalidates_its_stage_and_everything_after() {
+        let f = Fixture::new();
+        let base = f.plan("", "");
+        assert_eq!(
+            first_change(&base, &f.plan("", "size = \"4GiB\"")).as_deref(),
+            Some("ovh-byol/filesystem")
+        );
+        assert_eq!(
+            first_change(&base, &f.plan("", "compress = false")).as_deref(),
+            Some("ovh-byol/convert")
+        );
+        assert_eq!(
+            first_change(&base, &f.plan("", "partition_table = \"mbr\"")).as_deref(),
+            Some("ovh-byol/disk")
+        );
+        assert_eq!(
+            first_change(&base, &f.plan("", "bootloader_id = \"kiln\"")).as_deref(),
+            Some("ovh-byol/finalise")
+        );
+        assert_eq!(
+            first_change(&base, &f.plan("hostname = \"box\"", "")).as_deref(),
+            Some("customise")
+        );
+
+        std::fs::write(f.dir.path().join("motd"), "changed\n").unwrap();
+        assert_eq!(
+            first_change(&base, &f.plan("", "")).as_deref(),
+            Some("customise"),
+            "file content is an input"
+        );
+    }
+
+    #[test]
+    fn packages_and_tools_change_the_bootstrap_hash() {
+        let f = Fixture::new();
+        let base = f.plan("", "");
+        let mut other_tools = base.tools.clone();
+        other_tools.insert("mmdebstrap".into(), "1.4.0".into());
+        let source = std::fs::read_to_string(f.dir.path().join("motd")).unwrap();
+        assert_eq!(source, "hello\n");
+        let loaded = kiln_spec::parse_str(
+            "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+             [[files]]\nsrc = \"motd\"\ndest = \"/etc/motd\"\n[targets.ovh-byol]\n",
+            &f.dir.path().join("spec.toml"),
+            f.dir.path(),
+        )
+        .unwrap();
+        let newer = plan_with_host_sources(&loaded, other_tools, &f.dir.path().join("apt")).unwrap();
+        assert_eq!(first_change(&base, &newer).as_deref(), Some("bootstrap"));
+    }
+
+    #[test]
+    fn the_package_set_includes_what_the_target_needs() {
+        let f = Fixture::new();
+        let p = f.plan("", "");
+        for pkg in [
+            "cloud-init",
+            "mdadm",
+            "grub-pc-bin",
+            "grub-efi-amd64-bin",
+            "linux-image-amd64",
+            "ucf",
+        ] {
+            assert!(p.bootstrap.include.iter().any(|x| x == pkg), "{pkg} missing");
+        }
+        assert_eq!(p.bootstrap.download, ["grub-pc", "grub-efi-amd64"]);
+        assert_eq!(
+            p.ovh_byol.as_ref().unwrap().efi_bootloader_path,
+            "\\efi\\debian\\grubx64.efi"
+        );
+        assert_eq!(p.target_names(), ["ovh-byol"]);
     }
 }
