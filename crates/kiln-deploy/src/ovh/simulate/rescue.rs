@@ -1,0 +1,119 @@
+//! kiln's stand-in for OVHcloud's rescue system: a small Debian built with
+//! mmdebstrap from the tools the installer uses (reference §1.3: sgdisk,
+//! mdadm, lvm2, mkfs.*, rsync, qemu-nbd, curl), booted by QEMU straight from
+//! its kernel and initramfs with `init=` set to kiln's rescue init. Built
+//! once and cached by the hash of everything that goes into it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_exec::{Cmd, WorkDir};
+use sha2::{Digest, Sha256};
+
+/// The rescue init, PID 1 of the rescue VM.
+pub const INIT: &str = include_str!("rescue-init.sh");
+
+/// What the rescue system has installed.
+pub const PACKAGES: &[&str] = &[
+    "linux-image-amd64",
+    "initramfs-tools",
+    "zstd",
+    "udev",
+    "kmod",
+    "iproute2",
+    "util-linux",
+    "mount",
+    "procps",
+    "gdisk",
+    "parted",
+    "mdadm",
+    "lvm2",
+    "dosfstools",
+    "xfsprogs",
+    "btrfs-progs",
+    "e2fsprogs",
+    "rsync",
+    "qemu-utils",
+    "curl",
+    "ca-certificates",
+    "jq",
+];
+
+/// Filesystem label the rescue root is found by (`root=LABEL=`).
+pub const ROOT_LABEL: &str = "kilnrescue";
+
+/// A built rescue system.
+#[derive(Debug, Clone)]
+pub struct Rescue {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+impl Rescue {
+    /// The kernel command line: the serial console OVH's rescue has (which
+    /// make_image_bootable.sh copies into GRUB), and kiln's init.
+    pub fn cmdline(&self) -> String {
+        format!("root=LABEL={ROOT_LABEL} rw console=ttyS0,115200n8 init=/usr/local/sbin/kiln-rescue-init panic=-1 quiet")
+    }
+}
+
+/// Returns the cached rescue system for `sources` (apt `deb` lines), building
+/// it first if needed. `on_line` receives mmdebstrap's output.
+pub fn ensure_rescue(cache: &Path, sources: &[String], on_line: impl FnMut(&str) + Send + 'static) -> Result<Rescue> {
+    let mut h = Sha256::new();
+    for part in PACKAGES.iter().copied().chain([INIT]).chain(sources.iter().map(String::as_str)) {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let key = hex::encode(&h.finalize()[..8]);
+    let dir = cache.join(format!("rescue-{key}"));
+    let rescue = Rescue { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.img"), rootfs: dir.join("rootfs.ext4") };
+    if rescue.kernel.is_file() && rescue.initrd.is_file() && rescue.rootfs.is_file() {
+        return Ok(rescue);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let work = WorkDir::new_in(cache, &format!(".rescue-{key}-")).context("creating the rescue work directory")?;
+    let tree = work.path().join("tree");
+    let init = work.path().join("kiln-rescue-init");
+    std::fs::write(&init, INIT)?;
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    Cmd::new("unshare")
+        .args(["--mount", "--propagation", "private", "--fork", "--kill-child", "--", "mmdebstrap"])
+        .args(["--mode=root", "--variant=minbase", "--format=directory", "--dpkgopt=force-unsafe-io"])
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(format!("--customize-hook=upload {} /usr/local/sbin/kiln-rescue-init", init.display()))
+        .arg("--customize-hook=chmod 0755 \"$1/usr/local/sbin/kiln-rescue-init\"")
+        .arg("bookworm")
+        .arg(&tree)
+        .args(sources)
+        .env("TMPDIR", &tmp)
+        .on_line(on_line)
+        .run()
+        .context("bootstrapping the rescue system with mmdebstrap")?;
+
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out)?;
+    let boot = tree.join("boot");
+    let newest = |prefix: &str| -> Result<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+            .collect();
+        found.sort();
+        found.pop().with_context(|| format!("no {prefix}* in the rescue tree's /boot"))
+    };
+    std::fs::copy(newest("vmlinuz-")?, out.join("vmlinuz"))?;
+    std::fs::copy(newest("initrd.img-")?, out.join("initrd.img"))?;
+    let size = kiln_disk::mkfs::tree_size(&tree)? * 5 / 4 + (256 << 20);
+    Cmd::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-L", ROOT_LABEL, "-d"])
+        .arg(&tree)
+        .arg(out.join("rootfs.ext4"))
+        .arg(format!("{}k", size / 1024))
+        .run()
+        .context("making the rescue root filesystem")?;
+    std::fs::rename(&out, &dir).with_context(|| format!("storing the rescue system in {}", dir.display()))?;
+    Ok(rescue)
+}
