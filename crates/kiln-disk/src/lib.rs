@@ -10,9 +10,12 @@
 
 mod dpkg;
 mod error;
+pub mod fat;
 mod fsread;
+pub mod grub;
 mod image;
 pub mod inspect;
+pub mod iso;
 pub mod mkfs;
 pub mod partition;
 mod probe;

@@ -192,13 +192,7 @@ impl Cmd {
 
     fn run_inner(self) -> Result<(ExitStatus, Output, String), ExecError> {
         let command = self.display();
-        let tool = find_tool(&self.program).ok_or_else(|| ExecError::Unregistered {
-            tool: self.program.clone(),
-        })?;
-        let path = which(tool.name).ok_or_else(|| ExecError::NotFound {
-            tool: tool.name.to_owned(),
-            package: tool.package.to_owned(),
-        })?;
+        let path = self.resolve()?;
         if interrupted() {
             return Err(ExecError::Interrupted { command });
         }
@@ -300,6 +294,178 @@ impl Cmd {
             },
             command,
         ))
+    }
+}
+
+impl Cmd {
+    /// Starts the program and returns at once, for long-lived children such
+    /// as a VM. The child gets a null stdin, its own process group and
+    /// `PR_SET_PDEATHSIG`; stdout and stderr are appended to the
+    /// [`Cmd::log_to`] file, or discarded. `stdin_bytes` and `on_line` do not
+    /// apply here. Dropping the [`Running`] stops the whole process group.
+    ///
+    /// `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child
+    /// exits, so spawn from a thread that outlives the child.
+    pub fn spawn(self) -> Result<Running, ExecError> {
+        debug_assert!(
+            self.stdin.is_none() && self.on_line.is_none(),
+            "Cmd::spawn takes no stdin bytes and no line sink"
+        );
+        let command = self.display();
+        let path = self.resolve()?;
+        if interrupted() {
+            return Err(ExecError::Interrupted { command });
+        }
+        tracing::debug!(target: "kiln::exec", "starting {command}");
+
+        let (stdout, stderr) = match &self.log {
+            Some(p) => {
+                let io = |source| ExecError::Io {
+                    command: command.clone(),
+                    source,
+                };
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(io)?;
+                let f2 = f.try_clone().map_err(io)?;
+                (Stdio::from(f), Stdio::from(f2))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        #[allow(clippy::disallowed_methods)] // this is the one sanctioned call site
+        let mut std_cmd = std::process::Command::new(&path);
+        std_cmd
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        if let Some(cwd) = &self.cwd {
+            std_cmd.current_dir(cwd);
+        }
+        sys::detach_into_group(&mut std_cmd);
+        let child = std_cmd.spawn().map_err(|source| ExecError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        Ok(Running {
+            child,
+            command,
+            status: None,
+        })
+    }
+
+    /// Checks the registry and finds the program on `PATH`.
+    fn resolve(&self) -> Result<PathBuf, ExecError> {
+        let tool = find_tool(&self.program).ok_or_else(|| ExecError::Unregistered {
+            tool: self.program.clone(),
+        })?;
+        which(tool.name).ok_or_else(|| ExecError::NotFound {
+            tool: tool.name.to_owned(),
+            package: tool.package.to_owned(),
+        })
+    }
+}
+
+/// How long a dropped [`Running`] child gets between SIGTERM and SIGKILL.
+const DROP_GRACE: Duration = Duration::from_secs(2);
+
+/// A child started by [`Cmd::spawn`]. Dropping it sends SIGTERM to its
+/// process group, then SIGKILL after a short grace, and reaps it, so no
+/// child outlives its owner.
+///
+/// Nothing here watches for an interruption on its own: callers that poll
+/// [`Running::try_wait`] check [`crate::interrupted`] in their loop (and
+/// [`Running::wait`] does so itself).
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+    command: String,
+    status: Option<ExitStatus>,
+}
+
+impl Running {
+    /// The child's pid, which is also its process group id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The command line, shell-quoted.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// The exit status if the child has exited (reaping it), else `None`.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, ExecError> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().map_err(|source| ExecError::Io {
+                command: self.command.clone(),
+                source,
+            })?;
+        }
+        Ok(self.status)
+    }
+
+    /// Waits for the child to exit. On an interruption it stops the process
+    /// group (SIGTERM, then SIGKILL) and returns [`ExecError::Interrupted`].
+    pub fn wait(&mut self) -> Result<ExitStatus, ExecError> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            if interrupted() {
+                self.kill_group(KILL_GRACE)?;
+                return Err(ExecError::Interrupted {
+                    command: self.command.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Stops the whole process group: SIGTERM, then SIGKILL if the child is
+    /// still there after `grace`; reaps it and returns its status.
+    pub fn kill_group(&mut self, grace: Duration) -> Result<ExitStatus, ExecError> {
+        // Only signal while the child is unreaped: until then its pid, and so
+        // its process group id, cannot have been reused.
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        sys::signal_group(self.id(), libc::SIGTERM);
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sys::signal_group(self.id(), libc::SIGKILL);
+        let status = self.child.wait().map_err(|source| ExecError::Io {
+            command: self.command.clone(),
+            source,
+        })?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    /// The error for an exit the caller did not expect, quoting `tail` (for
+    /// example the end of the log file).
+    pub fn exit_error(&self, status: ExitStatus, tail: impl Into<String>) -> ExecError {
+        ExecError::Failed {
+            command: self.command.clone(),
+            status: describe(status),
+            tail: tail.into(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill_group(DROP_GRACE) {
+            tracing::error!("stopping `{}`: {e}", self.command);
+        }
     }
 }
 
@@ -470,6 +636,90 @@ mod tests {
         seen.sort();
         assert_eq!(seen, ["a", "b", "c"]);
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+    }
+
+    /// Whether `pid` is a live process (zombies count as dead: a container's
+    /// init may never reap orphans).
+    fn alive(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    fn wait_for_file(path: &Path) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(s) = std::fs::read_to_string(path) {
+                if s.ends_with('\n') {
+                    return s;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{} never appeared", path.display());
+    }
+
+    #[test]
+    fn spawn_appends_output_to_log_and_reports_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, "before\n").unwrap();
+        let mut child = Cmd::new("sh")
+            .args(["-c", "echo out; echo err >&2; exit 3"])
+            .log_to(&log)
+            .spawn()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(child.try_wait().unwrap(), Some(status));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.starts_with("before\n"), "{text}");
+        assert!(text.contains("out\n") && text.contains("err\n"), "{text}");
+        let msg = child.exit_error(status, "err").to_string();
+        assert!(msg.contains("exited with status 3") && msg.ends_with("err"), "{msg}");
+    }
+
+    #[test]
+    fn spawn_has_null_stdin_and_refuses_unregistered_tools() {
+        let mut child = Cmd::new("sh").args(["-c", "read -r line && exit 1 || exit 0"]).spawn().unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let err = Cmd::new("ls").spawn().unwrap_err();
+        assert!(matches!(err, ExecError::Unregistered { .. }), "{err}");
+    }
+
+    #[test]
+    fn dropping_a_running_child_kills_its_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let child = Cmd::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 60 & echo $$ $! > {}; wait", pids.display()))
+            .spawn()
+            .unwrap();
+        let text = wait_for_file(&pids);
+        let pids: Vec<u32> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(pids[0], child.id());
+        assert!(pids.iter().all(|&p| alive(p)));
+        drop(child);
+        assert!(!pids.iter().any(|&p| alive(p)), "survivors among {pids:?}");
+    }
+
+    #[test]
+    fn kill_group_escalates_to_sigkill_after_the_grace() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let mut child = Cmd::new("sh")
+            .arg("-c")
+            .arg(format!("trap '' TERM; echo > {}; while :; do sleep 1; done", ready.display()))
+            .spawn()
+            .unwrap();
+        wait_for_file(&ready);
+        let started = Instant::now();
+        let status = child.kill_group(Duration::from_millis(200)).unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -57,6 +57,16 @@ pub const TOOLS: &[Tool] = &[
     ),
     tool("losetup", "mount", "attach disk files to loop devices"),
     tool("qemu-img", "qemu-utils", "convert and compress disk images"),
+    tool(
+        "grub-mkimage",
+        "grub-common",
+        "build GRUB's BIOS core.img and UEFI image without a device",
+    ),
+    tool(
+        "qemu-system-x86_64",
+        "qemu-system-x86",
+        "boot images to test them (BIOS, or UEFI with ovmf)",
+    ),
     tool("git", "git", "record the commit of the spec's repository"),
     test_tool("sfdisk", "fdisk", "oracle: verify partition tables"),
     test_tool("e2fsck", "e2fsprogs", "oracle: verify ext4 filesystems"),
@@ -75,6 +85,9 @@ pub const TOOLS: &[Tool] = &[
         "mount",
         "unmount a loop-mounted filesystem before its loop device is detached",
     ),
+    test_tool("fsck.vfat", "dosfstools", "oracle: verify FAT filesystems"),
+    test_tool("isoinfo", "genisoimage", "oracle: read ISO 9660 images"),
+    test_tool("isovfy", "genisoimage", "oracle: verify ISO 9660 images"),
 ];
 
 /// Looks a program up in [`TOOLS`].

@@ -23,4 +23,4 @@ pub use model::*;
 pub use rules::parse_mode;
 pub use schema::json_schema;
 pub use size::{format_size, parse_size, Headroom, Size, GIB, KIB, MIB, TIB};
-pub use validate::{MAX_PARTITION_SIZE, MIN_BASE_CONTENT};
+pub use validate::{MAX_DISK_SIZE, MAX_ESP_SIZE, MAX_PARTITION_SIZE, MIN_BASE_CONTENT, MIN_ESP_SIZE};

@@ -294,6 +294,8 @@ pub struct DefaultUser {
 pub struct Targets {
     #[serde(default, rename = "ovh-byol")]
     pub ovh_byol: Option<OvhByolTarget>,
+    #[serde(default)]
+    pub disk: Option<DiskTarget>,
 }
 
 /// A file system type.
@@ -341,6 +343,67 @@ pub struct OvhByolTarget {
     pub headroom: Option<String>,
 }
 
+/// Firmware a disk image boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// Legacy BIOS (or UEFI's CSM): GRUB in the MBR and the BIOS boot partition.
+    Bios,
+    /// UEFI: GRUB at the removable-media path of the EFI system partition.
+    Uefi,
+}
+
+/// Disk image file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A plain disk image, as `dd` would write it.
+    Raw,
+    /// QEMU's copy-on-write format: sparse, optionally compressed.
+    #[default]
+    Qcow2,
+}
+
+/// A directly bootable disk image for virtual machines and clouds: GPT with a
+/// BIOS boot partition, an EFI system partition and the root filesystem, GRUB
+/// for BIOS and UEFI, a serial console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskTarget {
+    /// Firmware the image boots with. Default ["bios", "uefi"].
+    #[serde(default)]
+    #[schemars(extend("default" = ["bios", "uefi"]))]
+    pub firmware: Option<Vec<Firmware>>,
+    /// Output format. Default "qcow2".
+    #[serde(default)]
+    pub format: DiskFormat,
+    /// Virtual disk size, e.g. "8GiB" (the root partition gets what the BIOS boot partition, the ESP and the GPT leave), or "auto" (content plus headroom). Default "auto".
+    #[serde(default)]
+    #[schemars(extend("default" = "auto"))]
+    pub size: Option<String>,
+    /// Extra free space in the root filesystem when size is "auto", e.g. "1GiB". Default "25%" of content + 256MiB.
+    #[serde(default)]
+    pub headroom: Option<String>,
+    /// Root filesystem. Default "ext4" (the only one supported for now).
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// Size of the EFI system partition (FAT32), 36MiB to 4GiB in whole MiB. Default "128MiB".
+    #[serde(default)]
+    #[schemars(extend("default" = "128MiB"))]
+    pub esp_size: Option<String>,
+    /// Serial console for GRUB and the kernel, as in `console=`. Default "ttyS0,115200n8".
+    #[serde(default)]
+    #[schemars(extend("default" = "ttyS0,115200n8"))]
+    pub console: Option<String>,
+    /// Compress the qcow2 (smaller, slower to write; qcow2 only). Default false.
+    #[serde(default)]
+    #[schemars(extend("default" = false))]
+    pub compress: Option<bool>,
+    /// EFI directory name: GRUB is also installed as \EFI\<bootloader_id>\grubx64.efi. Default: the distro name.
+    #[serde(default)]
+    pub bootloader_id: Option<String>,
+}
+
 impl Spec {
     /// The top-level sections, in file order; the keys `section_json` takes.
     pub const SECTIONS: &'static [&'static str] = &[
@@ -376,12 +439,12 @@ impl Spec {
 
 impl Targets {
     /// Every target kind kiln knows, as written under `[targets.*]`.
-    pub const KINDS: &'static [&'static str] = &["ovh-byol"];
+    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk"];
 
     /// The kinds this spec defines, in [`Targets::KINDS`] order.
     pub fn defined(&self) -> Vec<&'static str> {
-        let Targets { ovh_byol } = self;
-        [ovh_byol.is_some()]
+        let Targets { ovh_byol, disk } = self;
+        [ovh_byol.is_some(), disk.is_some()]
             .into_iter()
             .zip(Self::KINDS)
             .filter_map(|(defined, kind)| defined.then_some(*kind))
@@ -393,29 +456,110 @@ impl OvhByolTarget {
     /// The partition size: `Some(bytes)` when fixed, `None` for "auto" (and
     /// for an unparsable size, which `load` has already rejected).
     pub fn partition_size(&self) -> Option<u64> {
-        match Size::parse(self.size.as_deref().unwrap_or("auto")) {
-            Ok(Size::Bytes(bytes)) => Some(bytes),
-            Ok(Size::Auto) | Err(_) => None,
-        }
+        fixed_size(self.size.as_deref())
     }
 
     /// The headroom the user asked for; `None` means the default, 25% of
     /// the content plus 256 MiB (see [`OvhByolTarget::resolved_size`]).
     pub fn headroom(&self) -> Option<Headroom> {
-        self.headroom.as_deref().and_then(|h| Headroom::parse(h).ok())
+        parse_headroom(self.headroom.as_deref())
     }
 
     /// The partition size to build for `content` bytes of files: the fixed
     /// size, or for "auto" the content plus headroom, rounded up to whole MiB
     /// so the partition stays aligned.
     pub fn resolved_size(&self, content: u64) -> u64 {
-        if let Some(fixed) = self.partition_size() {
-            return fixed;
-        }
-        let extra = match self.headroom() {
-            Some(headroom) => headroom.extra(content),
-            None => Headroom::Percent(25).extra(content).saturating_add(256 * MIB),
-        };
-        content.saturating_add(extra).div_ceil(MIB).saturating_mul(MIB)
+        self.partition_size()
+            .unwrap_or_else(|| auto_size(content, self.headroom()))
     }
+}
+
+impl DiskTarget {
+    /// The default EFI system partition size.
+    pub const DEFAULT_ESP_SIZE: u64 = 128 * MIB;
+    /// The default serial console.
+    pub const DEFAULT_CONSOLE: &'static str = "ttyS0,115200n8";
+    /// What the disk layout adds to the ESP: 1 MiB in front for the
+    /// protective MBR and the GPT, the 1 MiB BIOS boot partition, and 1 MiB
+    /// at the end for the backup GPT (keeping the end aligned).
+    pub const LAYOUT_OVERHEAD: u64 = 3 * MIB;
+
+    /// The firmware list, sorted and without duplicates; both by default.
+    pub fn firmware(&self) -> Vec<Firmware> {
+        let mut firmware = self
+            .firmware
+            .clone()
+            .unwrap_or_else(|| vec![Firmware::Bios, Firmware::Uefi]);
+        firmware.sort_unstable();
+        firmware.dedup();
+        firmware
+    }
+
+    /// The virtual disk size: `Some(bytes)` when fixed, `None` for "auto"
+    /// (and for an unparsable size, which `load` has already rejected).
+    pub fn disk_size(&self) -> Option<u64> {
+        fixed_size(self.size.as_deref())
+    }
+
+    /// The headroom the user asked for; `None` means the default, 25% of
+    /// the content plus 256 MiB.
+    pub fn headroom(&self) -> Option<Headroom> {
+        parse_headroom(self.headroom.as_deref())
+    }
+
+    /// The ESP size in bytes (the default for an unparsable value, which
+    /// `load` has already rejected).
+    pub fn esp_size(&self) -> u64 {
+        self.esp_size
+            .as_deref()
+            .and_then(|s| crate::size::parse_size(s).ok())
+            .unwrap_or(Self::DEFAULT_ESP_SIZE)
+    }
+
+    /// The `console=` value for the kernel and GRUB's serial terminal.
+    pub fn console(&self) -> &str {
+        self.console.as_deref().unwrap_or(Self::DEFAULT_CONSOLE)
+    }
+
+    /// Bytes of the disk that are not the root partition.
+    pub fn overhead(&self) -> u64 {
+        self.esp_size().saturating_add(Self::LAYOUT_OVERHEAD)
+    }
+
+    /// The root filesystem size for `content` bytes of files: what a fixed
+    /// disk size leaves after [`DiskTarget::overhead`], or for "auto" the
+    /// content plus headroom, rounded up to whole MiB.
+    pub fn resolved_root_size(&self, content: u64) -> u64 {
+        match self.disk_size() {
+            Some(disk) => disk.saturating_sub(self.overhead()),
+            None => auto_size(content, self.headroom()),
+        }
+    }
+
+    /// The virtual disk size for `content` bytes of files.
+    pub fn resolved_disk_size(&self, content: u64) -> u64 {
+        self.disk_size()
+            .unwrap_or_else(|| self.resolved_root_size(content).saturating_add(self.overhead()))
+    }
+}
+
+fn fixed_size(size: Option<&str>) -> Option<u64> {
+    match Size::parse(size.unwrap_or("auto")) {
+        Ok(Size::Bytes(bytes)) => Some(bytes),
+        Ok(Size::Auto) | Err(_) => None,
+    }
+}
+
+fn parse_headroom(headroom: Option<&str>) -> Option<Headroom> {
+    headroom.and_then(|h| Headroom::parse(h).ok())
+}
+
+/// Content plus headroom (default 25% + 256 MiB), rounded up to whole MiB so
+/// the partition stays aligned.
+fn auto_size(content: u64, headroom: Option<Headroom>) -> u64 {
+    let extra = match headroom {
+        Some(headroom) => headroom.extra(content),
+        None => Headroom::Percent(25).extra(content).saturating_add(256 * MIB),
+    };
+    content.saturating_add(extra).div_ceil(MIB).saturating_mul(MIB)
 }

@@ -335,6 +335,33 @@ pub(crate) fn bootloader_id(s: &str) -> Rule {
     }
 }
 
+/// A `console=` value as the kernel takes it: a device name (`ttyS0`,
+/// `hvc0`, `ttyAMA0`) and optionally `,` and its options (`115200n8`). It is
+/// written into the kernel command line, GRUB's configuration and a shell
+/// script, so nothing else may appear in it.
+pub(crate) fn console(s: &str) -> Rule {
+    let help = "write a device and options as for the kernel's console=, e.g. \"ttyS0,115200n8\" or \"hvc0\"";
+    let (device, options) = s.split_once(',').unwrap_or((s, ""));
+    if device.is_empty() {
+        return Err(Problem::new("it names no device").help(help));
+    }
+    if let Some(rest) = device.strip_prefix("/dev/") {
+        return Err(
+            Problem::new("it starts with `/dev/`").help(format!("write the device name alone, e.g. \"{rest}\""))
+        );
+    }
+    if !device.starts_with(|c: char| c.is_ascii_alphabetic()) || !device.ends_with(|c: char| c.is_ascii_digit()) {
+        return Err(Problem::new(format!("`{device}` is not a console device name")).help(help));
+    }
+    let bad = first_bad_char(device, |c| c.is_ascii_alphanumeric())
+        .or_else(|| first_bad_char(options, |c| c.is_ascii_alphanumeric()));
+    match bad {
+        Some(c) => Err(Problem::new(format!("{c:?} is not allowed")).help(help)),
+        None if s.ends_with(',') => Err(Problem::new("it ends with `,`").help(help)),
+        None => Ok(()),
+    }
+}
+
 /// A package as apt takes it on its command line (`name`, `name=version`,
 /// `name/suite`). A leading `-` would be read as an option.
 pub(crate) fn package(s: &str) -> Rule {
@@ -397,6 +424,20 @@ mod tests {
             &["", ".x", "a b", "a/b", "a+b"],
         );
         check(bootloader_id, &["debian", "my_os-2"], &["", "a.b", "a b"]);
+        check(
+            console,
+            &["ttyS0", "ttyS0,115200n8", "hvc0", "ttyAMA0,115200", "tty1"],
+            &[
+                "",
+                ",115200",
+                "/dev/ttyS0",
+                "ttyS",
+                "ttyS0,",
+                "ttyS0,115200 n8",
+                "ttyS0,1,2",
+                "0ttyS",
+            ],
+        );
         check(
             package,
             &["vim", "linux-image-amd64", "vim=2:9.0", "vim/bookworm-backports"],

@@ -10,9 +10,9 @@ use std::io;
 use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
-use crate::model::{OvhByolTarget, Spec, Targets};
+use crate::model::{DiskFormat, DiskTarget, Filesystem, OvhByolTarget, Spec, Targets};
 use crate::rules::{self, Problem};
-use crate::size::{format_size, Headroom, Size, GIB, MIB, TIB};
+use crate::size::{format_size, parse_size, Headroom, Size, GIB, MIB, TIB};
 use crate::spans::{table_name, SpanIndex};
 
 /// What a Debian image with kernel, GRUB and cloud-init takes before any
@@ -23,6 +23,18 @@ pub const MIN_BASE_CONTENT: u64 = GIB;
 /// the partitions it creates, so the image only ever needs room for them
 /// (and an MBR partition table cannot describe more).
 pub const MAX_PARTITION_SIZE: u64 = 2 * TIB;
+
+/// Larger disk images are typos: clouds grow the root partition to the
+/// real disk at first boot, so an image only needs room for its content.
+pub const MAX_DISK_SIZE: u64 = 16 * TIB;
+
+/// The smallest ESP: the UEFI specification names FAT32 for fixed disks
+/// and some firmware insists on it; FAT32 needs 65,525 clusters, and kiln's
+/// FAT writer makes FAT32 from 36 MiB up.
+pub const MIN_ESP_SIZE: u64 = 36 * MIB;
+
+/// Larger ESPs are typos: GRUB takes a few MiB of it.
+pub const MAX_ESP_SIZE: u64 = 4 * GIB;
 
 pub(crate) fn validate(spec: &Spec, dir: &Path, spans: &SpanIndex<'_>, file: &SourceFile<'_>) -> Vec<Diagnostic> {
     let mut v = Validator {
@@ -41,6 +53,18 @@ pub(crate) fn validate(spec: &Spec, dir: &Path, spans: &SpanIndex<'_>, file: &So
     v.system(spec);
     v.targets(&spec.targets, files_bytes);
     v.diagnostics
+}
+
+/// How [`Validator::size_and_headroom`] checks one target's `size`.
+struct SizeRule<'a> {
+    /// The target's table, e.g. `targets.disk`.
+    at: &'a str,
+    size: Option<&'a str>,
+    headroom: Option<&'a str>,
+    /// Bytes the target adds around the content, and what they are for.
+    overhead: Option<(u64, &'a str)>,
+    max: u64,
+    max_help: &'a str,
 }
 
 struct Validator<'a, 'i> {
@@ -372,12 +396,122 @@ impl Validator<'_, '_> {
         if let Some(t) = &targets.ovh_byol {
             self.ovh_byol(t, files_bytes);
         }
+        if let Some(t) = &targets.disk {
+            self.disk(t, files_bytes);
+        }
     }
 
     fn ovh_byol(&mut self, t: &OvhByolTarget, files_bytes: u64) {
         let at = "targets.ovh-byol";
+        self.size_and_headroom(
+            &SizeRule {
+                at,
+                size: t.size.as_deref(),
+                headroom: t.headroom.as_deref(),
+                overhead: None,
+                max: MAX_PARTITION_SIZE,
+                max_help: "OVH's installer copies the image's files onto its own partitions, so the image only needs room for its content; use \"auto\"",
+            },
+            files_bytes,
+        );
+        self.bootloader_id(at, t.bootloader_id.as_deref());
+    }
+
+    fn disk(&mut self, t: &DiskTarget, files_bytes: u64) {
+        let at = "targets.disk";
+        if let Some(firmware) = &t.firmware {
+            if firmware.is_empty() {
+                self.report(
+                    &format!("{at}.firmware"),
+                    "`firmware` is empty".into(),
+                    Some("list \"bios\", \"uefi\" or both, or remove `firmware` for both".into()),
+                );
+            }
+            for (i, f) in firmware.iter().enumerate() {
+                if let Some(first) = firmware[..i].iter().position(|g| g == f) {
+                    let name = serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_owned));
+                    self.report(
+                        &format!("{at}.firmware[{i}]"),
+                        format!("`{}` is listed twice", name.unwrap_or_default()),
+                        Some(format!("it is already item {} of the list", first + 1)),
+                    );
+                }
+            }
+        }
+        if t.filesystem != Filesystem::Ext4 {
+            self.report(
+                &format!("{at}.filesystem"),
+                "the disk target supports only ext4 for now".into(),
+                Some("remove `filesystem`, or set it to \"ext4\"".into()),
+            );
+        }
+        if let Some(esp) = &t.esp_size {
+            let problem = match parse_size(esp) {
+                Err(why) => Some(format!("invalid `esp_size`: {why}")),
+                Ok(b) if !(MIN_ESP_SIZE..=MAX_ESP_SIZE).contains(&b) => Some(format!(
+                    "`esp_size` `{esp}` is outside {} to {}",
+                    format_size(MIN_ESP_SIZE),
+                    format_size(MAX_ESP_SIZE)
+                )),
+                Ok(b) if b % MIB != 0 => Some(format!(
+                    "`esp_size` `{esp}` is not a whole number of MiB, so the root partition would be misaligned"
+                )),
+                Ok(_) => None,
+            };
+            if let Some(message) = problem {
+                self.report(
+                    &format!("{at}.esp_size"),
+                    message,
+                    Some(
+                        "write a size in MiB such as \"128MiB\" (the ESP is FAT32, which needs at least 36MiB)".into(),
+                    ),
+                );
+            }
+        }
+        let overhead = t.overhead();
+        self.size_and_headroom(
+            &SizeRule {
+                at,
+                size: t.size.as_deref(),
+                headroom: t.headroom.as_deref(),
+                overhead: Some((overhead, "the ESP, the BIOS boot partition and the GPT")),
+                max: MAX_DISK_SIZE,
+                max_help: "clouds grow the root partition to the real disk at first boot (growpart), so build small; use \"auto\"",
+            },
+            files_bytes,
+        );
+        if let Some(console) = &t.console {
+            self.check(&format!("{at}.console"), "`console`", console, rules::console(console));
+        }
+        if t.compress == Some(true) && t.format == DiskFormat::Raw {
+            // A silently ignored option is worse than an error.
+            self.report(
+                &format!("{at}.compress"),
+                "`compress` only applies when `format` is \"qcow2\"".into(),
+                Some("remove `compress`, or set `format = \"qcow2\"`".into()),
+            );
+        }
+        self.bootloader_id(at, t.bootloader_id.as_deref());
+    }
+
+    fn bootloader_id(&mut self, at: &str, id: Option<&str>) {
+        if let Some(id) = id {
+            self.check(
+                &format!("{at}.bootloader_id"),
+                "`bootloader_id`",
+                id,
+                rules::bootloader_id(id),
+            );
+        }
+    }
+
+    /// The `size` and `headroom` of a target: a fixed size must hold a base
+    /// system, the [[files]] and the target's `overhead`; headroom only
+    /// applies to "auto".
+    fn size_and_headroom(&mut self, rule: &SizeRule<'_>, files_bytes: u64) {
+        let at = rule.at;
         let size_help = "write \"auto\" or a size such as \"4GiB\", \"512MiB\" or \"2G\"";
-        let size = t.size.as_deref().map(|s| (s, Size::parse(s)));
+        let size = rule.size.map(|s| (s, Size::parse(s)));
         match &size {
             Some((_, Err(why))) => self.report(
                 &format!("{at}.size"),
@@ -385,46 +519,54 @@ impl Validator<'_, '_> {
                 Some(size_help.into()),
             ),
             Some((text, Ok(Size::Bytes(bytes)))) => {
-                let min = MIN_BASE_CONTENT.saturating_add(files_bytes);
+                let overhead = rule.overhead.map_or(0, |(bytes, _)| bytes);
+                let min = MIN_BASE_CONTENT.saturating_add(files_bytes).saturating_add(overhead);
                 if *bytes < min {
                     let suggestion = if min % GIB == 0 {
                         format!("{}GiB", min / GIB)
                     } else {
                         format!("{}MiB", min.div_ceil(MIB))
                     };
+                    let overhead_text = match rule.overhead {
+                        Some((bytes, what)) => format!(" and {} for {what}", format_size(bytes)),
+                        None => String::new(),
+                    };
+                    // format_size rounds down, and "at least 1 GiB" for
+                    // 1 GiB and a few bytes would contradict itself.
+                    let at_least = if min % GIB == 0 {
+                        format_size(min)
+                    } else {
+                        format!("{} MiB", min.div_ceil(MIB))
+                    };
                     self.report(
                         &format!("{at}.size"),
                         format!(
-                            "size `{text}` is smaller than the content: at least {} ({} for a Debian system with kernel, GRUB and cloud-init, plus {} of [[files]])",
-                            format_size(min),
+                            "size `{text}` is smaller than the content: at least {at_least} ({} for a Debian system with kernel, GRUB and cloud-init, plus {} of [[files]]{overhead_text})",
                             format_size(MIN_BASE_CONTENT),
                             format_size(files_bytes)
                         ),
                         Some(format!("use \"auto\", or at least \"{suggestion}\"")),
                     );
-                } else if *bytes > MAX_PARTITION_SIZE {
+                } else if *bytes > rule.max {
                     self.report(
                         &format!("{at}.size"),
-                        format!("size `{text}` is larger than {}", format_size(MAX_PARTITION_SIZE)),
-                        Some("OVH's installer copies the image's files onto its own partitions, so the image only needs room for its content; use \"auto\"".into()),
+                        format!("size `{text}` is larger than {}", format_size(rule.max)),
+                        Some(rule.max_help.into()),
                     );
                 }
             }
             None | Some((_, Ok(Size::Auto))) => {}
         }
-        if let Some(headroom) = &t.headroom {
+        if let Some(headroom) = rule.headroom {
             match Headroom::parse(headroom) {
                 Err(why) => self.report(
                     &format!("{at}.headroom"),
                     format!("invalid `headroom`: {why}"),
                     Some("write a size such as \"512MiB\" or a percentage of the content such as \"25%\"".into()),
                 ),
-                Ok(Headroom::Bytes(b)) if b > MAX_PARTITION_SIZE => self.report(
+                Ok(Headroom::Bytes(b)) if b > rule.max => self.report(
                     &format!("{at}.headroom"),
-                    format!(
-                        "headroom `{headroom}` is larger than {}",
-                        format_size(MAX_PARTITION_SIZE)
-                    ),
+                    format!("headroom `{headroom}` is larger than {}", format_size(rule.max)),
                     None,
                 ),
                 Ok(_) => {}
@@ -437,14 +579,6 @@ impl Validator<'_, '_> {
                     Some("remove `headroom`, or set `size = \"auto\"`".into()),
                 );
             }
-        }
-        if let Some(id) = &t.bootloader_id {
-            self.check(
-                &format!("{at}.bootloader_id"),
-                "`bootloader_id`",
-                id,
-                rules::bootloader_id(id),
-            );
         }
     }
 

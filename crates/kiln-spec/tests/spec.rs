@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_spec::{load, parse_str, DiagnosticKind, LoadedSpec, SpecError, GIB};
+use kiln_spec::{load, parse_str, DiagnosticKind, DiskFormat, DiskTarget, Firmware, LoadedSpec, SpecError, GIB, MIB};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -110,7 +110,7 @@ size = "4GiB"
         message: "unknown target `ovh-byl`",
         line: 7,
         column: 10,
-        help: "did you mean `ovh-byol`? kiln knows these targets: `ovh-byol`",
+        help: "did you mean `ovh-byol`? kiln knows these targets: `ovh-byol`, `disk`",
     },
     Case {
         name: "wrong type",
@@ -322,6 +322,281 @@ size = "lots"
         help: "write \"auto\" or a size such as \"4GiB\"",
     },
     Case {
+        name: "disk: unknown key",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmwares = ["bios"]
+"#,
+        kind: DiagnosticKind::UnknownKey,
+        message: "unknown key `firmwares` in [targets.disk]",
+        line: 8,
+        column: 1,
+        help: "did you mean `firmware`?",
+    },
+    Case {
+        name: "disk: unknown firmware",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["bios", "efi"]
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "unknown value `efi` for `firmware` in [targets.disk]",
+        line: 8,
+        column: 21,
+        help: "`uefi`",
+    },
+    Case {
+        name: "disk: unknown format",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+format = "vmdk"
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "unknown value `vmdk` for `format` in [targets.disk]",
+        line: 8,
+        column: 10,
+        help: "",
+    },
+    Case {
+        name: "disk: empty firmware list",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = []
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`firmware` is empty",
+        line: 8,
+        column: 12,
+        help: "list \"bios\", \"uefi\" or both",
+    },
+    Case {
+        name: "disk: firmware listed twice",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["uefi", "bios", "uefi"]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`uefi` is listed twice",
+        line: 8,
+        column: 29,
+        help: "already item 1",
+    },
+    Case {
+        name: "disk: xfs",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+filesystem = "xfs"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "the disk target supports only ext4 for now",
+        line: 8,
+        column: 14,
+        help: "set it to \"ext4\"",
+    },
+    Case {
+        name: "disk: ESP too small",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+esp_size = "8MiB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`esp_size` `8MiB` is outside 36 MiB to 4 GiB",
+        line: 8,
+        column: 12,
+        help: "at least 36MiB",
+    },
+    Case {
+        name: "disk: ESP not whole MiB",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+esp_size = "100000K"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`esp_size` `100000K` is not a whole number of MiB, so the root partition would be misaligned",
+        line: 8,
+        column: 12,
+        help: "\"128MiB\"",
+    },
+    Case {
+        name: "disk: ESP not a size",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+esp_size = "128MB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "invalid `esp_size`: `128MB` uses a decimal unit; kiln sizes are binary, write `128MiB`",
+        line: 8,
+        column: 12,
+        help: "",
+    },
+    Case {
+        name: "disk: size too small for content and layout",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+size = "1GiB"
+esp_size = "64MiB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "size `1GiB` is smaller than the content: at least 1091 MiB (1 GiB for a Debian system with kernel, GRUB and cloud-init, plus 0 B of [[files]] and 67 MiB for the ESP, the BIOS boot partition and the GPT)",
+        line: 8,
+        column: 8,
+        help: "use \"auto\", or at least \"1091MiB\"",
+    },
+    Case {
+        name: "disk: size absurdly large",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+size = "20TiB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "size `20TiB` is larger than 16 TiB",
+        line: 8,
+        column: 8,
+        help: "growpart",
+    },
+    Case {
+        name: "disk: headroom with a fixed size",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+size = "8GiB"
+headroom = "1GiB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`headroom` only applies when `size` is \"auto\"",
+        line: 9,
+        column: 12,
+        help: "remove `headroom`",
+    },
+    Case {
+        name: "disk: bad console",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+console = "/dev/ttyS0"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "invalid `console` `/dev/ttyS0`: it starts with `/dev/`",
+        line: 8,
+        column: 11,
+        help: "\"ttyS0\"",
+    },
+    Case {
+        name: "disk: console with a space",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+console = "ttyS0,115200 quiet"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "invalid `console` `ttyS0,115200 quiet`: ' ' is not allowed",
+        line: 8,
+        column: 11,
+        help: "ttyS0,115200n8",
+    },
+    Case {
+        name: "disk: compress a raw image",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+format = "raw"
+compress = true
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`compress` only applies when `format` is \"qcow2\"",
+        line: 9,
+        column: 12,
+        help: "set `format = \"qcow2\"`",
+    },
+    Case {
+        name: "disk: bad bootloader id",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+bootloader_id = "EFI/debian"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "invalid `bootloader_id` `EFI/debian`: '/' is not allowed",
+        line: 8,
+        column: 17,
+        help: "use letters, digits",
+    },
+    Case {
         name: "duplicate user",
         spec: r#"[image]
 name = "t"
@@ -408,7 +683,7 @@ release = "bookworm"
         message: "no target is defined",
         line: 0,
         column: 0,
-        help: "kiln knows [targets.ovh-byol]",
+        help: "kiln knows [targets.ovh-byol], [targets.disk]",
     },
 ];
 
@@ -647,6 +922,81 @@ release = "bookworm"
 }
 
 #[test]
+fn disk_defaults_and_sizes() {
+    let spec = r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+"#;
+    let loaded = parse(spec).unwrap();
+    assert_eq!(loaded.spec.targets.defined(), vec!["disk"]);
+    let t = loaded.spec.targets.disk.unwrap();
+    assert_eq!(t.firmware(), vec![Firmware::Bios, Firmware::Uefi]);
+    assert_eq!(t.format, DiskFormat::Qcow2);
+    assert_eq!(t.filesystem, kiln_spec::Filesystem::Ext4);
+    assert_eq!(t.esp_size(), 128 * MIB);
+    assert_eq!(t.console(), "ttyS0,115200n8");
+    assert_eq!(t.disk_size(), None);
+    // Auto: content plus 25% plus 256 MiB for the root, plus the ESP and 3 MiB of layout.
+    assert_eq!(t.resolved_root_size(1024 * MIB), (1024 + 256 + 256) * MIB);
+    assert_eq!(t.resolved_disk_size(1024 * MIB), (1024 + 256 + 256 + 128 + 3) * MIB);
+
+    let fixed = DiskTarget {
+        size: Some("8GiB".into()),
+        esp_size: Some("256MiB".into()),
+        firmware: Some(vec![Firmware::Uefi, Firmware::Bios, Firmware::Uefi]),
+        ..t.clone()
+    };
+    assert_eq!(fixed.firmware(), vec![Firmware::Bios, Firmware::Uefi]);
+    assert_eq!(fixed.resolved_disk_size(123), 8 * GIB);
+    assert_eq!(fixed.resolved_root_size(123), 8 * GIB - (256 + 3) * MIB);
+    let headroom = DiskTarget {
+        headroom: Some("10%".into()),
+        ..t
+    };
+    assert_eq!(headroom.resolved_root_size(1000 * MIB), 1100 * MIB);
+}
+
+/// Both targets in one spec, every disk option set: loads, and the model
+/// keeps what was written.
+#[test]
+fn disk_with_every_option_loads() {
+    let spec = r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ovh-byol]
+[targets.disk]
+firmware = ["uefi"]
+format = "raw"
+size = "4GiB"
+filesystem = "ext4"
+esp_size = "64MiB"
+console = "hvc0"
+compress = false
+bootloader_id = "kiln"
+"#;
+    let loaded = match parse(spec) {
+        Ok(l) => l,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(loaded.spec.targets.defined(), vec!["ovh-byol", "disk"]);
+    let t = loaded.spec.targets.disk.clone().unwrap();
+    assert_eq!(t.firmware(), vec![Firmware::Uefi]);
+    assert_eq!(t.format, DiskFormat::Raw);
+    assert_eq!(t.esp_size(), 64 * MIB);
+    assert_eq!(t.console(), "hvc0");
+    assert_eq!(t.bootloader_id.as_deref(), Some("kiln"));
+    assert_eq!(t.disk_size(), Some(4 * GIB));
+    assert_eq!(loaded.location("targets.disk.console"), Some((14, 11)));
+}
+
+#[test]
 fn section_json_is_stable() {
     let loaded = load(&fixtures().join("full/spec.toml")).unwrap();
     let again = parse(&loaded.source).unwrap();
@@ -672,6 +1022,18 @@ fn section_json_is_stable() {
 fn json_schema() {
     let schema = kiln_spec::json_schema();
     assert!(schema["$defs"]["Targets"]["properties"]["ovh-byol"].is_object());
+    assert!(schema["$defs"]["Targets"]["properties"]["disk"].is_object());
+    let firmware: Vec<&serde_json::Value> = schema["$defs"]["Firmware"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["const"])
+        .collect();
+    assert_eq!(firmware, [&serde_json::json!("bios"), &serde_json::json!("uefi")]);
+    assert_eq!(
+        schema["$defs"]["DiskTarget"]["properties"]["firmware"]["default"],
+        serde_json::json!(["bios", "uefi"])
+    );
     assert_eq!(
         schema["$defs"]["Filesystem"]["enum"],
         serde_json::json!(["ext4", "xfs"])

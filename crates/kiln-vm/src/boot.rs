@@ -1,1 +1,408 @@
 //! `kiln boot`: boot an image in QEMU and give a verdict from its serial console.
+//!
+//! The image is attached in snapshot mode (it is never changed), with a
+//! cloud-init seed beside it: the user's, or a NoCloud ISO generated here
+//! with a fresh instance id so cloud-init treats the boot as a first boot.
+//! The verdict passes when the console shows a login prompt, cloud-init's
+//! final message, and every extra pattern the caller asked for, before the
+//! timeout; it fails early on a kernel panic, an emergency or initramfs
+//! shell, a failed cloud-init unit, or QEMU exiting. Debian 12's cloud-init
+//! (22.4) needs nothing extra in the user data for this: `cloud-final.service`
+//! sends its output to `journal+console`, and the final message, written to
+//! stderr, reaches the serial console whenever the kernel's console is
+//! there (`console=ttyS0`), as it must be for the login prompt too.
+//! Non-goals: logging in, running commands in the guest.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::accel::{choose_accel, Accel, AccelChoice};
+use crate::console::{self, Console, Expect, Outcome, Pattern, Seen};
+use crate::firmware::Firmware;
+use crate::qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Net, Vm, VmConfig};
+use crate::seed::{write_seed, Datasource, SeedConfig, SeedFs};
+
+/// getty's prompt: `<hostname> login: `, at the start of a line and, being
+/// a prompt, without a newline after it.
+pub const LOGIN_PROMPT: &str = r"(?m)^\S+ login: ";
+
+/// cloud-init's default final message (cc_final_message, 22.4: "Cloud-init
+/// v. 22.4.2 finished at <date>. Datasource DataSourceNoCloud [...]. Up 48.7
+/// seconds"), or systemd's line for the unit, for user data that replaces the
+/// message.
+pub const CLOUD_INIT_DONE: &str = r"Cloud-init v\. \S+ finished at|Finished cloud-final\.service";
+
+/// Console lines that mean the boot has failed, whatever comes next.
+const FATAL: &[(&str, &str)] = &[
+    ("kernel panic", r"Kernel panic - not syncing"),
+    (
+        "emergency shell",
+        r"You are in emergency mode|Give root password for maintenance|Cannot open access to console, the root account is locked",
+    ),
+    ("initramfs shell", r"(?m)Dropping to a shell!|^\(initramfs\) "),
+    ("cloud-init failed", r"Failed to start cloud-(init-local|init|config|final)\.service"),
+    ("UEFI shell (nothing to boot)", r"(?m)^Shell> "),
+];
+
+/// How many console lines a verdict quotes.
+pub const TAIL_LINES: usize = 40;
+
+/// How often a waiting boot reports that it is still waiting.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Where the seed comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedSource {
+    /// No seed: the image must not need one.
+    None,
+    /// A ready seed image (ISO or FAT), attached read-only.
+    File(PathBuf),
+    /// A NoCloud ISO generated for this boot.
+    Generate {
+        user_data: Option<Vec<u8>>,
+        ssh_keys: Vec<String>,
+    },
+}
+
+/// What to boot and what to wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootOptions {
+    pub image: PathBuf,
+    /// Detected from the file's magic when `None`.
+    pub format: Option<ImageFormat>,
+    pub firmware: Firmware,
+    pub seed: SeedSource,
+    pub wait_for_login: bool,
+    pub wait_for_cloud_init: bool,
+    /// Extra regular expressions the console must show.
+    pub expect: Vec<String>,
+    pub timeout: Duration,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    pub cpus: u32,
+    pub console_log: PathBuf,
+    pub net: Net,
+    /// Boot this kernel instead of the image's boot loader.
+    pub direct_boot: Option<DirectBoot>,
+    /// Chosen by [`choose_accel`] when `None`.
+    pub accel: Option<Accel>,
+}
+
+impl BootOptions {
+    /// BIOS, a generated seed, login and cloud-init awaited, 5 minutes,
+    /// 1 GiB, 2 CPUs, user networking.
+    pub fn new(image: impl Into<PathBuf>, console_log: impl Into<PathBuf>) -> Self {
+        BootOptions {
+            image: image.into(),
+            format: None,
+            firmware: Firmware::Bios,
+            seed: SeedSource::Generate {
+                user_data: None,
+                ssh_keys: Vec::new(),
+            },
+            wait_for_login: true,
+            wait_for_cloud_init: true,
+            expect: Vec::new(),
+            timeout: Duration::from_secs(300),
+            memory: 1 << 30,
+            cpus: 2,
+            console_log: console_log.into(),
+            net: Net::User { forwards: Vec::new() },
+            direct_boot: None,
+            accel: None,
+        }
+    }
+}
+
+/// Progress of a boot, for the caller to render.
+#[derive(Debug)]
+pub enum BootEvent<'a> {
+    /// The accelerator was chosen.
+    Accel(&'a AccelChoice),
+    /// QEMU was started.
+    Started { command: &'a str, console_log: &'a Path },
+    /// A wanted pattern appeared.
+    Seen(&'a Seen),
+    /// Still waiting; sent every few seconds.
+    Waiting { elapsed: Duration },
+}
+
+/// One thing the verdict waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub pattern: String,
+    /// When it appeared, counted from QEMU's start.
+    pub seen_at: Option<Duration>,
+}
+
+/// Why the wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    AllSeen,
+    /// A fatal pattern appeared (name and console line).
+    Fatal { name: String, line: String },
+    TimedOut,
+    /// QEMU exited (the guest powered off or rebooted, or QEMU failed).
+    VmExited(String),
+}
+
+/// The result of a boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub passed: bool,
+    pub checks: Vec<Check>,
+    pub ending: Ending,
+    /// From QEMU's start to the verdict.
+    pub elapsed: Duration,
+    /// The last console lines.
+    pub tail: Vec<String>,
+    pub console_log: PathBuf,
+    pub accel: AccelChoice,
+}
+
+impl Verdict {
+    /// One line: what passed or why it failed.
+    pub fn summary(&self) -> String {
+        let secs = self.elapsed.as_secs();
+        let seen: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|c| c.seen_at.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        let missing: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|c| c.seen_at.is_none())
+            .map(|c| c.name.as_str())
+            .collect();
+        match &self.ending {
+            Ending::AllSeen if self.passed => format!("booted in {secs} s: seen {}", seen.join(", ")),
+            Ending::AllSeen => format!("booted in {secs} s"),
+            Ending::Fatal { name, line } => format!("{name} after {secs} s: {}", line.trim()),
+            Ending::TimedOut => format!("timed out after {secs} s; never seen: {}", missing.join(", ")),
+            Ending::VmExited(why) => format!(
+                "the VM stopped after {secs} s before showing {}: {why}",
+                if missing.is_empty() { "everything".to_owned() } else { missing.join(", ") }
+            ),
+        }
+    }
+}
+
+/// Boots `opts.image` and waits for the verdict. Returns an error only when
+/// the boot could not be run (bad options, QEMU missing, interruption); a
+/// guest that does not come up is a failed [`Verdict`].
+pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Result<Verdict> {
+    let mut expect = Expect::new();
+    let mut names = Vec::new();
+    let mut want = |name: String, regex: &str| -> Result<()> {
+        let p = Pattern::new(name.clone(), regex).with_context(|| format!("reading the pattern for {name}"))?;
+        names.push((name, regex.to_owned()));
+        expect = std::mem::take(&mut expect).want(p);
+        Ok(())
+    };
+    if opts.wait_for_login {
+        want("login prompt".to_owned(), LOGIN_PROMPT)?;
+    }
+    if opts.wait_for_cloud_init {
+        want("cloud-init finished".to_owned(), CLOUD_INIT_DONE)?;
+    }
+    for e in &opts.expect {
+        want(format!("/{e}/"), e)?;
+    }
+    for (name, regex) in FATAL {
+        expect = expect.fail_on(Pattern::new(*name, regex)?);
+    }
+
+    let format = match opts.format {
+        Some(f) => f,
+        None => ImageFormat::detect(&opts.image).with_context(|| format!("reading {}", opts.image.display()))?,
+    };
+    let accel = match opts.accel {
+        Some(accel) => AccelChoice {
+            accel,
+            reason: "chosen by the caller".to_owned(),
+        },
+        None => choose_accel().context("choosing the accelerator")?,
+    };
+    on_event(BootEvent::Accel(&accel));
+
+    let work = kiln_exec::WorkDir::new_in(&std::env::temp_dir(), "kiln-boot-")
+        .context("creating a temporary directory for the boot")?;
+    let mut cfg = VmConfig::new(&opts.console_log);
+    cfg.disks.push(Drive::new(&opts.image, format).mode(DriveMode::Snapshot));
+    match &opts.seed {
+        SeedSource::None => {}
+        SeedSource::File(path) => {
+            let f = ImageFormat::detect(path).with_context(|| format!("reading seed {}", path.display()))?;
+            cfg.disks.push(Drive::new(path, f).mode(DriveMode::ReadOnly));
+        }
+        SeedSource::Generate { user_data, ssh_keys } => {
+            let path = work.path().join("seed.iso");
+            let mut seed = SeedConfig::new(Datasource::NoCloud, SeedFs::Iso);
+            seed.user_data = user_data.clone();
+            seed.ssh_keys = ssh_keys.clone();
+            write_seed(&seed, &path).context("generating the NoCloud seed")?;
+            cfg.disks.push(Drive::new(path, ImageFormat::Raw).mode(DriveMode::ReadOnly));
+        }
+    }
+    cfg.firmware = opts.firmware;
+    cfg.memory = opts.memory;
+    cfg.cpus = opts.cpus;
+    cfg.accel = accel.accel;
+    cfg.net = opts.net.clone();
+    cfg.direct_boot = opts.direct_boot.clone();
+
+    let mut vm = Vm::start(&cfg).with_context(|| format!("starting QEMU for {}", opts.image.display()))?;
+    on_event(BootEvent::Started {
+        command: vm.command(),
+        console_log: vm.console_log(),
+    });
+    let started = vm.started();
+    let mut console = Console::new(vm.console_log());
+    let events = RefCell::new(on_event);
+    let mut last_beat = started;
+    let outcome = console::wait(
+        &mut console,
+        &mut expect,
+        started,
+        started + opts.timeout,
+        || {
+            if last_beat.elapsed() >= HEARTBEAT {
+                last_beat = Instant::now();
+                (events.borrow_mut())(BootEvent::Waiting {
+                    elapsed: started.elapsed(),
+                });
+            }
+            Ok(vm.exited()?.map(|exit| exit.to_string()))
+        },
+        |seen| (events.borrow_mut())(BootEvent::Seen(seen)),
+    )
+    .context("watching the serial console")?;
+    let elapsed = started.elapsed();
+    drop(vm);
+    drop(work);
+
+    let checks: Vec<Check> = expect
+        .results()
+        .zip(names)
+        .map(|((_, seen), (name, pattern))| Check {
+            name,
+            pattern,
+            seen_at: seen.map(|s| s.at),
+        })
+        .collect();
+    let ending = match outcome {
+        Outcome::AllSeen => Ending::AllSeen,
+        Outcome::Failed(s) => Ending::Fatal {
+            name: s.name,
+            line: s.line,
+        },
+        Outcome::TimedOut => Ending::TimedOut,
+        Outcome::Stopped(why) => Ending::VmExited(why),
+    };
+    Ok(Verdict {
+        passed: ending == Ending::AllSeen,
+        checks,
+        ending,
+        elapsed,
+        tail: console.tail(TAIL_LINES),
+        console_log: opts.console_log.clone(),
+        accel,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(re: &str) -> regex::Regex {
+        regex::Regex::new(re).unwrap()
+    }
+
+    #[test]
+    fn login_prompt_pattern() {
+        let re = pattern(LOGIN_PROMPT);
+        for yes in ["debian login: ", "\nkiln-boot.example.org login: ", "x\r\nhost login: [  40.1] cloud-init"] {
+            assert!(re.is_match(yes), "{yes:?}");
+        }
+        for no in [
+            "Starting systemd-logind.service - User Login Management...",
+            "debian login:",
+        ] {
+            assert!(!re.is_match(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn cloud_init_pattern() {
+        let re = pattern(CLOUD_INIT_DONE);
+        // Recorded from a Debian 12 guest (cloud-init 22.4.2) on ttyS0 (tests/boot_real.rs).
+        assert!(re.is_match(
+            "[   51.338765] cloud-init[482]: Cloud-init v. 22.4.2 finished at Thu, 26 Nov 2026 05:21:03 +0000. \
+             Datasource DataSourceNoCloud [seed=/dev/vdb][dsmode=net].  Up 51.26 seconds"
+        ));
+        assert!(re.is_match("[  OK  ] Finished cloud-final.service - Execute cloud user/final scripts."));
+        assert!(!re.is_match("Cloud-init v. 22.4.2 running 'modules:final' at Tue, 26 Nov 2024"));
+    }
+
+    #[test]
+    fn fatal_patterns() {
+        let cases = [
+            ("[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs", "kernel panic"),
+            ("You are in emergency mode. After logging in, type \"journalctl -xb\"", "emergency shell"),
+            ("ALERT!  /dev/vda1 does not exist.  Dropping to a shell!", "initramfs shell"),
+            ("(initramfs) ", "initramfs shell"),
+            ("[FAILED] Failed to start cloud-final.service - Execute cloud user/final scripts.", "cloud-init failed"),
+            ("Shell> ", "UEFI shell (nothing to boot)"),
+        ];
+        for (line, want) in cases {
+            let hit: Vec<_> = FATAL.iter().filter(|(_, re)| pattern(re).is_match(line)).map(|(n, _)| *n).collect();
+            assert_eq!(hit, [want], "{line}");
+        }
+        assert!(!FATAL.iter().any(|(_, re)| pattern(re).is_match("[  OK  ] Finished cloud-final.service")));
+    }
+
+    #[test]
+    fn summaries() {
+        let check = |name: &str, at: Option<u64>| Check {
+            name: name.to_owned(),
+            pattern: String::new(),
+            seen_at: at.map(Duration::from_secs),
+        };
+        let mut v = Verdict {
+            passed: true,
+            checks: vec![check("login prompt", Some(40)), check("cloud-init finished", Some(52))],
+            ending: Ending::AllSeen,
+            elapsed: Duration::from_millis(52_400),
+            tail: Vec::new(),
+            console_log: "/c.log".into(),
+            accel: AccelChoice {
+                accel: Accel::Tcg,
+                reason: String::new(),
+            },
+        };
+        assert_eq!(v.summary(), "booted in 52 s: seen login prompt, cloud-init finished");
+        v.passed = false;
+        v.checks[1].seen_at = None;
+        v.ending = Ending::TimedOut;
+        assert_eq!(v.summary(), "timed out after 52 s; never seen: cloud-init finished");
+        v.ending = Ending::VmExited("QEMU exited with status 1".into());
+        assert_eq!(
+            v.summary(),
+            "the VM stopped after 52 s before showing cloud-init finished: QEMU exited with status 1"
+        );
+    }
+
+    #[test]
+    fn bad_expect_pattern_is_an_error_before_anything_runs() {
+        let mut opts = BootOptions::new("/nonexistent.qcow2", "/nonexistent.log");
+        opts.expect = vec!["unclosed(".to_owned()];
+        let err = boot(&opts, &mut |_| panic!("nothing should happen")).unwrap_err();
+        assert!(format!("{err:#}").contains("unclosed("), "{err:#}");
+    }
+}

@@ -38,6 +38,9 @@ pub enum Command {
     Seed(SeedArgs),
     /// Boot an image in QEMU (snapshot mode) and judge it from its serial console.
     Boot(BootArgs),
+    /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
     /// Print the JSON Schema of the spec format.
     Schema,
     /// List every external tool kiln calls, found or missing, with its Debian package.
@@ -169,6 +172,15 @@ pub enum Firmware {
     Uefi,
 }
 
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BootArgs {
     /// The image file (qcow2 or raw); never modified (QEMU snapshot mode).
@@ -197,6 +209,86 @@ pub struct BootArgs {
     /// Where to write the serial console log (default: next to the image).
     #[arg(long)]
     pub console_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// OVHcloud Bring Your Own Linux. With --simulate, replays the installer
+    /// locally: partitioning (RAID, LVM), config drive, image download with
+    /// headers and checksum, rsync, make_image_bootable.sh in a chroot, then
+    /// the first boot with the server's firmware and no NVRAM entry.
+    #[command(after_help = "Examples:
+  kiln deploy ovh --simulate out/debian-12-byol-1.0.0.qcow2
+  kiln deploy ovh --simulate out/debian-12-byol-1.0.0.qcow2 --firmware uefi --disks 2 \\
+      --hostname web1 --ssh-key \"$(cat ~/.ssh/id_ed25519.pub)\" --header 'Authorization: Basic dXNlcjpwYXNz'")]
+    Ovh(OvhDeployArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OvhDeployArgs {
+    /// Replay the installer locally against this image instead of calling the OVH API.
+    #[arg(long, value_name = "IMAGE", required = true)]
+    pub simulate: PathBuf,
+    /// Boot mode of the simulated server.
+    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    pub firmware: Firmware,
+    /// Number of disks of the simulated server.
+    #[arg(long, default_value_t = 2)]
+    pub disks: u32,
+    /// Size of each virtual disk (sparse).
+    #[arg(long, value_parser = parse_size, default_value = "8GiB")]
+    pub disk_size: u64,
+    /// The API's `storage` JSON (partitioning.layout with fileSystem, mountPoint, raidLevel, size, extras.lv).
+    /// Default: swap on every disk and / in ext4 on RAID1 filling the disks.
+    #[arg(long)]
+    pub storage: Option<PathBuf>,
+    /// customizations.hostname.
+    #[arg(long, default_value = "kiln-replay")]
+    pub hostname: String,
+    /// customizations.sshKey.
+    #[arg(long)]
+    pub ssh_key: Option<String>,
+    /// customizations.configDriveUserData, from a file.
+    #[arg(long)]
+    pub user_data: Option<PathBuf>,
+    /// customizations.configDriveMetadata entry KEY=VALUE; repeatable.
+    #[arg(long = "metadata", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+    /// customizations.httpHeaders entry, 'Name: value'; repeatable. The replay's server refuses downloads without them.
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// customizations.imageCheckSumType.
+    #[arg(long, value_enum, default_value_t = ChecksumType::Sha512)]
+    pub checksum_type: ChecksumType,
+    /// customizations.efiBootloaderPath (default: from the image's embedded manifest).
+    #[arg(long)]
+    pub efi_bootloader_path: Option<String>,
+    /// Skip the contract check and replay even an image that will fail (the faithful, slow way).
+    #[arg(long)]
+    pub no_preflight: bool,
+    /// Give up on the installer or the first boot after this many seconds each.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    /// Keep the virtual disks and logs in this directory (default: a temporary directory, removed).
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChecksumType {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((k, v)) if !k.trim().is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        }
+        _ => Err(format!("expected 'Name: value', got {s:?}")),
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

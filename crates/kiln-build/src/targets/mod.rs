@@ -2,4 +2,5 @@
 //! of the tree, filesystem and disk layout, output format) and the contract
 //! rules `kiln check` applies to a finished image.
 
+pub mod disk;
 pub mod ovh_byol;

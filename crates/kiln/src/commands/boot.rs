@@ -1,12 +1,102 @@
-//! `kiln boot`.
+//! `kiln boot`: hands the image to `kiln_vm::boot`, renders its progress on
+//! stderr, prints the verdict and maps it to the exit code (0 pass, 1 fail;
+//! errors are 2 and an interruption 130, in `main`).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use kiln_vm::boot::{boot, BootEvent, BootOptions, SeedSource, Verdict};
+use kiln_vm::Firmware;
 
-use crate::cli::BootArgs;
+use crate::cli::{self, BootArgs};
 
 pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("kiln boot is not implemented yet")
+    let console_log = args
+        .console_log
+        .clone()
+        .unwrap_or_else(|| default_console_log(&args.image));
+    let mut opts = BootOptions::new(&args.image, &console_log);
+    opts.firmware = match args.firmware {
+        cli::Firmware::Bios => Firmware::Bios,
+        cli::Firmware::Uefi => Firmware::Uefi,
+    };
+    opts.seed = match &args.seed {
+        Some(path) => SeedSource::File(path.clone()),
+        None => SeedSource::Generate {
+            user_data: args
+                .user_data
+                .as_deref()
+                .map(|p| std::fs::read(p).with_context(|| format!("reading user data from {}", p.display())))
+                .transpose()?,
+            ssh_keys: args.ssh_keys.clone(),
+        },
+    };
+    opts.expect = args.expect.clone();
+    opts.timeout = Duration::from_secs(args.timeout);
+    opts.memory = args.memory;
+
+    let verdict = boot(&opts, &mut |event| match event {
+        BootEvent::Accel(choice) => eprintln!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
+        BootEvent::Started { command, console_log } => {
+            tracing::debug!("QEMU: {command}");
+            eprintln!(
+                "kiln: booting {} ({}, snapshot mode, {} MiB, {} CPUs; timeout {} s)…",
+                args.image.display(),
+                opts.firmware.name(),
+                opts.memory >> 20,
+                opts.cpus,
+                args.timeout
+            );
+            eprintln!("kiln: serial console → {}", console_log.display());
+        }
+        BootEvent::Seen(seen) => eprintln!("kiln: [{:>4} s] seen {}", seen.at.as_secs(), seen.name),
+        BootEvent::Waiting { elapsed } => eprintln!("kiln: [{:>4} s] waiting…", elapsed.as_secs()),
+    })?;
+    report(&verdict);
+    Ok(if verdict.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `IMAGE.console.log` beside the image.
+fn default_console_log(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".console.log");
+    PathBuf::from(name)
+}
+
+fn report(v: &Verdict) {
+    if v.passed {
+        println!("PASS {}", v.summary());
+        return;
+    }
+    eprintln!("--- last {} lines of the serial console:", v.tail.len());
+    for line in &v.tail {
+        eprintln!("{line}");
+    }
+    eprintln!("--- full console log: {}", v.console_log.display());
+    if v.tail.is_empty() {
+        eprintln!(
+            "kiln: the console stayed empty: either nothing booted (no boot loader the firmware can find) \
+             or the image does not use the first serial port as its console (kernel command line console=ttyS0)"
+        );
+    }
+    println!("FAIL {}", v.summary());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_log_defaults_to_beside_the_image() {
+        assert_eq!(
+            default_console_log(Path::new("out/debian-12.qcow2")),
+            Path::new("out/debian-12.qcow2.console.log")
+        );
+    }
 }

@@ -10,6 +10,7 @@ use crate::cli::{BuildArgs, CheckArgs, CheckTarget, Cli, Command, InspectArgs, L
 use crate::progress;
 
 mod boot;
+mod deploy;
 mod seed;
 
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
@@ -20,6 +21,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(args) => inspect(args),
         Command::Seed(args) => seed::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Deploy(cmd) => deploy::run(cmd, cli.verbose),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?);
             Ok(ExitCode::SUCCESS)

@@ -169,12 +169,10 @@ if [ -e /proc/mdstat ]; then cat /proc/mdstat; fi
 findmnt -R "$TARGET"
 
 step "writing the config drive"
-mkfs.vfat -n config-2 "$CONFIG_DRIVE" >/dev/null
-mkdir -p /tmp/configdrive
-mount -t vfat "$CONFIG_DRIVE" /tmp/configdrive
-cp -r /job/config-drive/. /tmp/configdrive/
-find /tmp/configdrive -type f
-umount /tmp/configdrive
+# The config drive (vfat, label config-2) was made by kiln on the host.
+dd if=/job/config-drive.img of="$CONFIG_DRIVE" bs=1M conv=fsync status=none
+udevadm settle
+blkid "$CONFIG_DRIVE"
 
 step "downloading the image"
 headers=()

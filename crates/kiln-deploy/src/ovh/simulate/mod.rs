@@ -4,8 +4,12 @@
 //! firmware and no NVRAM boot entry, judged from the serial console.
 
 pub mod http;
+pub mod job;
 pub mod probe;
 pub mod rescue;
+mod run;
+
+pub use run::{checksum_file, simulate, startup_nsh, InstallFailed, Progress, Report, SimulateOptions, StepTime};
 
 /// The installer run inside the rescue VM.
 pub const INSTALLER: &str = include_str!("installer.sh");

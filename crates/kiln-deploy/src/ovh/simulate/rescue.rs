@@ -17,6 +17,7 @@ pub const INIT: &str = include_str!("rescue-init.sh");
 pub const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "initramfs-tools",
+    "busybox",
     "zstd",
     "udev",
     "kmod",

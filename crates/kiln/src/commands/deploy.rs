@@ -1,0 +1,178 @@
+//! `kiln deploy ovh --simulate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kiln_deploy::ovh::simulate::{self, Progress, SimulateOptions};
+use kiln_deploy::ovh::storage::BootMode;
+
+use crate::cli::{ChecksumType, DeployCommand, Firmware, OvhDeployArgs};
+
+pub(crate) fn run(cmd: DeployCommand, verbose: u8) -> Result<ExitCode> {
+    match cmd {
+        DeployCommand::Ovh(args) => ovh(args, verbose),
+    }
+}
+
+fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
+    let image = args.simulate.clone();
+    if !args.no_preflight {
+        eprintln!("kiln: preflight: checking {} against the ovh-byol contract", image.display());
+        let rules = kiln_build::targets::ovh_byol::check::check_image(
+            &image,
+            &kiln_build::targets::ovh_byol::check::CheckOptions {
+                ram: None,
+                efi_bootloader_path: args.efi_bootloader_path.clone(),
+            },
+        )
+        .with_context(|| format!("checking {}", image.display()))?;
+        let failed: Vec<_> = rules.iter().filter(|r| !r.passed).collect();
+        if !failed.is_empty() {
+            eprintln!("kiln: the image would fail OVH's installer; stopping before the replay:");
+            for r in &failed {
+                eprintln!("  FAIL {:<24} {}", r.id, r.reason);
+            }
+            eprintln!("kiln: fix the image, or pass --no-preflight to watch the installer fail for real");
+            return Ok(ExitCode::from(1));
+        }
+    }
+
+    let efi_bootloader_path = match &args.efi_bootloader_path {
+        Some(p) => p.clone(),
+        None => embedded_efi_path(&image).unwrap_or_else(|| "\\efi\\debian\\grubx64.efi".to_owned()),
+    };
+    let accel = kiln_vm::choose_accel()?;
+    let keep = args.keep.is_some();
+    let work_guard = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            None
+        }
+        None => Some(kiln_exec::WorkDir::new_in(&std::env::temp_dir(), "kiln-replay-")?),
+    };
+    let work_dir: PathBuf = match (&args.keep, &work_guard) {
+        (Some(d), _) => d.clone(),
+        (None, Some(w)) => w.path().to_owned(),
+        (None, None) => unreachable!("a work directory exists"),
+    };
+    let opts = SimulateOptions {
+        image: image.clone(),
+        boot: match args.firmware {
+            Firmware::Bios => BootMode::Bios,
+            Firmware::Uefi => BootMode::Uefi,
+        },
+        disks: args.disks,
+        disk_size: args.disk_size,
+        storage: args
+            .storage
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+            .transpose()?,
+        hostname: args.hostname.clone(),
+        ssh_key: args.ssh_key.clone(),
+        user_data: args
+            .user_data
+            .as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+            .transpose()?,
+        metadata: args.metadata.clone(),
+        headers: args.headers.clone(),
+        checksum_type: match args.checksum_type {
+            ChecksumType::Md5 => "md5",
+            ChecksumType::Sha1 => "sha1",
+            ChecksumType::Sha256 => "sha256",
+            ChecksumType::Sha512 => "sha512",
+        }
+        .to_owned(),
+        efi_bootloader_path,
+        sources: rescue_sources()?,
+        cache_dir: cache_dir(),
+        work_dir: work_dir.clone(),
+        timeout: Duration::from_secs(args.timeout),
+        accel: accel.accel,
+    };
+    eprintln!(
+        "kiln: replaying OVHcloud's BYOLinux installer: {} disk(s), {}, {} ({})",
+        opts.disks,
+        args.firmware.name(),
+        accel.accel.name(),
+        accel.reason
+    );
+    let started = std::time::Instant::now();
+    let mut on = |p: Progress<'_>| match p {
+        Progress::Phase(what) => eprintln!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64()),
+        Progress::Step { n, total, name } => {
+            eprintln!("[{:>6.1}s] installer step {n}/{total}: {name}", started.elapsed().as_secs_f64())
+        }
+        Progress::Script(line) if verbose > 0 => eprintln!("          | {line}"),
+        Progress::Script(_) => {}
+        Progress::Waiting { elapsed } => eprintln!(
+            "[{:>6.1}s] first boot: waiting for the login prompt and cloud-init ({:.0}s)",
+            started.elapsed().as_secs_f64(),
+            elapsed.as_secs_f64()
+        ),
+    };
+    let report = match simulate::simulate(&opts, &mut on) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(f) = e.downcast_ref::<simulate::InstallFailed>() {
+                eprintln!("\nkiln: the replay FAILED at installer step \"{}\"", f.step);
+                eprintln!("kiln: command: {}", f.command);
+                eprintln!("--- last lines of the installer's console ---\n{}", f.tail);
+                let script_log = work_dir.join("make_image_bootable.log");
+                eprintln!("kiln: installer console log: {}", f.log.display());
+                if keep {
+                    eprintln!("kiln: make_image_bootable.sh output: {}", script_log.display());
+                }
+                return Ok(ExitCode::from(1));
+            }
+            return Err(e);
+        }
+    };
+    eprintln!("\ninstaller steps:");
+    for s in &report.steps {
+        eprintln!("  {:>7.1}s  {}", s.seconds, s.name);
+    }
+    eprintln!("  {:>7.1}s  installer total\n  {:>7.1}s  first boot to verdict", report.install_seconds, report.boot_seconds);
+    println!("{}", serde_json::to_string_pretty(&report.verdict)?);
+    if report.passed() {
+        eprintln!("\nkiln: the replay PASSED: the deployed server booted with hostname {}", opts.hostname);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("\nkiln: the replay FAILED the first-boot verdict:");
+        for f in &report.failures {
+            eprintln!("  - {f}");
+        }
+        eprintln!("kiln: console of the first boot: {}", report.boot_log.display());
+        let tail = std::fs::read_to_string(&report.boot_log).unwrap_or_default();
+        let lines: Vec<&str> = tail.lines().collect();
+        eprintln!("--- last 40 lines ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn embedded_efi_path(image: &std::path::Path) -> Option<String> {
+    let report = kiln_disk::inspect::inspect(image).ok()?;
+    let manifest = report.root?.manifest?;
+    manifest.get("efiBootloaderPath")?.as_str().map(str::to_owned)
+}
+
+/// The rescue system comes from the host's Debian mirror.
+fn rescue_sources() -> Result<Vec<String>> {
+    let base: kiln_spec::Base = toml::from_str("distro = \"debian\"\nrelease = \"bookworm\"")?;
+    let host = kiln_build::bootstrap::host_sources(std::path::Path::new("/etc/apt"));
+    Ok(kiln_build::bootstrap::resolve_sources(&base, &host)?.iter().map(|s| s.one_line()).collect())
+}
+
+/// `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
+pub(crate) fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KILN_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("kiln");
+    }
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache")).join(".cache/kiln")
+}
