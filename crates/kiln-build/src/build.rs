@@ -23,6 +23,7 @@ use crate::customise;
 use crate::hash::Hasher;
 use crate::manifest::{self, Artifact, Manifest, PartitionInfo};
 use crate::plan::{run_name, OvhByolPlan, Plan, Stage};
+use crate::targets::disk;
 use crate::targets::ovh_byol::{self, EMBEDDED_MANIFEST};
 
 /// What the executor tells the user interface.
@@ -81,6 +82,9 @@ pub struct BuildOutput {
 /// Tools a build of `plan` runs, checked before any work starts.
 pub fn required_tools(plan: &Plan) -> Vec<&'static str> {
     let mut tools = vec!["mmdebstrap", "unshare", "chroot", "sh", "dpkg-query", "qemu-img"];
+    if let Some(d) = &plan.disk {
+        tools.extend(crate::targets::disk::required_tools(d));
+    }
     if let Some(o) = &plan.ovh_byol {
         tools.extend(match o.filesystem {
             Filesystem::Ext4 => ["mke2fs"].as_slice(),
@@ -318,6 +322,12 @@ impl Run<'_> {
                 ovh_byol::install_script(&tree, o)?;
                 self.chroot(stage, &tree, "ovh-byol finalisation", &ovh_byol::finalise_script(o))?;
             }
+            "disk" => {
+                let d = disk_plan(plan)?;
+                let ids = disk_ids(plan);
+                self.chroot(stage, &tree, "disk finalisation", &disk::finalise_script(d, ids.root_fs, &ids.esp_uuid()))?;
+                disk::write_grub_cfg(&tree, d, ids.root_fs)?;
+            }
             other => bail!("internal: no finalisation for target {other}"),
         }
         let packages = manifest::installed_packages(&tree)?;
@@ -395,6 +405,26 @@ impl Run<'_> {
 
     fn disk(&mut self, target: &str) -> Result<String> {
         let plan = self.plan;
+        if target == "disk" {
+            let d = disk_plan(plan)?;
+            let ids = disk_ids(plan);
+            let raw = self.work.join("disk.raw");
+            let state = self.state(target)?;
+            let content = kiln_disk::mkfs::tree_size(&state.tree).context("measuring the root tree")?;
+            let geometry = disk::disk_geometry(d, content)?;
+            std::fs::File::create(&raw)?.set_len(geometry.disk_size)?;
+            let layout = disk::assemble(&raw, d, &state.tree, &ids)?;
+            let root_start = layout.partitions.iter().find(|p| p.index == disk::ROOT_PARTITION).map(|p| p.start);
+            state.fs = root_start.map(|start| (start, geometry.root_size, ids.root_fs));
+            state.disk = Some(raw);
+            state.layout = Some(layout);
+            return Ok(format!(
+                "{} MiB disk, {} MiB of content, GRUB for {}",
+                geometry.disk_size >> 20,
+                content >> 20,
+                d.firmware.iter().map(|f| format!("{f:?}").to_lowercase()).collect::<Vec<_>>().join(" and ")
+            ));
+        }
         let state = self.state(target)?;
         let disk = state.disk.clone().context("the filesystem stage made no disk")?;
         match target {
@@ -429,6 +459,7 @@ impl Run<'_> {
                     if table == TableKind::Gpt { "GPT" } else { "MBR" }
                 ))
             }
+            "disk" => unreachable!("handled above"),
             other => bail!("internal: no disk stage for target {other}"),
         }
     }
@@ -439,6 +470,10 @@ impl Run<'_> {
             "ovh-byol" => {
                 let o = ovh_plan(plan)?;
                 (o.file_name.clone(), "qcow2", o.compress)
+            }
+            "disk" => {
+                let d = disk_plan(plan)?;
+                (d.file_name.clone(), d.format_name(), d.compress)
             }
             other => bail!("internal: no convert stage for target {other}"),
         };
@@ -497,11 +532,15 @@ impl Run<'_> {
                     size: p.size,
                     filesystem: if p.start == fs_offset {
                         root_fs_name(plan, &target)
+                    } else if p.kind == PartKind::Esp {
+                        "vfat".to_owned()
                     } else {
                         String::new()
                     },
                     uuid: if p.start == fs_offset {
                         uuid.to_string()
+                    } else if p.kind == PartKind::Esp {
+                        disk_ids(plan).esp_uuid()
                     } else {
                         String::new()
                     },
@@ -539,6 +578,14 @@ impl Run<'_> {
         }
         Ok(format!("{} artifacts", self.artifacts.len()))
     }
+}
+
+fn disk_plan(plan: &Plan) -> Result<&crate::targets::disk::DiskPlan> {
+    plan.disk.as_ref().context("internal: disk stage without a disk target")
+}
+
+fn disk_ids(plan: &Plan) -> disk::DiskIds {
+    disk::DiskIds::derive(|what| derived_uuid(plan, "disk", what))
 }
 
 fn root_fs_name(plan: &Plan, target: &str) -> String {

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::bootstrap::{self, BootstrapRequest, ExtraSource};
 use crate::hash::{file_hash, Hash, Hasher};
+use crate::targets::disk::{self as disk_target, DiskPlan};
 use crate::targets::ovh_byol;
 
 /// Bumped when kiln changes what a stage produces for the same inputs.
@@ -100,6 +101,7 @@ pub struct Plan {
     pub bootstrap: BootstrapRequest,
     pub datasources: Vec<String>,
     pub ovh_byol: Option<OvhByolPlan>,
+    pub disk: Option<DiskPlan>,
     pub stages: Vec<Stage>,
     #[serde(skip)]
     pub spec: Spec,
@@ -170,6 +172,7 @@ pub(crate) fn plan_with_host_sources(
         .as_ref()
         .map(|t| resolve_ovh_byol(spec, t))
         .transpose()?;
+    let disk = spec.targets.disk.as_ref().map(|t| DiskPlan::resolve(spec, t));
 
     // The package set: the spec's, the kernel, and what targets and
     // customisations need.
@@ -184,6 +187,9 @@ pub(crate) fn plan_with_host_sources(
     if ovh.is_some() {
         include.extend(ovh_byol::REQUIRED_PACKAGES.iter().map(|p| p.to_string()));
         download.extend(ovh_byol::DOWNLOADED_PACKAGES.iter().map(|p| p.to_string()));
+    }
+    if disk.is_some() {
+        include.extend(disk_target::REQUIRED_PACKAGES.iter().map(|p| p.to_string()));
     }
     if spec.users.iter().any(|u| u.sudo) {
         include.push("sudo".to_owned());
@@ -246,10 +252,16 @@ pub(crate) fn plan_with_host_sources(
 
     let datasources = if !spec.cloud_init.datasources.is_empty() {
         spec.cloud_init.datasources.clone()
-    } else if ovh.is_some() {
-        ovh_byol::DEFAULT_DATASOURCES.iter().map(|d| d.to_string()).collect()
     } else {
-        Vec::new()
+        // The union of what the targets need, in a stable order.
+        let mut list: Vec<String> = Vec::new();
+        let wanted = ovh.iter().flat_map(|_| ovh_byol::DEFAULT_DATASOURCES).chain(disk.iter().flat_map(|_| disk_target::DEFAULT_DATASOURCES));
+        for d in wanted {
+            if !list.iter().any(|x| x == d) {
+                list.push((*d).to_owned());
+            }
+        }
+        list
     };
 
     // Input hashes.
@@ -508,6 +520,40 @@ pub(crate) fn plan_with_host_sources(
             ],
         );
     }
+    if let Some(d) = &disk {
+        let t = "disk";
+        push(
+            &mut stages,
+            format!("{t}/finalise"),
+            StageKind::Finalise,
+            Some(t),
+            vec![
+                "fstab by UUID, GRUB defaults and grub.cfg with the serial console".to_owned(),
+                "regenerate the initramfs; remove machine-id, SSH host keys, cloud-init state, logs".to_owned(),
+            ],
+            vec![json_input("disk target", &(&d.bootloader_id, &d.cmdline, &d.firmware, &d.console)), str_input("script", &disk_target::fingerprint(d))],
+        );
+        push(
+            &mut stages,
+            format!("{t}/disk"),
+            StageKind::Disk,
+            Some(t),
+            vec![format!(
+                "GPT: BIOS boot, {} MiB ESP (FAT written by kiln), ext4 root; GRUB for {}",
+                d.esp_size >> 20,
+                d.firmware.iter().map(|f| format!("{f:?}").to_lowercase()).collect::<Vec<_>>().join(" and ")
+            )],
+            vec![json_input("layout", &(&d.target.size, &d.target.headroom, d.esp_size, &d.firmware)), str_input("mkfs", &tool("mke2fs"))],
+        );
+        push(
+            &mut stages,
+            format!("{t}/convert"),
+            StageKind::Convert,
+            Some(t),
+            vec![format!("write {} ({:?})", d.file_name, d.format).to_lowercase()],
+            vec![json_input("output", &(d.format, d.compress, &d.file_name)), str_input("qemu-img", &tool("qemu-img"))],
+        );
+    }
     push(
         &mut stages,
         "checksums".into(),
@@ -533,6 +579,7 @@ pub(crate) fn plan_with_host_sources(
         bootstrap,
         datasources,
         ovh_byol: ovh,
+        disk,
         stages,
         spec: spec.clone(),
     })

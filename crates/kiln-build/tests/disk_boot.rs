@@ -34,9 +34,9 @@ const SOURCES: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",
 ];
-/// Under TCG a Debian 12 image reaches `login:` in about 50 s; cloud-init
-/// with a seed adds about a minute.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// Under TCG a Debian 12 image reaches `login:` in about 50 s and cloud-init
+/// with a seed adds about a minute, twice that on a busy machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn mmdebstrap_args(tree: &Path) -> Vec<String> {
     let include: Vec<&str> = std::iter::once("linux-image-amd64")

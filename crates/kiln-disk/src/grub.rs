@@ -180,7 +180,7 @@ const BOOT_DRIVE: usize = 0x64;
 const BOOT_DRIVE_CHECK: usize = 0x66;
 /// `GRUB_BOOT_MACHINE_WINDOWS_NT_MAGIC`: the disk signature; from here on
 /// the sector belongs to the partition table.
-pub const MBR_BOOT_CODE_LEN: usize = 0x1b8;
+const MBR_BOOT_CODE_LEN: usize = 0x1b8;
 
 // diskboot.img, core.img's first sector, ends in a blocklist of the
 // sectors to load next (grub-core/boot/i386/pc/diskboot.S, `firstlist`;

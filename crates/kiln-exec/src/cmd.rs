@@ -642,7 +642,9 @@ mod tests {
     /// init may never reap orphans).
     fn alive(pid: u32) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
             Err(_) => false,
         }
     }
@@ -682,7 +684,10 @@ mod tests {
 
     #[test]
     fn spawn_has_null_stdin_and_refuses_unregistered_tools() {
-        let mut child = Cmd::new("sh").args(["-c", "read -r line && exit 1 || exit 0"]).spawn().unwrap();
+        let mut child = Cmd::new("sh")
+            .args(["-c", "read -r line && exit 1 || exit 0"])
+            .spawn()
+            .unwrap();
         assert_eq!(child.wait().unwrap().code(), Some(0));
         let err = Cmd::new("ls").spawn().unwrap_err();
         assert!(matches!(err, ExecError::Unregistered { .. }), "{err}");
@@ -712,7 +717,10 @@ mod tests {
         let ready = dir.path().join("ready");
         let mut child = Cmd::new("sh")
             .arg("-c")
-            .arg(format!("trap '' TERM; echo > {}; while :; do sleep 1; done", ready.display()))
+            .arg(format!(
+                "trap '' TERM; echo > {}; while :; do sleep 1; done",
+                ready.display()
+            ))
             .spawn()
             .unwrap();
         wait_for_file(&ready);

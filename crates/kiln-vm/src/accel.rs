@@ -178,7 +178,8 @@ pub fn run_probe(accel: Accel, timeout: Duration) -> Result<ProbeReport> {
         })
         .map_err(VmError::io_path("writing", &sector))?;
     let mut cfg = VmConfig::new(dir.path().join("console.log"));
-    cfg.disks.push(Drive::new(&sector, ImageFormat::Raw).mode(DriveMode::ReadOnly));
+    cfg.disks
+        .push(Drive::new(&sector, ImageFormat::Raw).mode(DriveMode::ReadOnly));
     cfg.firmware = Firmware::Bios;
     cfg.accel = accel;
     cfg.memory = 64 << 20;
@@ -204,11 +205,7 @@ pub fn run_probe(accel: Accel, timeout: Duration) -> Result<ProbeReport> {
     let elapsed = started.elapsed();
     drop(vm);
     let text = console.text();
-    let reached = MARKERS
-        .iter()
-        .filter(|(m, _)| text.contains(m))
-        .map(|(_, s)| *s)
-        .max();
+    let reached = MARKERS.iter().filter(|(m, _)| text.contains(m)).map(|(_, s)| *s).max();
     tracing::debug!("probe under {}: {:?} after {elapsed:?}", accel.name(), reached);
     Ok(ProbeReport {
         reached,
@@ -309,7 +306,10 @@ impl Asm {
     }
 
     fn label(&mut self, name: &'static str) {
-        assert!(self.labels.insert(name, self.code.len()).is_none(), "label {name} twice");
+        assert!(
+            self.labels.insert(name, self.code.len()).is_none(),
+            "label {name} twice"
+        );
     }
 
     fn abs16(&mut self, label: &'static str) -> &mut Self {
@@ -331,7 +331,11 @@ impl Asm {
             let addr = ORG + self.labels[label] as u32;
             self.code[*at..*at + width].copy_from_slice(&addr.to_le_bytes()[..*width]);
         }
-        assert!(self.code.len() <= 510, "probe is {} bytes, more than fits", self.code.len());
+        assert!(
+            self.code.len() <= 510,
+            "probe is {} bytes, more than fits",
+            self.code.len()
+        );
         let mut sector = [0u8; 512];
         sector[..self.code.len()].copy_from_slice(&self.code);
         sector[510..].copy_from_slice(&[0x55, 0xaa]);
@@ -380,7 +384,9 @@ mod tests {
         };
         assert!(report(None).failure().contains("printed nothing in 10 s"));
         assert!(report(Some(Stage::LongMode)).failure().contains("far too slow"));
-        assert!(report(Some(Stage::RealMode)).failure().contains("real mode and then stalled"));
+        assert!(report(Some(Stage::RealMode))
+            .failure()
+            .contains("real mode and then stalled"));
         assert!(report(Some(Stage::Done)).passed());
     }
 

@@ -43,7 +43,10 @@ const FATAL: &[(&str, &str)] = &[
         r"You are in emergency mode|Give root password for maintenance|Cannot open access to console, the root account is locked",
     ),
     ("initramfs shell", r"(?m)Dropping to a shell!|^\(initramfs\) "),
-    ("cloud-init failed", r"Failed to start cloud-(init-local|init|config|final)\.service"),
+    (
+        "cloud-init failed",
+        r"Failed to start cloud-(init-local|init|config|final)\.service",
+    ),
     ("UEFI shell (nothing to boot)", r"(?m)^Shell> "),
 ];
 
@@ -144,7 +147,10 @@ pub struct Check {
 pub enum Ending {
     AllSeen,
     /// A fatal pattern appeared (name and console line).
-    Fatal { name: String, line: String },
+    Fatal {
+        name: String,
+        line: String,
+    },
     TimedOut,
     /// QEMU exited (the guest powered off or rebooted, or QEMU failed).
     VmExited(String),
@@ -187,7 +193,11 @@ impl Verdict {
             Ending::TimedOut => format!("timed out after {secs} s; never seen: {}", missing.join(", ")),
             Ending::VmExited(why) => format!(
                 "the VM stopped after {secs} s before showing {}: {why}",
-                if missing.is_empty() { "everything".to_owned() } else { missing.join(", ") }
+                if missing.is_empty() {
+                    "everything".to_owned()
+                } else {
+                    missing.join(", ")
+                }
             ),
         }
     }
@@ -234,7 +244,8 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
     let work = kiln_exec::WorkDir::new_in(&std::env::temp_dir(), "kiln-boot-")
         .context("creating a temporary directory for the boot")?;
     let mut cfg = VmConfig::new(&opts.console_log);
-    cfg.disks.push(Drive::new(&opts.image, format).mode(DriveMode::Snapshot));
+    cfg.disks
+        .push(Drive::new(&opts.image, format).mode(DriveMode::Snapshot));
     match &opts.seed {
         SeedSource::None => {}
         SeedSource::File(path) => {
@@ -247,7 +258,8 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
             seed.user_data = user_data.clone();
             seed.ssh_keys = ssh_keys.clone();
             write_seed(&seed, &path).context("generating the NoCloud seed")?;
-            cfg.disks.push(Drive::new(path, ImageFormat::Raw).mode(DriveMode::ReadOnly));
+            cfg.disks
+                .push(Drive::new(path, ImageFormat::Raw).mode(DriveMode::ReadOnly));
         }
     }
     cfg.firmware = opts.firmware;
@@ -327,7 +339,11 @@ mod tests {
     #[test]
     fn login_prompt_pattern() {
         let re = pattern(LOGIN_PROMPT);
-        for yes in ["debian login: ", "\nkiln-boot.example.org login: ", "x\r\nhost login: [  40.1] cloud-init"] {
+        for yes in [
+            "debian login: ",
+            "\nkiln-boot.example.org login: ",
+            "x\r\nhost login: [  40.1] cloud-init",
+        ] {
             assert!(re.is_match(yes), "{yes:?}");
         }
         for no in [
@@ -353,18 +369,36 @@ mod tests {
     #[test]
     fn fatal_patterns() {
         let cases = [
-            ("[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs", "kernel panic"),
-            ("You are in emergency mode. After logging in, type \"journalctl -xb\"", "emergency shell"),
-            ("ALERT!  /dev/vda1 does not exist.  Dropping to a shell!", "initramfs shell"),
+            (
+                "[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs",
+                "kernel panic",
+            ),
+            (
+                "You are in emergency mode. After logging in, type \"journalctl -xb\"",
+                "emergency shell",
+            ),
+            (
+                "ALERT!  /dev/vda1 does not exist.  Dropping to a shell!",
+                "initramfs shell",
+            ),
             ("(initramfs) ", "initramfs shell"),
-            ("[FAILED] Failed to start cloud-final.service - Execute cloud user/final scripts.", "cloud-init failed"),
+            (
+                "[FAILED] Failed to start cloud-final.service - Execute cloud user/final scripts.",
+                "cloud-init failed",
+            ),
             ("Shell> ", "UEFI shell (nothing to boot)"),
         ];
         for (line, want) in cases {
-            let hit: Vec<_> = FATAL.iter().filter(|(_, re)| pattern(re).is_match(line)).map(|(n, _)| *n).collect();
+            let hit: Vec<_> = FATAL
+                .iter()
+                .filter(|(_, re)| pattern(re).is_match(line))
+                .map(|(n, _)| *n)
+                .collect();
             assert_eq!(hit, [want], "{line}");
         }
-        assert!(!FATAL.iter().any(|(_, re)| pattern(re).is_match("[  OK  ] Finished cloud-final.service")));
+        assert!(!FATAL
+            .iter()
+            .any(|(_, re)| pattern(re).is_match("[  OK  ] Finished cloud-final.service")));
     }
 
     #[test]

@@ -457,7 +457,11 @@ mod tests {
         .unwrap();
         assert_eq!(outcome, Outcome::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(300));
-        let missing: Vec<_> = expect.results().filter(|(_, s)| s.is_none()).map(|(p, _)| &p.name).collect();
+        let missing: Vec<_> = expect
+            .results()
+            .filter(|(_, s)| s.is_none())
+            .map(|(p, _)| &p.name)
+            .collect();
         assert_eq!(missing, ["never"]);
     }
 
@@ -465,13 +469,25 @@ mod tests {
     fn failure_pattern_and_stop_end_the_wait() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.log");
-        std::fs::write(&path, "x\n[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n").unwrap();
+        std::fs::write(
+            &path,
+            "x\n[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
+        )
+        .unwrap();
         let mut console = Console::new(&path);
         let mut expect = Expect::new()
             .want(Pattern::new("login", "login:").unwrap())
             .fail_on(Pattern::new("kernel panic", "Kernel panic").unwrap());
         let now = Instant::now();
-        let outcome = wait(&mut console, &mut expect, now, now + Duration::from_secs(5), || Ok(None), |_| {}).unwrap();
+        let outcome = wait(
+            &mut console,
+            &mut expect,
+            now,
+            now + Duration::from_secs(5),
+            || Ok(None),
+            |_| {},
+        )
+        .unwrap();
         match outcome {
             Outcome::Failed(s) => assert!(s.line.starts_with("[    3.1] Kernel panic"), "{s:?}"),
             other => panic!("{other:?}"),

@@ -53,7 +53,10 @@ const WELL_KNOWN: &[(&str, &str)] = &[
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
     ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
     ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+    (
+        "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
+        "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
+    ),
 ];
 
 /// Finds OVMF on this machine.
@@ -169,13 +172,20 @@ struct Target {
 
 /// Features that make a build unsuitable for a plain test boot: Secure Boot
 /// needs SMM and signed loaders, enrolled keys refuse unsigned ones.
-const UNWANTED_FEATURES: &[&str] = &["secure-boot", "enrolled-keys", "requires-smm", "amd-sev-es", "intel-tdx"];
+const UNWANTED_FEATURES: &[&str] = &[
+    "secure-boot",
+    "enrolled-keys",
+    "requires-smm",
+    "amd-sev-es",
+    "intel-tdx",
+];
 
 impl Descriptor {
     fn plain_uefi_flash(&self) -> Option<Ovmf> {
-        let q35 = self.targets.iter().any(|t| {
-            t.architecture == "x86_64" && t.machines.iter().any(|m| m.starts_with("pc-q35") || m == "q35")
-        });
+        let q35 = self
+            .targets
+            .iter()
+            .any(|t| t.architecture == "x86_64" && t.machines.iter().any(|m| m.starts_with("pc-q35") || m == "q35"));
         let unwanted = self.features.iter().any(|f| UNWANTED_FEATURES.contains(&f.as_str()));
         if !q35 || unwanted || self.mapping.device != "flash" || !self.interface_types.iter().any(|i| i == "uefi") {
             return None;

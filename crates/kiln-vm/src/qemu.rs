@@ -257,7 +257,10 @@ pub(crate) fn qemu_args(cfg: &VmConfig, flash: Option<&Flash>) -> Result<Vec<OsS
     push(&mut a, &["-nodefaults", "-no-user-config", "-machine", "q35"]);
     push(&mut a, &cfg.accel.qemu_args());
     let memory_mib = cfg.memory.div_ceil(1 << 20).max(16);
-    push(&mut a, &["-m", &format!("{memory_mib}M"), "-smp", &cfg.cpus.max(1).to_string()]);
+    push(
+        &mut a,
+        &["-m", &format!("{memory_mib}M"), "-smp", &cfg.cpus.max(1).to_string()],
+    );
     push(&mut a, &["-display", "none", "-vga", "std"]);
     if cfg.no_reboot {
         push(&mut a, &["-no-reboot"]);
@@ -304,7 +307,11 @@ pub(crate) fn qemu_args(cfg: &VmConfig, flash: Option<&Flash>) -> Result<Vec<OsS
                 d.path.display()
             )));
         }
-        let mut drive = opt("file=", &d.path, &format!(",format={},if=none,id={id}", d.format.qemu_name()));
+        let mut drive = opt(
+            "file=",
+            &d.path,
+            &format!(",format={},if=none,id={id}", d.format.qemu_name()),
+        );
         if d.interface == Interface::Cdrom {
             drive.push(",media=cdrom");
         }
@@ -383,7 +390,8 @@ impl Vm {
                 require_file("initrd", i)?;
             }
         }
-        let dir = WorkDir::new_in(&std::env::temp_dir(), "kiln-vm-").map_err(VmError::io("creating a temporary directory for the VM"))?;
+        let dir = WorkDir::new_in(&std::env::temp_dir(), "kiln-vm-")
+            .map_err(VmError::io("creating a temporary directory for the VM"))?;
         let flash = match cfg.firmware {
             Firmware::Bios => None,
             Firmware::Uefi => Some(private_flash(&find_ovmf()?, dir.path())?),
@@ -487,8 +495,10 @@ fn private_flash(ovmf: &Ovmf, dir: &Path) -> Result<Flash> {
     require_file("OVMF code", &ovmf.code)?;
     let name = ovmf.vars_template.file_name().unwrap_or(OsStr::new("OVMF_VARS.fd"));
     let vars = dir.join(name);
-    std::fs::copy(&ovmf.vars_template, &vars)
-        .map_err(VmError::io(format!("copying OVMF variable store {}", ovmf.vars_template.display())))?;
+    std::fs::copy(&ovmf.vars_template, &vars).map_err(VmError::io(format!(
+        "copying OVMF variable store {}",
+        ovmf.vars_template.display()
+    )))?;
     // The copy keeps the template's mode, often read-only; QEMU must write it.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&vars, std::fs::Permissions::from_mode(0o600))
@@ -568,7 +578,9 @@ mod tests {
             Drive::new("/images/c.vmdk", ImageFormat::Vmdk)
                 .interface(Interface::Ide)
                 .mode(DriveMode::Writable),
-            Drive::new("/images/d.vhd", ImageFormat::Vpc).interface(Interface::Nvme).serial("disk-d"),
+            Drive::new("/images/d.vhd", ImageFormat::Vpc)
+                .interface(Interface::Nvme)
+                .serial("disk-d"),
         ];
         cfg.net = Net::None;
         cfg.no_reboot = false;
@@ -604,7 +616,11 @@ mod tests {
             ("e", b"vhdxfile".to_vec(), ImageFormat::Vhdx),
             ("f", b"conectix".to_vec(), ImageFormat::Vpc),
             ("g", vhd_fixed, ImageFormat::Vpc),
-            ("h", b"<<< Oracle VM VirtualBox Disk Image >>>".to_vec(), ImageFormat::Vdi),
+            (
+                "h",
+                b"<<< Oracle VM VirtualBox Disk Image >>>".to_vec(),
+                ImageFormat::Vdi,
+            ),
             ("empty", Vec::new(), ImageFormat::Raw),
         ];
         for (name, bytes, want) in cases {
@@ -613,6 +629,46 @@ mod tests {
             assert_eq!(ImageFormat::detect(&p).unwrap(), want, "{name}");
         }
         assert!(ImageFormat::detect(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn start_reports_a_missing_disk_plainly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = VmConfig::new(dir.path().join("console.log"));
+        cfg.disks.push(Drive::new(dir.path().join("missing.qcow2"), ImageFormat::Qcow2));
+        let err = Vm::start(&cfg).unwrap_err();
+        assert!(err.to_string().starts_with("opening disk image "), "{err}");
+    }
+
+    #[test]
+    fn qemu_refusing_to_run_is_reported_with_its_message() {
+        if kiln_exec::which(QEMU).is_none() {
+            eprintln!("skipped: {QEMU} is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("not-a-kernel");
+        std::fs::write(&kernel, "hello").unwrap();
+        let mut cfg = VmConfig::new(dir.path().join("console.log"));
+        cfg.net = Net::None;
+        cfg.memory = 64 << 20;
+        cfg.direct_boot = Some(DirectBoot {
+            kernel,
+            initrd: None,
+            append: String::new(),
+        });
+        let mut vm = Vm::start(&cfg).unwrap();
+        let until = Instant::now() + std::time::Duration::from_secs(30);
+        let exit = loop {
+            if let Some(exit) = vm.exited().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < until, "QEMU accepted a bogus kernel");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(exit.status, "exited with status 1");
+        assert_eq!(exit.brief(), "QEMU exited with status 1: qemu: invalid kernel header");
+        assert!(exit.to_string().contains("its last output:"), "{exit}");
     }
 
     #[test]

@@ -79,7 +79,9 @@ fn boot_file(tree: &Path, prefix: &str) -> PathBuf {
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
         .collect();
     found.sort();
-    found.pop().unwrap_or_else(|| panic!("no {prefix}* in {}/boot", tree.display()))
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("no {prefix}* in {}/boot", tree.display()))
 }
 
 /// A fresh ext4 image of the tree, labelled and sized with room to spare.
@@ -149,7 +151,10 @@ fn boot_debian(firmware: Firmware) {
     assert_eq!(verdict.ending, Ending::AllSeen);
     assert!(verdict.checks.iter().all(|c| c.seen_at.is_some()));
     let console = std::fs::read_to_string(work.path().join("console.log")).unwrap();
-    assert!(console.contains("DataSourceNoCloud"), "cloud-init did not read the generated NoCloud seed");
+    assert!(
+        console.contains("DataSourceNoCloud"),
+        "cloud-init did not read the generated NoCloud seed"
+    );
     assert_eq!(sha256(&image), before, "snapshot mode changed the image");
 }
 

@@ -78,6 +78,14 @@ fn interruption_stops_the_vm_and_cleans_up() {
     assert!(alive(pid));
     drop(vm);
     assert!(!alive(pid), "QEMU survived its Vm");
-    assert!(!tmp.path().join(&private[0]).exists(), "the VM's temporary directory was left behind");
-    assert!(Cmd::new("sh").arg("-c").arg("true").spawn().unwrap_err().is_interrupted());
+    assert!(
+        !tmp.path().join(&private[0]).exists(),
+        "the VM's temporary directory was left behind"
+    );
+    assert!(Cmd::new("sh")
+        .arg("-c")
+        .arg("true")
+        .spawn()
+        .unwrap_err()
+        .is_interrupted());
 }

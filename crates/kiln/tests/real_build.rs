@@ -4,47 +4,11 @@
 //! `scripts/test.sh` runs them (`cargo test -- --ignored`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn kiln() -> Command {
-    #[allow(clippy::disallowed_methods)] // the binary under test
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.stdin(Stdio::null());
-    c
-}
-
-#[allow(clippy::disallowed_methods)] // test oracles
-fn tool(name: &str) -> Command {
-    let mut c = Command::new(name);
-    c.stdin(Stdio::null());
-    c
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn example(name: &str) -> PathBuf {
-    repo_root().join("examples").join(name)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("command starts");
-    eprintln!("--- {:?} → {}", cmd, out.status);
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+mod common;
+use common::*;
 
 /// Mount points below `dir` as this process sees them.
 fn mounts_below(dir: &Path) -> Vec<String> {
@@ -88,8 +52,20 @@ fn leftovers(out: &Path) -> Vec<String> {
         .collect()
 }
 
+struct OutDir(PathBuf);
+
+impl OutDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 fn build_and_check(spec: &str, image: &str, fs: &str) {
-    let out = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    // A fresh build into the shared location, which the deploy tests reuse.
+    let out_dir = shared_out(spec);
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = OutDir(out_dir);
     let started = Instant::now();
     let res = run(kiln()
         .args(["build", "--log-format", "json", "--out"])

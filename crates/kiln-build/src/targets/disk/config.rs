@@ -61,6 +61,17 @@ cat > /etc/fstab <<'KILN_FSTAB'
 UUID={root_uuid} / ext4 errors=remount-ro 0 1
 UUID={esp_uuid} /boot/efi vfat umask=0077 0 2
 KILN_FSTAB
+
+echo 'kiln: initramfs'
+# The initramfs made when the kernel was installed predates this fstab, so it
+# has no fsck for the root. Its fsck hook probes the root's device for the
+# type, which a chroot does not have: FSTYPE names it.
+if command -v update-initramfs >/dev/null; then
+    mkdir -p /etc/initramfs-tools/conf.d
+    printf '%s\n' '# Written by kiln: the root filesystem type, for the fsck hook.' 'FSTYPE=ext4' \
+        > /etc/initramfs-tools/conf.d/kiln-disk.conf
+    update-initramfs -u -k all
+fi
 "#,
         firmware = plan
             .firmware

@@ -24,7 +24,6 @@ use anyhow::{bail, Context, Result};
 use kiln_disk::fat::{FatEntry, FatOptions};
 use kiln_disk::grub::{self, GrubRoot, Platform};
 use kiln_disk::partition::{self, Layout, PartKind, PartitionSpec, TableKind};
-use kiln_exec::Cmd;
 use kiln_spec::{DiskFormat, DiskTarget, Distro, Filesystem, Firmware, Spec, MIB};
 use serde::Serialize;
 use uuid::Uuid;
@@ -123,6 +122,14 @@ impl DiskPlan {
             cmdline,
             file_name: format!("{}-{}-disk.{extension}", spec.image.name, spec.image.version),
             source_date_epoch: spec.image.source_date_epoch,
+        }
+    }
+
+    /// `raw` or `qcow2`.
+    pub fn format_name(&self) -> &'static str {
+        match self.format {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
         }
     }
 
@@ -245,10 +252,12 @@ pub fn layout(disk_size: u64, plan: &DiskPlan, ids: &DiskIds) -> Result<Layout> 
     Ok(layout)
 }
 
-/// Fills `disk_file`, a raw file already [`disk_geometry`]'s size, from the
-/// finalised `tree`: the root ext4 at its offset, the ESP with GRUB's UEFI
-/// image, the GPT, and GRUB for BIOS. GRUB's modules and boot images come
-/// from the tree, so they match the image's GRUB.
+/// Fills `disk_file`, a fresh (zeroed, sparse) raw file of
+/// [`disk_geometry`]'s `disk_size`, from the finalised `tree`: the root ext4
+/// at its offset, the ESP with GRUB's UEFI image, the GPT, and GRUB for
+/// BIOS. GRUB's modules and boot images come from the tree, so they match
+/// the image's GRUB. Reads the tree, never writes it; no loop device, no
+/// mount, so targets can be assembled in parallel from one tree.
 pub fn assemble(disk_file: &Path, plan: &DiskPlan, tree: &Path, ids: &DiskIds) -> Result<Layout> {
     if plan.filesystem != Filesystem::Ext4 {
         bail!("the disk target supports only ext4 for now");
@@ -304,21 +313,7 @@ pub fn assemble(disk_file: &Path, plan: &DiskPlan, tree: &Path, ids: &DiskIds) -
 /// Writes the output file `dest` from the raw disk: qcow2 (compressed if
 /// asked) or raw, sparse either way.
 pub fn convert(raw: &Path, dest: &Path, plan: &DiskPlan, log: Option<&Path>) -> Result<()> {
-    let format = match plan.format {
-        DiskFormat::Raw => "raw",
-        DiskFormat::Qcow2 => "qcow2",
-    };
-    let mut cmd = Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", format]);
-    if plan.compress {
-        cmd = cmd.arg("-c");
-    }
-    cmd = cmd.arg(raw).arg(dest);
-    if let Some(log) = log {
-        cmd = cmd.log_to(log);
-    }
-    cmd.run()
-        .with_context(|| format!("converting the disk to {format} ({})", dest.display()))?;
-    Ok(())
+    crate::targets::convert_image(raw, dest, plan.format_name(), plan.compress, log)
 }
 
 #[cfg(test)]

@@ -1,0 +1,104 @@
+//! Slow, real tests of `kiln deploy ovh --simulate`: the example BYOL image
+//! deployed by the replay of OVH's installer onto two virtual disks with
+//! RAID1, then booted with the server's firmware and judged from the serial
+//! console; and an image without make_image_bootable.sh, which must be
+//! refused with a message that names the script. TCG, root, a Debian mirror.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::*;
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKqE3PCcKwnwQkrxcL0Ydc7HQ8tjCeQHZTtJI6gPU7Yb replay@kiln";
+
+fn byol_image() -> PathBuf {
+    example_image("debian-12-ovh-byol.toml", "debian-12-byol-1.0.0.qcow2")
+}
+
+fn replay(image: &Path, firmware: &str, keep: &Path, extra: &[&str]) -> std::process::Output {
+    let _ = std::fs::remove_dir_all(keep);
+    run(kiln()
+        .args(["deploy", "ovh", "--simulate"])
+        .arg(image)
+        .args(["--firmware", firmware, "--disks", "2", "--hostname", "web1", "--ssh-key", KEY])
+        .args(["--header", "Authorization: Basic a2lsbjpyZXBsYXk="])
+        .arg("--keep")
+        .arg(keep)
+        .args(extra))
+}
+
+fn assert_replay_passes(firmware: &str) {
+    let image = byol_image();
+    let keep = repo_root().join(format!("target/tmp/replay-{firmware}"));
+    let out = replay(&image, firmware, &keep, &[]);
+    let t = text(&out);
+    eprintln!("{t}");
+    assert!(out.status.success(), "replay failed:\n{t}");
+    for step in ["partitioning 2 disk(s)", "writing the config drive", "downloading the image", "checking the image",
+        "copying the image onto the disks", "running /root/.ovh/make_image_bootable.sh"]
+    {
+        assert!(t.contains(step), "no progress for {step}");
+    }
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verdict JSON on stdout");
+    assert_eq!(verdict["login_hostname"], "web1");
+    assert_eq!(verdict["hostname"], "web1");
+    assert_eq!(verdict["key"], "yes");
+    assert_eq!(verdict["marker"], true);
+    assert!(verdict["active_arrays"][0].as_str().unwrap().contains("active raid1"), "{verdict}");
+
+    // The script ran in the replay and logged every step.
+    let script_log = std::fs::read_to_string(keep.join("make_image_bootable.log")).unwrap();
+    assert!(script_log.contains("install_grub"), "{script_log}");
+    // UEFI booted through efiBootloaderPath, as OVH's iPXE does.
+    let boot = std::fs::read_to_string(keep.join("boot-console.log")).unwrap();
+    if firmware == "uefi" {
+        assert!(boot.contains("booting efiBootloaderPath \\efi\\debian\\grubx64.efi"), "{boot}");
+    }
+}
+
+#[test]
+#[ignore = "slow: replays OVH's installer in a TCG VM"]
+fn replay_bios_raid1_boots_and_passes_the_verdict() {
+    assert_replay_passes("bios");
+}
+
+#[test]
+#[ignore = "slow: replays OVH's installer in a TCG VM"]
+fn replay_uefi_raid1_boots_and_passes_the_verdict() {
+    assert_replay_passes("uefi");
+}
+
+/// A copy of `image` with /root/.ovh/make_image_bootable.sh deleted, made
+/// with qemu-img and debugfs (ext4 is edited in place, no mount needed).
+fn without_script(image: &Path, dir: &Path) -> PathBuf {
+    let raw = dir.join("noscript.raw");
+    let res = run(tool("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw));
+    assert!(res.status.success(), "{}", text(&res));
+    // The single partition starts at 1 MiB (kiln's layout); debugfs works on
+    // a file, so cut the partition out, edit it, and splice it back.
+    let part = dir.join("part.ext4");
+    let res = run(tool("dd").arg(format!("if={}", raw.display())).arg(format!("of={}", part.display()))
+        .args(["bs=1M", "skip=1", "conv=sparse", "status=none"]));
+    assert!(res.status.success(), "{}", text(&res));
+    let res = run(tool("debugfs").args(["-w", "-R", "rm /root/.ovh/make_image_bootable.sh"]).arg(&part));
+    assert!(res.status.success(), "{}", text(&res));
+    let res = run(tool("dd").arg(format!("if={}", part.display())).arg(format!("of={}", raw.display()))
+        .args(["bs=1M", "seek=1", "conv=sparse,notrunc", "status=none"]));
+    assert!(res.status.success(), "{}", text(&res));
+    let out = dir.join("noscript.qcow2");
+    let res = run(tool("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&raw).arg(&out));
+    assert!(res.status.success(), "{}", text(&res));
+    out
+}
+
+#[test]
+#[ignore = "slow: needs a built example image"]
+fn an_image_without_the_script_is_refused_naming_it() {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let broken = without_script(&byol_image(), dir.path());
+    let out = replay(&broken, "bios", &dir.path().join("keep"), &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("make_image_bootable.sh"), "the failure must name the script:\n{t}");
+    assert!(t.contains("preflight"), "{t}");
+}
