@@ -635,7 +635,8 @@ mod tests {
     fn start_reports_a_missing_disk_plainly() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = VmConfig::new(dir.path().join("console.log"));
-        cfg.disks.push(Drive::new(dir.path().join("missing.qcow2"), ImageFormat::Qcow2));
+        cfg.disks
+            .push(Drive::new(dir.path().join("missing.qcow2"), ImageFormat::Qcow2));
         let err = Vm::start(&cfg).unwrap_err();
         assert!(err.to_string().starts_with("opening disk image "), "{err}");
     }

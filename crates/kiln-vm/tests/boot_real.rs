@@ -138,11 +138,10 @@ fn boot_debian(firmware: Firmware) {
     })
     .unwrap();
     eprintln!(
-        "{} {}: {} (TCG, {})",
+        "{} {}: {}",
         if verdict.passed { "PASS" } else { "FAIL" },
         firmware.name(),
-        verdict.summary(),
-        opts.cpus
+        verdict.summary()
     );
     if !verdict.passed {
         eprintln!("--- last console lines:\n{}", verdict.tail.join("\n"));

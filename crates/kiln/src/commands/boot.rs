@@ -39,17 +39,19 @@ pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
 
     let verdict = boot(&opts, &mut |event| match event {
         BootEvent::Accel(choice) => eprintln!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
-        BootEvent::Started { command, console_log } => {
+        BootEvent::Started { vm, command } => {
             tracing::debug!("QEMU: {command}");
             eprintln!(
-                "kiln: booting {} ({}, snapshot mode, {} MiB, {} CPUs; timeout {} s)…",
+                "kiln: booting {} ({}, {}, snapshot mode, {} MiB, {} CPU{}; timeout {} s)…",
                 args.image.display(),
-                opts.firmware.name(),
-                opts.memory >> 20,
-                opts.cpus,
+                vm.firmware.name(),
+                vm.accel.name(),
+                vm.memory >> 20,
+                vm.cpus,
+                if vm.cpus == 1 { "" } else { "s" },
                 args.timeout
             );
-            eprintln!("kiln: serial console → {}", console_log.display());
+            eprintln!("kiln: serial console → {}", vm.console_log.display());
         }
         BootEvent::Seen(seen) => eprintln!("kiln: [{:>4} s] seen {}", seen.at.as_secs(), seen.name),
         BootEvent::Waiting { elapsed } => eprintln!("kiln: [{:>4} s] waiting…", elapsed.as_secs()),

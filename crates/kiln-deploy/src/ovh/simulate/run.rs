@@ -176,7 +176,7 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     cfg.firmware = firmware;
     let image_size = std::fs::metadata(&opts.image)?.len();
     // OVH downloads the image into RAM (§1.3): give the rescue room for it.
-    cfg.memory = (1536 << 20) + image_size.div_ceil(1 << 20) * (1 << 20);
+    cfg.memory = (3 << 30) + image_size.div_ceil(1 << 20) * (1 << 20);
     cfg.accel = opts.accel;
     cfg.direct_boot =
         Some(DirectBoot { kernel: rescue.kernel.clone(), initrd: Some(rescue.initrd.clone()), append: rescue.cmdline() });
@@ -242,8 +242,9 @@ fn follow_installer(
         let exited = vm.exited()?;
         console.poll()?;
         let lines: Vec<String> = console.text().lines().map(str::to_owned).collect();
-        // The last line may be incomplete until the VM has exited.
-        let complete = if exited.is_some() { lines.len() } else { lines.len().saturating_sub(1) };
+        // The last line may be incomplete until it ends or the VM has exited.
+        let ended = console.text().ends_with('\n');
+        let complete = if exited.is_some() || ended { lines.len() } else { lines.len().saturating_sub(1) };
         for line in &lines[done_lines.min(complete)..complete] {
             if let Some(rest) = line.split_once("KILN-STEP ").map(|x| x.1) {
                 if let Some(last) = steps.last_mut() {
