@@ -325,7 +325,12 @@ impl Run<'_> {
             "disk" => {
                 let d = disk_plan(plan)?;
                 let ids = disk_ids(plan);
-                self.chroot(stage, &tree, "disk finalisation", &disk::finalise_script(d, ids.root_fs, &ids.esp_uuid()))?;
+                self.chroot(
+                    stage,
+                    &tree,
+                    "disk finalisation",
+                    &disk::finalise_script(d, ids.root_fs, &ids.esp_uuid()),
+                )?;
                 disk::write_grub_cfg(&tree, d, ids.root_fs)?;
             }
             other => bail!("internal: no finalisation for target {other}"),
@@ -414,7 +419,11 @@ impl Run<'_> {
             let geometry = disk::disk_geometry(d, content)?;
             std::fs::File::create(&raw)?.set_len(geometry.disk_size)?;
             let layout = disk::assemble(&raw, d, &state.tree, &ids)?;
-            let root_start = layout.partitions.iter().find(|p| p.index == disk::ROOT_PARTITION).map(|p| p.start);
+            let root_start = layout
+                .partitions
+                .iter()
+                .find(|p| p.index == disk::ROOT_PARTITION)
+                .map(|p| p.start);
             state.fs = root_start.map(|start| (start, geometry.root_size, ids.root_fs));
             state.disk = Some(raw);
             state.layout = Some(layout);
@@ -422,7 +431,11 @@ impl Run<'_> {
                 "{} MiB disk, {} MiB of content, GRUB for {}",
                 geometry.disk_size >> 20,
                 content >> 20,
-                d.firmware.iter().map(|f| format!("{f:?}").to_lowercase()).collect::<Vec<_>>().join(" and ")
+                d.firmware
+                    .iter()
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ));
         }
         let state = self.state(target)?;

@@ -255,7 +255,10 @@ pub(crate) fn plan_with_host_sources(
     } else {
         // The union of what the targets need, in a stable order.
         let mut list: Vec<String> = Vec::new();
-        let wanted = ovh.iter().flat_map(|_| ovh_byol::DEFAULT_DATASOURCES).chain(disk.iter().flat_map(|_| disk_target::DEFAULT_DATASOURCES));
+        let wanted = ovh
+            .iter()
+            .flat_map(|_| ovh_byol::DEFAULT_DATASOURCES)
+            .chain(disk.iter().flat_map(|_| disk_target::DEFAULT_DATASOURCES));
         for d in wanted {
             if !list.iter().any(|x| x == d) {
                 list.push((*d).to_owned());
@@ -531,7 +534,10 @@ pub(crate) fn plan_with_host_sources(
                 "fstab by UUID, GRUB defaults and grub.cfg with the serial console".to_owned(),
                 "regenerate the initramfs; remove machine-id, SSH host keys, cloud-init state, logs".to_owned(),
             ],
-            vec![json_input("disk target", &(&d.bootloader_id, &d.cmdline, &d.firmware, &d.console)), str_input("script", &disk_target::fingerprint(d))],
+            vec![
+                json_input("disk target", &(&d.bootloader_id, &d.cmdline, &d.firmware, &d.console)),
+                str_input("script", &disk_target::fingerprint(d)),
+            ],
         );
         push(
             &mut stages,
@@ -541,9 +547,16 @@ pub(crate) fn plan_with_host_sources(
             vec![format!(
                 "GPT: BIOS boot, {} MiB ESP (FAT written by kiln), ext4 root; GRUB for {}",
                 d.esp_size >> 20,
-                d.firmware.iter().map(|f| format!("{f:?}").to_lowercase()).collect::<Vec<_>>().join(" and ")
+                d.firmware
+                    .iter()
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             )],
-            vec![json_input("layout", &(&d.target.size, &d.target.headroom, d.esp_size, &d.firmware)), str_input("mkfs", &tool("mke2fs"))],
+            vec![
+                json_input("layout", &(&d.target.size, &d.target.headroom, d.esp_size, &d.firmware)),
+                str_input("mkfs", &tool("mke2fs")),
+            ],
         );
         push(
             &mut stages,
@@ -551,7 +564,10 @@ pub(crate) fn plan_with_host_sources(
             StageKind::Convert,
             Some(t),
             vec![format!("write {} ({:?})", d.file_name, d.format).to_lowercase()],
-            vec![json_input("output", &(d.format, d.compress, &d.file_name)), str_input("qemu-img", &tool("qemu-img"))],
+            vec![
+                json_input("output", &(d.format, d.compress, &d.file_name)),
+                str_input("qemu-img", &tool("qemu-img")),
+            ],
         );
     }
     push(

@@ -26,12 +26,13 @@ fn builds_a_cached_rescue_system() {
     assert!(ls.contains("Mode:  0755"), "{ls}");
 }
 
+/// The same sources `kiln deploy` uses, so the cache entry is shared.
 fn kiln_deploy_test_sources() -> Vec<String> {
-    let text = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
-    let uri = text
-        .lines()
-        .find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_owned()))
-        .filter(|u| !u.contains("security"))
-        .expect("a Debian mirror in the host's apt sources");
-    vec![format!("deb {uri} bookworm main")]
+    let base: kiln_spec::Base = toml::from_str("distro = \"debian\"\nrelease = \"bookworm\"").unwrap();
+    let host = kiln_build::bootstrap::host_sources(std::path::Path::new("/etc/apt"));
+    kiln_build::bootstrap::resolve_sources(&base, &host)
+        .unwrap()
+        .iter()
+        .map(|s| s.one_line())
+        .collect()
 }

@@ -14,7 +14,7 @@ pub mod guard;
 pub mod interrupt;
 pub mod tools;
 
-pub use cmd::{Cmd, ExecError, Output};
+pub use cmd::{Cmd, ExecError, Output, Running};
 pub use guard::{mounts_under, LoopDevice, PartialFile, WorkDir};
 pub use interrupt::{check_interrupted, install_signal_handlers, interrupted};
 pub use tools::{find_tool, which, Tool, TOOLS};

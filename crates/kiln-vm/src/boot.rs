@@ -32,7 +32,9 @@ pub const LOGIN_PROMPT: &str = r"(?m)^\S+ login: ";
 /// cloud-init's default final message (cc_final_message, 22.4: "Cloud-init
 /// v. 22.4.2 finished at <date>. Datasource DataSourceNoCloud [...]. Up 48.7
 /// seconds"), or systemd's line for the unit, for user data that replaces the
-/// message.
+/// message. The latter is only a fallback: systemd stops printing status
+/// lines once a getty runs on the console, which is usually before
+/// cloud-final ends.
 pub const CLOUD_INIT_DONE: &str = r"Cloud-init v\. \S+ finished at|Finished cloud-final\.service";
 
 /// Console lines that mean the boot has failed, whatever comes next.

@@ -15,12 +15,23 @@ fn boots_with(firmware: &str) {
     let image = disk_image();
     let before = std::fs::read(&image).unwrap();
     let out = run(kiln()
-        .args(["boot", "--firmware", firmware, "--timeout", "600", "--expect", "Debian GNU/Linux 12"])
+        .args([
+            "boot",
+            "--firmware",
+            firmware,
+            "--timeout",
+            "600",
+            "--expect",
+            "Debian GNU/Linux 12",
+        ])
         .arg(&image));
     let t = text(&out);
     eprintln!("{t}");
     assert!(out.status.success(), "kiln boot --firmware {firmware} failed:\n{t}");
-    assert!(std::fs::read(&image).unwrap() == before, "the boot changed the image file");
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the boot changed the image file"
+    );
 }
 
 #[test]

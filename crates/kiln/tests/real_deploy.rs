@@ -20,7 +20,16 @@ fn replay(image: &Path, firmware: &str, keep: &Path, extra: &[&str]) -> std::pro
     run(kiln()
         .args(["deploy", "ovh", "--simulate"])
         .arg(image)
-        .args(["--firmware", firmware, "--disks", "2", "--hostname", "web1", "--ssh-key", KEY])
+        .args([
+            "--firmware",
+            firmware,
+            "--disks",
+            "2",
+            "--hostname",
+            "web1",
+            "--ssh-key",
+            KEY,
+        ])
         .args(["--header", "Authorization: Basic a2lsbjpyZXBsYXk="])
         .arg("--keep")
         .arg(keep)
@@ -34,9 +43,14 @@ fn assert_replay_passes(firmware: &str) {
     let t = text(&out);
     eprintln!("{t}");
     assert!(out.status.success(), "replay failed:\n{t}");
-    for step in ["partitioning 2 disk(s)", "writing the config drive", "downloading the image", "checking the image",
-        "copying the image onto the disks", "running /root/.ovh/make_image_bootable.sh"]
-    {
+    for step in [
+        "partitioning 2 disk(s)",
+        "writing the config drive",
+        "downloading the image",
+        "checking the image",
+        "copying the image onto the disks",
+        "running /root/.ovh/make_image_bootable.sh",
+    ] {
         assert!(t.contains(step), "no progress for {step}");
     }
     let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verdict JSON on stdout");
@@ -44,7 +58,10 @@ fn assert_replay_passes(firmware: &str) {
     assert_eq!(verdict["hostname"], "web1");
     assert_eq!(verdict["key"], "yes");
     assert_eq!(verdict["marker"], true);
-    assert!(verdict["active_arrays"][0].as_str().unwrap().contains("active raid1"), "{verdict}");
+    assert!(
+        verdict["active_arrays"][0].as_str().unwrap().contains("active raid1"),
+        "{verdict}"
+    );
 
     // The script ran in the replay and logged every step.
     let script_log = std::fs::read_to_string(keep.join("make_image_bootable.log")).unwrap();
@@ -52,7 +69,10 @@ fn assert_replay_passes(firmware: &str) {
     // UEFI booted through efiBootloaderPath, as OVH's iPXE does.
     let boot = std::fs::read_to_string(keep.join("boot-console.log")).unwrap();
     if firmware == "uefi" {
-        assert!(boot.contains("booting efiBootloaderPath \\efi\\debian\\grubx64.efi"), "{boot}");
+        assert!(
+            boot.contains("booting efiBootloaderPath \\efi\\debian\\grubx64.efi"),
+            "{boot}"
+        );
     }
 }
 
@@ -77,16 +97,25 @@ fn without_script(image: &Path, dir: &Path) -> PathBuf {
     // The single partition starts at 1 MiB (kiln's layout); debugfs works on
     // a file, so cut the partition out, edit it, and splice it back.
     let part = dir.join("part.ext4");
-    let res = run(tool("dd").arg(format!("if={}", raw.display())).arg(format!("of={}", part.display()))
+    let res = run(tool("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", part.display()))
         .args(["bs=1M", "skip=1", "conv=sparse", "status=none"]));
     assert!(res.status.success(), "{}", text(&res));
-    let res = run(tool("debugfs").args(["-w", "-R", "rm /root/.ovh/make_image_bootable.sh"]).arg(&part));
+    let res = run(tool("debugfs")
+        .args(["-w", "-R", "rm /root/.ovh/make_image_bootable.sh"])
+        .arg(&part));
     assert!(res.status.success(), "{}", text(&res));
-    let res = run(tool("dd").arg(format!("if={}", part.display())).arg(format!("of={}", raw.display()))
+    let res = run(tool("dd")
+        .arg(format!("if={}", part.display()))
+        .arg(format!("of={}", raw.display()))
         .args(["bs=1M", "seek=1", "conv=sparse,notrunc", "status=none"]));
     assert!(res.status.success(), "{}", text(&res));
     let out = dir.join("noscript.qcow2");
-    let res = run(tool("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&raw).arg(&out));
+    let res = run(tool("qemu-img")
+        .args(["convert", "-c", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&out));
     assert!(res.status.success(), "{}", text(&res));
     out
 }
@@ -99,6 +128,9 @@ fn an_image_without_the_script_is_refused_naming_it() {
     let out = replay(&broken, "bios", &dir.path().join("keep"), &[]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("make_image_bootable.sh"), "the failure must name the script:\n{t}");
+    assert!(
+        t.contains("make_image_bootable.sh"),
+        "the failure must name the script:\n{t}"
+    );
     assert!(t.contains("preflight"), "{t}");
 }

@@ -133,7 +133,13 @@ pub fn default_layout() -> Vec<LayoutEntry> {
             size: Some(512),
             extras: None,
         },
-        LayoutEntry { file_system: FileSystem::Ext4, mount_point: "/".into(), raid_level: Some(1), size: Some(0), extras: None },
+        LayoutEntry {
+            file_system: FileSystem::Ext4,
+            mount_point: "/".into(),
+            raid_level: Some(1),
+            size: Some(0),
+            extras: None,
+        },
     ]
 }
 
@@ -157,7 +163,10 @@ pub fn select_layout(storage: &[Storage], disks: u32) -> Result<(u32, Vec<Layout
         bail!("only one storage entry is supported (the API answers DiskGroupMultipleConfigs too)");
     }
     let part = storage.first().and_then(|s| s.partitioning.clone());
-    if storage.first().is_some_and(|s| s.hardware_raid.as_ref().is_some_and(|h| !h.is_empty())) {
+    if storage
+        .first()
+        .is_some_and(|s| s.hardware_raid.as_ref().is_some_and(|h| !h.is_empty()))
+    {
         bail!("hardware RAID cannot be simulated: the virtual disks have no RAID controller");
     }
     let wanted = part.as_ref().and_then(|p| p.disks).unwrap_or(disks);
@@ -295,20 +304,33 @@ pub fn plan_disks(layout: &[LayoutEntry], disks: u32, boot: BootMode) -> Result<
             let _ = writeln!(s, "swap {n}");
             continue;
         }
-        let raid = if disks >= 2 { effective_raid(e.raid_level.unwrap_or(1), disks) } else { None };
+        let raid = if disks >= 2 {
+            effective_raid(e.raid_level.unwrap_or(1), disks)
+        } else {
+            None
+        };
         let n = next_part();
         let on_lvm = e.extras.as_ref().and_then(|x| x.lv.as_ref());
         let device = match raid {
             Some(level) => {
                 uses_raid = true;
-                let _ = writeln!(s, "part {all} {n} {} FD00 {name}", if on_lvm.is_some() { "fill" } else { &size });
+                let _ = writeln!(
+                    s,
+                    "part {all} {n} {} FD00 {name}",
+                    if on_lvm.is_some() { "fill" } else { &size }
+                );
                 let dev = format!("md{md}");
                 let _ = writeln!(s, "raid {dev} {level} {n}");
                 md += 1;
                 dev
             }
             None => {
-                let _ = writeln!(s, "part 0 {n} {} {} {name}", if on_lvm.is_some() { "fill" } else { &size }, if on_lvm.is_some() { "8E00" } else { "8300" });
+                let _ = writeln!(
+                    s,
+                    "part 0 {n} {} {} {name}",
+                    if on_lvm.is_some() { "fill" } else { &size },
+                    if on_lvm.is_some() { "8E00" } else { "8300" }
+                );
                 format!("disk0p{n}")
             }
         };
@@ -344,7 +366,13 @@ pub fn plan_disks(layout: &[LayoutEntry], disks: u32, boot: BootMode) -> Result<
         order.push("/boot/efi".to_owned());
     }
     let _ = writeln!(s, "mount_all");
-    Ok(DiskPlan { disks, boot, script: s, mounts: order, uses_raid })
+    Ok(DiskPlan {
+        disks,
+        boot,
+        script: s,
+        mounts: order,
+        uses_raid,
+    })
 }
 
 #[cfg(test)]
@@ -372,7 +400,11 @@ mod tests {
     #[test]
     fn uefi_adds_an_esp_on_every_disk_and_mounts_it() {
         let p = plan_disks(&default_layout(), 2, BootMode::Uefi).unwrap();
-        assert!(p.script.starts_with("part all 1 511 EF00 EFI_SYSPART\n"), "{}", p.script);
+        assert!(
+            p.script.starts_with("part all 1 511 EF00 EFI_SYSPART\n"),
+            "{}",
+            p.script
+        );
         assert!(p.script.ends_with("esp /boot/efi\nmount_all\n"), "{}", p.script);
         assert_eq!(p.mounts, ["/", "/boot/efi"]);
     }
@@ -388,15 +420,27 @@ mod tests {
         validate_layout(&l).unwrap();
         let p = plan_disks(&l, 2, BootMode::Bios).unwrap();
         assert!(p.script.contains("raid md0 1 2\nfs md0 ext4 /boot\n"), "{}", p.script);
-        assert!(p.script.contains("pv vg0 md1\nlv vg0 root 20480\nfs vg0/root ext4 /\n"), "{}", p.script);
-        assert!(p.script.contains("lv vg0 data fill\nfs vg0/data xfs /data\n"), "{}", p.script);
+        assert!(
+            p.script.contains("pv vg0 md1\nlv vg0 root 20480\nfs vg0/root ext4 /\n"),
+            "{}",
+            p.script
+        );
+        assert!(
+            p.script.contains("lv vg0 data fill\nfs vg0/data xfs /data\n"),
+            "{}",
+            p.script
+        );
         assert_eq!(p.mounts, ["/", "/boot", "/data"]);
     }
 
     #[test]
     fn one_disk_gets_no_raid() {
         let p = plan_disks(&default_layout(), 1, BootMode::Bios).unwrap();
-        assert!(p.script.contains("part 0 3 fill 8300 root\nfs disk0p3 ext4 /\n"), "{}", p.script);
+        assert!(
+            p.script.contains("part 0 3 fill 8300 root\nfs disk0p3 ext4 /\n"),
+            "{}",
+            p.script
+        );
         assert!(!p.uses_raid);
     }
 
@@ -413,15 +457,39 @@ mod tests {
     fn api_rules_are_enforced() {
         let cases = [
             (r#"[{"fileSystem":"ext4","mountPoint":"/home","size":0}]"#, "no /"),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"vfat","mountPoint":"/x"}]"#, ""),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"fat16","mountPoint":"/boot/efi","size":100}]"#, "/boot/efi"),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"swap","mountPoint":"swap"}]"#, "swap cannot fill"),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"ext4","mountPoint":"/srv/"}]"#, "end with /"),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"ext4","mountPoint":"/.hidden","size":5}]"#, "canonical"),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"vfat","mountPoint":"/x"}]"#,
+                "",
+            ),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"fat16","mountPoint":"/boot/efi","size":100}]"#,
+                "/boot/efi",
+            ),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"swap","mountPoint":"swap"}]"#,
+                "swap cannot fill",
+            ),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"ext4","mountPoint":"/srv/"}]"#,
+                "end with /",
+            ),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"ext4","mountPoint":"/.hidden","size":5}]"#,
+                "canonical",
+            ),
             (r#"[{"fileSystem":"zfs","mountPoint":"/"}]"#, "ZFS"),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/","extras":{"lv":{"name":"way-too-long-name"}}}]"#, "LV name"),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"ext4","mountPoint":"/","size":1}]"#, "twice"),
-            (r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"xfs","mountPoint":"/d"}]"#, "only one partition may fill"),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/","extras":{"lv":{"name":"way-too-long-name"}}}]"#,
+                "LV name",
+            ),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"ext4","mountPoint":"/","size":1}]"#,
+                "twice",
+            ),
+            (
+                r#"[{"fileSystem":"ext4","mountPoint":"/"},{"fileSystem":"xfs","mountPoint":"/d"}]"#,
+                "only one partition may fill",
+            ),
         ];
         for (json, want) in cases {
             let err = match serde_json::from_str::<Vec<LayoutEntry>>(json) {
@@ -434,7 +502,8 @@ mod tests {
 
     #[test]
     fn storage_json_selects_disks_and_refuses_hardware_raid() {
-        let s = parse_storage(r#"{"partitioning":{"disks":2,"layout":[{"fileSystem":"xfs","mountPoint":"/"}]}}"#).unwrap();
+        let s =
+            parse_storage(r#"{"partitioning":{"disks":2,"layout":[{"fileSystem":"xfs","mountPoint":"/"}]}}"#).unwrap();
         let (disks, l) = select_layout(&s, 3).unwrap();
         assert_eq!(disks, 2);
         assert_eq!(l[0].file_system, FileSystem::Xfs);

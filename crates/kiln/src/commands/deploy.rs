@@ -19,7 +19,10 @@ pub(crate) fn run(cmd: DeployCommand, verbose: u8) -> Result<ExitCode> {
 fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
     let image = args.simulate.clone();
     if !args.no_preflight {
-        eprintln!("kiln: preflight: checking {} against the ovh-byol contract", image.display());
+        eprintln!(
+            "kiln: preflight: checking {} against the ovh-byol contract",
+            image.display()
+        );
         let rules = kiln_build::targets::ovh_byol::check::check_image(
             &image,
             &kiln_build::targets::ovh_byol::check::CheckOptions {
@@ -104,7 +107,10 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
     let mut on = |p: Progress<'_>| match p {
         Progress::Phase(what) => eprintln!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64()),
         Progress::Step { n, total, name } => {
-            eprintln!("[{:>6.1}s] installer step {n}/{total}: {name}", started.elapsed().as_secs_f64())
+            eprintln!(
+                "[{:>6.1}s] installer step {n}/{total}: {name}",
+                started.elapsed().as_secs_f64()
+            )
         }
         Progress::Script(line) if verbose > 0 => eprintln!("          | {line}"),
         Progress::Script(_) => {}
@@ -135,10 +141,16 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
     for s in &report.steps {
         eprintln!("  {:>7.1}s  {}", s.seconds, s.name);
     }
-    eprintln!("  {:>7.1}s  installer total\n  {:>7.1}s  first boot to verdict", report.install_seconds, report.boot_seconds);
+    eprintln!(
+        "  {:>7.1}s  installer total\n  {:>7.1}s  first boot to verdict",
+        report.install_seconds, report.boot_seconds
+    );
     println!("{}", serde_json::to_string_pretty(&report.verdict)?);
     if report.passed() {
-        eprintln!("\nkiln: the replay PASSED: the deployed server booted with hostname {}", opts.hostname);
+        eprintln!(
+            "\nkiln: the replay PASSED: the deployed server booted with hostname {}",
+            opts.hostname
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("\nkiln: the replay FAILED the first-boot verdict:");
@@ -148,7 +160,10 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
         eprintln!("kiln: console of the first boot: {}", report.boot_log.display());
         let tail = std::fs::read_to_string(&report.boot_log).unwrap_or_default();
         let lines: Vec<&str> = tail.lines().collect();
-        eprintln!("--- last 40 lines ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+        eprintln!(
+            "--- last 40 lines ---\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
         Ok(ExitCode::from(1))
     }
 }
@@ -163,7 +178,10 @@ fn embedded_efi_path(image: &std::path::Path) -> Option<String> {
 fn rescue_sources() -> Result<Vec<String>> {
     let base: kiln_spec::Base = toml::from_str("distro = \"debian\"\nrelease = \"bookworm\"")?;
     let host = kiln_build::bootstrap::host_sources(std::path::Path::new("/etc/apt"));
-    Ok(kiln_build::bootstrap::resolve_sources(&base, &host)?.iter().map(|s| s.one_line()).collect())
+    Ok(kiln_build::bootstrap::resolve_sources(&base, &host)?
+        .iter()
+        .map(|s| s.one_line())
+        .collect())
 }
 
 /// `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
@@ -174,5 +192,8 @@ pub(crate) fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("kiln");
     }
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache")).join(".cache/kiln")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join(".cache/kiln")
 }

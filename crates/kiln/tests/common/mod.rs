@@ -9,6 +9,8 @@ pub fn kiln() -> Command {
     #[allow(clippy::disallowed_methods)] // the binary under test
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.stdin(Stdio::null());
+    // One cache (the rescue system) for every slow test of the run.
+    c.env("KILN_CACHE_DIR", repo_root().join("target/tmp/cache"));
     c
 }
 
@@ -20,7 +22,10 @@ pub fn tool(name: &str) -> Command {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn example(name: &str) -> PathBuf {
@@ -34,13 +39,19 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Where the slow tests keep built example images, so that one build
 /// serves every test that needs the image.
 pub fn shared_out(spec: &str) -> PathBuf {
-    repo_root().join("target/tmp/examples").join(spec.trim_end_matches(".toml"))
+    repo_root()
+        .join("target/tmp/examples")
+        .join(spec.trim_end_matches(".toml"))
 }
 
 /// The spec hash `kiln plan` computes for `spec` today.

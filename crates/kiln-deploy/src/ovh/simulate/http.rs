@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -47,7 +47,12 @@ impl ImageServer {
             let (stop, requests) = (Arc::clone(&stop), Arc::clone(&requests));
             std::thread::spawn(move || serve(listener, &file, &name, &required, &stop, &requests))
         };
-        Ok(ImageServer { port, stop, requests, thread: Some(thread) })
+        Ok(ImageServer {
+            port,
+            stop,
+            requests,
+            thread: Some(thread),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -71,7 +76,7 @@ impl Drop for ImageServer {
 
 fn serve(
     listener: TcpListener,
-    file: &PathBuf,
+    file: &Path,
     name: &str,
     required: &[(String, String)],
     stop: &AtomicBool,
@@ -102,7 +107,10 @@ fn answer(
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+    let (method, path) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("").to_owned(),
+    );
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -126,7 +134,11 @@ fn answer(
     requests.lock().unwrap().push(Request { path, status });
     if status != 200 {
         let body = format!("{status}\n");
-        write!(stream, "HTTP/1.1 {status} Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        write!(
+            stream,
+            "HTTP/1.1 {status} Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
         return Ok(());
     }
     let mut f = std::fs::File::open(file)?;
@@ -171,7 +183,10 @@ mod tests {
         std::fs::write(&f, b"qcow2 bytes").unwrap();
         let server = ImageServer::start(&f, "x.qcow2", vec![("Authorization".into(), "Basic abc".into())]).unwrap();
         assert_eq!(get(server.port(), "/x.qcow2", &[]).0, 403);
-        assert_eq!(get(server.port(), "/x.qcow2", &["authorization: Basic abc"]), (200, b"qcow2 bytes".to_vec()));
+        assert_eq!(
+            get(server.port(), "/x.qcow2", &["authorization: Basic abc"]),
+            (200, b"qcow2 bytes".to_vec())
+        );
         assert_eq!(get(server.port(), "/other", &["Authorization: Basic abc"]).0, 404);
         let statuses: Vec<u16> = server.requests().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [403, 200, 404]);

@@ -26,10 +26,13 @@ pub struct JobParams<'a> {
 pub fn job_env(p: &JobParams<'_>) -> String {
     let vars = [
         ("DISK_COUNT", p.plan.disks.to_string()),
-        ("BOOT_MODE", match p.plan.boot {
-            BootMode::Bios => "bios".to_owned(),
-            BootMode::Uefi => "uefi".to_owned(),
-        }),
+        (
+            "BOOT_MODE",
+            match p.plan.boot {
+                BootMode::Bios => "bios".to_owned(),
+                BootMode::Uefi => "uefi".to_owned(),
+            },
+        ),
         ("USES_RAID", u8::from(p.plan.uses_raid).to_string()),
         ("CONFIG_DRIVE_MIB", CONFIG_DRIVE_MIB.to_string()),
         ("IMAGE_URL", p.image_url.to_owned()),
@@ -83,7 +86,10 @@ mod tests {
 
     #[test]
     fn installer_scripts_are_shellcheck_clean() {
-        for (name, text) in [("installer.sh", INSTALLER), ("rescue-init.sh", super::super::rescue::INIT)] {
+        for (name, text) in [
+            ("installer.sh", INSTALLER),
+            ("rescue-init.sh", super::super::rescue::INIT),
+        ] {
             kiln_exec::Cmd::new("shellcheck")
                 .args(["--shell=bash", "-"])
                 .stdin_bytes(text)
@@ -109,11 +115,21 @@ mod tests {
         };
         let img = dir.path().join("job.ext4");
         write_job_disk(&p, &dir.path().join("job"), &img).unwrap();
-        let ls = kiln_exec::Cmd::new("debugfs").args(["-R", "ls -l /"]).arg(&img).run().unwrap().stdout_string();
+        let ls = kiln_exec::Cmd::new("debugfs")
+            .args(["-R", "ls -l /"])
+            .arg(&img)
+            .run()
+            .unwrap()
+            .stdout_string();
         for f in ["installer.sh", "storage.sh", "job.env", "headers", "config-drive.img"] {
             assert!(ls.contains(f), "{f} missing: {ls}");
         }
-        let h = kiln_exec::Cmd::new("debugfs").args(["-R", "cat /headers"]).arg(&img).run().unwrap().stdout_string();
+        let h = kiln_exec::Cmd::new("debugfs")
+            .args(["-R", "cat /headers"])
+            .arg(&img)
+            .run()
+            .unwrap()
+            .stdout_string();
         assert_eq!(h, "Authorization: Basic abc\n");
     }
 }

@@ -32,7 +32,10 @@ pub fn user_data(user: Option<&[u8]>, ssh_key: Option<&str>) -> Vec<u8> {
         // Public key material: only the type and base64 body are compared.
         Some(k) => {
             let body = k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-            format!("if grep -qF '{}' \"$h/.ssh/authorized_keys\" 2>/dev/null; then k=yes; else k=no; fi; ", body.replace('\'', ""))
+            format!(
+                "if grep -qF '{}' \"$h/.ssh/authorized_keys\" 2>/dev/null; then k=yes; else k=no; fi; ",
+                body.replace('\'', "")
+            )
         }
         None => "k=none; ".to_owned(),
     };
@@ -46,7 +49,10 @@ pub fn user_data(user: Option<&[u8]>, ssh_key: Option<&str>) -> Vec<u8> {
     let _ = writeln!(probe, "  - [sh, -c, {}]", yaml_single_quoted(&script));
 
     let mut out = format!("Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n");
-    let _ = write!(out, "--{BOUNDARY}\nContent-Type: {content_type}; charset=\"utf-8\"\nMIME-Version: 1.0\n\n");
+    let _ = write!(
+        out,
+        "--{BOUNDARY}\nContent-Type: {content_type}; charset=\"utf-8\"\nMIME-Version: 1.0\n\n"
+    );
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(user);
     if !user.ends_with(b"\n") {
@@ -64,6 +70,27 @@ fn yaml_single_quoted(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Console text that means the first boot is over, and what it means.
+const BOOT_ERRORS: &[(&str, &str)] = &[
+    (
+        "kiln: efiBootloaderPath not found",
+        "the firmware found no efiBootloaderPath on any disk: make_image_bootable.sh did not install it there",
+    ),
+    ("Kernel panic - not syncing", "the kernel panicked"),
+    (
+        "You are in emergency mode",
+        "systemd dropped to emergency mode (see the console log)",
+    ),
+    (
+        "(initramfs) ",
+        "the initramfs could not find or mount the root filesystem",
+    ),
+    (
+        "No bootable device",
+        "the BIOS found no bootable disk: GRUB is not in the MBR",
+    ),
+];
+
 /// What the deployed system reported on its console.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -76,12 +103,19 @@ pub struct Verdict {
     pub marker: bool,
     /// md arrays reported active, e.g. `md0 : active raid1 vdb3[1] vda3[0]`.
     pub active_arrays: Vec<String>,
+    /// Why the boot cannot get further, when the console says so.
+    pub boot_error: Option<String>,
 }
 
 impl Verdict {
     /// Reads the probe's lines and the login prompt out of console text.
     pub fn parse(console: &str) -> Verdict {
         let mut v = Verdict::default();
+        for (needle, why) in BOOT_ERRORS {
+            if console.contains(needle) {
+                v.boot_error = Some((*why).to_owned());
+            }
+        }
         for line in console.lines() {
             let line = line.trim_end_matches('\r');
             if let Some(rest) = line.split("KILN-VERDICT ").nth(1) {
@@ -110,20 +144,26 @@ impl Verdict {
         v
     }
 
-    /// Whether the console has everything the verdict needs (so the boot can
-    /// stop waiting).
+    /// Whether the console has everything the verdict needs, or shows that
+    /// it never will (so the boot can stop waiting).
     pub fn complete(&self, expect_raid: bool) -> bool {
+        if self.boot_error.is_some() {
+            return true;
+        }
         self.login_hostname.is_some() && self.hostname.is_some() && (!expect_raid || !self.active_arrays.is_empty())
     }
 
     /// The failed checks, each as a sentence; empty when the verdict passes.
     pub fn failures(&self, hostname: &str, key_given: bool, expect_raid: bool) -> Vec<String> {
         let mut f = Vec::new();
+        if let Some(e) = &self.boot_error {
+            f.push(e.clone());
+        }
         match &self.login_hostname {
             None => f.push("no login prompt on the serial console".to_owned()),
-            Some(h) if h != hostname => {
-                f.push(format!("the login prompt shows hostname {h:?}, not {hostname:?} from the config drive"))
-            }
+            Some(h) if h != hostname => f.push(format!(
+                "the login prompt shows hostname {h:?}, not {hostname:?} from the config drive"
+            )),
             _ => {}
         }
         match &self.hostname {
@@ -155,14 +195,22 @@ mod tests {
 
     #[test]
     fn wraps_user_data_and_probe_in_a_multipart() {
-        let ud = String::from_utf8(user_data(Some(b"#!/bin/sh\necho hi\n"), Some("ssh-ed25519 AAAAC3Nz me@x"))).unwrap();
-        assert!(ud.starts_with("Content-Type: multipart/mixed; boundary=\"==KILN-REPLAY-BOUNDARY==\""), "{ud}");
+        let ud = String::from_utf8(user_data(
+            Some(b"#!/bin/sh\necho hi\n"),
+            Some("ssh-ed25519 AAAAC3Nz me@x"),
+        ))
+        .unwrap();
+        assert!(
+            ud.starts_with("Content-Type: multipart/mixed; boundary=\"==KILN-REPLAY-BOUNDARY==\""),
+            "{ud}"
+        );
         assert!(ud.contains("Content-Type: text/x-shellscript"), "{ud}");
         assert!(ud.contains("#!/bin/sh\necho hi\n--==KILN"), "{ud}");
         assert!(ud.contains("grep -qF ''ssh-ed25519 AAAAC3Nz''"), "{ud}");
         assert!(ud.ends_with("--==KILN-REPLAY-BOUNDARY==--\n"), "{ud}");
         let default = String::from_utf8(user_data(None, None)).unwrap();
-        assert!(default.contains("Content-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\n#cloud-config\n{}\n"));
+        assert!(default
+            .contains("Content-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\n#cloud-config\n{}\n"));
     }
 
     #[test]
@@ -185,11 +233,23 @@ mod tests {
     fn names_what_is_missing() {
         let v = Verdict::parse("localhost login: KILN-VERDICT hostname=localhost user= key=no marker=\n");
         let f = v.failures("web1", true, true);
-        assert!(f.iter().any(|x| x.contains("login prompt shows hostname \"localhost\"")), "{f:?}");
+        assert!(
+            f.iter()
+                .any(|x| x.contains("login prompt shows hostname \"localhost\"")),
+            "{f:?}"
+        );
         assert!(f.iter().any(|x| x.contains("marker")), "{f:?}");
         assert!(f.iter().any(|x| x.contains("default user")), "{f:?}");
         assert!(f.iter().any(|x| x.contains("SSH key")), "{f:?}");
         assert!(f.iter().any(|x| x.contains("RAID")), "{f:?}");
         assert_eq!(Verdict::parse("").failures("h", false, false).len(), 2);
+    }
+
+    #[test]
+    fn a_dead_end_ends_the_wait_with_a_reason() {
+        let v = Verdict::parse("Shell> kiln: efiBootloaderPath not found on any filesystem\r\n");
+        assert!(v.complete(true));
+        assert!(v.failures("h", false, false)[0].contains("make_image_bootable.sh did not install it"));
+        assert!(Verdict::parse("Kernel panic - not syncing: VFS").complete(false));
     }
 }

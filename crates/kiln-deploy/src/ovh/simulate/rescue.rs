@@ -55,7 +55,9 @@ impl Rescue {
     /// The kernel command line: the serial console OVH's rescue has (which
     /// make_image_bootable.sh copies into GRUB), and kiln's init.
     pub fn cmdline(&self) -> String {
-        format!("root=LABEL={ROOT_LABEL} rw console=ttyS0,115200n8 init=/usr/local/sbin/kiln-rescue-init panic=-1 quiet")
+        format!(
+            "root=LABEL={ROOT_LABEL} rw console=ttyS0,115200n8 init=/usr/local/sbin/kiln-rescue-init panic=-1 quiet"
+        )
     }
 }
 
@@ -63,13 +65,22 @@ impl Rescue {
 /// it first if needed. `on_line` receives mmdebstrap's output.
 pub fn ensure_rescue(cache: &Path, sources: &[String], on_line: impl FnMut(&str) + Send + 'static) -> Result<Rescue> {
     let mut h = Sha256::new();
-    for part in PACKAGES.iter().copied().chain([INIT]).chain(sources.iter().map(String::as_str)) {
+    for part in PACKAGES
+        .iter()
+        .copied()
+        .chain([INIT])
+        .chain(sources.iter().map(String::as_str))
+    {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
     let key = hex::encode(&h.finalize()[..8]);
     let dir = cache.join(format!("rescue-{key}"));
-    let rescue = Rescue { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.img"), rootfs: dir.join("rootfs.ext4") };
+    let rescue = Rescue {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        rootfs: dir.join("rootfs.ext4"),
+    };
     if rescue.kernel.is_file() && rescue.initrd.is_file() && rescue.rootfs.is_file() {
         return Ok(rescue);
     }
@@ -81,10 +92,26 @@ pub fn ensure_rescue(cache: &Path, sources: &[String], on_line: impl FnMut(&str)
     let tmp = work.path().join("tmp");
     std::fs::create_dir_all(&tmp)?;
     Cmd::new("unshare")
-        .args(["--mount", "--propagation", "private", "--fork", "--kill-child", "--", "mmdebstrap"])
-        .args(["--mode=root", "--variant=minbase", "--format=directory", "--dpkgopt=force-unsafe-io"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "--kill-child",
+            "--",
+            "mmdebstrap",
+        ])
+        .args([
+            "--mode=root",
+            "--variant=minbase",
+            "--format=directory",
+            "--dpkgopt=force-unsafe-io",
+        ])
         .arg(format!("--include={}", PACKAGES.join(",")))
-        .arg(format!("--customize-hook=upload {} /usr/local/sbin/kiln-rescue-init", init.display()))
+        .arg(format!(
+            "--customize-hook=upload {} /usr/local/sbin/kiln-rescue-init",
+            init.display()
+        ))
         .arg("--customize-hook=chmod 0755 \"$1/usr/local/sbin/kiln-rescue-init\"")
         .arg("bookworm")
         .arg(&tree)
@@ -103,7 +130,9 @@ pub fn ensure_rescue(cache: &Path, sources: &[String], on_line: impl FnMut(&str)
             .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
             .collect();
         found.sort();
-        found.pop().with_context(|| format!("no {prefix}* in the rescue tree's /boot"))
+        found
+            .pop()
+            .with_context(|| format!("no {prefix}* in the rescue tree's /boot"))
     };
     std::fs::copy(newest("vmlinuz-")?, out.join("vmlinuz"))?;
     std::fs::copy(newest("initrd.img-")?, out.join("initrd.img"))?;

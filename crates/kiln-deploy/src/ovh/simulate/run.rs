@@ -87,7 +87,9 @@ impl Report {
 
 /// The installer failed: which step, which command, and the tail of its log.
 #[derive(Debug, thiserror::Error)]
-#[error("the installer failed at step \"{step}\": {command}\n--- last lines of the installer's console ({log}) ---\n{tail}")]
+#[error(
+    "the installer failed at step \"{step}\": {command}\n--- last lines of the installer's console ({log}) ---\n{tail}"
+)]
 pub struct InstallFailed {
     pub step: String,
     pub command: String,
@@ -99,8 +101,11 @@ pub struct InstallFailed {
 pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Result<Report> {
     let work = &opts.work_dir;
     std::fs::create_dir_all(work)?;
-    let image_name =
-        opts.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image.qcow2".into());
+    let image_name = opts
+        .image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image.qcow2".into());
 
     on(Progress::Phase("planning the disks"));
     let storage = match &opts.storage {
@@ -171,15 +176,26 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     let install_log = work.join("install-console.log");
     let mut cfg = VmConfig::new(&install_log);
     cfg.disks = target_drives();
-    cfg.disks.push(Drive::new(&job, ImageFormat::Raw).mode(DriveMode::ReadOnly).serial("KILNJOB"));
-    cfg.disks.push(Drive::new(&rescue.rootfs, ImageFormat::Raw).mode(DriveMode::Snapshot).serial("KILNRESCUE"));
+    cfg.disks.push(
+        Drive::new(&job, ImageFormat::Raw)
+            .mode(DriveMode::ReadOnly)
+            .serial("KILNJOB"),
+    );
+    cfg.disks.push(
+        Drive::new(&rescue.rootfs, ImageFormat::Raw)
+            .mode(DriveMode::Snapshot)
+            .serial("KILNRESCUE"),
+    );
     cfg.firmware = firmware;
     let image_size = std::fs::metadata(&opts.image)?.len();
     // OVH downloads the image into RAM (§1.3): give the rescue room for it.
     cfg.memory = (3 << 30) + image_size.div_ceil(1 << 20) * (1 << 20);
     cfg.accel = opts.accel;
-    cfg.direct_boot =
-        Some(DirectBoot { kernel: rescue.kernel.clone(), initrd: Some(rescue.initrd.clone()), append: rescue.cmdline() });
+    cfg.direct_boot = Some(DirectBoot {
+        kernel: rescue.kernel.clone(),
+        initrd: Some(rescue.initrd.clone()),
+        append: rescue.cmdline(),
+    });
     on(Progress::Phase("booting the rescue system"));
     let started = Instant::now();
     let vm = Vm::start(&cfg)?;
@@ -187,8 +203,10 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     let install_seconds = started.elapsed().as_secs_f64();
     let script_log = work.join("make_image_bootable.log");
     let console = std::fs::read_to_string(&install_log).unwrap_or_default();
-    let script_lines: String =
-        console.lines().filter_map(|l| l.split_once("KILN-SCRIPT ").map(|(_, r)| format!("{r}\n"))).collect();
+    let script_lines: String = console
+        .lines()
+        .filter_map(|l| l.split_once("KILN-SCRIPT ").map(|(_, r)| format!("{r}\n")))
+        .collect();
     std::fs::write(&script_log, script_lines)?;
     let requests = server.requests();
     drop(server);
@@ -202,12 +220,18 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     cfg.firmware = firmware;
     cfg.accel = opts.accel;
     cfg.memory = 1 << 30;
+    // One vCPU boots faster than two under TCG (measured in kiln-vm).
+    cfg.cpus = if opts.accel == Accel::Tcg { 1 } else { 2 };
     if opts.boot == BootMode::Uefi {
         // OVH's iPXE boots efiBootloaderPath; NVRAM has no entry. Stand-in:
         // a UEFI shell script on a small FAT disk that runs exactly that path.
         let nsh = work.join("ipxe-standin.img");
         write_startup_nsh(&nsh, &opts.efi_bootloader_path)?;
-        cfg.disks.push(Drive::new(&nsh, ImageFormat::Raw).mode(DriveMode::ReadOnly).serial("KILNIPXE"));
+        cfg.disks.push(
+            Drive::new(&nsh, ImageFormat::Raw)
+                .mode(DriveMode::ReadOnly)
+                .serial("KILNIPXE"),
+        );
     }
     cfg.disks.extend(target_drives());
     on(Progress::Phase("first boot of the deployed disks"));
@@ -244,7 +268,11 @@ fn follow_installer(
         let lines: Vec<String> = console.text().lines().map(str::to_owned).collect();
         // The last line may be incomplete until it ends or the VM has exited.
         let ended = console.text().ends_with('\n');
-        let complete = if exited.is_some() || ended { lines.len() } else { lines.len().saturating_sub(1) };
+        let complete = if exited.is_some() || ended {
+            lines.len()
+        } else {
+            lines.len().saturating_sub(1)
+        };
         for line in &lines[done_lines.min(complete)..complete] {
             if let Some(rest) = line.split_once("KILN-STEP ").map(|x| x.1) {
                 if let Some(last) = steps.last_mut() {
@@ -253,18 +281,33 @@ fn follow_installer(
                 step_started = Instant::now();
                 let (count, name) = rest.split_once(' ').unwrap_or((rest, ""));
                 let (n, total) = count.split_once('/').unwrap_or(("0", "0"));
-                steps.push(StepTime { name: name.to_owned(), seconds: 0.0 });
-                on(Progress::Step { n: n.parse().unwrap_or(0), total: total.parse().unwrap_or(0), name });
+                steps.push(StepTime {
+                    name: name.to_owned(),
+                    seconds: 0.0,
+                });
+                on(Progress::Step {
+                    n: n.parse().unwrap_or(0),
+                    total: total.parse().unwrap_or(0),
+                    name,
+                });
             } else if let Some(rest) = line.split_once("KILN-SCRIPT ").map(|x| x.1) {
                 on(Progress::Script(rest));
             } else if let Some(rest) = line.split_once("KILN-FAILED ").map(|x| x.1) {
                 let field = |k: &str| {
-                    rest.split_once(&format!("{k}=")).map(|(_, v)| v.to_owned()).unwrap_or_default()
+                    rest.split_once(&format!("{k}="))
+                        .map(|(_, v)| v.to_owned())
+                        .unwrap_or_default()
                 };
                 let step = field("step");
                 let step = step.split(" line=").next().unwrap_or_default().to_owned();
                 let _ = vm.kill();
-                return Err(InstallFailed { step, command: field("cmd"), tail: tail(&console), log: log.to_owned() }.into());
+                return Err(InstallFailed {
+                    step,
+                    command: field("cmd"),
+                    tail: tail(&console),
+                    log: log.to_owned(),
+                }
+                .into());
             } else if line.contains("KILN-INSTALL-OK") {
                 if let Some(last) = steps.last_mut() {
                     last.seconds = step_started.elapsed().as_secs_f64();
@@ -276,11 +319,19 @@ fn follow_installer(
         }
         done_lines = complete;
         if let Some(how) = exited {
-            bail!("the rescue VM stopped before the installer finished ({how})\n--- last console lines ({}) ---\n{}", log.display(), tail(&console));
+            bail!(
+                "the rescue VM stopped before the installer finished ({how})\n--- last console lines ({}) ---\n{}",
+                log.display(),
+                tail(&console)
+            );
         }
         if Instant::now() > deadline {
             let _ = vm.kill();
-            bail!("the installer did not finish in time\n--- last console lines ({}) ---\n{}", log.display(), tail(&console));
+            bail!(
+                "the installer did not finish in time\n--- last console lines ({}) ---\n{}",
+                log.display(),
+                tail(&console)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -313,7 +364,9 @@ fn follow_first_boot(
             return Ok(verdict);
         }
         if last_beat.elapsed() > Duration::from_secs(15) {
-            on(Progress::Waiting { elapsed: started.elapsed() });
+            on(Progress::Waiting {
+                elapsed: started.elapsed(),
+            });
             last_beat = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -324,8 +377,15 @@ fn follow_first_boot(
 /// `efiBootloaderPath` from whichever filesystem has it.
 pub fn startup_nsh(efi_path: &str) -> String {
     let path = efi_path.replace('/', "\\");
-    let path = if path.starts_with('\\') { path } else { format!("\\{path}") };
-    let mut s = String::from("@echo -off\r\necho kiln: booting efiBootloaderPath ");
+    let path = if path.starts_with('\\') {
+        path
+    } else {
+        format!("\\{path}")
+    };
+    // QEMU's boot order makes OVMF connect only the first disk; connect
+    // every controller and refresh the mappings so the server's disks show
+    // up as filesystems.
+    let mut s = String::from("@echo -off\r\nconnect -r\r\nmap -r\r\necho kiln: booting efiBootloaderPath ");
     s.push_str(&path);
     s.push_str(" as OVH's iPXE does\r\n");
     for fs in 0..10 {
@@ -336,7 +396,10 @@ pub fn startup_nsh(efi_path: &str) -> String {
 }
 
 fn write_startup_nsh(dest: &Path, efi_path: &str) -> Result<()> {
-    let files = [kiln_disk::fat::FatEntry::file("startup.nsh", startup_nsh(efi_path).into_bytes())];
+    let files = [kiln_disk::fat::FatEntry::file(
+        "startup.nsh",
+        startup_nsh(efi_path).into_bytes(),
+    )];
     let opts = kiln_disk::fat::FatOptions::new("KILNIPXE", 0x4b494c4e, 0);
     kiln_disk::fat::write_fat_image(dest, &opts, &files).context("writing the iPXE stand-in disk")?;
     Ok(())
@@ -369,7 +432,10 @@ mod tests {
         let s = startup_nsh("\\efi\\debian\\grubx64.efi");
         assert!(s.contains("if exist fs0:\\efi\\debian\\grubx64.efi then\r\n  fs0:\\efi\\debian\\grubx64.efi\r\n"));
         assert!(s.contains("fs9:"));
-        assert!(!s.to_lowercase().contains("bootx64"), "must not use the removable fallback");
+        assert!(
+            !s.to_lowercase().contains("bootx64"),
+            "must not use the removable fallback"
+        );
     }
 
     #[test]
@@ -379,8 +445,14 @@ mod tests {
         std::fs::write(&f, b"kiln").unwrap();
         // Values from md5sum, sha1sum and sha256sum.
         assert_eq!(checksum_file(&f, "md5").unwrap(), "9e8287435ae73a052c9459e215e46a28");
-        assert_eq!(checksum_file(&f, "sha1").unwrap(), "7908ea50dacbb9a91898af51d70a054211d46dee");
-        assert_eq!(checksum_file(&f, "sha256").unwrap(), "cdfe9ad58b46226d63eb322dacd35f4f7ac38096180c87258c142e4bca9a3cf5");
+        assert_eq!(
+            checksum_file(&f, "sha1").unwrap(),
+            "7908ea50dacbb9a91898af51d70a054211d46dee"
+        );
+        assert_eq!(
+            checksum_file(&f, "sha256").unwrap(),
+            "cdfe9ad58b46226d63eb322dacd35f4f7ac38096180c87258c142e4bca9a3cf5"
+        );
         assert_eq!(checksum_file(&f, "sha512").unwrap().len(), 128);
         assert!(checksum_file(&f, "crc32").is_err());
     }
