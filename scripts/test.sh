@@ -11,5 +11,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --workspace
 if [ "${1:-}" != "--fast" ]; then
   cargo build --release -p kiln
-  cargo test --workspace -- --ignored --test-threads=1
+  cargo test --workspace --no-fail-fast -- --ignored --test-threads=1
 fi

@@ -254,16 +254,7 @@ impl Run<'_> {
         // In a private mount namespace, so that no mount mmdebstrap makes in
         // the tree can outlive it, even if it is killed; its temporary files
         // go to the work directory for the same reason.
-        Cmd::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--fork",
-                "--kill-child",
-                "--",
-                "mmdebstrap",
-            ])
+        Cmd::in_mount_namespace("mmdebstrap")
             .args(&args)
             .env("TMPDIR", &tmp)
             .log_to(&self.log)

@@ -59,19 +59,8 @@ pub fn run_in_tree(
         format!("#!/bin/sh\nset -e\n{}", script.body)
     };
     write_mode(&tree.join(inside.trim_start_matches('/')), &body, 0o755)?;
-    let result = Cmd::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "--kill-child",
-            "--",
-            "sh",
-            "-c",
-            WRAPPER,
-            "kiln-chroot",
-        ])
+    let result = Cmd::in_mount_namespace("sh")
+        .args(["-c", WRAPPER, "kiln-chroot"])
         .arg(tree)
         .arg(inside)
         .env("DEBIAN_FRONTEND", "noninteractive")

@@ -217,18 +217,8 @@ fn run_script(scenario: &str) -> Outcome {
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let timer = Instant::now();
     let prefix = format!("  {scenario} |");
-    Cmd::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "--kill-child",
-            "--",
-            "sh",
-            "-c",
-            NAMESPACE_SCRIPT,
-        ])
+    Cmd::in_mount_namespace("sh")
+        .args(["-c", NAMESPACE_SCRIPT])
         .arg("kiln-ovh-chroot-test")
         .arg(&part)
         .arg(work.path().join("mnt"))

@@ -151,17 +151,8 @@ pub fn make_xfs(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOptio
     // The mount lives only in this namespace; the explicit umount flushes
     // the filesystem before the loop device is detached.
     let script = r#"mount -t xfs "$1" "$2"; cp -a "$3"/. "$2"/; umount "$2""#;
-    Cmd::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-euc",
-            script,
-            "kiln-make-xfs",
-        ])
+    Cmd::in_mount_namespace("sh")
+        .args(["-euc", script, "kiln-make-xfs"])
         .arg(device.path())
         .arg(&mnt)
         .arg(tree)
@@ -293,19 +284,8 @@ mod tests {
         let script = r#"mount -o ro -t xfs "$1" "$2"; cat "$2/etc/hostname"; stat -c '%u:%g %h %a' "$2/etc/hostname" "$2/usr/bin/tool""#;
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let out = Cmd::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-euc",
-                script,
-                "t",
-                d,
-                mnt.to_str().unwrap(),
-            ])
+        let out = Cmd::in_mount_namespace("sh")
+            .args(["-euc", script, "t", d, mnt.to_str().unwrap()])
             .run_string()
             .unwrap();
         assert_eq!(out, "kiln\n1234:5678 1 644\n0:0 2 4755");

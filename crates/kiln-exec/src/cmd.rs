@@ -105,6 +105,22 @@ impl Cmd {
         }
     }
 
+    /// A command running `program` (then the added arguments) in a new
+    /// private mount namespace (`unshare --mount --propagation private
+    /// --fork --kill-child`): every mount it makes vanishes with it, even if
+    /// kiln is killed, so nothing needs unmounting by hand.
+    pub fn in_mount_namespace(program: &str) -> Self {
+        Cmd::new("unshare").args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "--kill-child",
+            "--",
+            program,
+        ])
+    }
+
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
         self

@@ -151,7 +151,7 @@ fn boot_debian(firmware: Firmware) {
     assert!(verdict.passed, "{}", verdict.summary());
     assert_eq!(verdict.ending, Ending::AllSeen);
     assert!(verdict.checks.iter().all(|c| c.seen_at.is_some()));
-    let console = std::fs::read_to_string(work.path().join("console.log")).unwrap();
+    let console = String::from_utf8_lossy(&std::fs::read(work.path().join("console.log")).unwrap()).into_owned();
     assert!(
         console.contains("DataSourceNoCloud"),
         "cloud-init did not read the generated NoCloud seed"

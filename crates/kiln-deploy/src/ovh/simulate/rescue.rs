@@ -91,16 +91,7 @@ pub fn ensure_rescue(cache: &Path, sources: &[String], on_line: impl FnMut(&str)
     std::fs::write(&init, INIT)?;
     let tmp = work.path().join("tmp");
     std::fs::create_dir_all(&tmp)?;
-    Cmd::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "--kill-child",
-            "--",
-            "mmdebstrap",
-        ])
+    Cmd::in_mount_namespace("mmdebstrap")
         .args([
             "--mode=root",
             "--variant=minbase",
