@@ -115,9 +115,17 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
     let components = base.components.clone().unwrap_or_else(|| vec!["main".to_owned()]);
     let release = base.release.as_str();
     let serves = |s: &HostSource, suite: &str| s.suites.iter().any(|x| x == suite);
-    let mirror = match &base.mirror {
-        Some(m) => m.trim_end_matches('/').to_owned(),
-        None => match base.distro {
+    let snapshot = base.snapshot.as_deref().map(|s| {
+        if s.contains("://") {
+            s.trim_end_matches('/').to_owned()
+        } else {
+            format!("{SNAPSHOT_ARCHIVE}/debian/{s}")
+        }
+    });
+    let mirror = match (&snapshot, &base.mirror) {
+        (Some(s), _) => s.clone(),
+        (None, Some(m)) => m.trim_end_matches('/').to_owned(),
+        (None, None) => match base.distro {
             Distro::Debian => host
                 .iter()
                 .find(|s| serves(s, release) && !s.uri.contains("security"))
@@ -149,6 +157,11 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
     let security_suite = format!("{release}-security");
     let security = match base.distro {
         Distro::Ubuntu => mirror.clone(),
+        // snapshot.debian.org keeps debian-security beside debian.
+        Distro::Debian if snapshot.is_some() => match mirror.rsplit_once("/debian/") {
+            Some((head, stamp)) if head.ends_with("/archive") => format!("{head}/debian-security/{stamp}"),
+            _ => mirror.clone(),
+        },
         Distro::Debian => host
             .iter()
             .find(|s| base.mirror.is_none() && serves(s, &security_suite))
@@ -158,6 +171,9 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
     lines.push(line(&security, security_suite));
     Ok(lines)
 }
+
+/// Where snapshot time stamps point.
+pub const SNAPSHOT_ARCHIVE: &str = "https://snapshot.debian.org/archive";
 
 /// What `mmdebstrap` is asked to do.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -175,6 +191,8 @@ pub struct BootstrapRequest {
     pub download_dir: String,
     /// Extra apt sources: (file name, deb822 text, key file on the host).
     pub extra_sources: Vec<ExtraSource>,
+    /// The sources are a dated snapshot: their Release files have expired.
+    pub snapshot: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -185,8 +203,12 @@ pub struct ExtraSource {
 }
 
 /// The `mmdebstrap` argument vector for `req`, building into `tree`.
-/// `scratch` is a host directory for the generated sources files.
-pub fn mmdebstrap_args(req: &BootstrapRequest, tree: &Path, scratch: &Path) -> Vec<String> {
+/// `scratch` is a host directory for the generated sources files;
+/// `packages`, when given, a directory of `.deb` files shared by builds:
+/// apt takes what it needs from there and only downloads the rest, and
+/// what it downloaded is added to it (each file written under a temporary
+/// name and renamed, so concurrent builds never see half a file).
+pub fn mmdebstrap_args(req: &BootstrapRequest, tree: &Path, scratch: &Path, packages: Option<&Path>) -> Vec<String> {
     let mut args = vec![
         "--mode=root".to_owned(),
         format!("--variant={}", req.variant),
@@ -198,6 +220,9 @@ pub fn mmdebstrap_args(req: &BootstrapRequest, tree: &Path, scratch: &Path) -> V
         "--aptopt=Acquire::Retries \"3\"".to_owned(),
         "--dpkgopt=force-unsafe-io".to_owned(),
     ];
+    if req.snapshot {
+        args.push("--aptopt=Acquire::Check-Valid-Until \"false\"".to_owned());
+    }
     if !req.include.is_empty() {
         args.push(format!("--include={}", req.include.join(",")));
     }
@@ -219,6 +244,24 @@ pub fn mmdebstrap_args(req: &BootstrapRequest, tree: &Path, scratch: &Path) -> V
             "--setup-hook=upload {} /etc/apt/sources.list.d/{}.sources",
             kiln_exec::cmd::shell_quote(&file.to_string_lossy()),
             extra.name
+        ));
+    }
+    if let Some(cache) = packages {
+        let c = kiln_exec::cmd::shell_quote(&cache.to_string_lossy());
+        let archives = "\"$1/var/cache/apt/archives\"";
+        // Keep the essential .debs until the customize hook below has
+        // copied them out (mmdebstrap would unlink them after installing).
+        args.push("--skip=essential/unlink".to_owned());
+        args.push(format!("--setup-hook=mkdir -p {archives}/partial"));
+        // Hard links when the cache is on the same filesystem, else copies.
+        args.push(format!(
+            "--setup-hook=for f in {c}/*.deb; do [ -e \"$f\" ] || continue; \
+             ln \"$f\" {archives}/ 2>/dev/null || cp \"$f\" {archives}/; done"
+        ));
+        args.push(format!(
+            "--customize-hook=for f in {archives}/*.deb; do [ -e \"$f\" ] || continue; b=${{f##*/}}; \
+             [ -e {c}/\"$b\" ] || {{ cp \"$f\" {c}/.\"$b\".$$ && mv {c}/.\"$b\".$$ {c}/\"$b\"; }}; done; \
+             rm -f {archives}/*.deb"
         ));
     }
     if !req.download.is_empty() {
@@ -243,6 +286,7 @@ mod tests {
             distro: Distro::Debian,
             release: "bookworm".into(),
             mirror: mirror.map(Into::into),
+            snapshot: None,
             components: None,
             variant: None,
             architecture: None,
@@ -295,6 +339,44 @@ mod tests {
         let lines = resolve_sources(&base(Some("http://other.example/debian/")), &host).unwrap();
         assert_eq!(lines[0].uri, "http://other.example/debian");
         assert_eq!(lines[2].uri, "http://other.example/debian-security");
+    }
+
+    #[test]
+    fn snapshots_pin_every_suite_and_accept_expired_release_files() {
+        let host = parse_deb822_sources(DEB822);
+        let mut b = base(None);
+        b.snapshot = Some("20260101T000000Z".into());
+        let lines = resolve_sources(&b, &host).unwrap();
+        assert_eq!(lines[0].uri, "https://snapshot.debian.org/archive/debian/20260101T000000Z");
+        assert_eq!(lines[1].suite, "bookworm-updates");
+        assert_eq!(lines[2].uri, "https://snapshot.debian.org/archive/debian-security/20260101T000000Z");
+        b.snapshot = Some("http://aptly.example/snap/2026-01/".into());
+        let lines = resolve_sources(&b, &host).unwrap();
+        assert!(lines.iter().all(|l| l.uri == "http://aptly.example/snap/2026-01"), "{lines:?}");
+    }
+
+    #[test]
+    fn the_package_cache_is_linked_in_and_filled_atomically() {
+        let req = BootstrapRequest {
+            distro: Distro::Debian,
+            release: "bookworm".into(),
+            variant: "important".into(),
+            architecture: "amd64".into(),
+            sources: vec![],
+            include: vec!["cloud-init".into()],
+            download: vec![],
+            download_dir: "/root/.ovh/debs".into(),
+            extra_sources: vec![],
+            snapshot: true,
+        };
+        let args = mmdebstrap_args(&req, Path::new("/t"), Path::new("/s"), Some(Path::new("/c/packages")));
+        let all = args.join("\n");
+        assert!(args.iter().any(|a| a == "--skip=essential/unlink"), "{all}");
+        assert!(all.contains("ln \"$f\""), "{all}");
+        assert!(all.contains("mv /c/packages/.\"$b\".$$ /c/packages/\"$b\""), "{all}");
+        assert!(all.contains("Check-Valid-Until"), "{all}");
+        let none = mmdebstrap_args(&req, Path::new("/t"), Path::new("/s"), None).join("\n");
+        assert!(!none.contains("/c/packages") && !none.contains("essential/unlink"), "{none}");
     }
 
     #[test]

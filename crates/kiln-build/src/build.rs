@@ -1,26 +1,36 @@
-//! The executor: runs a [`Plan`]'s stages in order, reporting progress, and
-//! writes the outputs atomically.
+//! The executor: runs a [`Plan`]'s stages, reusing what the stage cache
+//! holds, reporting progress, and writing the outputs atomically.
 //!
-//! Every side effect is owned by a guard: the work directory (root tree and
-//! raw disk) is deleted on any exit, outputs are written as `*.part` and
-//! renamed only once complete, and chroot mounts live in namespaces that die
-//! with their process. A failed or interrupted build therefore leaves the
+//! The tree is a stack of layers (see [`crate::layers`]): bootstrap, then
+//! customisation, then one finalisation layer per target. Each layer is
+//! stored in the cache under a key made of its stage hash and the content
+//! digests of the layers below it, so a stage is reused exactly when its
+//! inputs and everything under it are unchanged, and a rebuilt stage that
+//! happens to produce the same bytes does not invalidate what follows. A
+//! target's image is cached too, keyed by its finalised tree, its stages'
+//! inputs and the manifest embedded in it. Targets run in parallel.
+//!
+//! Every side effect is owned by a guard: the work directory is deleted on
+//! any exit, overlays live in the build's private mount namespace, outputs
+//! are written as `*.part` and renamed only once complete, and cache entries
+//! become visible only when whole. A failed or interrupted build leaves the
 //! output directory as it was, plus the build log.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use kiln_disk::partition::{self, PartKind, PartitionSpec, TableKind};
 use kiln_exec::{Cmd, PartialFile, WorkDir};
 use kiln_spec::{Filesystem, PartitionTable};
 use sha2::{Digest, Sha512};
 
+use crate::cache::{self, Cache, Hit, Lookup, Record};
 use crate::chroot::{run_in_tree, write_mode, ChrootScript};
 use crate::customise;
-use crate::hash::Hasher;
+use crate::hash::{Hash, Hasher};
+use crate::layers::{self, Overlay};
 use crate::manifest::{self, Artifact, Manifest, PartitionInfo};
 use crate::plan::{run_name, OvhByolPlan, Plan, Stage};
 use crate::targets::disk;
@@ -47,6 +57,21 @@ pub enum Event {
         id: String,
         elapsed: Duration,
     },
+    /// The stage's output came from the cache.
+    StageReused {
+        id: String,
+        summary: String,
+    },
+    /// The stage did not need to run (its target's image was reused).
+    StageSkipped {
+        id: String,
+        reason: String,
+    },
+    /// Why a stage is about to run instead of being reused (`--explain`).
+    StageRebuilt {
+        id: String,
+        reason: String,
+    },
 }
 
 /// Receives [`Event`]s; the binary renders them as progress bars or JSON.
@@ -67,8 +92,28 @@ pub struct BuildOptions {
     /// Parent of the scratch directory; default: the output directory, so
     /// that the final rename never crosses filesystems.
     pub work_dir: Option<PathBuf>,
-    /// Keep the scratch directory (root tree, raw disk) for debugging.
+    /// Keep the scratch directory (layers, raw disks) for debugging.
     pub keep_work: bool,
+    /// The stage cache's root directory.
+    pub cache_dir: PathBuf,
+    /// Rebuild every stage; results are still stored for later builds.
+    pub no_cache: bool,
+    /// Threads for image compression (0: one per CPU).
+    pub threads: usize,
+}
+
+impl BuildOptions {
+    /// Defaults: the machine-wide cache, every CPU.
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        BuildOptions {
+            out_dir: out_dir.into(),
+            work_dir: None,
+            keep_work: false,
+            cache_dir: cache::default_dir(),
+            no_cache: false,
+            threads: 0,
+        }
+    }
 }
 
 /// What a build produced.
@@ -77,11 +122,13 @@ pub struct BuildOutput {
     pub artifacts: Vec<PathBuf>,
     pub manifest: PathBuf,
     pub log: PathBuf,
+    /// Stage ids taken from the cache.
+    pub reused: Vec<String>,
 }
 
 /// Tools a build of `plan` runs, checked before any work starts.
 pub fn required_tools(plan: &Plan) -> Vec<&'static str> {
-    let mut tools = vec!["mmdebstrap", "unshare", "chroot", "sh", "dpkg-query", "qemu-img"];
+    let mut tools = vec!["mmdebstrap", "unshare", "chroot", "sh", "dpkg-query", "cp"];
     if let Some(d) = &plan.disk {
         tools.extend(crate::targets::disk::required_tools(d));
     }
@@ -97,6 +144,9 @@ pub fn required_tools(plan: &Plan) -> Vec<&'static str> {
 /// Runs the whole build.
 pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> Result<BuildOutput> {
     preflight(plan)?;
+    layers::enter_private_mount_namespace()?;
+    let cache = Cache::open(&opts.cache_dir)
+        .with_context(|| format!("opening the stage cache {}", opts.cache_dir.display()))?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
     let out_dir = std::fs::canonicalize(&opts.out_dir)?;
     let mut work = WorkDir::new_in(opts.work_dir.as_deref().unwrap_or(&out_dir), ".kiln-work-")
@@ -106,43 +156,24 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
     }
     let log = out_dir.join(format!("{}-{}.build.log", plan.name, plan.version));
     std::fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
-    let mut run = Run {
+    let run = Run {
         plan,
+        opts,
+        cache,
         reporter,
         log: log.clone(),
-        tree: work.path().join("tree"),
         work: work.path().to_owned(),
         out_dir,
-        targets: BTreeMap::new(),
-        artifacts: Vec::new(),
+        git: manifest::git_info(&plan.spec_dir),
+        reused: std::sync::Mutex::new(Vec::new()),
     };
-
-    for stage in &plan.stages {
-        kiln_exec::check_interrupted()?;
-        let started = Instant::now();
-        run.reporter.event(Event::StageStarted {
-            id: stage.id.clone(),
-            title: stage.kind.title().to_owned(),
-        });
-        match run.stage(stage) {
-            Ok(summary) => run.reporter.event(Event::StageFinished {
-                id: stage.id.clone(),
-                elapsed: started.elapsed(),
-                summary,
-            }),
-            Err(e) => {
-                run.reporter.event(Event::StageFailed {
-                    id: stage.id.clone(),
-                    elapsed: started.elapsed(),
-                });
-                return Err(e.context(format!("stage {} failed (build log: {})", stage.id, log.display())));
-            }
-        }
-    }
+    let result = run.all().map_err(|e| anyhow!("{e:#}\n(build log: {})", log.display()));
+    let artifacts = result?;
     Ok(BuildOutput {
-        artifacts: run.artifacts,
+        artifacts,
         manifest: run.out_dir.join("manifest.json"),
         log,
+        reused: run.reused.into_inner().unwrap_or_default(),
     })
 }
 
@@ -178,37 +209,136 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// What one target's stages hand to the next.
-struct TargetState {
-    /// The target's own copy of the customised tree.
-    tree: PathBuf,
-    /// The manifest embedded in the image (no artifacts yet).
-    embedded: Manifest,
-    /// The raw disk being assembled, in the work directory.
-    disk: Option<PathBuf>,
-    /// Filesystem offset, size and UUID inside `disk`.
-    fs: Option<(u64, u64, uuid::Uuid)>,
-    layout: Option<partition::Layout>,
-    /// The finished image, not yet renamed into place.
-    output: Option<(PartialFile, String)>,
+/// A tree layer in use: cache entries (held with shared locks so nobody
+/// deletes them meanwhile) or a directory in the work directory. Usually
+/// one directory; a bootstrap grown by added packages is its increment on
+/// top of the bootstrap it grew from.
+struct Layer {
+    /// Top first.
+    dirs: Vec<PathBuf>,
+    key: Hash,
+    digest: String,
+    state: serde_json::Value,
+    /// Built by this build (not taken from the cache).
+    fresh: bool,
+    _hold: Vec<Hit>,
+}
+
+impl Layer {
+    fn local(dir: &Path, key: Hash, digest: String, state: serde_json::Value) -> Layer {
+        Layer {
+            dirs: vec![dir.to_owned()],
+            key,
+            digest,
+            state,
+            fresh: true,
+            _hold: Vec::new(),
+        }
+    }
+
+    /// The layer of a cache entry, with the entries it stands on (`base`
+    /// in its state); `None` if one of those is gone.
+    fn from_hit(cache: &Cache, hit: Hit, key: Hash) -> Result<Option<Layer>> {
+        let mut layer = Layer {
+            dirs: vec![hit.item("layer")],
+            key,
+            digest: hit.entry.items.first().map(|i| i.digest.clone()).unwrap_or_default(),
+            state: hit.entry.state.clone(),
+            fresh: false,
+            _hold: Vec::new(),
+        };
+        if let Some(base_key) = hit.entry.state["base"].as_str().and_then(Hash::from_hex) {
+            let Lookup::Hit(base_hit) = cache.lookup(&base_key)? else {
+                return Ok(None);
+            };
+            let Some(base) = Layer::from_hit(cache, base_hit, base_key)? else {
+                return Ok(None);
+            };
+            layer.digest = Hasher::new("stacked layer")
+                .str("top", &layer.digest)
+                .str("base", &base.digest)
+                .finish()
+                .to_hex();
+            layer.dirs.extend(base.dirs);
+            layer._hold.extend(base._hold);
+        }
+        layer._hold.push(hit);
+        Ok(Some(layer))
+    }
+}
+
+/// A target's finished image and what the manifest says about it.
+struct TargetResult {
+    target: String,
+    image: PathBuf,
+    state: ImageState,
+    _hold: Option<Hit>,
+}
+
+/// What a cached image entry remembers besides the image.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ImageState {
+    file_name: String,
+    format: String,
+    size: u64,
+    sha512: String,
+    embedded: serde_json::Value,
+    partitions: Vec<PartitionInfo>,
 }
 
 struct Run<'a> {
     plan: &'a Plan,
+    opts: &'a BuildOptions,
+    cache: Cache,
     reporter: Arc<dyn Reporter>,
     log: PathBuf,
-    /// The customised tree shared by all targets.
-    tree: PathBuf,
     work: PathBuf,
     out_dir: PathBuf,
-    targets: BTreeMap<String, TargetState>,
-    artifacts: Vec<PathBuf>,
+    git: Option<manifest::GitInfo>,
+    reused: std::sync::Mutex<Vec<String>>,
+}
+
+/// Runs `f` as stage `id`, reporting start, end and failure.
+fn timed<T>(
+    reporter: &Arc<dyn Reporter>,
+    stage: &Stage,
+    f: impl FnOnce() -> Result<(T, String)>,
+) -> Result<T> {
+    kiln_exec::check_interrupted()?;
+    let started = Instant::now();
+    reporter.event(Event::StageStarted {
+        id: stage.id.clone(),
+        title: stage.kind.title().to_owned(),
+    });
+    match f() {
+        Ok((value, summary)) => {
+            reporter.event(Event::StageFinished {
+                id: stage.id.clone(),
+                elapsed: started.elapsed(),
+                summary,
+            });
+            Ok(value)
+        }
+        Err(e) => {
+            reporter.event(Event::StageFailed {
+                id: stage.id.clone(),
+                elapsed: started.elapsed(),
+            });
+            Err(e.context(format!("stage {} failed", stage.id)))
+        }
+    }
 }
 
 impl Run<'_> {
-    fn sink(&self, stage: &Stage) -> impl FnMut(&str) + Send + 'static {
+    fn stage(&self, id: &str) -> Result<&Stage> {
+        self.plan
+            .stage(id)
+            .with_context(|| format!("internal: the plan has no stage {id}"))
+    }
+
+    fn sink(&self, id: &str) -> impl FnMut(&str) + Send + 'static {
         let reporter = Arc::clone(&self.reporter);
-        let id = stage.id.clone();
+        let id = id.to_owned();
         move |line: &str| {
             reporter.event(Event::Output {
                 id: id.clone(),
@@ -218,57 +348,354 @@ impl Run<'_> {
     }
 
     fn chroot(&self, stage: &Stage, tree: &Path, name: &str, body: &str) -> Result<()> {
-        run_in_tree(tree, &ChrootScript { name, body }, &self.log, self.sink(stage))
+        let script = ChrootScript {
+            name,
+            body,
+            source_date_epoch: self.plan.source_date_epoch,
+        };
+        run_in_tree(tree, &script, &self.log, self.sink(&stage.id))
     }
 
-    fn state(&mut self, target: &str) -> Result<&mut TargetState> {
-        self.targets
-            .get_mut(target)
-            .with_context(|| format!("internal: no finalised tree for target {target}"))
+    fn all(&self) -> Result<Vec<PathBuf>> {
+        let boot = self.tree_stage(self.stage("bootstrap")?, &[], |stage, tree| self.bootstrap(stage, tree))?;
+        let cust = self.tree_stage(self.stage("customise")?, &[&boot], |stage, tree| {
+            self.customise(stage, tree)
+        })?;
+        let targets = self.plan.target_names();
+        let results: Vec<Result<TargetResult>> = std::thread::scope(|s| {
+            let handles: Vec<_> = targets
+                .iter()
+                .map(|t| {
+                    let (cust, boot) = (&cust, &boot);
+                    s.spawn(move || self.target(t, cust, boot))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("internal: a target's thread panicked"))))
+                .collect()
+        });
+        let mut done = Vec::new();
+        for r in results {
+            done.push(r?);
+        }
+        timed(&self.reporter, self.stage("checksums")?, || {
+            let artifacts = self.checksums(done)?;
+            let n = artifacts.len();
+            Ok((artifacts, format!("{n} artifacts")))
+        })
     }
 
-    fn stage(&mut self, stage: &Stage) -> Result<String> {
-        use crate::plan::StageKind::*;
-        let target = stage.target.as_deref().unwrap_or_default();
-        match stage.kind {
-            Bootstrap => self.bootstrap(stage),
-            Customise => self.customise(stage),
-            Finalise => self.finalise(stage, target),
-            Filesystem => self.filesystem(target),
-            Disk => self.disk(target),
-            Convert => self.convert(target),
-            Checksums => self.checksums(),
+    /// The cache key of a stage's output: its stage hash and the content of
+    /// everything below it.
+    fn entry_key(stage: &Stage, lowers: &[&Layer], extra: &str) -> Hash {
+        let mut h = Hasher::new("cache entry");
+        h.hash("stage", &stage.hash);
+        for l in lowers {
+            h.hash("lower", &l.key).str("lower digest", &l.digest);
+        }
+        h.str("extra", extra);
+        h.finish()
+    }
+
+    fn record(&self, stage: &Stage, lowers: &[&Layer]) -> Record {
+        Record {
+            key: stage.hash.to_hex(),
+            inputs: stage.inputs.iter().map(|i| (i.name.clone(), i.hash.to_hex())).collect(),
+            parents: stage
+                .parents
+                .iter()
+                .filter_map(|p| self.plan.stage(p).map(|s| (p.clone(), s.hash.to_hex())))
+                .collect(),
+            lowers: lowers.iter().map(|l| l.digest.clone()).collect(),
+            entry: None,
         }
     }
 
-    fn bootstrap(&mut self, stage: &Stage) -> Result<String> {
+    /// Why `stage` (entry `key`) must run: for `--explain`.
+    fn why_rebuilt(&self, stage: &Stage, lowers: &[&Layer], lookup: Option<&Lookup>) -> String {
+        if self.opts.no_cache {
+            return "--no-cache".to_owned();
+        }
+        if let Some(Lookup::Corrupt(why)) = lookup {
+            return format!("its cache entry was damaged ({why}); rebuilding it");
+        }
+        let previous = self.cache.read_record(&self.plan.name, &stage.id);
+        let parents: Vec<(String, Hash)> = stage
+            .parents
+            .iter()
+            .filter_map(|p| self.plan.stage(p).map(|s| (p.clone(), s.hash)))
+            .collect();
+        let lower_digests: Vec<String> = lowers.iter().map(|l| l.digest.clone()).collect();
+        cache::explain_rebuild(previous.as_ref(), &stage.hash, &stage.inputs, &parents, &lower_digests)
+    }
+
+    fn note_reused(&self, stage: &Stage, summary: String) {
+        self.reused.lock().expect("reuse list").push(stage.id.clone());
+        self.reporter.event(Event::StageReused {
+            id: stage.id.clone(),
+            summary,
+        });
+    }
+
+    /// Looks `key` up unless `--no-cache`; a hit is reported as reused.
+    fn try_reuse(&self, key: &Hash) -> Result<(Option<Hit>, Option<Lookup>)> {
+        if self.opts.no_cache {
+            return Ok((None, None));
+        }
+        match self.cache.lookup(key)? {
+            Lookup::Hit(hit) => Ok((Some(hit), None)),
+            other => Ok((None, Some(other))),
+        }
+    }
+
+    /// A stage whose output is a tree layer: reused from the cache, or run
+    /// by `run` on a writable view (the layer itself for the first one, an
+    /// overlay over `lowers` otherwise) and stored.
+    fn tree_stage(
+        &self,
+        stage: &Stage,
+        lowers: &[&Layer],
+        run: impl FnOnce(&Stage, &Path) -> Result<(String, serde_json::Value)>,
+    ) -> Result<Layer> {
+        let key = Self::entry_key(stage, lowers, "");
+        let (hit, miss) = self.try_reuse(&key)?;
+        if let Some(layer) = hit.map(|hit| Layer::from_hit(&self.cache, hit, key)).transpose()?.flatten() {
+            self.note_reused(stage, format!("reused from the cache ({})", key.short()));
+            let _ = self.cache.write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
+            return Ok(layer);
+        }
+        if stage.kind == crate::plan::StageKind::Bootstrap && !self.opts.no_cache {
+            if let Some(layer) = self.grow_bootstrap(stage, key)? {
+                return Ok(layer);
+            }
+        }
+        let reason = self.why_rebuilt(stage, lowers, miss.as_ref());
+        self.reporter.event(Event::StageRebuilt {
+            id: stage.id.clone(),
+            reason,
+        });
+        let lock = self.builder_lock(&key)?;
+        if lock.is_some() && !self.opts.no_cache && self.cache.exists(&key) {
+            drop(lock);
+            if let Lookup::Hit(hit) = self.cache.lookup(&key)? {
+                if let Some(layer) = Layer::from_hit(&self.cache, hit, key)? {
+                    self.note_reused(stage, "reused: built meanwhile by another build".to_owned());
+                    return Ok(layer);
+                }
+            }
+            return self.tree_stage(stage, lowers, run);
+        }
+        let base = self.work.join("layers").join(stage.id.replace('/', "_"));
+        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+        let layer_dir = base.join("layer");
+        let state = timed(&self.reporter, stage, || {
+            let (summary, state) = if lowers.is_empty() {
+                run(stage, &layer_dir)?
+            } else {
+                let lower_dirs = stack(lowers);
+                let view = Overlay::mount(
+                    &lower_dirs,
+                    Some((&layer_dir, &base.join("overlay-work"))),
+                    &base.join("tree"),
+                )?;
+                let out = run(stage, view.path())?;
+                view.unmount()?;
+                cache::remove_tree(&base.join("overlay-work"))?;
+                out
+            };
+            if let Some(epoch) = self.plan.source_date_epoch {
+                layers::clamp_times(&layer_dir, epoch)?;
+            }
+            Ok((state, summary))
+        })?;
+        self.store_layer(stage, lowers, key, lock, &layer_dir, state)
+    }
+
+    /// One builder per key: a concurrent build of the same stage waits here
+    /// and then reuses what the first one stored. `None` for a `--no-cache`
+    /// rebuild of an entry that exists: it is neither waited for nor stored.
+    fn builder_lock(&self, key: &Hash) -> Result<Option<cache::EntryLock>> {
+        if self.opts.no_cache && self.cache.exists(key) {
+            return Ok(None);
+        }
+        Ok(Some(self.cache.lock_exclusive(key)?))
+    }
+
+    fn store_layer(
+        &self,
+        stage: &Stage,
+        lowers: &[&Layer],
+        key: Hash,
+        lock: Option<cache::EntryLock>,
+        layer_dir: &Path,
+        state: serde_json::Value,
+    ) -> Result<Layer> {
+        let _ = self.cache.write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
+        let lock = match lock {
+            Some(lock) if !self.cache.exists(&key) => lock,
+            _ => {
+                // --no-cache over an existing entry: keep both; use ours.
+                let (_, digest) = cache::digest_path(layer_dir)?;
+                return Ok(Layer::local(layer_dir, key, digest, state));
+            }
+        };
+        let mut pending = self.cache.begin(&key, &stage.id, &self.plan.name)?;
+        pending.adopt("layer", layer_dir)?;
+        pending.commit(state)?;
+        let hit = self.cache.hit_after_commit(&key, lock)?;
+        let mut layer = Layer::from_hit(&self.cache, hit, key)?.context("a cache entry this build stands on vanished")?;
+        layer.fresh = true;
+        Ok(layer)
+    }
+
+    fn record_entry(&self, stage: &Stage, lowers: &[&Layer], key: &Hash) -> Record {
+        let mut r = self.record(stage, lowers);
+        r.entry = Some(key.to_hex());
+        r
+    }
+
+    /// What the bootstrap's output depends on besides the package list.
+    fn bootstrap_base_hash(&self) -> String {
+        let mut req = self.plan.bootstrap.clone();
+        req.include.clear();
+        Hasher::new("bootstrap base")
+            .json("request", &req)
+            .str("mmdebstrap", self.plan.tools.get("mmdebstrap").map(String::as_str).unwrap_or(""))
+            .json("epoch", &self.plan.source_date_epoch)
+            .finish()
+            .to_hex()
+    }
+
+    /// When the spec only added packages since the last bootstrap of this
+    /// spec, installs just those on top of it (an overlay increment)
+    /// instead of bootstrapping again: a rebuild after adding one package
+    /// downloads and installs one package. `--no-cache` never takes this
+    /// path, so the reproducible result is always a full bootstrap.
+    fn grow_bootstrap(&self, stage: &Stage, key: Hash) -> Result<Option<Layer>> {
+        let Some(record) = self.cache.read_record(&self.plan.name, &stage.id) else {
+            return Ok(None);
+        };
+        let Some(prev_key) = record.entry.as_deref().and_then(Hash::from_hex) else {
+            return Ok(None);
+        };
+        let Lookup::Hit(prev_hit) = self.cache.lookup(&prev_key)? else {
+            return Ok(None);
+        };
+        let Some(prev) = Layer::from_hit(&self.cache, prev_hit, prev_key)? else {
+            return Ok(None);
+        };
+        let before: Vec<String> = serde_json::from_value(prev.state["include"].clone()).unwrap_or_default();
+        let base_hash = self.bootstrap_base_hash();
+        let now = &self.plan.bootstrap.include;
+        if before.is_empty()
+            || prev.state["base_hash"].as_str() != Some(base_hash.as_str())
+            || !before.iter().all(|p| now.contains(p))
+        {
+            return Ok(None);
+        }
+        let added: Vec<&str> = now.iter().filter(|p| !before.contains(p)).map(String::as_str).collect();
+        if added.is_empty() {
+            return Ok(None);
+        }
+        let names = added.join(" ");
+        self.reporter.event(Event::StageRebuilt {
+            id: stage.id.clone(),
+            reason: format!("packages added: {names}; installing them on top of the cached bootstrap"),
+        });
+        let Some(lock) = self.builder_lock(&key)? else {
+            return Ok(None);
+        };
+        let base = self.work.join("layers").join("bootstrap-increment");
+        std::fs::create_dir_all(&base)?;
+        let layer_dir = base.join("layer");
+        let packages = self.cache.packages_dir();
+        timed(&self.reporter, stage, || {
+            let view = Overlay::mount(
+                &stack(&[&prev]),
+                Some((&layer_dir, &base.join("overlay-work"))),
+                &base.join("tree"),
+            )?;
+            let script = format!(
+                "apt-get install -y --no-install-recommends {names} || \
+                 {{ apt-get update && apt-get install -y --no-install-recommends {names}; }}"
+            );
+            self.chroot(stage, view.path(), "installing the added packages", &script)?;
+            // New .debs go to the package cache, as mmdebstrap's do.
+            let archives = view.path().join("var/cache/apt/archives");
+            for e in std::fs::read_dir(&archives)?.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".deb") && !packages.join(&name).exists() {
+                    let tmp = packages.join(format!(".{name}.{}", std::process::id()));
+                    std::fs::copy(e.path(), &tmp)?;
+                    std::fs::rename(&tmp, packages.join(&name))?;
+                }
+            }
+            self.chroot(stage, view.path(), "cleaning apt's archive", "apt-get clean")?;
+            view.unmount()?;
+            cache::remove_tree(&base.join("overlay-work"))?;
+            if let Some(epoch) = self.plan.source_date_epoch {
+                layers::clamp_times(&layer_dir, epoch)?;
+            }
+            Ok(((), format!("installed {names} on top of the cached bootstrap {}", prev_key.short())))
+        })?;
+        let _ = self.cache.write_record(&self.plan.name, &stage.id, &self.record_entry(stage, &[], &key));
+        let state = serde_json::json!({
+            "include": now,
+            "base_hash": base_hash,
+            "base": prev_key.to_hex(),
+        });
+        let mut pending = self.cache.begin(&key, &stage.id, &self.plan.name)?;
+        pending.adopt("layer", &layer_dir)?;
+        pending.commit(state)?;
+        drop(prev);
+        let hit = self.cache.hit_after_commit(&key, lock)?;
+        let mut layer = Layer::from_hit(&self.cache, hit, key)?.context("a cache entry this build stands on vanished")?;
+        layer.fresh = true;
+        Ok(Some(layer))
+    }
+
+    fn bootstrap(&self, stage: &Stage, tree: &Path) -> Result<(String, serde_json::Value)> {
         let plan = self.plan;
         let scratch = self.work.join("sources");
         std::fs::create_dir_all(&scratch)?;
         for extra in &plan.bootstrap.extra_sources {
             std::fs::write(scratch.join(format!("{}.sources", extra.name)), &extra.deb822)?;
         }
-        let args = crate::bootstrap::mmdebstrap_args(&plan.bootstrap, &self.tree, &scratch);
+        let packages = self.cache.packages_dir();
+        let args = crate::bootstrap::mmdebstrap_args(&plan.bootstrap, tree, &scratch, Some(&packages));
         let tmp = self.work.join("tmp");
         std::fs::create_dir_all(&tmp)?;
-        // In a private mount namespace, so that no mount mmdebstrap makes in
-        // the tree can outlive it, even if it is killed; its temporary files
-        // go to the work directory for the same reason.
-        Cmd::in_mount_namespace("mmdebstrap")
+        let before = count_debs(&packages);
+        // Its temporary files go to the work directory, and its own mounts
+        // into a namespace of their own, so nothing outlives it.
+        let mut cmd = Cmd::in_mount_namespace("mmdebstrap")
             .args(&args)
             .env("TMPDIR", &tmp)
             .log_to(&self.log)
-            .on_line(self.sink(stage))
-            .run()
-            .context("bootstrapping the root tree with mmdebstrap")?;
-        Ok(format!("{} packages requested", plan.bootstrap.include.len()))
+            .on_line(self.sink(&stage.id));
+        if let Some(epoch) = plan.source_date_epoch {
+            cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
+        }
+        cmd.run().context("bootstrapping the root tree with mmdebstrap")?;
+        let added = count_debs(&packages).saturating_sub(before);
+        Ok((
+            format!(
+                "{} packages requested, {added} new .deb files downloaded into the package cache",
+                plan.bootstrap.include.len()
+            ),
+            serde_json::json!({
+                "include": plan.bootstrap.include,
+                "base_hash": self.bootstrap_base_hash(),
+            }),
+        ))
     }
 
-    fn customise(&mut self, stage: &Stage) -> Result<String> {
+    fn customise(&self, stage: &Stage, tree: &Path) -> Result<(String, serde_json::Value)> {
         let plan = self.plan;
-        customise::stage_files(&plan.spec, &plan.spec_dir, &self.tree)?;
+        customise::stage_files(&plan.spec, &plan.spec_dir, tree)?;
         let script = customise::configure_script(&plan.spec, &plan.datasources);
-        self.chroot(stage, &self.tree, "the spec's customisations", &script)?;
+        self.chroot(stage, tree, "the spec's customisations", &script)?;
         for (i, step) in plan.spec.run.iter().enumerate() {
             let name = format!("[[run]] {}", run_name(step, i));
             let body = match (&step.script, &step.file) {
@@ -282,82 +709,190 @@ impl Run<'_> {
                 id: stage.id.clone(),
                 line: format!("kiln: {name}"),
             });
-            self.chroot(stage, &self.tree, &name, &body)?;
+            self.chroot(stage, tree, &name, &body)?;
         }
-        Ok(format!("{} run steps", plan.spec.run.len()))
+        Ok((format!("{} run steps", plan.spec.run.len()), serde_json::Value::Null))
     }
 
-    /// The tree `target` finalises: the shared tree itself for the last
-    /// target, a copy for the others (finalisation is target-specific).
-    fn target_tree(&self, target: &str) -> Result<PathBuf> {
-        let last = self.plan.target_names().last().copied();
-        if last == Some(target) {
-            return Ok(self.tree.clone());
-        }
-        let copy = self.work.join(format!("tree-{}", target.replace('/', "_")));
-        Cmd::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(&self.tree)
-            .arg(&copy)
-            .run()
-            .with_context(|| format!("copying the customised tree for target {target}"))?;
-        Ok(copy)
-    }
-
-    fn finalise(&mut self, stage: &Stage, target: &str) -> Result<String> {
+    fn finalise(&self, stage: &Stage, target: &str, tree: &Path) -> Result<(String, serde_json::Value)> {
         let plan = self.plan;
-        let tree = self.target_tree(target)?;
         match target {
             "ovh-byol" => {
                 let o = ovh_plan(plan)?;
-                ovh_byol::install_script(&tree, o)?;
-                self.chroot(stage, &tree, "ovh-byol finalisation", &ovh_byol::finalise_script(o))?;
+                ovh_byol::install_script(tree, o)?;
+                self.chroot(stage, tree, "ovh-byol finalisation", &ovh_byol::finalise_script(o))?;
             }
             "disk" => {
                 let d = disk_plan(plan)?;
                 let ids = disk_ids(plan);
                 self.chroot(
                     stage,
-                    &tree,
+                    tree,
                     "disk finalisation",
                     &disk::finalise_script(d, ids.root_fs, &ids.esp_uuid()),
                 )?;
-                disk::write_grub_cfg(&tree, d, ids.root_fs)?;
+                disk::write_grub_cfg(tree, d, ids.root_fs)?;
             }
             other => bail!("internal: no finalisation for target {other}"),
         }
-        let packages = manifest::installed_packages(&tree)?;
+        self.chroot(stage, tree, "cleanup", ovh_byol::CLEANUP_SCRIPT)?;
+        ovh_byol::reset_host_files(tree, plan.spec.hostname.as_deref())?;
+        let packages = manifest::installed_packages(tree)?;
         let count = packages.len();
-        let embedded = Manifest::new(plan, manifest::git_info(&plan.spec_dir), packages);
-        write_mode(
-            &tree.join(EMBEDDED_MANIFEST.trim_start_matches('/')),
-            &serde_json::to_string_pretty(&embedded)?,
-            0o644,
-        )?;
-        self.chroot(stage, &tree, "cleanup", ovh_byol::CLEANUP_SCRIPT)?;
-        ovh_byol::reset_host_files(&tree, plan.spec.hostname.as_deref())?;
-        self.targets.insert(
-            target.to_owned(),
-            TargetState {
-                tree,
-                embedded,
-                disk: None,
-                fs: None,
-                layout: None,
-                output: None,
-            },
-        );
-        Ok(format!("{count} packages installed"))
+        Ok((
+            format!("{count} packages installed"),
+            serde_json::json!({ "packages": packages }),
+        ))
     }
 
-    fn filesystem(&mut self, target: &str) -> Result<String> {
+    /// One target's chain: finalise, then filesystem, disk and image (or
+    /// the image from the cache).
+    fn target(&self, target: &str, cust: &Layer, boot: &Layer) -> Result<TargetResult> {
+        let fin = self.tree_stage(self.stage(&format!("{target}/finalise"))?, &[cust, boot], |stage, tree| {
+            self.finalise(stage, target, tree)
+        })?;
+        let packages: Vec<manifest::Package> =
+            serde_json::from_value(fin.state["packages"].clone()).context("reading the finalised package list")?;
+        let embedded = Manifest::new(self.plan, self.git.clone(), packages);
+        let embedded_json = serde_json::to_string_pretty(&embedded)?;
+
+        let convert = self.stage(&format!("{target}/convert"))?;
+        let key = Self::entry_key(convert, &[&fin], &embedded_json);
+        let image_stages: Vec<&Stage> = self
+            .plan
+            .stages
+            .iter()
+            .filter(|s| s.target.as_deref() == Some(target) && s.id != fin_id(target) && s.id != convert.id)
+            .collect();
+        let (hit, miss) = self.try_reuse(&key)?;
+        if let Some(hit) = hit {
+            let state: ImageState =
+                serde_json::from_value(hit.entry.state.clone()).context("reading a cached image's state")?;
+            for s in &image_stages {
+                self.reporter.event(Event::StageSkipped {
+                    id: s.id.clone(),
+                    reason: "the image is reused".to_owned(),
+                });
+            }
+            self.note_reused(convert, format!("{} reused from the cache ({})", state.file_name, key.short()));
+            let _ = self.cache.write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
+            return Ok(TargetResult {
+                target: target.to_owned(),
+                image: hit.item("image"),
+                state,
+                _hold: Some(hit),
+            });
+        }
+        let reason = if fin.fresh && !self.opts.no_cache {
+            format!("its tree changed ({} was rebuilt)", fin_id(target))
+        } else {
+            self.why_rebuilt(convert, &[&fin], miss.as_ref())
+        };
+        for s in image_stages.iter().copied().chain([convert]) {
+            self.reporter.event(Event::StageRebuilt {
+                id: s.id.clone(),
+                reason: if s.id == convert.id {
+                    reason.clone()
+                } else {
+                    format!("the image is rebuilt: {reason}")
+                },
+            });
+        }
+        let lock = self.builder_lock(&key)?;
+        if lock.is_some() && !self.opts.no_cache && self.cache.exists(&key) {
+            drop(lock);
+            return self.target(target, cust, boot);
+        }
+
+        let base = self.work.join("targets").join(target);
+        std::fs::create_dir_all(&base)?;
+        // The view the filesystem is made from: every layer, plus a
+        // throwaway upper for the embedded manifest (it names the commit, so
+        // it must not end up in a cached layer).
+        let view = Overlay::mount(
+            &stack(&[&fin, cust, boot]),
+            Some((&base.join("upper"), &base.join("overlay-work"))),
+            &base.join("tree"),
+        )?;
+        write_mode(
+            &view.path().join(EMBEDDED_MANIFEST.trim_start_matches('/')),
+            &embedded_json,
+            0o644,
+        )?;
+        let mut disk = Assembly::default();
+        for s in &image_stages {
+            timed(&self.reporter, s, || {
+                let summary = match s.kind {
+                    crate::plan::StageKind::Filesystem => self.filesystem(target, view.path(), &base, &mut disk)?,
+                    crate::plan::StageKind::Disk => self.disk(target, view.path(), &base, &mut disk)?,
+                    other => bail!("internal: unexpected stage kind {other:?} in target {target}"),
+                };
+                Ok(((), summary))
+            })?;
+        }
+        view.unmount()?;
+
+        let previous = self.previous_image(target);
+        let (image, state) = timed(&self.reporter, convert, || {
+            let (image, state, stats) = self.convert(target, &base, &disk, &embedded, previous.as_ref())?;
+            let summary = format!("{}, {} MiB{stats}", state.file_name, state.size >> 20);
+            Ok(((image, state), summary))
+        })?;
+        drop(previous);
+        let _ = self.cache.write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
+        let Some(lock) = lock.filter(|_| !self.cache.exists(&key)) else {
+            return Ok(TargetResult {
+                target: target.to_owned(),
+                image,
+                state,
+                _hold: None,
+            });
+        };
+        let mut pending = self.cache.begin(&key, &convert.id, &self.plan.name)?;
+        pending.adopt("image", &image)?;
+        let index = base.join("clusters.idx");
+        if index.exists() {
+            pending.adopt("clusters.idx", &index)?;
+        }
+        pending.commit(serde_json::to_value(&state)?)?;
+        let hit = self.cache.hit_after_commit(&key, lock)?;
+        Ok(TargetResult {
+            target: target.to_owned(),
+            image: hit.item("image"),
+            state,
+            _hold: Some(hit),
+        })
+    }
+
+    fn record_image(&self, stage: &Stage, key: &Hash) -> Record {
+        let mut r = self.record(stage, &[]);
+        r.entry = Some(key.to_hex());
+        r
+    }
+
+    /// The image this target's convert stage last stored, to reuse its
+    /// compressed clusters (not with `--no-cache`: everything is redone).
+    fn previous_image(&self, target: &str) -> Option<(Hit, kiln_disk::ClusterIndex)> {
+        if self.opts.no_cache {
+            return None;
+        }
+        let record = self.cache.read_record(&self.plan.name, &format!("{target}/convert"))?;
+        let key = record.entry.as_deref().and_then(Hash::from_hex)?;
+        match self.cache.lookup(&key).ok()? {
+            Lookup::Hit(hit) => {
+                let index = kiln_disk::ClusterIndex::load(&hit.item("clusters.idx")).ok()?;
+                Some((hit, index))
+            }
+            _ => None,
+        }
+    }
+
+    fn filesystem(&self, target: &str, tree: &Path, base: &Path, out: &mut Assembly) -> Result<String> {
         let plan = self.plan;
-        let work = self.work.clone();
-        let state = self.state(target)?;
         match target {
             "ovh-byol" => {
                 let o = ovh_plan(plan)?;
-                let content = kiln_disk::mkfs::tree_size(&state.tree).context("measuring the root tree")?;
+                let content = kiln_disk::mkfs::tree_size(tree).context("measuring the root tree")?;
                 let fs_size = match o.size {
                     Some(s) if s < content => bail!(
                         "[targets.ovh-byol] size = {} MiB is smaller than the content ({} MiB); raise it or use \"auto\"",
@@ -370,25 +905,23 @@ impl Run<'_> {
                 let fs_offset = 1 << 20;
                 // 1 MiB in front for the table, 1 MiB behind for the GPT backup.
                 let disk_size = fs_offset + fs_size + (1 << 20);
-                let disk = work.join(format!("{target}.raw"));
-                std::fs::File::create(&disk)?.set_len(disk_size)?;
+                let raw = base.join("disk.raw");
+                std::fs::File::create(&raw)?.set_len(disk_size)?;
                 let uuid = derived_uuid(plan, target, "root filesystem");
                 let fs_opts = kiln_disk::mkfs::FsOptions {
                     uuid,
                     label: "root".to_owned(),
+                    hash_seed: Some(derived_uuid(plan, target, "root hash seed")),
+                    source_date_epoch: plan.source_date_epoch,
                     ..Default::default()
                 };
                 match o.filesystem {
-                    kiln_spec::Filesystem::Ext4 => {
-                        kiln_disk::mkfs::make_ext4(&disk, fs_offset, fs_size, &state.tree, &fs_opts)
-                    }
-                    kiln_spec::Filesystem::Xfs => {
-                        kiln_disk::mkfs::make_xfs(&disk, fs_offset, fs_size, &state.tree, &fs_opts)
-                    }
+                    kiln_spec::Filesystem::Ext4 => kiln_disk::mkfs::make_ext4(&raw, fs_offset, fs_size, tree, &fs_opts),
+                    kiln_spec::Filesystem::Xfs => kiln_disk::mkfs::make_xfs(&raw, fs_offset, fs_size, tree, &fs_opts),
                 }
                 .context("creating the root filesystem")?;
-                state.disk = Some(disk);
-                state.fs = Some((fs_offset, fs_size, uuid));
+                out.raw = Some(raw);
+                out.fs = Some((fs_offset, fs_size, uuid));
                 Ok(format!(
                     "{} MiB of content in a {} MiB filesystem",
                     content >> 20,
@@ -399,43 +932,41 @@ impl Run<'_> {
         }
     }
 
-    fn disk(&mut self, target: &str) -> Result<String> {
+    fn disk(&self, target: &str, tree: &Path, base: &Path, out: &mut Assembly) -> Result<String> {
         let plan = self.plan;
-        if target == "disk" {
-            let d = disk_plan(plan)?;
-            let ids = disk_ids(plan);
-            let raw = self.work.join("disk.raw");
-            let state = self.state(target)?;
-            let content = kiln_disk::mkfs::tree_size(&state.tree).context("measuring the root tree")?;
-            let geometry = disk::disk_geometry(d, content)?;
-            std::fs::File::create(&raw)?.set_len(geometry.disk_size)?;
-            let layout = disk::assemble(&raw, d, &state.tree, &ids)?;
-            let root_start = layout
-                .partitions
-                .iter()
-                .find(|p| p.index == disk::ROOT_PARTITION)
-                .map(|p| p.start);
-            state.fs = root_start.map(|start| (start, geometry.root_size, ids.root_fs));
-            state.disk = Some(raw);
-            state.layout = Some(layout);
-            return Ok(format!(
-                "{} MiB disk, {} MiB of content, GRUB for {}",
-                geometry.disk_size >> 20,
-                content >> 20,
-                d.firmware
-                    .iter()
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ));
-        }
-        let state = self.state(target)?;
-        let disk = state.disk.clone().context("the filesystem stage made no disk")?;
         match target {
+            "disk" => {
+                let d = disk_plan(plan)?;
+                let ids = disk_ids(plan);
+                let raw = base.join("disk.raw");
+                let content = kiln_disk::mkfs::tree_size(tree).context("measuring the root tree")?;
+                let geometry = disk::disk_geometry(d, content)?;
+                std::fs::File::create(&raw)?.set_len(geometry.disk_size)?;
+                let layout = disk::assemble(&raw, d, tree, &ids)?;
+                let root_start = layout
+                    .partitions
+                    .iter()
+                    .find(|p| p.index == disk::ROOT_PARTITION)
+                    .map(|p| p.start);
+                out.fs = root_start.map(|start| (start, geometry.root_size, ids.root_fs));
+                out.raw = Some(raw);
+                out.layout = Some(layout);
+                Ok(format!(
+                    "{} MiB disk, {} MiB of content, GRUB for {}",
+                    geometry.disk_size >> 20,
+                    content >> 20,
+                    d.firmware
+                        .iter()
+                        .map(|f| format!("{f:?}").to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ))
+            }
             "ovh-byol" => {
                 let o = ovh_plan(plan)?;
-                let (fs_offset, fs_size, _) = state.fs.context("the filesystem stage made no filesystem")?;
-                let disk_size = std::fs::metadata(&disk)?.len();
+                let raw = out.raw.clone().context("the filesystem stage made no disk")?;
+                let (fs_offset, fs_size, _) = out.fs.context("the filesystem stage made no filesystem")?;
+                let disk_size = std::fs::metadata(&raw)?.len();
                 let table = match o.partition_table {
                     PartitionTable::Gpt => TableKind::Gpt,
                     PartitionTable::Mbr => TableKind::Mbr,
@@ -456,19 +987,26 @@ impl Run<'_> {
                         layout.partitions[0].start
                     );
                 }
-                partition::write_partition_table(&disk, &layout, derived_uuid(plan, target, "disk"))?;
-                state.layout = Some(layout);
+                partition::write_partition_table(&raw, &layout, derived_uuid(plan, target, "disk"))?;
+                out.layout = Some(layout);
                 Ok(format!(
                     "{}, 1 partition",
                     if table == TableKind::Gpt { "GPT" } else { "MBR" }
                 ))
             }
-            "disk" => unreachable!("handled above"),
             other => bail!("internal: no disk stage for target {other}"),
         }
     }
 
-    fn convert(&mut self, target: &str) -> Result<String> {
+    /// Writes the image file from the raw disk (freed afterwards).
+    fn convert(
+        &self,
+        target: &str,
+        base: &Path,
+        disk: &Assembly,
+        embedded: &Manifest,
+        previous: Option<&(Hit, kiln_disk::ClusterIndex)>,
+    ) -> Result<(PathBuf, ImageState, String)> {
         let plan = self.plan;
         let (file_name, format, compress) = match target {
             "ovh-byol" => {
@@ -481,107 +1019,173 @@ impl Run<'_> {
             }
             other => bail!("internal: no convert stage for target {other}"),
         };
-        let log = self.log.clone();
-        let part = PartialFile::new(self.out_dir.join(&file_name));
-        let state = self.state(target)?;
-        let disk = state.disk.clone().context("the filesystem stage made no disk")?;
-        let mut cmd = Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", format]);
-        if compress {
-            cmd = cmd.arg("-c");
+        let raw = disk.raw.clone().context("the disk stage made no disk")?;
+        let image = base.join("image");
+        let mut stats = String::new();
+        if format == "qcow2" {
+            let opts = kiln_disk::Qcow2WriteOptions {
+                threads: self.threads(),
+                compress,
+                reuse: previous.map(|(hit, index)| kiln_disk::ReuseSource {
+                    image: hit.item("image"),
+                    index: index.clone(),
+                }),
+            };
+            let (s, index) = kiln_disk::write_qcow2(&raw, &image, &opts)
+                .with_context(|| format!("writing {file_name} as qcow2"))?;
+            index
+                .save(&base.join("clusters.idx"))
+                .context("saving the image's cluster index")?;
+            stats = format!(
+                " ({} clusters compressed, {} reused from the previous image, {} threads)",
+                s.compressed, s.reused, opts.threads
+            );
+        } else {
+            crate::targets::convert_image(&raw, &image, format, compress, Some(&self.log))?;
         }
-        cmd.arg(&disk)
-            .arg(part.path())
-            .log_to(&log)
-            .run()
-            .context("converting the disk image")?;
-        let size = std::fs::metadata(part.path())?.len();
-        // The raw disk is no longer needed; free its space early.
-        let _ = std::fs::remove_file(&disk);
-        state.output = Some((part, format.to_owned()));
-        Ok(format!("{file_name}, {} MiB", size >> 20))
+        let _ = std::fs::remove_file(&raw);
+        let size = std::fs::metadata(&image)?.len();
+        let sha512 = sha512_file(&image)?;
+        let partitions = disk
+            .layout
+            .as_ref()
+            .map(|layout| {
+                let (fs_offset, _, uuid) = disk.fs.unwrap_or((0, 0, uuid::Uuid::nil()));
+                layout
+                    .partitions
+                    .iter()
+                    .map(|p| PartitionInfo {
+                        target: target.to_owned(),
+                        index: p.index,
+                        start: p.start,
+                        size: p.size,
+                        filesystem: if p.start == fs_offset {
+                            root_fs_name(plan, target)
+                        } else if p.kind == PartKind::Esp {
+                            "vfat".to_owned()
+                        } else {
+                            String::new()
+                        },
+                        uuid: if p.start == fs_offset {
+                            uuid.to_string()
+                        } else if p.kind == PartKind::Esp {
+                            disk_ids(plan).esp_uuid()
+                        } else {
+                            String::new()
+                        },
+                        partition_table: format!("{:?}", layout.table).to_lowercase(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let state = ImageState {
+            file_name,
+            format: format.to_owned(),
+            size,
+            sha512,
+            embedded: serde_json::to_value(embedded)?,
+            partitions,
+        };
+        Ok((image, state, stats))
     }
 
-    fn checksums(&mut self) -> Result<String> {
-        let plan = self.plan;
-        let mut doc: Option<Manifest> = None;
-        let mut sums = String::new();
-        let mut pending = Vec::new();
-        for (target, state) in std::mem::take(&mut self.targets) {
-            let Some((output, format)) = state.output else { continue };
-            let file_name = output
-                .dest()
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let sha = sha512_file(output.path())?;
-            let size = std::fs::metadata(output.path())?.len();
-            let line = format!("{sha}  {file_name}\n");
-            sums.push_str(&line);
-            let side = PartialFile::new(self.out_dir.join(format!("{file_name}.sha512")));
-            side.write_all(line.as_bytes())?;
-            let doc = doc.get_or_insert_with(|| state.embedded.clone());
-            doc.artifacts.push(Artifact {
-                target: target.clone(),
-                path: file_name.clone(),
-                format,
-                size,
-                sha512: sha.clone(),
-            });
-            if let Some(layout) = &state.layout {
-                let (fs_offset, _, uuid) = state.fs.unwrap_or((0, 0, uuid::Uuid::nil()));
-                doc.partitions.extend(layout.partitions.iter().map(|p| PartitionInfo {
-                    target: target.clone(),
-                    index: p.index,
-                    start: p.start,
-                    size: p.size,
-                    filesystem: if p.start == fs_offset {
-                        root_fs_name(plan, &target)
-                    } else if p.kind == PartKind::Esp {
-                        "vfat".to_owned()
-                    } else {
-                        String::new()
-                    },
-                    uuid: if p.start == fs_offset {
-                        uuid.to_string()
-                    } else if p.kind == PartKind::Esp {
-                        disk_ids(plan).esp_uuid()
-                    } else {
-                        String::new()
-                    },
-                    partition_table: format!("{:?}", layout.table).to_lowercase(),
-                }));
-            }
-            if target == "ovh-byol" {
-                let o = ovh_plan(plan)?;
-                doc.ovh_reinstall = Some(manifest::ovh_reinstall_template(
-                    &o.efi_bootloader_path,
-                    &sha,
-                    &file_name,
-                ));
-            }
-            pending.push(output);
-            pending.push(side);
+    fn threads(&self) -> usize {
+        match self.opts.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
         }
-        let doc = doc.context("internal: no target produced an image")?;
+    }
+
+    /// Copies the images out, then writes `.sha512` files, `SHA512SUMS` and
+    /// `manifest.json`; nothing becomes visible before everything is ready.
+    fn checksums(&self, done: Vec<TargetResult>) -> Result<Vec<PathBuf>> {
+        let plan = self.plan;
+        let mut doc: Option<serde_json::Value> = None;
+        let mut artifacts_json = Vec::new();
+        let mut partitions_json = Vec::new();
+        let mut sums = String::new();
+        let mut images = Vec::new();
+        let mut sides = Vec::new();
+        for r in done {
+            let st = &r.state;
+            let part = PartialFile::new(self.out_dir.join(&st.file_name));
+            // A copy, not a link: editing the output must not touch the cache.
+            Cmd::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(&r.image)
+                .arg(part.path())
+                .run()
+                .with_context(|| format!("copying {} to the output directory", st.file_name))?;
+            let line = format!("{}  {}\n", st.sha512, st.file_name);
+            sums.push_str(&line);
+            let side = PartialFile::new(self.out_dir.join(format!("{}.sha512", st.file_name)));
+            side.write_all(line.as_bytes())?;
+            doc.get_or_insert_with(|| st.embedded.clone());
+            artifacts_json.push(serde_json::to_value(Artifact {
+                target: r.target.clone(),
+                path: st.file_name.clone(),
+                format: st.format.clone(),
+                size: st.size,
+                sha512: st.sha512.clone(),
+            })?);
+            partitions_json.extend(st.partitions.iter().map(|p| serde_json::to_value(p).unwrap_or_default()));
+            if r.target == "ovh-byol" {
+                let o = ovh_plan(plan)?;
+                if let Some(d) = doc.as_mut() {
+                    d["ovhReinstall"] =
+                        manifest::ovh_reinstall_template(&o.efi_bootloader_path, &st.sha512, &st.file_name);
+                }
+            }
+            images.push(part);
+            sides.push(side);
+        }
+        let mut doc = doc.context("internal: no target produced an image")?;
+        doc["artifacts"] = serde_json::Value::Array(artifacts_json);
+        if !partitions_json.is_empty() {
+            doc["partitions"] = serde_json::Value::Array(partitions_json);
+        }
         let sums_file = PartialFile::new(self.out_dir.join("SHA512SUMS"));
         sums_file.write_all(sums.as_bytes())?;
         let manifest_file = PartialFile::new(self.out_dir.join("manifest.json"));
         manifest_file.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
-        pending.push(sums_file);
-        pending.push(manifest_file);
         // Images first, manifest last: whatever is visible is complete.
-        for p in pending {
-            let is_image = !p.dest().to_string_lossy().ends_with(".sha512")
-                && p.dest()
-                    .file_name()
-                    .is_some_and(|n| n != "SHA512SUMS" && n != "manifest.json");
-            let dest = p.commit()?;
-            if is_image {
-                self.artifacts.push(dest);
-            }
+        let mut artifacts = Vec::new();
+        for p in images {
+            artifacts.push(p.commit()?);
         }
-        Ok(format!("{} artifacts", self.artifacts.len()))
+        for p in sides.into_iter().chain([sums_file, manifest_file]) {
+            p.commit()?;
+        }
+        Ok(artifacts)
     }
+}
+
+/// The raw disk a target's stages assemble.
+#[derive(Default)]
+struct Assembly {
+    raw: Option<PathBuf>,
+    /// Root filesystem offset, size and UUID inside `raw`.
+    fs: Option<(u64, u64, uuid::Uuid)>,
+    layout: Option<partition::Layout>,
+}
+
+/// The directories of `layers`, top first, for an overlay's lowerdir.
+fn stack<'a>(layers: &[&'a Layer]) -> Vec<&'a Path> {
+    layers.iter().flat_map(|l| l.dirs.iter().map(PathBuf::as_path)).collect()
+}
+
+fn fin_id(target: &str) -> String {
+    format!("{target}/finalise")
+}
+
+fn count_debs(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".deb"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn disk_plan(plan: &Plan) -> Result<&crate::targets::disk::DiskPlan> {

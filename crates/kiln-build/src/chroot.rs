@@ -41,6 +41,9 @@ pub struct ChrootScript<'a> {
     pub name: &'a str,
     /// The script text; one without a `#!` line runs with `/bin/sh -e`.
     pub body: &'a str,
+    /// Exported as `SOURCE_DATE_EPOCH`, which dpkg, mkinitramfs, shadow
+    /// and friends use instead of the clock (reproducible builds).
+    pub source_date_epoch: Option<u64>,
 }
 
 /// Runs `script` inside `tree`, streaming its output to `on_line` and
@@ -59,7 +62,7 @@ pub fn run_in_tree(
         format!("#!/bin/sh\nset -e\n{}", script.body)
     };
     write_mode(&tree.join(inside.trim_start_matches('/')), &body, 0o755)?;
-    let result = Cmd::in_mount_namespace("sh")
+    let mut cmd = Cmd::in_mount_namespace("sh")
         .args(["-c", WRAPPER, "kiln-chroot"])
         .arg(tree)
         .arg(inside)
@@ -68,8 +71,11 @@ pub fn run_in_tree(
         .env("LC_ALL", "C.UTF-8")
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .log_to(log)
-        .on_line(on_line)
-        .run();
+        .on_line(on_line);
+    if let Some(epoch) = script.source_date_epoch {
+        cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    }
+    let result = cmd.run();
     let _ = std::fs::remove_file(tree.join(inside.trim_start_matches('/')));
     drop(guard);
     result.with_context(|| {

@@ -25,6 +25,13 @@ impl Hash {
     pub fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Hash> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Hash(out))
+    }
 }
 
 impl fmt::Display for Hash {

@@ -4,9 +4,11 @@
 
 pub mod bootstrap;
 pub mod build;
+pub mod cache;
 pub mod chroot;
 pub mod customise;
 pub mod hash;
+pub mod layers;
 pub mod manifest;
 pub mod plan;
 pub mod targets;

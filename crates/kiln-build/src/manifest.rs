@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_exec::Cmd;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
 use crate::plan::Plan;
@@ -55,7 +55,7 @@ pub struct StageHash {
     pub hash: Hash,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Package {
     pub name: String,
     pub version: String,
@@ -71,7 +71,7 @@ pub struct Artifact {
     pub sha512: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionInfo {
     pub target: String,
     pub index: u32,

@@ -100,6 +100,10 @@ pub struct Plan {
     pub tools: BTreeMap<String, String>,
     pub bootstrap: BootstrapRequest,
     pub datasources: Vec<String>,
+    /// Timestamp for everything the build stamps (reproducible output).
+    pub source_date_epoch: Option<u64>,
+    /// Where `source_date_epoch` came from, for `kiln plan`.
+    pub source_date_epoch_origin: String,
     pub ovh_byol: Option<OvhByolPlan>,
     pub disk: Option<DiskPlan>,
     pub stages: Vec<Stage>,
@@ -172,7 +176,12 @@ pub(crate) fn plan_with_host_sources(
         .as_ref()
         .map(|t| resolve_ovh_byol(spec, t))
         .transpose()?;
-    let disk = spec.targets.disk.as_ref().map(|t| DiskPlan::resolve(spec, t));
+    let (source_date_epoch, source_date_epoch_origin) = resolve_source_date_epoch(spec, &loaded.path);
+    let disk = spec.targets.disk.as_ref().map(|t| {
+        let mut d = DiskPlan::resolve(spec, t);
+        d.source_date_epoch = source_date_epoch;
+        d
+    });
 
     // The package set: the spec's, the kernel, and what targets and
     // customisations need.
@@ -248,6 +257,7 @@ pub(crate) fn plan_with_host_sources(
         download,
         download_dir: ovh_byol::DEBS_DIR.to_owned(),
         extra_sources,
+        snapshot: spec.base.snapshot.is_some(),
     };
 
     let datasources = if !spec.cloud_init.datasources.is_empty() {
@@ -375,6 +385,7 @@ pub(crate) fn plan_with_host_sources(
             json_input("[base]", &spec.base),
             json_input("bootstrap request", &bootstrap),
             str_input("mmdebstrap", &tool("mmdebstrap")),
+            json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
         ]
         .into_iter()
         .chain(file_inputs.iter().filter(|i| i.name.starts_with("apt key")).cloned())
@@ -594,11 +605,42 @@ pub(crate) fn plan_with_host_sources(
         tools,
         bootstrap,
         datasources,
+        source_date_epoch,
+        source_date_epoch_origin,
         ovh_byol: ovh,
         disk,
         stages,
         spec: spec.clone(),
     })
+}
+
+/// `SOURCE_DATE_EPOCH` for the build: `[image] source_date_epoch`, else the
+/// `SOURCE_DATE_EPOCH` environment variable, else the time of the last
+/// commit touching the spec's directory (so unrelated commits elsewhere in
+/// the repository keep the cache warm). `None` outside a repository: the
+/// build then is not reproducible, and says so.
+pub fn resolve_source_date_epoch(spec: &Spec, spec_path: &Path) -> (Option<u64>, String) {
+    if let Some(t) = spec.image.source_date_epoch {
+        return (Some(t), "[image] source_date_epoch".to_owned());
+    }
+    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()) {
+        return (Some(t), "the SOURCE_DATE_EPOCH environment variable".to_owned());
+    }
+    let dir = spec_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let commit_time = kiln_exec::Cmd::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["log", "-1", "--format=%ct", "--", "."])
+        .run_string()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match commit_time {
+        Some(t) => (Some(t), "the last commit touching the spec's directory".to_owned()),
+        None => (
+            None,
+            "none (not in a git repository and no source_date_epoch): the output is not reproducible".to_owned(),
+        ),
+    }
 }
 
 /// The name of a `[[run]]` step for progress and errors.

@@ -107,7 +107,11 @@ fn assert_root() {
 }
 
 fn chroot(tree: &Path, log: &Path, name: &str, body: &str) {
-    let script = ChrootScript { name, body };
+    let script = ChrootScript {
+        name,
+        body,
+        source_date_epoch: None,
+    };
     run_in_tree(tree, &script, log, |line| eprintln!("  chroot | {line}")).unwrap_or_else(|e| panic!("{e:#}"));
 }
 

@@ -22,7 +22,7 @@ use crate::image::DiskImage;
 use crate::probe::{probe_filesystem, FsType};
 
 /// Files larger than this are refused rather than read into memory.
-const MAX_READ: u64 = 256 << 20;
+pub(crate) const MAX_READ: u64 = 256 << 20;
 /// Symlinks followed while resolving one path (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
 
@@ -45,6 +45,10 @@ pub struct FileMeta {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// Modification time in Unix seconds, where the reader exposes it
+    /// (ext2/3/4; `None` for XFS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
 }
 
 /// Read-only access to a filesystem. Paths are absolute within the
@@ -181,6 +185,7 @@ fn ext4_meta(m: &ext4_view::Metadata) -> FileMeta {
         uid: m.uid(),
         gid: m.gid(),
         size: m.len(),
+        mtime: Some(m.modified().seconds()),
     }
 }
 
@@ -341,6 +346,7 @@ impl XfsFs {
             uid: num("uid")? as u32,
             gid: num("gid")? as u32,
             size: num("size")?,
+            mtime: None,
         };
         let inode = XfsInode {
             meta,

@@ -3,11 +3,15 @@
 //!
 //! Writing: [`layout`] places partitions, [`make_ext4`] / [`make_xfs`] build
 //! filesystems in place inside the disk file, [`write_partition_table`]
-//! writes the GPT or MBR. Reading: [`DiskImage`] opens raw or qcow2 files,
+//! writes the GPT or MBR, and [`write_qcow2`] turns the finished raw disk
+//! into a compressed qcow2, deterministically and on several threads.
+//! Reading: [`DiskImage`] opens raw or qcow2 files,
 //! [`read_partition_table`] and [`probe_filesystem`] find what is on them,
 //! [`open_filesystem`] gives a [`FsRead`] over ext4 or XFS without mounting,
-//! and [`inspect`] puts it all together.
+//! and [`inspect`] puts it all together. [`first_difference`] names what
+//! differs between two images.
 
+mod compare;
 mod dpkg;
 mod error;
 pub mod fat;
@@ -20,8 +24,10 @@ pub mod mkfs;
 pub mod partition;
 mod probe;
 mod qcow2;
+mod qcow2_write;
 mod table;
 
+pub use compare::{first_difference, Difference, FileDifference, Region};
 pub use dpkg::{installed_packages, Package};
 pub use error::{Error, ErrorKind, Result};
 pub use fsread::{open_filesystem, FileKind, FileMeta, FsRead};
@@ -34,6 +40,7 @@ pub use partition::{
 };
 pub use probe::{probe_filesystem, FsInfo, FsType};
 pub use qcow2::{Compression, Qcow2Header};
+pub use qcow2_write::{write_qcow2, ClusterIndex, Qcow2WriteOptions, Qcow2WriteStats, ReuseSource};
 pub use table::{read_partition_table, PartType, Partition, PartitionTable};
 
 #[cfg(test)]

@@ -89,6 +89,13 @@ pub struct Base {
     /// Archive URL. Default: the Debian mirror in the host's apt sources.
     #[serde(default)]
     pub mirror: Option<String>,
+    /// A dated snapshot of the archive instead of `mirror`, so that a build
+    /// months later installs the same packages: a snapshot.debian.org time
+    /// stamp like "20260101T000000Z", or the URL of a snapshot (for
+    /// snapshot.debian.org's .../archive/debian/<time> the matching
+    /// debian-security snapshot is used for the security suite).
+    #[serde(default)]
+    pub snapshot: Option<String>,
     /// Archive components. Default ["main"].
     #[serde(default)]
     #[schemars(extend("default" = ["main"]))]

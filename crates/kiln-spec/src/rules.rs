@@ -284,6 +284,27 @@ pub(crate) fn locale(s: &str) -> Rule {
     }
 }
 
+/// A snapshot of the archive: a snapshot.debian.org time stamp
+/// (`YYYYMMDDThhmmssZ`) or an archive URL.
+pub(crate) fn snapshot(s: &str) -> Rule {
+    if s.contains("://") {
+        return archive_url(s);
+    }
+    let b = s.as_bytes();
+    let stamp = b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 8 | 15) || c.is_ascii_digit());
+    if stamp {
+        Ok(())
+    } else {
+        Err(Problem::new("it is neither a snapshot time stamp nor a URL")
+            .help("write e.g. \"20260101T000000Z\" or \"https://snapshot.debian.org/archive/debian/20260101T000000Z\""))
+    }
+}
+
 /// An archive URL apt can fetch from.
 pub(crate) fn archive_url(s: &str) -> Rule {
     let help = "write e.g. \"http://deb.debian.org/debian\" or \"file:///srv/mirror\"";

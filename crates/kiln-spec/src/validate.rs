@@ -120,6 +120,16 @@ impl Validator<'_, '_> {
         if let Some(mirror) = &base.mirror {
             self.check("base.mirror", "mirror", mirror, rules::archive_url(mirror));
         }
+        if let Some(snapshot) = &base.snapshot {
+            self.check("base.snapshot", "snapshot", snapshot, rules::snapshot(snapshot));
+            if base.mirror.is_some() {
+                self.report(
+                    "base.snapshot",
+                    "`snapshot` and `mirror` both name the archive".into(),
+                    Some("keep one of them".into()),
+                );
+            }
+        }
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, source) in base.sources.iter().enumerate() {
             let at = format!("base.sources[{i}]");

@@ -20,6 +20,9 @@ pub struct Cli {
 const EXAMPLES: &str = "Examples:
   kiln plan examples/debian-12-ovh-byol.toml       what a build would do
   kiln build examples/debian-12-ovh-byol.toml --out out
+  kiln build examples/debian-12-ovh-byol.toml --explain   why each stage is reused or rebuilt
+  kiln build examples/debian-12-ovh-byol.toml --verify-reproducible
+  kiln cache ls                                    what the stage cache holds
   kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
   kiln inspect out/debian-12-byol-1.0.0.qcow2
   kiln doctor                                      which tools are missing";
@@ -41,6 +44,9 @@ pub enum Command {
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// Inspect or trim the stage cache shared by builds.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print the JSON Schema of the spec format.
     Schema,
     /// List every external tool kiln calls, found or missing, with its Debian package.
@@ -71,6 +77,59 @@ pub struct BuildArgs {
     /// How to report progress.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// The stage cache [default: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Rebuild every stage instead of reusing cached ones (results are still stored).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Say for each stage whether it is reused, or rebuilt and because of which input.
+    #[arg(long)]
+    pub explain: bool,
+    /// Build twice without the stage cache and compare the images byte for byte;
+    /// if they differ, name the first differing file. Exit 1 when not reproducible.
+    #[arg(long)]
+    pub verify_reproducible: bool,
+    /// Threads for image compression [default: one per CPU].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cache entries, most recently used first.
+    Ls(CacheDirArg),
+    /// Remove least recently used entries until the cache fits --max-size (and abandoned temporaries).
+    Gc(CacheGcArgs),
+    /// Remove entries: all, or those whose key starts with KEY. Entries in use are kept.
+    Rm(CacheRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheDirArg {
+    /// The stage cache [default: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheGcArgs {
+    #[command(flatten)]
+    pub dir: CacheDirArg,
+    /// Size to trim the stage entries down to, e.g. 10GiB.
+    #[arg(long, value_parser = parse_size, default_value = "20GiB")]
+    pub max_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheRmArgs {
+    #[command(flatten)]
+    pub dir: CacheDirArg,
+    /// Key prefixes of the entries to remove (as `kiln cache ls` shows them).
+    pub keys: Vec<String>,
+    /// Remove every entry that is not in use.
+    #[arg(long, conflicts_with = "keys")]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]

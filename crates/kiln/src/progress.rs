@@ -22,16 +22,26 @@ pub(crate) struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
     width: usize,
+    /// Print why each stage is rebuilt (`--explain`).
+    explain: bool,
 }
 
 impl Bars {
-    pub(crate) fn new(plan: &Plan) -> Self {
+    pub(crate) fn new(plan: &Plan, explain: bool) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let width = plan.stages.iter().map(|s| s.id.len()).max().unwrap_or(10);
         Bars {
             multi,
             bars: Mutex::new(HashMap::new()),
             width,
+            explain,
+        }
+    }
+
+    fn line(&self, line: &str) {
+        let _ = self.multi.println(line);
+        if self.multi.is_hidden() {
+            eprintln!("{line}");
         }
     }
 }
@@ -66,19 +76,26 @@ impl Reporter for Bars {
                 if let Some(bar) = bars.remove(&id) {
                     bar.finish_and_clear();
                 }
-                let _ = self.multi.println(&line);
-                if self.multi.is_hidden() {
-                    eprintln!("{line}");
-                }
+                self.line(&line);
             }
             Event::StageFailed { id, elapsed } => {
                 let line = format!("✗ {id:<w$} {:>6.1}s  failed", elapsed.as_secs_f64(), w = self.width);
                 if let Some(bar) = bars.remove(&id) {
                     bar.finish_and_clear();
                 }
-                let _ = self.multi.println(&line);
-                if self.multi.is_hidden() {
-                    eprintln!("{line}");
+                self.line(&line);
+            }
+            Event::StageReused { id, summary } => {
+                self.line(&format!("= {id:<w$}    --   {summary}", w = self.width));
+            }
+            Event::StageSkipped { id, reason } => {
+                if self.explain {
+                    self.line(&format!("- {id:<w$}    --   skipped: {reason}", w = self.width));
+                }
+            }
+            Event::StageRebuilt { id, reason } => {
+                if self.explain {
+                    self.line(&format!("! {id:<w$}    --   rebuilt: {reason}", w = self.width));
                 }
             }
         }
@@ -100,6 +117,15 @@ impl Reporter for JsonLines {
             }),
             Event::StageFailed { id, elapsed } => serde_json::json!({
                 "event": "stage-end", "stage": id, "status": "failed", "duration_s": round3(elapsed),
+            }),
+            Event::StageReused { id, summary } => serde_json::json!({
+                "event": "stage-end", "stage": id, "status": "reused", "summary": summary,
+            }),
+            Event::StageSkipped { id, reason } => serde_json::json!({
+                "event": "stage-end", "stage": id, "status": "skipped", "reason": reason,
+            }),
+            Event::StageRebuilt { id, reason } => serde_json::json!({
+                "event": "stage-rebuild", "stage": id, "reason": reason,
             }),
             Event::Output { .. } => return,
         };

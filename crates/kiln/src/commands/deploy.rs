@@ -91,7 +91,7 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
         .to_owned(),
         efi_bootloader_path,
         sources: rescue_sources()?,
-        cache_dir: cache_dir(),
+        cache_dir: kiln_build::cache::default_dir(),
         work_dir: work_dir.clone(),
         timeout: Duration::from_secs(args.timeout),
         accel: accel.accel,
@@ -182,18 +182,4 @@ fn rescue_sources() -> Result<Vec<String>> {
         .iter()
         .map(|s| s.one_line())
         .collect())
-}
-
-/// `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
-pub(crate) fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("KILN_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("kiln");
-    }
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join(".cache/kiln")
 }

@@ -10,7 +10,9 @@ use crate::cli::{BuildArgs, CheckArgs, CheckTarget, Cli, Command, InspectArgs, L
 use crate::progress;
 
 mod boot;
+mod cache;
 mod deploy;
+mod reproducible;
 mod seed;
 
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
@@ -22,6 +24,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Seed(args) => seed::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Deploy(cmd) => deploy::run(cmd, cli.verbose),
+        Command::Cache(cmd) => cache::run(cmd),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?);
             Ok(ExitCode::SUCCESS)
@@ -38,15 +41,21 @@ fn load_plan(spec: &std::path::Path) -> Result<kiln_build::Plan> {
 fn build(args: BuildArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let plan = load_plan(&args.spec)?;
-    let reporter: Arc<dyn kiln_build::Reporter> = match args.log_format {
-        LogFormat::Human => Arc::new(progress::Bars::new(&plan)),
-        LogFormat::Json => Arc::new(progress::JsonLines),
-    };
     let opts = kiln_build::BuildOptions {
         out_dir: args.out.clone(),
-        work_dir: args.work_dir,
+        work_dir: args.work_dir.clone(),
         keep_work: args.keep_work,
+        cache_dir: args.cache_dir.clone().unwrap_or_else(kiln_build::cache::default_dir),
+        no_cache: args.no_cache || args.verify_reproducible,
+        threads: args.threads.unwrap_or(0),
     };
+    if plan.source_date_epoch.is_none() && args.log_format == LogFormat::Human {
+        eprintln!("note: SOURCE_DATE_EPOCH: {}", plan.source_date_epoch_origin);
+    }
+    if args.verify_reproducible {
+        return reproducible::verify(&plan, &opts, &args, started);
+    }
+    let reporter = reporter(&plan, &args);
     let result = kiln_build::build(&plan, &opts, Arc::clone(&reporter));
     progress::finish(args.log_format, result.is_ok(), started.elapsed());
     let output = result?;
@@ -57,6 +66,13 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         println!("manifest {}", output.manifest.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn reporter(plan: &kiln_build::Plan, args: &BuildArgs) -> Arc<dyn kiln_build::Reporter> {
+    match args.log_format {
+        LogFormat::Human => Arc::new(progress::Bars::new(plan, args.explain)),
+        LogFormat::Json => Arc::new(progress::JsonLines),
+    }
 }
 
 fn plan(args: PlanArgs) -> Result<ExitCode> {
@@ -70,6 +86,11 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
         plan.name,
         plan.version,
         plan.spec_hash.short()
+    );
+    println!(
+        "SOURCE_DATE_EPOCH: {} ({})",
+        plan.source_date_epoch.map(|t| t.to_string()).unwrap_or_else(|| "unset".into()),
+        plan.source_date_epoch_origin
     );
     for (i, stage) in plan.stages.iter().enumerate() {
         println!("\n{}. {}  [{}]", i + 1, stage.id, stage.hash.short());

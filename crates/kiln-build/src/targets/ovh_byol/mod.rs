@@ -137,7 +137,11 @@ rm -f /var/lib/dbus/machine-id
 rm -f /etc/ssh/ssh_host_*
 rm -rf /var/lib/cloud/* /var/log/cloud-init*.log
 rm -f /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
-rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old
+rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old /etc/*-
+# Caches rebuilt on demand whose bytes depend on when and in what order
+# they were written: not reproducible, not needed.
+rm -f /var/cache/ldconfig/aux-cache
+rm -rf /var/cache/man/*
 rm -rf /tmp/* /var/tmp/*
 find /var/log -type f -exec truncate -s 0 {} +
 "#;

@@ -1,0 +1,198 @@
+//! Slow real tests of the stage cache and of reproducible output: real
+//! Debian builds (root, network to a Debian mirror).
+//!
+//!   cargo test -p kiln --test real_cache -- --ignored --test-threads=1
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use common::{example, kiln, repo_root, run, text};
+
+/// A copy of the example BYOL spec in `dir`, so its files can be edited.
+fn spec_copy(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    std::fs::copy(example("files/motd"), dir.join("files/motd")).unwrap();
+    let spec = dir.join("byol.toml");
+    std::fs::copy(example("debian-12-ovh-byol.toml"), &spec).unwrap();
+    spec
+}
+
+/// A fresh stage cache that shares the slow tests' package cache, so that
+/// these tests do not download Debian again.
+fn fresh_cache(dir: &Path) -> PathBuf {
+    let shared = repo_root().join("target/tmp/cache/packages");
+    std::fs::create_dir_all(&shared).unwrap();
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::os::unix::fs::symlink(&shared, cache.join("packages")).unwrap();
+    cache
+}
+
+fn events(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn status_of(ev: &[serde_json::Value], stage: &str) -> String {
+    ev.iter()
+        .rev()
+        .find(|e| e["event"] == "stage-end" && e["stage"] == stage)
+        .and_then(|e| e["status"].as_str())
+        .unwrap_or("missing")
+        .to_owned()
+}
+
+fn rebuild_reason(ev: &[serde_json::Value], stage: &str) -> String {
+    ev.iter()
+        .find(|e| e["event"] == "stage-rebuild" && e["stage"] == stage)
+        .and_then(|e| e["reason"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn build(spec: &Path, cache: &Path, out: &Path, extra: &[&str]) -> Output {
+    let res = run(kiln()
+        .args(["build", "--log-format", "json", "--explain", "--out"])
+        .arg(out)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra)
+        .arg(spec));
+    assert!(res.status.success(), "build failed:\n{}", text(&res));
+    res
+}
+
+const IMAGE: &str = "debian-12-byol-1.0.0.qcow2";
+
+fn motd_in(out: &Path) -> String {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let part = &manifest["partitions"][0];
+    let image = kiln_disk::DiskImage::open(&out.join(IMAGE)).unwrap();
+    let mut fs = kiln_disk::open_filesystem(
+        &image,
+        part["start"].as_u64().unwrap(),
+        part["size"].as_u64().unwrap(),
+    )
+    .unwrap();
+    String::from_utf8(fs.read_file("/etc/motd").unwrap().expect("/etc/motd in the image")).unwrap()
+}
+
+fn sha512(path: &Path) -> String {
+    let out = run(common::tool("sha512sum").arg(path));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+#[test]
+#[ignore = "slow: real Debian builds (root, network to a Debian mirror)"]
+fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let spec = spec_copy(&dir.path().join("spec"));
+    let cache = fresh_cache(dir.path());
+    let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
+
+    // Two builds at once on an empty cache: each stage is built once.
+    let start = |out: &Path| {
+        kiln()
+            .args(["build", "--log-format", "json", "--explain", "--out"])
+            .arg(out)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg(&spec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(&out_a), start(&out_b));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "build a:\n{}", text(&a));
+    assert!(b.status.success(), "build b:\n{}", text(&b));
+    let (ea, eb) = (events(&a), events(&b));
+    for stage in ["bootstrap", "customise", "ovh-byol/finalise", "ovh-byol/convert"] {
+        let ran = [&ea, &eb]
+            .iter()
+            .filter(|ev| ev.iter().any(|e| e["event"] == "stage-start" && e["stage"] == stage))
+            .count();
+        assert_eq!(ran, 1, "{stage} ran {ran} times:\n{}\n{}", text(&a), text(&b));
+    }
+    assert_eq!(sha512(&out_a.join(IMAGE)), sha512(&out_b.join(IMAGE)));
+    let first = sha512(&out_a.join(IMAGE));
+
+    // Nothing changed: every stage comes from the cache, the image too.
+    let again = events(&build(&spec, &cache, &out_a, &[]));
+    for stage in ["bootstrap", "customise", "ovh-byol/finalise", "ovh-byol/convert"] {
+        assert_eq!(status_of(&again, stage), "reused", "{stage}");
+    }
+    for stage in ["ovh-byol/filesystem", "ovh-byol/disk"] {
+        assert_eq!(status_of(&again, stage), "skipped", "{stage}");
+    }
+    assert_eq!(sha512(&out_a.join(IMAGE)), first);
+
+    // One [[files]] source changed: customisation and what follows rerun,
+    // the bootstrap does not, and --explain names the input.
+    std::fs::write(dir.path().join("spec/files/motd"), "changed by the cache test\n").unwrap();
+    let changed = events(&build(&spec, &cache, &out_a, &[]));
+    assert_eq!(status_of(&changed, "bootstrap"), "reused");
+    assert_eq!(status_of(&changed, "customise"), "ok");
+    assert!(
+        rebuild_reason(&changed, "customise").contains("file files/motd"),
+        "{:?}",
+        rebuild_reason(&changed, "customise")
+    );
+    assert_eq!(status_of(&changed, "ovh-byol/convert"), "ok");
+    assert_eq!(motd_in(&out_a), "changed by the cache test\n");
+    assert_ne!(sha512(&out_a.join(IMAGE)), first);
+
+    // A damaged entry is detected and rebuilt, and the result is right.
+    let entry = std::fs::read_dir(cache.join("stages"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read(p.join("entry.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|e| e["stage"] == "customise")
+        })
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("a customise entry");
+    std::fs::write(entry.join("layer/etc/motd"), "").unwrap();
+    let repaired = events(&build(&spec, &cache, &out_a, &[]));
+    assert_eq!(status_of(&repaired, "customise"), "ok");
+    assert!(
+        rebuild_reason(&repaired, "customise").contains("damaged"),
+        "{:?}",
+        rebuild_reason(&repaired, "customise")
+    );
+    assert_eq!(motd_in(&out_a), "changed by the cache test\n");
+
+    // kiln cache ls shows the entries; rm --all empties the cache.
+    let ls = run(kiln().args(["cache", "ls", "--cache-dir"]).arg(&cache));
+    assert!(ls.status.success() && text(&ls).contains("bootstrap"), "{}", text(&ls));
+    let rm = run(kiln().args(["cache", "rm", "--all", "--cache-dir"]).arg(&cache));
+    assert!(rm.status.success(), "{}", text(&rm));
+    let ls = run(kiln().args(["cache", "ls", "--cache-dir"]).arg(&cache));
+    assert!(text(&ls).contains("\n0 entries"), "{}", text(&ls));
+}
+
+#[test]
+#[ignore = "slow: two real Debian builds (root, network to a Debian mirror)"]
+fn the_example_byol_image_is_reproducible() {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let out = dir.path().join("out");
+    let res = run(kiln()
+        .args(["build", "--verify-reproducible", "--out"])
+        .arg(&out)
+        .arg(example("debian-12-ovh-byol.toml")));
+    let msg = text(&res);
+    assert!(res.status.success(), "not reproducible:\n{msg}");
+    assert!(
+        msg.contains(&format!("reproducible: {IMAGE} is byte-identical in both builds")),
+        "{msg}"
+    );
+}
