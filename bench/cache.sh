@@ -24,6 +24,10 @@ if [ -z "$files_src" ]; then
   exit 1
 fi
 
+# The copy is outside git: pin the epoch as a build from the repository would.
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct -- "$(dirname "$spec")")}
+export SOURCE_DATE_EPOCH
+
 now() { date +%s.%N; }
 build() { # label
   local t0 t1

@@ -819,6 +819,11 @@ impl Run<'_> {
             &embedded_json,
             0o644,
         )?;
+        if let Some(epoch) = self.plan.source_date_epoch {
+            // The layers are clamped already: this touches only the
+            // manifest and the directories it was written into.
+            layers::clamp_times(view.path(), epoch)?;
+        }
         let mut disk = Assembly::default();
         for s in &image_stages {
             timed(&self.reporter, s, || {
