@@ -347,12 +347,21 @@ mod tests {
         let mut b = base(None);
         b.snapshot = Some("20260101T000000Z".into());
         let lines = resolve_sources(&b, &host).unwrap();
-        assert_eq!(lines[0].uri, "https://snapshot.debian.org/archive/debian/20260101T000000Z");
+        assert_eq!(
+            lines[0].uri,
+            "https://snapshot.debian.org/archive/debian/20260101T000000Z"
+        );
         assert_eq!(lines[1].suite, "bookworm-updates");
-        assert_eq!(lines[2].uri, "https://snapshot.debian.org/archive/debian-security/20260101T000000Z");
+        assert_eq!(
+            lines[2].uri,
+            "https://snapshot.debian.org/archive/debian-security/20260101T000000Z"
+        );
         b.snapshot = Some("http://aptly.example/snap/2026-01/".into());
         let lines = resolve_sources(&b, &host).unwrap();
-        assert!(lines.iter().all(|l| l.uri == "http://aptly.example/snap/2026-01"), "{lines:?}");
+        assert!(
+            lines.iter().all(|l| l.uri == "http://aptly.example/snap/2026-01"),
+            "{lines:?}"
+        );
     }
 
     #[test]
@@ -376,7 +385,10 @@ mod tests {
         assert!(all.contains("mv /c/packages/.\"$b\".$$ /c/packages/\"$b\""), "{all}");
         assert!(all.contains("Check-Valid-Until"), "{all}");
         let none = mmdebstrap_args(&req, Path::new("/t"), Path::new("/s"), None).join("\n");
-        assert!(!none.contains("/c/packages") && !none.contains("essential/unlink"), "{none}");
+        assert!(
+            !none.contains("/c/packages") && !none.contains("essential/unlink"),
+            "{none}"
+        );
     }
 
     #[test]

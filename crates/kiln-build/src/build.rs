@@ -134,7 +134,7 @@ pub fn required_tools(plan: &Plan) -> Vec<&'static str> {
     }
     if let Some(o) = &plan.ovh_byol {
         tools.extend(match o.filesystem {
-            Filesystem::Ext4 => ["mke2fs"].as_slice(),
+            Filesystem::Ext4 => ["mke2fs", "debugfs"].as_slice(),
             Filesystem::Xfs => ["mkfs.xfs", "mount"].as_slice(),
         });
     }
@@ -299,11 +299,7 @@ struct Run<'a> {
 }
 
 /// Runs `f` as stage `id`, reporting start, end and failure.
-fn timed<T>(
-    reporter: &Arc<dyn Reporter>,
-    stage: &Stage,
-    f: impl FnOnce() -> Result<(T, String)>,
-) -> Result<T> {
+fn timed<T>(reporter: &Arc<dyn Reporter>, stage: &Stage, f: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
     kiln_exec::check_interrupted()?;
     let started = Instant::now();
     reporter.event(Event::StageStarted {
@@ -372,7 +368,10 @@ impl Run<'_> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("internal: a target's thread panicked"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("internal: a target's thread panicked")))
+                })
                 .collect()
         });
         let mut done = Vec::new();
@@ -460,9 +459,15 @@ impl Run<'_> {
     ) -> Result<Layer> {
         let key = Self::entry_key(stage, lowers, "");
         let (hit, miss) = self.try_reuse(&key)?;
-        if let Some(layer) = hit.map(|hit| Layer::from_hit(&self.cache, hit, key)).transpose()?.flatten() {
+        if let Some(layer) = hit
+            .map(|hit| Layer::from_hit(&self.cache, hit, key))
+            .transpose()?
+            .flatten()
+        {
             self.note_reused(stage, format!("reused from the cache ({})", key.short()));
-            let _ = self.cache.write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
+            let _ = self
+                .cache
+                .write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
             return Ok(layer);
         }
         if stage.kind == crate::plan::StageKind::Bootstrap && !self.opts.no_cache {
@@ -531,7 +536,9 @@ impl Run<'_> {
         layer_dir: &Path,
         state: serde_json::Value,
     ) -> Result<Layer> {
-        let _ = self.cache.write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
+        let _ = self
+            .cache
+            .write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
         let lock = match lock {
             Some(lock) if !self.cache.exists(&key) => lock,
             _ => {
@@ -544,7 +551,8 @@ impl Run<'_> {
         pending.adopt("layer", layer_dir)?;
         pending.commit(state)?;
         let hit = self.cache.hit_after_commit(&key, lock)?;
-        let mut layer = Layer::from_hit(&self.cache, hit, key)?.context("a cache entry this build stands on vanished")?;
+        let mut layer =
+            Layer::from_hit(&self.cache, hit, key)?.context("a cache entry this build stands on vanished")?;
         layer.fresh = true;
         Ok(layer)
     }
@@ -561,7 +569,10 @@ impl Run<'_> {
         req.include.clear();
         Hasher::new("bootstrap base")
             .json("request", &req)
-            .str("mmdebstrap", self.plan.tools.get("mmdebstrap").map(String::as_str).unwrap_or(""))
+            .str(
+                "mmdebstrap",
+                self.plan.tools.get("mmdebstrap").map(String::as_str).unwrap_or(""),
+            )
             .json("epoch", &self.plan.source_date_epoch)
             .finish()
             .to_hex()
@@ -637,9 +648,14 @@ impl Run<'_> {
             if let Some(epoch) = self.plan.source_date_epoch {
                 layers::clamp_times(&layer_dir, epoch)?;
             }
-            Ok(((), format!("installed {names} on top of the cached bootstrap {}", prev_key.short())))
+            Ok((
+                (),
+                format!("installed {names} on top of the cached bootstrap {}", prev_key.short()),
+            ))
         })?;
-        let _ = self.cache.write_record(&self.plan.name, &stage.id, &self.record_entry(stage, &[], &key));
+        let _ = self
+            .cache
+            .write_record(&self.plan.name, &stage.id, &self.record_entry(stage, &[], &key));
         let state = serde_json::json!({
             "include": now,
             "base_hash": base_hash,
@@ -650,7 +666,8 @@ impl Run<'_> {
         pending.commit(state)?;
         drop(prev);
         let hit = self.cache.hit_after_commit(&key, lock)?;
-        let mut layer = Layer::from_hit(&self.cache, hit, key)?.context("a cache entry this build stands on vanished")?;
+        let mut layer =
+            Layer::from_hit(&self.cache, hit, key)?.context("a cache entry this build stands on vanished")?;
         layer.fresh = true;
         Ok(Some(layer))
     }
@@ -748,9 +765,11 @@ impl Run<'_> {
     /// One target's chain: finalise, then filesystem, disk and image (or
     /// the image from the cache).
     fn target(&self, target: &str, cust: &Layer, boot: &Layer) -> Result<TargetResult> {
-        let fin = self.tree_stage(self.stage(&format!("{target}/finalise"))?, &[cust, boot], |stage, tree| {
-            self.finalise(stage, target, tree)
-        })?;
+        let fin = self.tree_stage(
+            self.stage(&format!("{target}/finalise"))?,
+            &[cust, boot],
+            |stage, tree| self.finalise(stage, target, tree),
+        )?;
         let packages: Vec<manifest::Package> =
             serde_json::from_value(fin.state["packages"].clone()).context("reading the finalised package list")?;
         let embedded = Manifest::new(self.plan, self.git.clone(), packages);
@@ -774,8 +793,13 @@ impl Run<'_> {
                     reason: "the image is reused".to_owned(),
                 });
             }
-            self.note_reused(convert, format!("{} reused from the cache ({})", state.file_name, key.short()));
-            let _ = self.cache.write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
+            self.note_reused(
+                convert,
+                format!("{} reused from the cache ({})", state.file_name, key.short()),
+            );
+            let _ = self
+                .cache
+                .write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
             return Ok(TargetResult {
                 target: target.to_owned(),
                 image: hit.item("image"),
@@ -844,7 +868,9 @@ impl Run<'_> {
             Ok(((image, state), summary))
         })?;
         drop(previous);
-        let _ = self.cache.write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
+        let _ = self
+            .cache
+            .write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
         let Some(lock) = lock.filter(|_| !self.cache.exists(&key)) else {
             return Ok(TargetResult {
                 target: target.to_owned(),
@@ -1036,8 +1062,8 @@ impl Run<'_> {
                     index: index.clone(),
                 }),
             };
-            let (s, index) = kiln_disk::write_qcow2(&raw, &image, &opts)
-                .with_context(|| format!("writing {file_name} as qcow2"))?;
+            let (s, index) =
+                kiln_disk::write_qcow2(&raw, &image, &opts).with_context(|| format!("writing {file_name} as qcow2"))?;
             index
                 .save(&base.join("clusters.idx"))
                 .context("saving the image's cluster index")?;
@@ -1133,7 +1159,11 @@ impl Run<'_> {
                 size: st.size,
                 sha512: st.sha512.clone(),
             })?);
-            partitions_json.extend(st.partitions.iter().map(|p| serde_json::to_value(p).unwrap_or_default()));
+            partitions_json.extend(
+                st.partitions
+                    .iter()
+                    .map(|p| serde_json::to_value(p).unwrap_or_default()),
+            );
             if r.target == "ovh-byol" {
                 let o = ovh_plan(plan)?;
                 if let Some(d) = doc.as_mut() {
@@ -1176,7 +1206,10 @@ struct Assembly {
 
 /// The directories of `layers`, top first, for an overlay's lowerdir.
 fn stack<'a>(layers: &[&'a Layer]) -> Vec<&'a Path> {
-    layers.iter().flat_map(|l| l.dirs.iter().map(PathBuf::as_path)).collect()
+    layers
+        .iter()
+        .flat_map(|l| l.dirs.iter().map(PathBuf::as_path))
+        .collect()
 }
 
 fn fin_id(target: &str) -> String {
@@ -1235,4 +1268,49 @@ fn sha512_file(path: &Path) -> Result<String> {
     let mut h = Sha512::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("hashing {}", path.display()))?;
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::StageKind;
+
+    fn stage(hash: &str) -> Stage {
+        Stage {
+            id: "customise".into(),
+            kind: StageKind::Customise,
+            target: None,
+            parents: vec![],
+            actions: vec![],
+            inputs: vec![],
+            hash: Hasher::new("t").str("h", hash).finish(),
+        }
+    }
+
+    fn layer(key: &str, digest: &str) -> Layer {
+        Layer::local(
+            Path::new("/l"),
+            Hasher::new("t").str("k", key).finish(),
+            digest.into(),
+            serde_json::Value::Null,
+        )
+    }
+
+    #[test]
+    fn entry_keys_follow_the_stage_and_the_content_below_it() {
+        let base = Run::entry_key(&stage("s"), &[&layer("k", "d")], "");
+        assert_eq!(base, Run::entry_key(&stage("s"), &[&layer("k", "d")], ""), "stable");
+        for (what, other) in [
+            ("stage hash", Run::entry_key(&stage("s2"), &[&layer("k", "d")], "")),
+            ("lower key", Run::entry_key(&stage("s"), &[&layer("k2", "d")], "")),
+            ("lower content", Run::entry_key(&stage("s"), &[&layer("k", "d2")], "")),
+            (
+                "extra input",
+                Run::entry_key(&stage("s"), &[&layer("k", "d")], "manifest"),
+            ),
+            ("lower count", Run::entry_key(&stage("s"), &[], "")),
+        ] {
+            assert_ne!(base, other, "{what} does not change the key");
+        }
+    }
 }

@@ -49,7 +49,9 @@ pub fn default_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("kiln");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     home.join(".cache/kiln")
 }
 
@@ -190,7 +192,11 @@ impl Cache {
         let dir = self.entry_dir(key);
         let bytes = fs::read(dir.join(ENTRY_FILE)).with_context(|| format!("reading {}", dir.display()))?;
         let entry = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", dir.display()))?;
-        Ok(Hit { dir, entry, _lock: lock })
+        Ok(Hit {
+            dir,
+            entry,
+            _lock: lock,
+        })
     }
 
     /// Finds a valid entry for `key`, verifying every item's digest.
@@ -489,7 +495,6 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-
 /// Deletes a tree that may hold read-only directories.
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
@@ -515,7 +520,10 @@ fn verify(dir: &Path, key: &Hash) -> std::result::Result<Entry, String> {
         let (size, digest) =
             digest_path(&dir.join(&item.name)).map_err(|e| format!("{}: unreadable: {e:#}", item.name))?;
         if size != item.size {
-            return Err(format!("{}: {size} bytes instead of {} (truncated?)", item.name, item.size));
+            return Err(format!(
+                "{}: {size} bytes instead of {} (truncated?)",
+                item.name, item.size
+            ));
         }
         if digest != item.digest {
             return Err(format!("{}: content digest mismatch (corrupted)", item.name));
@@ -545,7 +553,9 @@ fn hash_file(path: &Path, h: &mut blake3::Hasher) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }

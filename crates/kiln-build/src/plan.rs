@@ -623,10 +623,16 @@ pub fn resolve_source_date_epoch(spec: &Spec, spec_path: &Path) -> (Option<u64>,
     if let Some(t) = spec.image.source_date_epoch {
         return (Some(t), "[image] source_date_epoch".to_owned());
     }
-    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()) {
+    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
         return (Some(t), "the SOURCE_DATE_EPOCH environment variable".to_owned());
     }
-    let dir = spec_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = spec_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let commit_time = kiln_exec::Cmd::new("git")
         .arg("-C")
         .arg(dir)

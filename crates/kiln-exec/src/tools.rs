@@ -47,7 +47,11 @@ pub const TOOLS: &[Tool] = &[
     tool("sh", "dash", "run generated helper scripts"),
     tool("dpkg-query", "dpkg", "list the packages installed in the image"),
     tool("mke2fs", "e2fsprogs", "create ext4 filesystems populated from the tree"),
-    tool("debugfs", "e2fsprogs", "read ext4 filesystems without mounting them"),
+    tool(
+        "debugfs",
+        "e2fsprogs",
+        "read ext4 without mounting; normalise inode times for reproducible images",
+    ),
     tool("mkfs.xfs", "xfsprogs", "create XFS filesystems"),
     tool("xfs_db", "xfsprogs", "read XFS filesystems without mounting them"),
     tool(
@@ -67,7 +71,11 @@ pub const TOOLS: &[Tool] = &[
         "qemu-system-x86",
         "boot images to test them (BIOS, or UEFI with ovmf)",
     ),
-    tool("git", "git", "record the commit of the spec's repository"),
+    tool(
+        "git",
+        "git",
+        "record the commit of the spec's repository and its time (SOURCE_DATE_EPOCH)",
+    ),
     test_tool("sfdisk", "fdisk", "oracle: verify partition tables"),
     test_tool("e2fsck", "e2fsprogs", "oracle: verify ext4 filesystems"),
     test_tool("xfs_repair", "xfsprogs", "oracle: verify XFS filesystems"),

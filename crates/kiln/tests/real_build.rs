@@ -194,13 +194,23 @@ fn build_and_check(spec: &str, image: &str, fs: &str, extra: &[&str]) {
 #[ignore = "slow: real Debian build (root, network to a Debian mirror)"]
 fn builds_and_checks_the_ext4_example() {
     // Every stage really runs here; the XFS build may reuse the shared ones.
-    build_and_check("debian-12-ovh-byol.toml", "debian-12-byol-1.0.0.qcow2", "ext4", &["--no-cache"]);
+    build_and_check(
+        "debian-12-ovh-byol.toml",
+        "debian-12-byol-1.0.0.qcow2",
+        "ext4",
+        &["--no-cache"],
+    );
 }
 
 #[test]
 #[ignore = "slow: real Debian build (root, network to a Debian mirror)"]
 fn builds_and_checks_the_xfs_example() {
-    build_and_check("debian-12-ovh-byol-xfs.toml", "debian-12-byol-xfs-1.0.0.qcow2", "xfs", &[]);
+    build_and_check(
+        "debian-12-ovh-byol-xfs.toml",
+        "debian-12-byol-xfs-1.0.0.qcow2",
+        "xfs",
+        &[],
+    );
 }
 
 /// A spec in a temp dir whose `[[run]]` step fails after printing something.

@@ -73,18 +73,18 @@ fn motd_in(out: &Path) -> String {
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let part = &manifest["partitions"][0];
     let image = kiln_disk::DiskImage::open(&out.join(IMAGE)).unwrap();
-    let mut fs = kiln_disk::open_filesystem(
-        &image,
-        part["start"].as_u64().unwrap(),
-        part["size"].as_u64().unwrap(),
-    )
-    .unwrap();
+    let mut fs =
+        kiln_disk::open_filesystem(&image, part["start"].as_u64().unwrap(), part["size"].as_u64().unwrap()).unwrap();
     String::from_utf8(fs.read_file("/etc/motd").unwrap().expect("/etc/motd in the image")).unwrap()
 }
 
 fn sha512(path: &Path) -> String {
     let out = run(common::tool("sha512sum").arg(path));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]

@@ -12,7 +12,10 @@ pub(crate) fn run(cmd: CacheCommand) -> Result<ExitCode> {
         CacheCommand::Ls(dir) => {
             let cache = open(&dir)?;
             let entries = cache.list()?;
-            println!("{:<12}  {:<20}  {:<24}  {:>9}  {:<10}  state", "key", "stage", "spec", "size", "last used");
+            println!(
+                "{:<12}  {:<20}  {:<24}  {:>9}  {:<10}  state",
+                "key", "stage", "spec", "size", "last used"
+            );
             for l in &entries {
                 print_entry(l);
             }
@@ -29,11 +32,23 @@ pub(crate) fn run(cmd: CacheCommand) -> Result<ExitCode> {
             let cache = open(&args.dir)?;
             let (removed, left) = cache.gc(args.max_size)?;
             for l in &removed {
-                println!("removed {} {} ({})", short(&l.entry.key), l.entry.stage, human(l.entry.size()));
+                println!(
+                    "removed {} {} ({})",
+                    short(&l.entry.key),
+                    l.entry.stage,
+                    human(l.entry.size())
+                );
             }
-            println!("{} entries removed; {} of stage entries left", removed.len(), human(left));
+            println!(
+                "{} entries removed; {} of stage entries left",
+                removed.len(),
+                human(left)
+            );
             if left > args.max_size {
-                println!("(still above {}: the rest is in use by running builds)", human(args.max_size));
+                println!(
+                    "(still above {}: the rest is in use by running builds)",
+                    human(args.max_size)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -60,7 +75,11 @@ pub(crate) fn run(cmd: CacheCommand) -> Result<ExitCode> {
                     println!("removed {} {}", short(&l.entry.key), l.entry.stage);
                 }
                 for l in &busy {
-                    println!("kept {} {}: in use by a running build", short(&l.entry.key), l.entry.stage);
+                    println!(
+                        "kept {} {}: in use by a running build",
+                        short(&l.entry.key),
+                        l.entry.stage
+                    );
                 }
             }
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })

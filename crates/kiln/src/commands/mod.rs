@@ -89,7 +89,9 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
     );
     println!(
         "SOURCE_DATE_EPOCH: {} ({})",
-        plan.source_date_epoch.map(|t| t.to_string()).unwrap_or_else(|| "unset".into()),
+        plan.source_date_epoch
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "unset".into()),
         plan.source_date_epoch_origin
     );
     for (i, stage) in plan.stages.iter().enumerate() {

@@ -27,9 +27,16 @@ pub(crate) fn verify(
     std::fs::create_dir_all(&opts.out_dir)?;
     let second_dir = kiln_exec::WorkDir::new_in(&opts.out_dir, ".kiln-reproducible-")?;
     let mut outputs = Vec::new();
-    for (round, out_dir) in [opts.out_dir.clone(), second_dir.path().to_owned()].into_iter().enumerate() {
+    for (round, out_dir) in [opts.out_dir.clone(), second_dir.path().to_owned()]
+        .into_iter()
+        .enumerate()
+    {
         if args.log_format == LogFormat::Human {
-            eprintln!("==> build {} of 2 (no stage cache) into {}", round + 1, out_dir.display());
+            eprintln!(
+                "==> build {} of 2 (no stage cache) into {}",
+                round + 1,
+                out_dir.display()
+            );
         }
         let round_opts = kiln_build::BuildOptions {
             out_dir,
