@@ -108,9 +108,12 @@ impl Drop for Overlay {
     }
 }
 
-/// Sets the modification and access times of every entry of `dir` that is
-/// newer than `epoch` to `epoch` (symlinks themselves, not their targets),
-/// so a layer built today carries no trace of when it was built.
+/// Sets the modification time (and the access time with it) of every entry
+/// of `dir` modified after `epoch` to `epoch` (symlinks themselves, not
+/// their targets), so a layer built today carries no trace of when it was
+/// built. Access times alone are left alone: reading a layer (digesting it,
+/// say) moves them, touching them through an overlay would copy every file
+/// up, and the ext4 writer resets them in the image anyway.
 pub fn clamp_times(dir: &Path, epoch: u64) -> Result<usize> {
     use std::os::unix::fs::MetadataExt;
     fn walk(path: &Path, epoch: i64, count: &mut usize) -> Result<()> {
@@ -120,12 +123,11 @@ pub fn clamp_times(dir: &Path, epoch: u64) -> Result<usize> {
                 walk(&e?.path(), epoch, count)?;
             }
         }
-        // After the children: touching them changes nothing of the
-        // directory's own times, but creating nothing here keeps it simple.
-        if meta.mtime() > epoch || meta.atime() > epoch {
-            let t = filetime::FileTime::from_unix_time(epoch.min(meta.mtime()), 0);
-            let a = filetime::FileTime::from_unix_time(epoch.min(meta.atime()), 0);
-            filetime::set_symlink_file_times(path, a, t)
+        // Children first: their times are not the directory's business,
+        // but the directory's own mtime must be set last to stick.
+        if meta.mtime() > epoch {
+            let t = filetime::FileTime::from_unix_time(epoch, 0);
+            filetime::set_symlink_file_times(path, t, t)
                 .with_context(|| format!("setting the times of {}", path.display()))?;
             *count += 1;
         }
