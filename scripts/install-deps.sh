@@ -54,3 +54,9 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 fi
+# kiln needs Rust 1.89 or newer (Cargo.toml rust-version); Debian 12's own is older.
+rust_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
+if [ "${rust_minor:-0}" -lt 89 ]; then
+  echo "install-deps.sh: $(rustc --version) is too old; kiln needs Rust 1.89 or newer (install it with rustup)" >&2
+  exit 1
+fi

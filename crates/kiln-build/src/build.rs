@@ -87,6 +87,7 @@ impl Reporter for Quiet {
 }
 
 /// Options of `kiln build`.
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// Parent of the scratch directory; default: the output directory, so
@@ -100,20 +101,6 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Threads for image compression (0: one per CPU).
     pub threads: usize,
-}
-
-impl BuildOptions {
-    /// Defaults: the machine-wide cache, every CPU.
-    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
-        BuildOptions {
-            out_dir: out_dir.into(),
-            work_dir: None,
-            keep_work: false,
-            cache_dir: cache::default_dir(),
-            no_cache: false,
-            threads: 0,
-        }
-    }
 }
 
 /// What a build produced.

@@ -123,8 +123,6 @@ pub fn clamp_times(dir: &Path, epoch: u64) -> Result<usize> {
                 walk(&e?.path(), epoch, count)?;
             }
         }
-        // Children first: their times are not the directory's business,
-        // but the directory's own mtime must be set last to stick.
         if meta.mtime() > epoch {
             let t = filetime::FileTime::from_unix_time(epoch, 0);
             filetime::set_symlink_file_times(path, t, t)

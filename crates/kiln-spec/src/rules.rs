@@ -172,7 +172,7 @@ pub(crate) fn ssh_key(s: &str) -> Rule {
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let digits = s.trim_end_matches('=');
-    if s.len() % 4 != 0 || s.len() - digits.len() > 2 {
+    if !s.len().is_multiple_of(4) || s.len() - digits.len() > 2 {
         return None;
     }
     let value = |c: u8| -> Option<u32> {
@@ -272,11 +272,11 @@ pub(crate) fn locale(s: &str) -> Rule {
     let (lang, territory) = name.split_once('_').map_or((name, None), |(l, t)| (l, Some(t)));
     let lang_ok = matches!(lang, "C" | "POSIX")
         || ((2..=3).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_lowercase()));
-    let territory_ok = territory.map_or(true, |t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_uppercase()));
-    let codeset_ok = codeset.map_or(true, |c| {
+    let territory_ok = territory.is_none_or(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_uppercase()));
+    let codeset_ok = codeset.is_none_or(|c| {
         !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
-    let modifier_ok = modifier.map_or(true, |m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_lowercase()));
+    let modifier_ok = modifier.is_none_or(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_lowercase()));
     if lang_ok && territory_ok && codeset_ok && modifier_ok && !(lang == "C" && territory.is_some()) {
         Ok(())
     } else {

@@ -59,7 +59,7 @@ fn rewrite_schema(map: &mut Map<String, Value>) {
     if let Some(Value::Array(variants)) = map.get("anyOf") {
         let non_null: Vec<&Value> = variants
             .iter()
-            .filter(|v| v.get("type").map_or(true, |t| t != "null"))
+            .filter(|v| v.get("type").is_none_or(|t| t != "null"))
             .collect();
         if non_null.len() == 1 && variants.len() == 2 {
             if let Some(Value::Object(inner)) = non_null.first().map(|v| (*v).clone()) {

@@ -124,7 +124,7 @@ impl fmt::Display for Bytes {
         for (unit, name) in UNITS {
             if self.0 >= unit {
                 let tenths = (u128::from(self.0) * 10 / u128::from(unit)) as u64;
-                return if tenths % 10 == 0 {
+                return if tenths.is_multiple_of(10) {
                     write!(f, "{} {name}", tenths / 10)
                 } else {
                     write!(f, "{}.{} {name}", tenths / 10, tenths % 10)

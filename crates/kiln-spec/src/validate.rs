@@ -532,7 +532,7 @@ impl Validator<'_, '_> {
                 let overhead = rule.overhead.map_or(0, |(bytes, _)| bytes);
                 let min = MIN_BASE_CONTENT.saturating_add(files_bytes).saturating_add(overhead);
                 if *bytes < min {
-                    let suggestion = if min % GIB == 0 {
+                    let suggestion = if min.is_multiple_of(GIB) {
                         format!("{}GiB", min / GIB)
                     } else {
                         format!("{}MiB", min.div_ceil(MIB))
@@ -543,7 +543,7 @@ impl Validator<'_, '_> {
                     };
                     // format_size rounds down, and "at least 1 GiB" for
                     // 1 GiB and a few bytes would contradict itself.
-                    let at_least = if min % GIB == 0 {
+                    let at_least = if min.is_multiple_of(GIB) {
                         format_size(min)
                     } else {
                         format!("{} MiB", min.div_ceil(MIB))

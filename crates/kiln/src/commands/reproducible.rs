@@ -40,11 +40,8 @@ pub(crate) fn verify(
         }
         let round_opts = kiln_build::BuildOptions {
             out_dir,
-            work_dir: opts.work_dir.clone(),
-            keep_work: opts.keep_work,
-            cache_dir: opts.cache_dir.clone(),
             no_cache: true,
-            threads: opts.threads,
+            ..opts.clone()
         };
         let reporter = super::reporter(plan, args);
         let result = kiln_build::build(plan, &round_opts, Arc::clone(&reporter));
