@@ -171,6 +171,29 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     );
     assert_eq!(motd_in(&out_a), "changed by the cache test\n");
 
+    // One package added: installed on top of the cached bootstrap, not a
+    // new bootstrap, and in the image.
+    let text_before = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text_before.replacen("install = [", "install = [\"tree\", ", 1)).unwrap();
+    let grown = events(&build(&spec, &cache, &out_a, &[]));
+    assert_eq!(status_of(&grown, "bootstrap"), "ok");
+    assert!(
+        rebuild_reason(&grown, "bootstrap").contains("packages added: tree"),
+        "{:?}",
+        rebuild_reason(&grown, "bootstrap")
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_a.join("manifest.json")).unwrap()).unwrap();
+    assert!(
+        manifest["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "tree"),
+        "tree not installed"
+    );
+    assert_eq!(motd_in(&out_a), "changed by the cache test\n");
+
     // kiln cache ls shows the entries; rm --all empties the cache.
     let ls = run(kiln().args(["cache", "ls", "--cache-dir"]).arg(&cache));
     assert!(ls.status.success() && text(&ls).contains("bootstrap"), "{}", text(&ls));
