@@ -160,7 +160,9 @@ pub fn plan(loaded: &LoadedSpec, tools: BTreeMap<String, String>) -> Result<Plan
     plan_with_host_sources(loaded, tools, Path::new("/etc/apt"))
 }
 
-pub(crate) fn plan_with_host_sources(
+/// [`plan`] with the host's apt configuration read from `etc_apt` instead
+/// of `/etc/apt` (tests pin the default mirror this way).
+pub fn plan_with_host_sources(
     loaded: &LoadedSpec,
     tools: BTreeMap<String, String>,
     etc_apt: &Path,
