@@ -162,11 +162,7 @@ pub fn plan(loaded: &LoadedSpec, tools: BTreeMap<String, String>) -> Result<Plan
 
 /// [`plan`] with the host's apt configuration read from `etc_apt` instead
 /// of `/etc/apt` (tests pin the default mirror this way).
-pub fn plan_with_host_sources(
-    loaded: &LoadedSpec,
-    tools: BTreeMap<String, String>,
-    etc_apt: &Path,
-) -> Result<Plan> {
+pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, String>, etc_apt: &Path) -> Result<Plan> {
     let spec = &loaded.spec;
     let dir = &loaded.dir;
     let host = bootstrap::host_sources(etc_apt);

@@ -273,9 +273,7 @@ pub(crate) fn locale(s: &str) -> Rule {
     let lang_ok = matches!(lang, "C" | "POSIX")
         || ((2..=3).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_lowercase()));
     let territory_ok = territory.is_none_or(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_uppercase()));
-    let codeset_ok = codeset.is_none_or(|c| {
-        !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    });
+    let codeset_ok = codeset.is_none_or(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     let modifier_ok = modifier.is_none_or(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_lowercase()));
     if lang_ok && territory_ok && codeset_ok && modifier_ok && !(lang == "C" && territory.is_some()) {
         Ok(())
