@@ -21,20 +21,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_disk::partition::{self, PartKind, PartitionSpec, TableKind};
 use kiln_exec::{Cmd, PartialFile, WorkDir};
-use kiln_spec::{Filesystem, PartitionTable};
 use sha2::{Digest, Sha512};
 
 use crate::cache::{self, Cache, Hit, Lookup, Record};
 use crate::chroot::{run_in_tree, write_mode, ChrootScript};
-use crate::customise;
 use crate::hash::{Hash, Hasher};
 use crate::layers::{self, Overlay};
 use crate::manifest::{self, Artifact, Manifest, PartitionInfo};
-use crate::plan::{run_name, OvhByolPlan, Plan, Stage};
-use crate::targets::disk;
-use crate::targets::ovh_byol::{self, EMBEDDED_MANIFEST};
+use crate::plan::{run_name, Plan, Stage, StageKind};
+use crate::targets::{Assembly, ImageFormat, StageContext, Target};
+use crate::{cleanup, customise};
 
 /// What the executor tells the user interface.
 #[derive(Debug, Clone)]
@@ -115,16 +112,13 @@ pub struct BuildOutput {
 
 /// Tools a build of `plan` runs, checked before any work starts.
 pub fn required_tools(plan: &Plan) -> Vec<&'static str> {
-    let mut tools = vec!["mmdebstrap", "unshare", "chroot", "sh", "dpkg-query", "cp"];
-    if let Some(d) = &plan.disk {
-        tools.extend(crate::targets::disk::required_tools(d));
+    let mut tools = plan.family.host_tools().to_vec();
+    tools.extend(["unshare", "chroot", "sh", "cp"]);
+    for t in &plan.targets {
+        tools.extend(t.tools());
     }
-    if let Some(o) = &plan.ovh_byol {
-        tools.extend(match o.filesystem {
-            Filesystem::Ext4 => ["mke2fs", "debugfs"].as_slice(),
-            Filesystem::Xfs => ["mkfs.xfs", "mount"].as_slice(),
-        });
-    }
+    tools.sort_unstable();
+    tools.dedup();
     tools
 }
 
@@ -205,14 +199,33 @@ struct Layer {
     dirs: Vec<PathBuf>,
     key: Hash,
     digest: String,
-    state: serde_json::Value,
+    state: LayerState,
     /// Built by this build (not taken from the cache).
     fresh: bool,
     _hold: Vec<Hit>,
 }
 
+/// What a cached tree layer remembers besides the tree.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct LayerState {
+    /// Bootstrap: the packages it was asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    include: Vec<String>,
+    /// Bootstrap: what its output depends on besides the package list
+    /// ([`Run::bootstrap_base_hash`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_hash: Option<String>,
+    /// A bootstrap grown by added packages: the key of the entry it grew
+    /// from, which it is stacked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
+    /// Finalise: the packages installed in the finished tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    packages: Option<Vec<manifest::Package>>,
+}
+
 impl Layer {
-    fn local(dir: &Path, key: Hash, digest: String, state: serde_json::Value) -> Layer {
+    fn local(dir: &Path, key: Hash, digest: String, state: LayerState) -> Layer {
         Layer {
             dirs: vec![dir.to_owned()],
             key,
@@ -226,15 +239,20 @@ impl Layer {
     /// The layer of a cache entry, with the entries it stands on (`base`
     /// in its state); `None` if one of those is gone.
     fn from_hit(cache: &Cache, hit: Hit, key: Hash) -> Result<Option<Layer>> {
+        // An entry whose state does not parse was written by another
+        // version of kiln: treat it as absent.
+        let Ok(state) = serde_json::from_value::<LayerState>(hit.entry.state.clone()) else {
+            return Ok(None);
+        };
         let mut layer = Layer {
             dirs: vec![hit.item("layer")],
             key,
             digest: hit.entry.items.first().map(|i| i.digest.clone()).unwrap_or_default(),
-            state: hit.entry.state.clone(),
             fresh: false,
             _hold: Vec::new(),
+            state,
         };
-        if let Some(base_key) = hit.entry.state["base"].as_str().and_then(Hash::from_hex) {
+        if let Some(base_key) = layer.state.base.as_deref().and_then(Hash::from_hex) {
             let Lookup::Hit(base_hit) = cache.lookup(&base_key)? else {
                 return Ok(None);
             };
@@ -256,7 +274,7 @@ impl Layer {
 
 /// A target's finished image and what the manifest says about it.
 struct TargetResult {
-    target: String,
+    target: &'static str,
     image: PathBuf,
     state: ImageState,
     _hold: Option<Hit>,
@@ -344,26 +362,45 @@ impl Run<'_> {
         let cust = self.tree_stage(self.stage("customise")?, &[&boot], |stage, tree| {
             self.customise(stage, tree)
         })?;
-        let targets = self.plan.target_names();
-        let results: Vec<Result<TargetResult>> = std::thread::scope(|s| {
-            let handles: Vec<_> = targets
-                .iter()
-                .map(|t| {
-                    let (cust, boot) = (&cust, &boot);
-                    s.spawn(move || self.target(t, cust, boot))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("internal: a target's thread panicked")))
-                })
-                .collect()
-        });
-        let mut done = Vec::new();
-        for r in results {
-            done.push(r?);
+        // Targets run in parallel, in waves: one that consumes others'
+        // artifacts waits for the wave that makes them.
+        let mut pending: Vec<&Arc<dyn Target>> = self.plan.targets.iter().collect();
+        let mut done: Vec<TargetResult> = Vec::new();
+        while !pending.is_empty() {
+            let ready = |t: &&Arc<dyn Target>| t.consumes().iter().all(|c| done.iter().any(|d| d.target == *c));
+            let (wave, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(ready);
+            if wave.is_empty() {
+                let names: Vec<&str> = rest.iter().map(|t| t.name()).collect();
+                bail!(
+                    "targets {} consume artifacts no other target of the spec makes",
+                    names.join(", ")
+                );
+            }
+            let results: Vec<Result<TargetResult>> = std::thread::scope(|s| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|t| {
+                        let consumed: Vec<(&'static str, PathBuf)> = done
+                            .iter()
+                            .filter(|d| t.consumes().contains(&d.target))
+                            .map(|d| (d.target, d.image.clone()))
+                            .collect();
+                        let (cust, boot) = (&cust, &boot);
+                        s.spawn(move || self.target(t.as_ref(), cust, boot, &consumed))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow!("internal: a target's thread panicked")))
+                    })
+                    .collect()
+            });
+            for r in results {
+                done.push(r?);
+            }
+            pending = rest;
         }
         timed(&self.reporter, self.stage("checksums")?, || {
             let artifacts = self.checksums(done)?;
@@ -442,7 +479,7 @@ impl Run<'_> {
         &self,
         stage: &Stage,
         lowers: &[&Layer],
-        run: impl FnOnce(&Stage, &Path) -> Result<(String, serde_json::Value)>,
+        run: impl FnOnce(&Stage, &Path) -> Result<(String, LayerState)>,
     ) -> Result<Layer> {
         let key = Self::entry_key(stage, lowers, "");
         let (hit, miss) = self.try_reuse(&key)?;
@@ -457,7 +494,7 @@ impl Run<'_> {
                 .write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
             return Ok(layer);
         }
-        if stage.kind == crate::plan::StageKind::Bootstrap && !self.opts.no_cache {
+        if stage.kind == StageKind::Bootstrap && !self.opts.no_cache {
             if let Some(layer) = self.grow_bootstrap(stage, key)? {
                 return Ok(layer);
             }
@@ -521,7 +558,7 @@ impl Run<'_> {
         key: Hash,
         lock: Option<cache::EntryLock>,
         layer_dir: &Path,
-        state: serde_json::Value,
+        state: LayerState,
     ) -> Result<Layer> {
         let _ = self
             .cache
@@ -536,7 +573,7 @@ impl Run<'_> {
         };
         let mut pending = self.cache.begin(&key, &stage.id, &self.plan.name)?;
         pending.adopt("layer", layer_dir)?;
-        pending.commit(state)?;
+        pending.commit(serde_json::to_value(&state)?)?;
         let hit = self.cache.hit_after_commit(&key, lock)?;
         let mut layer =
             Layer::from_hit(&self.cache, hit, key)?.context("a cache entry this build stands on vanished")?;
@@ -583,11 +620,11 @@ impl Run<'_> {
         let Some(prev) = Layer::from_hit(&self.cache, prev_hit, prev_key)? else {
             return Ok(None);
         };
-        let before: Vec<String> = serde_json::from_value(prev.state["include"].clone()).unwrap_or_default();
+        let before = &prev.state.include;
         let base_hash = self.bootstrap_base_hash();
         let now = &self.plan.bootstrap.include;
         if before.is_empty()
-            || prev.state["base_hash"].as_str() != Some(base_hash.as_str())
+            || prev.state.base_hash.as_deref() != Some(base_hash.as_str())
             || !before.iter().all(|p| now.contains(p))
         {
             return Ok(None);
@@ -614,13 +651,10 @@ impl Run<'_> {
                 Some((&layer_dir, &base.join("overlay-work"))),
                 &base.join("tree"),
             )?;
-            let script = format!(
-                "apt-get install -y --no-install-recommends {names} || \
-                 {{ apt-get update && apt-get install -y --no-install-recommends {names}; }}"
-            );
+            let script = self.plan.family.install_script(&added);
             self.chroot(stage, view.path(), "installing the added packages", &script)?;
-            // New .debs go to the package cache, as mmdebstrap's do.
-            let archives = view.path().join("var/cache/apt/archives");
+            // New package files go to the package cache, as the bootstrap's do.
+            let archives = view.path().join(self.plan.family.package_archive_dir());
             for e in std::fs::read_dir(&archives)?.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".deb") && !packages.join(&name).exists() {
@@ -629,7 +663,12 @@ impl Run<'_> {
                     std::fs::rename(&tmp, packages.join(&name))?;
                 }
             }
-            self.chroot(stage, view.path(), "cleaning apt's archive", "apt-get clean")?;
+            self.chroot(
+                stage,
+                view.path(),
+                "cleaning the package archive",
+                self.plan.family.clean_downloads_script(),
+            )?;
             view.unmount()?;
             cache::remove_tree(&base.join("overlay-work"))?;
             if let Some(epoch) = self.plan.source_date_epoch {
@@ -643,14 +682,15 @@ impl Run<'_> {
         let _ = self
             .cache
             .write_record(&self.plan.name, &stage.id, &self.record_entry(stage, &[], &key));
-        let state = serde_json::json!({
-            "include": now,
-            "base_hash": base_hash,
-            "base": prev_key.to_hex(),
-        });
+        let state = LayerState {
+            include: now.clone(),
+            base_hash: Some(base_hash),
+            base: Some(prev_key.to_hex()),
+            packages: None,
+        };
         let mut pending = self.cache.begin(&key, &stage.id, &self.plan.name)?;
         pending.adopt("layer", &layer_dir)?;
-        pending.commit(state)?;
+        pending.commit(serde_json::to_value(&state)?)?;
         drop(prev);
         let hit = self.cache.hit_after_commit(&key, lock)?;
         let mut layer =
@@ -659,7 +699,7 @@ impl Run<'_> {
         Ok(Some(layer))
     }
 
-    fn bootstrap(&self, stage: &Stage, tree: &Path) -> Result<(String, serde_json::Value)> {
+    fn bootstrap(&self, stage: &Stage, tree: &Path) -> Result<(String, LayerState)> {
         let plan = self.plan;
         let scratch = self.work.join("sources");
         std::fs::create_dir_all(&scratch)?;
@@ -667,13 +707,15 @@ impl Run<'_> {
             std::fs::write(scratch.join(format!("{}.sources", extra.name)), &extra.deb822)?;
         }
         let packages = self.cache.packages_dir();
-        let args = crate::bootstrap::mmdebstrap_args(&plan.bootstrap, tree, &scratch, Some(&packages));
+        let (program, args) = plan
+            .family
+            .bootstrap_command(&plan.bootstrap, tree, &scratch, Some(&packages));
         let tmp = self.work.join("tmp");
         std::fs::create_dir_all(&tmp)?;
-        let before = count_debs(&packages);
+        let before = count_files(&packages);
         // Its temporary files go to the work directory, and its own mounts
         // into a namespace of their own, so nothing outlives it.
-        let mut cmd = Cmd::in_mount_namespace("mmdebstrap")
+        let mut cmd = Cmd::in_mount_namespace(program)
             .args(&args)
             .env("TMPDIR", &tmp)
             .log_to(&self.log)
@@ -681,24 +723,26 @@ impl Run<'_> {
         if let Some(epoch) = plan.source_date_epoch {
             cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
         }
-        cmd.run().context("bootstrapping the root tree with mmdebstrap")?;
-        let added = count_debs(&packages).saturating_sub(before);
+        cmd.run()
+            .with_context(|| format!("bootstrapping the root tree with {program}"))?;
+        let added = count_files(&packages).saturating_sub(before);
         Ok((
             format!(
-                "{} packages requested, {added} new .deb files downloaded into the package cache",
+                "{} packages requested, {added} new package files downloaded into the package cache",
                 plan.bootstrap.include.len()
             ),
-            serde_json::json!({
-                "include": plan.bootstrap.include,
-                "base_hash": self.bootstrap_base_hash(),
-            }),
+            LayerState {
+                include: plan.bootstrap.include.clone(),
+                base_hash: Some(self.bootstrap_base_hash()),
+                ..LayerState::default()
+            },
         ))
     }
 
-    fn customise(&self, stage: &Stage, tree: &Path) -> Result<(String, serde_json::Value)> {
+    fn customise(&self, stage: &Stage, tree: &Path) -> Result<(String, LayerState)> {
         let plan = self.plan;
         customise::stage_files(&plan.spec, &plan.spec_dir, tree)?;
-        let script = customise::configure_script(&plan.spec, &plan.datasources);
+        let script = customise::configure_script(&plan.spec, &plan.datasources, plan.family);
         self.chroot(stage, tree, "the spec's customisations", &script)?;
         for (i, step) in plan.spec.run.iter().enumerate() {
             let name = format!("[[run]] {}", run_name(step, i));
@@ -715,61 +759,94 @@ impl Run<'_> {
             });
             self.chroot(stage, tree, &name, &body)?;
         }
-        Ok((format!("{} run steps", plan.spec.run.len()), serde_json::Value::Null))
+        Ok((format!("{} run steps", plan.spec.run.len()), LayerState::default()))
     }
 
-    fn finalise(&self, stage: &Stage, target: &str, tree: &Path) -> Result<(String, serde_json::Value)> {
+    /// Runs `f` with what target `target`'s stage `stage` may use.
+    fn with_context<T>(
+        &self,
+        stage: &Stage,
+        target: &dyn Target,
+        consumed: &[(&'static str, PathBuf)],
+        f: impl FnOnce(&StageContext) -> Result<T>,
+    ) -> Result<T> {
+        let chroot = |tree: &Path, name: &str, body: &str| self.chroot(stage, tree, name, body);
+        let name = target.name();
+        let uuid = |what: &str| derived_uuid(self.plan, name, what);
+        let cx = StageContext {
+            spec: &self.plan.spec,
+            family: self.plan.family,
+            source_date_epoch: self.plan.source_date_epoch,
+            consumed: consumed.iter().cloned().collect(),
+            chroot: &chroot,
+            uuid: &uuid,
+        };
+        f(&cx)
+    }
+
+    fn finalise(&self, stage: &Stage, target: &dyn Target, tree: &Path) -> Result<(String, LayerState)> {
         let plan = self.plan;
-        match target {
-            "ovh-byol" => {
-                let o = ovh_plan(plan)?;
-                ovh_byol::install_script(tree, o)?;
-                self.chroot(stage, tree, "ovh-byol finalisation", &ovh_byol::finalise_script(o))?;
-            }
-            "disk" => {
-                let d = disk_plan(plan)?;
-                let ids = disk_ids(plan);
-                self.chroot(
-                    stage,
-                    tree,
-                    "disk finalisation",
-                    &disk::finalise_script(d, ids.root_fs, &ids.esp_uuid()),
-                )?;
-                disk::write_grub_cfg(tree, d, ids.root_fs)?;
-            }
-            other => bail!("internal: no finalisation for target {other}"),
-        }
-        self.chroot(stage, tree, "cleanup", ovh_byol::CLEANUP_SCRIPT)?;
-        ovh_byol::reset_host_files(tree, plan.spec.hostname.as_deref())?;
-        let packages = manifest::installed_packages(tree)?;
+        self.with_context(stage, target, &[], |cx| target.finalise(cx, tree))?;
+        self.chroot(stage, tree, "cleanup", &cleanup::script(plan.family))?;
+        cleanup::reset_host_files(tree, plan.spec.hostname.as_deref())?;
+        let packages = plan.family.installed_packages(tree)?;
         let count = packages.len();
         Ok((
             format!("{count} packages installed"),
-            serde_json::json!({ "packages": packages }),
+            LayerState {
+                packages: Some(packages),
+                ..LayerState::default()
+            },
         ))
     }
 
-    /// One target's chain: finalise, then filesystem, disk and image (or
-    /// the image from the cache).
-    fn target(&self, target: &str, cust: &Layer, boot: &Layer) -> Result<TargetResult> {
-        let fin = self.tree_stage(
-            self.stage(&format!("{target}/finalise"))?,
-            &[cust, boot],
-            |stage, tree| self.finalise(stage, target, tree),
-        )?;
-        let packages: Vec<manifest::Package> =
-            serde_json::from_value(fin.state["packages"].clone()).context("reading the finalised package list")?;
+    /// The stages of `target` of one kind, in plan order.
+    fn target_stages(&self, target: &str, pick: impl Fn(StageKind) -> bool) -> Vec<&Stage> {
+        self.plan
+            .stages
+            .iter()
+            .filter(|s| s.target.as_deref() == Some(target) && pick(s.kind))
+            .collect()
+    }
+
+    /// One target's chain: finalise, then the assembly stages and the
+    /// artifact (or the artifact from the cache). `consumed` are the
+    /// artifacts of the targets it consumes.
+    fn target(
+        &self,
+        target: &dyn Target,
+        cust: &Layer,
+        boot: &Layer,
+        consumed: &[(&'static str, PathBuf)],
+    ) -> Result<TargetResult> {
+        let name = target.name();
+        let fin_stage = *self
+            .target_stages(name, |k| k == StageKind::Finalise)
+            .first()
+            .with_context(|| format!("internal: the plan has no finalise stage for {name}"))?;
+        let fin = self.tree_stage(fin_stage, &[cust, boot], |stage, tree| {
+            self.finalise(stage, target, tree)
+        })?;
+        let packages = fin
+            .state
+            .packages
+            .clone()
+            .context("the finalised layer does not list its packages")?;
         let embedded = Manifest::new(self.plan, self.git.clone(), packages);
         let embedded_json = serde_json::to_string_pretty(&embedded)?;
 
-        let convert = self.stage(&format!("{target}/convert"))?;
-        let key = Self::entry_key(convert, &[&fin], &embedded_json);
-        let image_stages: Vec<&Stage> = self
-            .plan
-            .stages
+        let output = *self
+            .target_stages(name, |k| matches!(k, StageKind::Output(_)))
+            .first()
+            .with_context(|| format!("internal: the plan has no output stage for {name}"))?;
+        // What the target consumes is part of what its artifact is made of.
+        let consumed_digest = consumed
             .iter()
-            .filter(|s| s.target.as_deref() == Some(target) && s.id != fin_id(target) && s.id != convert.id)
-            .collect();
+            .map(|(t, path)| Ok(format!("{t}={}", sha512_file(path)?)))
+            .collect::<Result<Vec<_>>>()?
+            .join("\n");
+        let key = Self::entry_key(output, &[&fin], &format!("{embedded_json}{consumed_digest}"));
+        let image_stages = self.target_stages(name, |k| matches!(k, StageKind::Assemble(_)));
         let (hit, miss) = self.try_reuse(&key)?;
         if let Some(hit) = hit {
             let state: ImageState =
@@ -781,28 +858,28 @@ impl Run<'_> {
                 });
             }
             self.note_reused(
-                convert,
+                output,
                 format!("{} reused from the cache ({})", state.file_name, key.short()),
             );
             let _ = self
                 .cache
-                .write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
+                .write_record(&self.plan.name, &output.id, &self.record_image(output, &key));
             return Ok(TargetResult {
-                target: target.to_owned(),
+                target: name,
                 image: hit.item("image"),
                 state,
                 _hold: Some(hit),
             });
         }
         let reason = if fin.fresh && !self.opts.no_cache {
-            format!("its tree changed ({} was rebuilt)", fin_id(target))
+            format!("its tree changed ({} was rebuilt)", fin_stage.id)
         } else {
-            self.why_rebuilt(convert, &[&fin], miss.as_ref())
+            self.why_rebuilt(output, &[&fin], miss.as_ref())
         };
-        for s in image_stages.iter().copied().chain([convert]) {
+        for s in image_stages.iter().copied().chain([output]) {
             self.reporter.event(Event::StageRebuilt {
                 id: s.id.clone(),
-                reason: if s.id == convert.id {
+                reason: if s.id == output.id {
                     reason.clone()
                 } else {
                     format!("the image is rebuilt: {reason}")
@@ -812,12 +889,12 @@ impl Run<'_> {
         let lock = self.builder_lock(&key)?;
         if lock.is_some() && !self.opts.no_cache && self.cache.exists(&key) {
             drop(lock);
-            return self.target(target, cust, boot);
+            return self.target(target, cust, boot, consumed);
         }
 
-        let base = self.work.join("targets").join(target);
+        let base = self.work.join("targets").join(name);
         std::fs::create_dir_all(&base)?;
-        // The view the filesystem is made from: every layer, plus a
+        // The view the artifact is made from: every layer, plus a
         // throwaway upper for the embedded manifest (it names the commit, so
         // it must not end up in a cached layer).
         let view = Overlay::mount(
@@ -826,7 +903,7 @@ impl Run<'_> {
             &base.join("tree"),
         )?;
         write_mode(
-            &view.path().join(EMBEDDED_MANIFEST.trim_start_matches('/')),
+            &view.path().join(manifest::EMBEDDED_PATH.trim_start_matches('/')),
             &embedded_json,
             0o644,
         )?;
@@ -835,38 +912,36 @@ impl Run<'_> {
             // manifest and the directories it was written into.
             layers::clamp_times(view.path(), epoch)?;
         }
-        let mut disk = Assembly::default();
+        let mut assembly = Assembly::default();
         for s in &image_stages {
             timed(&self.reporter, s, || {
-                let summary = match s.kind {
-                    crate::plan::StageKind::Filesystem => self.filesystem(target, view.path(), &base, &mut disk)?,
-                    crate::plan::StageKind::Disk => self.disk(target, view.path(), &base, &mut disk)?,
-                    other => bail!("internal: unexpected stage kind {other:?} in target {target}"),
-                };
+                let summary = self.with_context(s, target, consumed, |cx| {
+                    target.assemble(cx, s.kind.title(), view.path(), &base, &mut assembly)
+                })?;
                 Ok(((), summary))
             })?;
         }
         view.unmount()?;
 
-        let previous = self.previous_image(target);
-        let (image, state) = timed(&self.reporter, convert, || {
-            let (image, state, stats) = self.convert(target, &base, &disk, &embedded, previous.as_ref())?;
+        let previous = self.previous_image(&output.id);
+        let (image, state) = timed(&self.reporter, output, || {
+            let (image, state, stats) = self.write_artifact(target, &base, &assembly, &embedded, previous.as_ref())?;
             let summary = format!("{}, {} MiB{stats}", state.file_name, state.size >> 20);
             Ok(((image, state), summary))
         })?;
         drop(previous);
         let _ = self
             .cache
-            .write_record(&self.plan.name, &convert.id, &self.record_image(convert, &key));
+            .write_record(&self.plan.name, &output.id, &self.record_image(output, &key));
         let Some(lock) = lock.filter(|_| !self.cache.exists(&key)) else {
             return Ok(TargetResult {
-                target: target.to_owned(),
+                target: name,
                 image,
                 state,
                 _hold: None,
             });
         };
-        let mut pending = self.cache.begin(&key, &convert.id, &self.plan.name)?;
+        let mut pending = self.cache.begin(&key, &output.id, &self.plan.name)?;
         pending.adopt("image", &image)?;
         let index = base.join("clusters.idx");
         if index.exists() {
@@ -875,7 +950,7 @@ impl Run<'_> {
         pending.commit(serde_json::to_value(&state)?)?;
         let hit = self.cache.hit_after_commit(&key, lock)?;
         Ok(TargetResult {
-            target: target.to_owned(),
+            target: name,
             image: hit.item("image"),
             state,
             _hold: Some(hit),
@@ -888,13 +963,13 @@ impl Run<'_> {
         r
     }
 
-    /// The image this target's convert stage last stored, to reuse its
+    /// The image that output stage `stage_id` last stored, to reuse its
     /// compressed clusters (not with `--no-cache`: everything is redone).
-    fn previous_image(&self, target: &str) -> Option<(Hit, kiln_disk::ClusterIndex)> {
+    fn previous_image(&self, stage_id: &str) -> Option<(Hit, kiln_disk::ClusterIndex)> {
         if self.opts.no_cache {
             return None;
         }
-        let record = self.cache.read_record(&self.plan.name, &format!("{target}/convert"))?;
+        let record = self.cache.read_record(&self.plan.name, stage_id)?;
         let key = record.entry.as_deref().and_then(Hash::from_hex)?;
         match self.cache.lookup(&key).ok()? {
             Lookup::Hit(hit) => {
@@ -905,161 +980,44 @@ impl Run<'_> {
         }
     }
 
-    fn filesystem(&self, target: &str, tree: &Path, base: &Path, out: &mut Assembly) -> Result<String> {
-        let plan = self.plan;
-        match target {
-            "ovh-byol" => {
-                let o = ovh_plan(plan)?;
-                let content = kiln_disk::mkfs::tree_size(tree).context("measuring the root tree")?;
-                let fs_size = match o.size {
-                    Some(s) if s < content => bail!(
-                        "[targets.ovh-byol] size = {} MiB is smaller than the content ({} MiB); raise it or use \"auto\"",
-                        s >> 20,
-                        content.div_ceil(1 << 20)
-                    ),
-                    Some(s) => s,
-                    None => o.target.resolved_size(content),
-                };
-                let fs_offset = 1 << 20;
-                // 1 MiB in front for the table, 1 MiB behind for the GPT backup.
-                let disk_size = fs_offset + fs_size + (1 << 20);
-                let raw = base.join("disk.raw");
-                std::fs::File::create(&raw)?.set_len(disk_size)?;
-                let uuid = derived_uuid(plan, target, "root filesystem");
-                let fs_opts = kiln_disk::mkfs::FsOptions {
-                    uuid,
-                    label: "root".to_owned(),
-                    hash_seed: Some(derived_uuid(plan, target, "root hash seed")),
-                    source_date_epoch: plan.source_date_epoch,
-                    ..Default::default()
-                };
-                match o.filesystem {
-                    kiln_spec::Filesystem::Ext4 => kiln_disk::mkfs::make_ext4(&raw, fs_offset, fs_size, tree, &fs_opts),
-                    kiln_spec::Filesystem::Xfs => kiln_disk::mkfs::make_xfs(&raw, fs_offset, fs_size, tree, &fs_opts),
-                }
-                .context("creating the root filesystem")?;
-                out.raw = Some(raw);
-                out.fs = Some((fs_offset, fs_size, uuid));
-                Ok(format!(
-                    "{} MiB of content in a {} MiB filesystem",
-                    content >> 20,
-                    fs_size >> 20
-                ))
-            }
-            other => bail!("internal: no filesystem stage for target {other}"),
-        }
-    }
-
-    fn disk(&self, target: &str, tree: &Path, base: &Path, out: &mut Assembly) -> Result<String> {
-        let plan = self.plan;
-        match target {
-            "disk" => {
-                let d = disk_plan(plan)?;
-                let ids = disk_ids(plan);
-                let raw = base.join("disk.raw");
-                let content = kiln_disk::mkfs::tree_size(tree).context("measuring the root tree")?;
-                let geometry = disk::disk_geometry(d, content)?;
-                std::fs::File::create(&raw)?.set_len(geometry.disk_size)?;
-                let layout = disk::assemble(&raw, d, tree, &ids)?;
-                let root_start = layout
-                    .partitions
-                    .iter()
-                    .find(|p| p.index == disk::ROOT_PARTITION)
-                    .map(|p| p.start);
-                out.fs = root_start.map(|start| (start, geometry.root_size, ids.root_fs));
-                out.raw = Some(raw);
-                out.layout = Some(layout);
-                Ok(format!(
-                    "{} MiB disk, {} MiB of content, GRUB for {}",
-                    geometry.disk_size >> 20,
-                    content >> 20,
-                    d.firmware
-                        .iter()
-                        .map(|f| format!("{f:?}").to_lowercase())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
-                ))
-            }
-            "ovh-byol" => {
-                let o = ovh_plan(plan)?;
-                let raw = out.raw.clone().context("the filesystem stage made no disk")?;
-                let (fs_offset, fs_size, _) = out.fs.context("the filesystem stage made no filesystem")?;
-                let disk_size = std::fs::metadata(&raw)?.len();
-                let table = match o.partition_table {
-                    PartitionTable::Gpt => TableKind::Gpt,
-                    PartitionTable::Mbr => TableKind::Mbr,
-                };
-                let layout = partition::layout(
-                    disk_size,
-                    table,
-                    &[PartitionSpec {
-                        kind: PartKind::LinuxFs,
-                        size: fs_size,
-                        name: "root".to_owned(),
-                        guid: derived_uuid(plan, target, "root partition"),
-                    }],
-                )?;
-                if layout.partitions[0].start != fs_offset {
-                    bail!(
-                        "internal: partition placed at {} but the filesystem is at {fs_offset}",
-                        layout.partitions[0].start
-                    );
-                }
-                partition::write_partition_table(&raw, &layout, derived_uuid(plan, target, "disk"))?;
-                out.layout = Some(layout);
-                Ok(format!(
-                    "{}, 1 partition",
-                    if table == TableKind::Gpt { "GPT" } else { "MBR" }
-                ))
-            }
-            other => bail!("internal: no disk stage for target {other}"),
-        }
-    }
-
-    /// Writes the image file from the raw disk (freed afterwards).
-    fn convert(
+    /// Writes the artifact file from the assembled raw disk (freed
+    /// afterwards).
+    fn write_artifact(
         &self,
-        target: &str,
+        target: &dyn Target,
         base: &Path,
         disk: &Assembly,
         embedded: &Manifest,
         previous: Option<&(Hit, kiln_disk::ClusterIndex)>,
     ) -> Result<(PathBuf, ImageState, String)> {
-        let plan = self.plan;
-        let (file_name, format, compress) = match target {
-            "ovh-byol" => {
-                let o = ovh_plan(plan)?;
-                (o.file_name.clone(), "qcow2", o.compress)
-            }
-            "disk" => {
-                let d = disk_plan(plan)?;
-                (d.file_name.clone(), d.format_name(), d.compress)
-            }
-            other => bail!("internal: no convert stage for target {other}"),
-        };
-        let raw = disk.raw.clone().context("the disk stage made no disk")?;
+        let spec = target.artifact();
+        let file_name = spec.file_name;
+        let raw = disk.raw.clone().context("the target's stages made no disk")?;
         let image = base.join("image");
         let mut stats = String::new();
-        if format == "qcow2" {
-            let opts = kiln_disk::Qcow2WriteOptions {
-                threads: self.threads(),
-                compress,
-                reuse: previous.map(|(hit, index)| kiln_disk::ReuseSource {
-                    image: hit.item("image"),
-                    index: index.clone(),
-                }),
-            };
-            let (s, index) =
-                kiln_disk::write_qcow2(&raw, &image, &opts).with_context(|| format!("writing {file_name} as qcow2"))?;
-            index
-                .save(&base.join("clusters.idx"))
-                .context("saving the image's cluster index")?;
-            stats = format!(
-                " ({} clusters compressed, {} reused from the previous image, {} threads)",
-                s.compressed, s.reused, opts.threads
-            );
-        } else {
-            crate::targets::convert_image(&raw, &image, format, compress, Some(&self.log))?;
+        match spec.format {
+            ImageFormat::Qcow2 => {
+                let opts = kiln_disk::Qcow2WriteOptions {
+                    threads: self.threads(),
+                    compress: spec.compress,
+                    reuse: previous.map(|(hit, index)| kiln_disk::ReuseSource {
+                        image: hit.item("image"),
+                        index: index.clone(),
+                    }),
+                };
+                let (s, index) = kiln_disk::write_qcow2(&raw, &image, &opts)
+                    .with_context(|| format!("writing {file_name} as qcow2"))?;
+                index
+                    .save(&base.join("clusters.idx"))
+                    .context("saving the image's cluster index")?;
+                stats = format!(
+                    " ({} clusters compressed, {} reused from the previous image, {} threads)",
+                    s.compressed, s.reused, opts.threads
+                );
+            }
+            ImageFormat::Raw => {
+                crate::targets::convert_image(&raw, &image, spec.format.name(), spec.compress, Some(&self.log))?
+            }
         }
         let _ = std::fs::remove_file(&raw);
         let size = std::fs::metadata(&image)?.len();
@@ -1068,37 +1026,27 @@ impl Run<'_> {
             .layout
             .as_ref()
             .map(|layout| {
-                let (fs_offset, _, uuid) = disk.fs.unwrap_or((0, 0, uuid::Uuid::nil()));
                 layout
                     .partitions
                     .iter()
-                    .map(|p| PartitionInfo {
-                        target: target.to_owned(),
-                        index: p.index,
-                        start: p.start,
-                        size: p.size,
-                        filesystem: if p.start == fs_offset {
-                            root_fs_name(plan, target)
-                        } else if p.kind == PartKind::Esp {
-                            "vfat".to_owned()
-                        } else {
-                            String::new()
-                        },
-                        uuid: if p.start == fs_offset {
-                            uuid.to_string()
-                        } else if p.kind == PartKind::Esp {
-                            disk_ids(plan).esp_uuid()
-                        } else {
-                            String::new()
-                        },
-                        partition_table: format!("{:?}", layout.table).to_lowercase(),
+                    .map(|p| {
+                        let (filesystem, uuid) = disk.filesystems.get(&p.start).cloned().unwrap_or_default();
+                        PartitionInfo {
+                            target: target.name().to_owned(),
+                            index: p.index,
+                            start: p.start,
+                            size: p.size,
+                            filesystem,
+                            uuid,
+                            partition_table: format!("{:?}", layout.table).to_lowercase(),
+                        }
                     })
                     .collect()
             })
             .unwrap_or_default();
         let state = ImageState {
             file_name,
-            format: format.to_owned(),
+            format: spec.format.name().to_owned(),
             size,
             sha512,
             embedded: serde_json::to_value(embedded)?,
@@ -1121,6 +1069,7 @@ impl Run<'_> {
         let mut doc: Option<serde_json::Value> = None;
         let mut artifacts_json = Vec::new();
         let mut partitions_json = Vec::new();
+        let mut extras = Vec::new();
         let mut sums = String::new();
         let mut images = Vec::new();
         let mut sides = Vec::new();
@@ -1139,29 +1088,29 @@ impl Run<'_> {
             let side = PartialFile::new(self.out_dir.join(format!("{}.sha512", st.file_name)));
             side.write_all(line.as_bytes())?;
             doc.get_or_insert_with(|| st.embedded.clone());
-            artifacts_json.push(serde_json::to_value(Artifact {
-                target: r.target.clone(),
+            let artifact = Artifact {
+                target: r.target.to_owned(),
                 path: st.file_name.clone(),
                 format: st.format.clone(),
                 size: st.size,
                 sha512: st.sha512.clone(),
-            })?);
+            };
+            if let Some(t) = plan.target(r.target) {
+                extras.extend(t.manifest_extras(&artifact));
+            }
+            artifacts_json.push(serde_json::to_value(artifact)?);
             partitions_json.extend(
                 st.partitions
                     .iter()
                     .map(|p| serde_json::to_value(p).unwrap_or_default()),
             );
-            if r.target == "ovh-byol" {
-                let o = ovh_plan(plan)?;
-                if let Some(d) = doc.as_mut() {
-                    d["ovhReinstall"] =
-                        manifest::ovh_reinstall_template(&o.efi_bootloader_path, &st.sha512, &st.file_name);
-                }
-            }
             images.push(part);
             sides.push(side);
         }
         let mut doc = doc.context("internal: no target produced an image")?;
+        for (key, value) in extras {
+            doc[key] = value;
+        }
         doc["artifacts"] = serde_json::Value::Array(artifacts_json);
         if !partitions_json.is_empty() {
             doc["partitions"] = serde_json::Value::Array(partitions_json);
@@ -1182,15 +1131,6 @@ impl Run<'_> {
     }
 }
 
-/// The raw disk a target's stages assemble.
-#[derive(Default)]
-struct Assembly {
-    raw: Option<PathBuf>,
-    /// Root filesystem offset, size and UUID inside `raw`.
-    fs: Option<(u64, u64, uuid::Uuid)>,
-    layout: Option<partition::Layout>,
-}
-
 /// The directories of `layers`, top first, for an overlay's lowerdir.
 fn stack<'a>(layers: &[&'a Layer]) -> Vec<&'a Path> {
     layers
@@ -1199,42 +1139,10 @@ fn stack<'a>(layers: &[&'a Layer]) -> Vec<&'a Path> {
         .collect()
 }
 
-fn fin_id(target: &str) -> String {
-    format!("{target}/finalise")
-}
-
-fn count_debs(dir: &Path) -> usize {
+fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".deb"))
-                .count()
-        })
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().is_file()).count())
         .unwrap_or(0)
-}
-
-fn disk_plan(plan: &Plan) -> Result<&crate::targets::disk::DiskPlan> {
-    plan.disk.as_ref().context("internal: disk stage without a disk target")
-}
-
-fn disk_ids(plan: &Plan) -> disk::DiskIds {
-    disk::DiskIds::derive(|what| derived_uuid(plan, "disk", what))
-}
-
-fn root_fs_name(plan: &Plan, target: &str) -> String {
-    match (target, &plan.ovh_byol) {
-        ("ovh-byol", Some(o)) => match o.filesystem {
-            kiln_spec::Filesystem::Ext4 => "ext4".to_owned(),
-            kiln_spec::Filesystem::Xfs => "xfs".to_owned(),
-        },
-        _ => "ext4".to_owned(),
-    }
-}
-
-fn ovh_plan(plan: &Plan) -> Result<&OvhByolPlan> {
-    plan.ovh_byol
-        .as_ref()
-        .context("internal: ovh-byol stage without an ovh-byol target")
 }
 
 /// A UUID derived from the spec hash, so rebuilding the same spec gives the
@@ -1279,7 +1187,7 @@ mod tests {
             Path::new("/l"),
             Hasher::new("t").str("k", key).finish(),
             digest.into(),
-            serde_json::Value::Null,
+            LayerState::default(),
         )
     }
 

@@ -114,7 +114,8 @@ impl Drop for TreeSetup {
     }
 }
 
-pub(crate) fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
+/// Writes `text` to `path` (creating its directories) with permissions `mode`.
+pub fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;

@@ -6,12 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use kiln_exec::Cmd;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
 use crate::plan::Plan;
+
+/// Where the image carries its own manifest.
+pub const EMBEDDED_PATH: &str = "/usr/share/kiln/manifest.json";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
@@ -107,38 +109,10 @@ impl Manifest {
             packages,
             artifacts: Vec::new(),
             partitions: Vec::new(),
-            efi_bootloader_path: plan.ovh_byol.as_ref().map(|o| o.efi_bootloader_path.clone()),
+            efi_bootloader_path: plan.targets.iter().find_map(|t| t.efi_bootloader_path()),
             ovh_reinstall: None,
         }
     }
-}
-
-/// The packages installed in `tree`, sorted by name.
-pub fn installed_packages(tree: &Path) -> Result<Vec<Package>> {
-    let out = Cmd::new("dpkg-query")
-        .arg(format!("--admindir={}", tree.join("var/lib/dpkg").display()))
-        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"])
-        .run_string()
-        .context("listing the packages installed in the image")?;
-    Ok(parse_dpkg_query(&out))
-}
-
-fn parse_dpkg_query(out: &str) -> Vec<Package> {
-    let mut pkgs: Vec<Package> = out
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            let status = f.next()?;
-            let name = f.next()?;
-            let version = f.next()?;
-            status.starts_with("ii").then(|| Package {
-                name: name.to_owned(),
-                version: version.to_owned(),
-            })
-        })
-        .collect();
-    pkgs.sort();
-    pkgs
 }
 
 /// The commit of the repository holding the spec, `-dirty` if it has
@@ -183,24 +157,6 @@ pub fn ovh_reinstall_template(efi_bootloader_path: &str, sha512: &str, file_name
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keeps_only_installed_packages() {
-        let out = "ii \tbash\t5.2.15-2+b7\nrc \told\t1.0\nii \tapt\t2.6.1\n";
-        assert_eq!(
-            parse_dpkg_query(out),
-            [
-                Package {
-                    name: "apt".into(),
-                    version: "2.6.1".into()
-                },
-                Package {
-                    name: "bash".into(),
-                    version: "5.2.15-2+b7".into()
-                }
-            ]
-        );
-    }
 
     #[test]
     fn reinstall_template_carries_checksum_and_efi_path() {

@@ -8,14 +8,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
-use kiln_spec::{Filesystem, LoadedSpec, PartitionTable, Spec};
+use kiln_spec::{LoadedSpec, Spec};
 use serde::Serialize;
 
-use crate::bootstrap::{self, BootstrapRequest, ExtraSource};
+use crate::bootstrap::{BootstrapRequest, ExtraSource};
+use crate::distro::{self, DistroFamily, Role};
 use crate::hash::{file_hash, Hash, Hasher};
-use crate::targets::disk::{self as disk_target, DiskPlan};
-use crate::targets::ovh_byol;
+use crate::targets::{Target, TargetInputs, TargetStage, REGISTRY};
 
 /// Bumped when kiln changes what a stage produces for the same inputs.
 const PIPELINE_VERSION: &str = "1";
@@ -27,16 +29,36 @@ pub struct StageInput {
     pub hash: Hash,
 }
 
-/// What a stage is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+impl StageInput {
+    /// An input whose value is `value` as canonical JSON.
+    pub fn json(name: &str, value: &impl Serialize) -> StageInput {
+        StageInput {
+            name: name.to_owned(),
+            hash: Hasher::new(name).json("v", value).finish(),
+        }
+    }
+
+    /// An input whose value is the text `value`.
+    pub fn text(name: &str, value: &str) -> StageInput {
+        StageInput {
+            name: name.to_owned(),
+            hash: Hasher::new(name).str("v", value).finish(),
+        }
+    }
+}
+
+/// What a stage is. A target's assembly and output stages carry the name
+/// the target gives them (`filesystem`, `disk`, `convert`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageKind {
     Bootstrap,
     Customise,
+    /// A target's change of the tree (a layer of its own).
     Finalise,
-    Filesystem,
-    Disk,
-    Convert,
+    /// A step that builds a target's artifact from its finalised tree.
+    Assemble(&'static str),
+    /// The step that writes a target's artifact file.
+    Output(&'static str),
     Checksums,
 }
 
@@ -46,11 +68,15 @@ impl StageKind {
             StageKind::Bootstrap => "bootstrap",
             StageKind::Customise => "customise",
             StageKind::Finalise => "finalise",
-            StageKind::Filesystem => "filesystem",
-            StageKind::Disk => "disk",
-            StageKind::Convert => "convert",
+            StageKind::Assemble(name) | StageKind::Output(name) => name,
             StageKind::Checksums => "checksums",
         }
+    }
+}
+
+impl Serialize for StageKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.title())
     }
 }
 
@@ -70,25 +96,6 @@ pub struct Stage {
     pub hash: Hash,
 }
 
-/// Everything resolved for the `ovh-byol` target.
-#[derive(Debug, Clone, Serialize)]
-pub struct OvhByolPlan {
-    pub filesystem: Filesystem,
-    /// The target as written in the spec (sizes resolve through it).
-    pub target: kiln_spec::OvhByolTarget,
-    /// Partition size in bytes; `None` is automatic.
-    pub size: Option<u64>,
-    pub partition_table: PartitionTable,
-    pub compress: bool,
-    pub bootloader_id: String,
-    /// `efiBootloaderPath` as the OVH API wants it.
-    pub efi_bootloader_path: String,
-    /// Kernel command line for GRUB (target defaults plus the spec's).
-    pub cmdline: Vec<String>,
-    /// Output file name, e.g. `debian-12-byol-1.0.0.qcow2`.
-    pub file_name: String,
-}
-
 /// A resolved build: the stages and what each needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -104,11 +111,24 @@ pub struct Plan {
     pub source_date_epoch: Option<u64>,
     /// Where `source_date_epoch` came from, for `kiln plan`.
     pub source_date_epoch_origin: String,
-    pub ovh_byol: Option<OvhByolPlan>,
-    pub disk: Option<DiskPlan>,
+    /// The spec's targets, in [`REGISTRY`] order.
+    #[serde(serialize_with = "describe_targets")]
+    pub targets: Vec<Arc<dyn Target>>,
     pub stages: Vec<Stage>,
     #[serde(skip)]
     pub spec: Spec,
+    /// The family of `[base] distro`.
+    #[serde(skip)]
+    pub family: &'static dyn DistroFamily,
+}
+
+fn describe_targets<S: serde::Serializer>(targets: &[Arc<dyn Target>], s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(targets.len()))?;
+    for t in targets {
+        map.serialize_entry(t.name(), &t.describe())?;
+    }
+    map.end()
 }
 
 impl Plan {
@@ -118,15 +138,12 @@ impl Plan {
 
     /// The targets this plan builds, in build order.
     pub fn target_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
-        for s in &self.stages {
-            if let Some(t) = s.target.as_deref() {
-                if !names.contains(&t) {
-                    names.push(t);
-                }
-            }
-        }
-        names
+        self.targets.iter().map(|t| t.name()).collect()
+    }
+
+    /// The target named `name`.
+    pub fn target(&self, name: &str) -> Option<&Arc<dyn Target>> {
+        self.targets.iter().find(|t| t.name() == name)
     }
 }
 
@@ -165,51 +182,49 @@ pub fn plan(loaded: &LoadedSpec, tools: BTreeMap<String, String>) -> Result<Plan
 pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, String>, etc_apt: &Path) -> Result<Plan> {
     let spec = &loaded.spec;
     let dir = &loaded.dir;
-    let host = bootstrap::host_sources(etc_apt);
-    let sources = bootstrap::resolve_sources(&spec.base, &host)?;
-
-    let ovh = spec
-        .targets
-        .ovh_byol
-        .as_ref()
-        .map(|t| resolve_ovh_byol(spec, t))
-        .transpose()?;
+    let family = distro::family(spec.base.distro);
+    let sources = family.sources(&spec.base, etc_apt)?;
     let (source_date_epoch, source_date_epoch_origin) = resolve_source_date_epoch(spec, &loaded.path);
-    let disk = spec.targets.disk.as_ref().map(|t| {
-        let mut d = DiskPlan::resolve(spec, t);
-        d.source_date_epoch = source_date_epoch;
-        d
-    });
+    let inputs = TargetInputs {
+        spec,
+        family,
+        source_date_epoch,
+    };
+    let mut targets: Vec<Arc<dyn Target>> = Vec::new();
+    for kind in REGISTRY {
+        if let Some(t) = (kind.resolve)(&inputs).with_context(|| format!("planning [targets.{}]", kind.name))? {
+            targets.push(t);
+        }
+    }
 
     // The package set: the spec's, the kernel, and what targets and
     // customisations need.
     let mut include: Vec<String> = spec.packages.install.clone();
-    include.push(
-        spec.kernel
-            .package
-            .clone()
-            .unwrap_or_else(|| "linux-image-amd64".to_owned()),
-    );
-    let mut download = Vec::new();
-    if ovh.is_some() {
-        include.extend(ovh_byol::REQUIRED_PACKAGES.iter().map(|p| p.to_string()));
-        download.extend(ovh_byol::DOWNLOADED_PACKAGES.iter().map(|p| p.to_string()));
+    match &spec.kernel.package {
+        Some(kernel) => include.push(kernel.clone()),
+        None => include.extend(distro::packages_for(family, &[Role::Kernel])),
     }
-    if disk.is_some() {
-        include.extend(disk_target::REQUIRED_PACKAGES.iter().map(|p| p.to_string()));
+    let mut download = Vec::new();
+    let mut download_dir = String::new();
+    for t in &targets {
+        include.extend(t.packages());
+        if let Some((dir, kept)) = t.kept_packages() {
+            download_dir = dir.to_owned();
+            download.extend(kept);
+        }
     }
     if spec.users.iter().any(|u| u.sudo) {
-        include.push("sudo".to_owned());
+        include.extend(distro::packages_for(family, &[Role::Sudo]));
     }
     if spec
         .locale
         .as_deref()
         .is_some_and(|l| !matches!(l, "C.UTF-8" | "C" | "POSIX"))
     {
-        include.push("locales".to_owned());
+        include.extend(distro::packages_for(family, &[Role::Locales]));
     }
     if spec.timezone.is_some() {
-        include.push("tzdata".to_owned());
+        include.extend(distro::packages_for(family, &[Role::TimeZones]));
     }
     include.retain(|p| !spec.packages.remove.contains(p));
     include.sort();
@@ -253,7 +268,7 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
         sources,
         include,
         download,
-        download_dir: ovh_byol::DEBS_DIR.to_owned(),
+        download_dir,
         extra_sources,
         snapshot: spec.base.snapshot.is_some(),
     };
@@ -263,11 +278,7 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
     } else {
         // The union of what the targets need, in a stable order.
         let mut list: Vec<String> = Vec::new();
-        let wanted = ovh
-            .iter()
-            .flat_map(|_| ovh_byol::DEFAULT_DATASOURCES)
-            .chain(disk.iter().flat_map(|_| disk_target::DEFAULT_DATASOURCES));
-        for d in wanted {
+        for d in targets.iter().flat_map(|t| t.datasources()) {
             if !list.iter().any(|x| x == d) {
                 list.push((*d).to_owned());
             }
@@ -310,14 +321,24 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
                 kind: StageKind,
                 target: Option<&str>,
                 actions: Vec<String>,
-                inputs: Vec<StageInput>| {
-        // Each target's chain hangs off the shared customised tree, and the
-        // checksums stage depends on every target's image.
-        let parents: Vec<&Stage> = match kind {
+                inputs: Vec<StageInput>,
+                consumed: &[&str]| {
+        // Each target's chain hangs off the shared customised tree, the
+        // checksums stage depends on every target's image, and a target
+        // that consumes others' artifacts writes its own after theirs.
+        let mut parents: Vec<&Stage> = match kind {
             StageKind::Finalise => stages.iter().filter(|s| s.kind == StageKind::Customise).collect(),
-            StageKind::Checksums => stages.iter().filter(|s| s.kind == StageKind::Convert).collect(),
+            StageKind::Checksums => stages
+                .iter()
+                .filter(|s| matches!(s.kind, StageKind::Output(_)))
+                .collect(),
             _ => stages.last().into_iter().collect(),
         };
+        if let StageKind::Output(_) = kind {
+            parents.extend(stages.iter().filter(|s| {
+                matches!(s.kind, StageKind::Output(_)) && s.target.as_deref().is_some_and(|t| consumed.contains(&t))
+            }));
+        }
         let mut h = Hasher::new(kind.title());
         h.str("pipeline", PIPELINE_VERSION);
         for p in &parents {
@@ -340,10 +361,6 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
     let json_input = |name: &str, v: &dyn erased::Json| StageInput {
         name: name.to_owned(),
         hash: v.hash(name),
-    };
-    let str_input = |name: &str, v: &str| StageInput {
-        name: name.to_owned(),
-        hash: Hasher::new(name).str("v", v).finish(),
     };
 
     push(
@@ -382,12 +399,13 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
         vec![
             json_input("[base]", &spec.base),
             json_input("bootstrap request", &bootstrap),
-            str_input("mmdebstrap", &tool("mmdebstrap")),
+            StageInput::text("mmdebstrap", &tool("mmdebstrap")),
             json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
         ]
         .into_iter()
         .chain(file_inputs.iter().filter(|i| i.name.starts_with("apt key")).cloned())
         .collect(),
+        &[],
     );
 
     let mut actions = Vec::new();
@@ -446,138 +464,34 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
         .into_iter()
         .chain(file_inputs.iter().filter(|i| !i.name.starts_with("apt key")).cloned())
         .collect(),
+        &[],
     );
 
-    if let Some(o) = &ovh {
-        let t = "ovh-byol";
-        push(
-            &mut stages,
-            format!("{t}/finalise"),
-            StageKind::Finalise,
-            Some(t),
-            vec![
-                format!(
-                    "write /root/.ovh/make_image_bootable.sh (EFI path {})",
-                    o.efi_bootloader_path
-                ),
-                format!("GRUB defaults: {}", o.cmdline.join(" ")),
-                "cloud-init: disable growpart, resizefs, grub-dpkg".to_owned(),
-                "remove machine-id, SSH host keys, network config, cloud-init state, apt lists, logs".to_owned(),
-                "embed the build manifest at /usr/share/kiln/manifest.json".to_owned(),
-            ],
-            vec![
-                json_input("bootloader and kernel command line", &(&o.bootloader_id, &o.cmdline)),
-                json_input("[kernel]", &spec.kernel),
-                str_input("script template", &ovh_byol::script_fingerprint(o)),
-            ],
-        );
-        push(
-            &mut stages,
-            format!("{t}/filesystem"),
-            StageKind::Filesystem,
-            Some(t),
-            vec![format!(
-                "{} filesystem of {}",
-                match o.filesystem {
-                    Filesystem::Ext4 => "ext4",
-                    Filesystem::Xfs => "xfs",
-                },
-                match o.size {
-                    Some(s) => format!("{} MiB", s >> 20),
-                    None => format!(
-                        "automatic size (content + {})",
-                        o.target.headroom.as_deref().unwrap_or("25% + 256 MiB")
-                    ),
-                }
-            )],
-            vec![
-                json_input("filesystem", &(o.filesystem, &o.target.size, &o.target.headroom)),
-                str_input(
-                    "mkfs",
-                    &tool(if o.filesystem == Filesystem::Ext4 {
-                        "mke2fs"
-                    } else {
-                        "mkfs.xfs"
-                    }),
-                ),
-            ],
-        );
-        push(
-            &mut stages,
-            format!("{t}/disk"),
-            StageKind::Disk,
-            Some(t),
-            vec![format!(
-                "{} partition table with one partition at 1 MiB",
-                match o.partition_table {
-                    PartitionTable::Gpt => "GPT",
-                    PartitionTable::Mbr => "MBR",
-                }
-            )],
-            vec![json_input("partition table", &o.partition_table)],
-        );
-        push(
-            &mut stages,
-            format!("{t}/convert"),
-            StageKind::Convert,
-            Some(t),
-            vec![format!(
-                "qemu-img convert to {}qcow2 → {}",
-                if o.compress { "compressed " } else { "" },
-                o.file_name
-            )],
-            vec![
-                json_input("output", &(o.compress, &o.file_name)),
-                str_input("qemu-img", &tool("qemu-img")),
-            ],
-        );
-    }
-    if let Some(d) = &disk {
-        let t = "disk";
-        push(
-            &mut stages,
-            format!("{t}/finalise"),
-            StageKind::Finalise,
-            Some(t),
-            vec![
-                "fstab by UUID, GRUB defaults and grub.cfg with the serial console".to_owned(),
-                "regenerate the initramfs; remove machine-id, SSH host keys, cloud-init state, logs".to_owned(),
-            ],
-            vec![
-                json_input("disk target", &(&d.bootloader_id, &d.cmdline, &d.firmware, &d.console)),
-                str_input("script", &disk_target::fingerprint(d)),
-            ],
-        );
-        push(
-            &mut stages,
-            format!("{t}/disk"),
-            StageKind::Disk,
-            Some(t),
-            vec![format!(
-                "GPT: BIOS boot, {} MiB ESP (FAT written by kiln), ext4 root; GRUB for {}",
-                d.esp_size >> 20,
-                d.firmware
-                    .iter()
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            )],
-            vec![
-                json_input("layout", &(&d.target.size, &d.target.headroom, d.esp_size, &d.firmware)),
-                str_input("mkfs", &tool("mke2fs")),
-            ],
-        );
-        push(
-            &mut stages,
-            format!("{t}/convert"),
-            StageKind::Convert,
-            Some(t),
-            vec![format!("write {} ({:?})", d.file_name, d.format).to_lowercase()],
-            vec![
-                json_input("output", &(d.format, d.compress, &d.file_name)),
-                str_input("qemu-img", &tool("qemu-img")),
-            ],
-        );
+    for t in &targets {
+        let name = t.name();
+        let chain = t.stages(spec, &tools);
+        let steps = std::iter::once((StageKind::Finalise, chain.finalise))
+            .chain(chain.assemble.into_iter().map(|s| (StageKind::Assemble(s.name), s)))
+            .chain([(StageKind::Output(chain.output.name), chain.output)]);
+        for (
+            kind,
+            TargetStage {
+                name: step,
+                actions,
+                inputs,
+            },
+        ) in steps
+        {
+            push(
+                &mut stages,
+                format!("{name}/{step}"),
+                kind,
+                Some(name),
+                actions,
+                inputs,
+                t.consumes(),
+            );
+        }
     }
     push(
         &mut stages,
@@ -586,6 +500,7 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
         None,
         vec!["write <file>.sha512, SHA512SUMS and manifest.json".to_owned()],
         vec![],
+        &[],
     );
 
     let mut spec_hasher = Hasher::new("spec");
@@ -605,10 +520,10 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
         datasources,
         source_date_epoch,
         source_date_epoch_origin,
-        ovh_byol: ovh,
-        disk,
+        targets,
         stages,
         spec: spec.clone(),
+        family,
     })
 }
 
@@ -654,26 +569,6 @@ pub fn run_name(r: &kiln_spec::RunStep, index: usize) -> String {
         (None, Some(f)) => f.clone(),
         (None, None) => format!("#{}", index + 1),
     }
-}
-
-fn resolve_ovh_byol(spec: &Spec, t: &kiln_spec::OvhByolTarget) -> Result<OvhByolPlan> {
-    let bootloader_id = t.bootloader_id.clone().unwrap_or_else(|| match spec.base.distro {
-        kiln_spec::Distro::Debian => "debian".to_owned(),
-        kiln_spec::Distro::Ubuntu => "ubuntu".to_owned(),
-    });
-    let mut cmdline: Vec<String> = ovh_byol::DEFAULT_CMDLINE.iter().map(|s| s.to_string()).collect();
-    cmdline.extend(spec.kernel.cmdline.iter().cloned());
-    Ok(OvhByolPlan {
-        filesystem: t.filesystem,
-        target: t.clone(),
-        size: t.partition_size(),
-        partition_table: t.partition_table,
-        compress: t.compress.unwrap_or(true),
-        efi_bootloader_path: ovh_byol::script::efi_bootloader_path(&bootloader_id),
-        bootloader_id,
-        cmdline,
-        file_name: format!("{}-{}.qcow2", spec.image.name, spec.image.version),
-    })
 }
 
 /// Object-safe hashing of serialisable values for stage inputs.
@@ -814,8 +709,8 @@ mod tests {
         }
         assert_eq!(p.bootstrap.download, ["grub-pc", "grub-efi-amd64"]);
         assert_eq!(
-            p.ovh_byol.as_ref().unwrap().efi_bootloader_path,
-            "\\efi\\debian\\grubx64.efi"
+            p.target("ovh-byol").unwrap().efi_bootloader_path().as_deref(),
+            Some("\\efi\\debian\\grubx64.efi")
         );
         assert_eq!(p.target_names(), ["ovh-byol"]);
     }

@@ -40,7 +40,20 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn mmdebstrap_args(tree: &Path) -> Vec<String> {
     let include: Vec<&str> = std::iter::once("linux-image-amd64")
-        .chain(disk::REQUIRED_PACKAGES.iter().copied())
+        .chain([
+            "initramfs-tools",
+            "grub2-common",
+            "grub-pc-bin",
+            "grub-efi-amd64-bin",
+            "cloud-init",
+            "cloud-guest-utils",
+            "dosfstools",
+            "openssh-server",
+            "ifupdown",
+            "isc-dhcp-client",
+            "sudo",
+            "zstd",
+        ])
         .collect();
     let mut args = vec![
         "--variant=important".to_owned(),
@@ -255,7 +268,7 @@ fn disk_image_boots_with_bios_and_uefi() {
         &tree,
         &log,
         "customisation",
-        &customise::configure_script(spec, &datasources),
+        &customise::configure_script(spec, &datasources, &kiln_build::distro::Debian),
     );
     chroot(
         &tree,
@@ -264,8 +277,13 @@ fn disk_image_boots_with_bios_and_uefi() {
         &disk::finalise_script(&plan, ids.root_fs, &ids.esp_uuid()),
     );
     disk::write_grub_cfg(&tree, &plan, ids.root_fs).unwrap();
-    chroot(&tree, &log, "cleanup", disk::CLEANUP_SCRIPT);
-    disk::reset_host_files(&tree, spec.hostname.as_deref()).unwrap();
+    chroot(
+        &tree,
+        &log,
+        "cleanup",
+        &kiln_build::cleanup::script(&kiln_build::distro::Debian),
+    );
+    kiln_build::cleanup::reset_host_files(&tree, spec.hostname.as_deref()).unwrap();
     eprintln!("finalised the tree in {:.0?}", started.elapsed());
     let cfg = fs::read_to_string(tree.join("boot/grub/grub.cfg")).unwrap();
     eprintln!("grub.cfg:\n{cfg}");
@@ -293,7 +311,7 @@ fn disk_image_boots_with_bios_and_uefi() {
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
     let image = dir.join(&plan.file_name);
-    disk::convert(&raw, &image, &plan, Some(&log)).unwrap();
+    kiln_build::targets::convert_image(&raw, &image, plan.format_name(), plan.compress, Some(&log)).unwrap();
     fs::remove_file(&raw).unwrap();
     let _ = fs::remove_dir_all(&tree);
 

@@ -69,6 +69,17 @@ fn stages_of_every_example() {
     }
 }
 
+/// The whole of `kiln plan --json`, paths made relative.
+#[test]
+fn plan_json_of_every_example() {
+    for spec in examples() {
+        let mut v = serde_json::to_value(plan(&spec)).unwrap();
+        v["spec_path"] = serde_json::Value::from(format!("examples/{}.toml", name(&spec)));
+        v["spec_dir"] = serde_json::Value::from("examples");
+        insta::assert_json_snapshot!(format!("plan-{}", name(&spec)), v);
+    }
+}
+
 #[test]
 fn embedded_manifest_of_every_example() {
     for spec in examples() {

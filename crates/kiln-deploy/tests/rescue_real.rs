@@ -9,7 +9,7 @@ fn builds_a_cached_rescue_system() {
     let cache = std::env::var_os("KILN_TEST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/tmp/cache"));
-    let host = kiln_deploy_test_sources();
+    let host = kiln_deploy::ovh::simulate::rescue::rescue_request(std::path::Path::new("/etc")).unwrap();
     let r = kiln_deploy::ovh::simulate::rescue::ensure_rescue(&cache, &host, |_| {}).unwrap();
     for f in [&r.kernel, &r.initrd, &r.rootfs] {
         assert!(f.metadata().unwrap().len() > 1 << 20, "{} is too small", f.display());
@@ -24,15 +24,4 @@ fn builds_a_cached_rescue_system() {
         .unwrap()
         .stdout_string();
     assert!(ls.contains("Mode:  0755"), "{ls}");
-}
-
-/// The same sources `kiln deploy` uses, so the cache entry is shared.
-fn kiln_deploy_test_sources() -> Vec<String> {
-    let base: kiln_spec::Base = toml::from_str("distro = \"debian\"\nrelease = \"bookworm\"").unwrap();
-    let host = kiln_build::bootstrap::host_sources(std::path::Path::new("/etc/apt"));
-    kiln_build::bootstrap::resolve_sources(&base, &host)
-        .unwrap()
-        .iter()
-        .map(|s| s.one_line())
-        .collect()
 }

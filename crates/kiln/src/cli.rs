@@ -141,11 +141,9 @@ pub struct PlanArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CheckTarget {
-    /// OVHcloud Bring Your Own Linux (byolinux_64).
-    #[value(name = "ovh-byol")]
-    OvhByol,
+/// The target kinds whose contract `kiln check` knows.
+fn checkable_targets() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(kiln_build::targets::checkable().map(|k| k.name))
 }
 
 #[derive(Debug, Args)]
@@ -153,8 +151,8 @@ pub struct CheckArgs {
     /// The image file (qcow2 or raw).
     pub image: PathBuf,
     /// Whose contract to check.
-    #[arg(long, value_enum)]
-    pub target: CheckTarget,
+    #[arg(long, value_parser = checkable_targets())]
+    pub target: String,
     /// The server's RAM, e.g. 32GiB: adds the rule "image smaller than RAM − 3 GiB".
     #[arg(long, value_parser = parse_size)]
     pub ram: Option<u64>,

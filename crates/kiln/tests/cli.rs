@@ -95,7 +95,7 @@ fn plan_lists_every_stage_with_hashes() {
     let stages = plan["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 7);
     assert!(stages.iter().all(|s| s["hash"].as_str().unwrap().len() == 64));
-    assert_eq!(plan["ovh_byol"]["filesystem"], "xfs");
+    assert_eq!(plan["targets"]["ovh-byol"]["filesystem"], "xfs");
 }
 
 #[test]

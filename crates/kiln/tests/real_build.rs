@@ -163,6 +163,22 @@ fn build_and_check(spec: &str, image: &str, fs: &str, extra: &[&str]) {
     let payload = &manifest["ovhReinstall"];
     assert_eq!(payload["operatingSystem"], "byolinux_64");
     assert_eq!(payload["customizations"]["imageCheckSum"], artifact["sha512"]);
+    // The shape of manifest.json, with what depends on the archive's state,
+    // the host's tools and the commit redacted.
+    insta::assert_json_snapshot!(format!("manifest-{fs}"), manifest, {
+        ".packages" => "[packages]",
+        ".tools" => "[tool versions]",
+        ".stages[].hash" => "[hash]",
+        ".spec.hash" => "[hash]",
+        ".spec.path" => "[path]",
+        ".git.commit" => "[commit]",
+        ".git.dirty" => "[dirty]",
+        ".artifacts[].sha512" => "[sha512]",
+        ".artifacts[].size" => "[size]",
+        ".partitions[].size" => "[size]",
+        ".partitions[].uuid" => "[uuid]",
+        ".ovhReinstall.customizations.imageCheckSum" => "[sha512]",
+    });
 
     // qemu-img agrees it is a sane, compressed qcow2.
     let info = run(tool("qemu-img").args(["check", "-f", "qcow2"]).arg(&qcow));

@@ -90,7 +90,7 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
         }
         .to_owned(),
         efi_bootloader_path,
-        sources: rescue_sources()?,
+        rescue: kiln_deploy::ovh::simulate::rescue::rescue_request(std::path::Path::new("/etc"))?,
         cache_dir: kiln_build::cache::default_dir(),
         work_dir: work_dir.clone(),
         timeout: Duration::from_secs(args.timeout),
@@ -172,14 +172,4 @@ fn embedded_efi_path(image: &std::path::Path) -> Option<String> {
     let report = kiln_disk::inspect::inspect(image).ok()?;
     let manifest = report.root?.manifest?;
     manifest.get("efiBootloaderPath")?.as_str().map(str::to_owned)
-}
-
-/// The rescue system comes from the host's Debian mirror.
-fn rescue_sources() -> Result<Vec<String>> {
-    let base: kiln_spec::Base = toml::from_str("distro = \"debian\"\nrelease = \"bookworm\"")?;
-    let host = kiln_build::bootstrap::host_sources(std::path::Path::new("/etc/apt"));
-    Ok(kiln_build::bootstrap::resolve_sources(&base, &host)?
-        .iter()
-        .map(|s| s.one_line())
-        .collect())
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{BuildArgs, CheckArgs, CheckTarget, Cli, Command, InspectArgs, LogFormat, PlanArgs};
+use crate::cli::{BuildArgs, CheckArgs, Cli, Command, InspectArgs, LogFormat, PlanArgs};
 use crate::progress;
 
 mod boot;
@@ -104,24 +104,25 @@ fn plan(args: PlanArgs) -> Result<ExitCode> {
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode> {
-    use kiln_build::targets::ovh_byol::check;
-    let results = match args.target {
-        CheckTarget::OvhByol => check::check_image(
-            &args.image,
-            &check::CheckOptions {
-                ram: args.ram,
-                efi_bootloader_path: args.efi_bootloader_path.clone(),
-            },
-        )
-        .with_context(|| format!("checking {}", args.image.display()))?,
-    };
+    let check = kiln_build::targets::kind(&args.target)
+        .and_then(|k| k.check)
+        .with_context(|| format!("target {} has no contract to check", args.target))?;
+    let results = check(
+        &args.image,
+        &kiln_build::targets::CheckOptions {
+            ram: args.ram,
+            efi_bootloader_path: args.efi_bootloader_path.clone(),
+        },
+    )
+    .with_context(|| format!("checking {}", args.image.display()))?;
+    let target = args.target.as_str();
     let failed = results.iter().filter(|r| !r.passed).count();
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "image": args.image,
-                "target": "ovh-byol",
+                "target": target,
                 "passed": failed == 0,
                 "rules": results,
             }))?
@@ -133,9 +134,9 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
         println!(
             "\n{}: {} of {} rules passed",
             if failed == 0 {
-                "image meets the ovh-byol contract"
+                format!("image meets the {target} contract")
             } else {
-                "image does NOT meet the ovh-byol contract"
+                format!("image does NOT meet the {target} contract")
             },
             results.len() - failed,
             results.len()

@@ -9,47 +9,65 @@
 //! console. cloud-init grows the root into whatever disk the image is
 //! written to.
 //!
-//! What the build calls, in order: [`DiskPlan::resolve`] at plan time;
-//! [`finalise_script`] in a chroot, [`write_grub_cfg`], then
-//! [`CLEANUP_SCRIPT`] and [`reset_host_files`] (shared with `ovh-byol`) in
-//! the finalise stage; [`disk_geometry`] to size a raw file and
-//! [`assemble`] to fill it; [`convert`] for the output file.
+//! What the build calls, through [`Target`]: [`DiskPlan::resolve`] at plan
+//! time; [`finalise_script`] in a chroot and [`write_grub_cfg`] in the
+//! finalise stage; [`disk_geometry`] to size a raw file and [`assemble`] to
+//! fill it in the disk stage; the executor writes the output file.
 //! Non-goals: XFS or separate /boot, Secure Boot, MBR disks.
 
 mod config;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kiln_disk::fat::{FatEntry, FatOptions};
 use kiln_disk::grub::{self, GrubRoot, Platform};
 use kiln_disk::partition::{self, Layout, PartKind, PartitionSpec, TableKind};
-use kiln_spec::{DiskFormat, DiskTarget, Distro, Filesystem, Firmware, Spec, MIB};
+use kiln_spec::{DiskFormat, DiskTarget, Filesystem, Firmware, Spec, MIB};
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use crate::targets::ovh_byol::{reset_host_files, CLEANUP_SCRIPT};
 pub use config::{finalise_script, fingerprint, write_grub_cfg};
 
-/// Packages the image needs besides the kernel: GRUB's BIOS and UEFI
-/// modules (no `grub-pc`/`grub-efi-amd64`, whose maintainer scripts want a
-/// boot device; `grub2-common` still runs update-grub on kernel upgrades),
-/// cloud-init with `growpart` (cloud-guest-utils) to grow the root, fsck for
-/// the ESP, SSH, ifupdown with a DHCP client (cloud-init's renderer on
-/// Debian), sudo for the default user, zstd for update-initramfs.
-pub const REQUIRED_PACKAGES: &[&str] = &[
-    "initramfs-tools",
-    "grub2-common",
-    "grub-pc-bin",
-    "grub-efi-amd64-bin",
-    "cloud-init",
-    "cloud-guest-utils",
-    "dosfstools",
-    "openssh-server",
-    "ifupdown",
-    "isc-dhcp-client",
-    "sudo",
-    "zstd",
+use super::{
+    ArtifactSpec, Assembly, ImageFormat, StageContext, Target, TargetInputs, TargetKind, TargetStage, TargetStages,
+};
+use crate::distro::{self, packages_for, Role};
+use crate::plan::StageInput;
+
+/// The `disk` kind in the registry.
+pub const KIND: TargetKind = TargetKind {
+    name: "disk",
+    resolve,
+    check: None,
+};
+
+fn resolve(inputs: &TargetInputs) -> Result<Option<Arc<dyn Target>>> {
+    Ok(inputs.spec.targets.disk.as_ref().map(|t| {
+        let mut plan = DiskPlan::resolve(inputs.spec, t);
+        plan.source_date_epoch = inputs.source_date_epoch;
+        Arc::new(plan) as Arc<dyn Target>
+    }))
+}
+
+/// What the image needs besides the kernel: GRUB's BIOS and UEFI modules
+/// (not the installer packages, whose maintainer scripts want a boot
+/// device; the common tools still run update-grub on kernel upgrades),
+/// cloud-init with a way to grow the root, fsck for the ESP, SSH, the
+/// network stack cloud-init renders for, sudo for the default user.
+const ROLES: &[Role] = &[
+    Role::Initramfs,
+    Role::GrubCommon,
+    Role::GrubBiosModules,
+    Role::GrubEfiModules,
+    Role::CloudInit,
+    Role::GrowRoot,
+    Role::Fat,
+    Role::SshServer,
+    Role::Network,
+    Role::Sudo,
 ];
 
 /// NoCloud for local VMs and seeds (`kiln boot`), ConfigDrive for
@@ -90,15 +108,18 @@ pub struct DiskPlan {
     pub file_name: String,
     /// Timestamp for the ESP's files and the root filesystem's superblock.
     pub source_date_epoch: Option<u64>,
+    /// The family, which names the packages.
+    #[serde(skip)]
+    pub distro: kiln_spec::Distro,
 }
 
 impl DiskPlan {
     /// Resolves the spec's `[targets.disk]` (already validated by `load`).
     pub fn resolve(spec: &Spec, t: &DiskTarget) -> DiskPlan {
-        let bootloader_id = t.bootloader_id.clone().unwrap_or_else(|| match spec.base.distro {
-            Distro::Debian => "debian".to_owned(),
-            Distro::Ubuntu => "ubuntu".to_owned(),
-        });
+        let bootloader_id = t
+            .bootloader_id
+            .clone()
+            .unwrap_or_else(|| distro::family(spec.base.distro).bootloader_id().to_owned());
         let console = t.console().to_owned();
         // tty0 first, the serial console last: the last console= becomes
         // /dev/console, which is where boot messages and the login prompt
@@ -122,7 +143,17 @@ impl DiskPlan {
             cmdline,
             file_name: format!("{}-{}-disk.{extension}", spec.image.name, spec.image.version),
             source_date_epoch: spec.image.source_date_epoch,
+            distro: spec.base.distro,
         }
+    }
+
+    /// "bios and uefi", for progress and plans.
+    fn firmware_names(&self) -> String {
+        self.firmware
+            .iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" and ")
     }
 
     /// `raw` or `qcow2`.
@@ -136,15 +167,6 @@ impl DiskPlan {
     pub fn has(&self, firmware: Firmware) -> bool {
         self.firmware.contains(&firmware)
     }
-}
-
-/// Tools a build of the disk target runs (besides bootstrap and chroot).
-pub fn required_tools(plan: &DiskPlan) -> Vec<&'static str> {
-    let mut tools = vec!["mke2fs", "qemu-img"];
-    if !plan.firmware.is_empty() {
-        tools.push("grub-mkimage");
-    }
-    tools
 }
 
 /// The identifiers of one disk, derived by the build from the spec hash so
@@ -310,10 +332,130 @@ pub fn assemble(disk_file: &Path, plan: &DiskPlan, tree: &Path, ids: &DiskIds) -
     Ok(layout)
 }
 
-/// Writes the output file `dest` from the raw disk: qcow2 (compressed if
-/// asked) or raw, sparse either way.
-pub fn convert(raw: &Path, dest: &Path, plan: &DiskPlan, log: Option<&Path>) -> Result<()> {
-    crate::targets::convert_image(raw, dest, plan.format_name(), plan.compress, log)
+impl Target for DiskPlan {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn packages(&self) -> Vec<String> {
+        packages_for(distro::family(self.distro), ROLES)
+    }
+
+    fn datasources(&self) -> &'static [&'static str] {
+        DEFAULT_DATASOURCES
+    }
+
+    fn tools(&self) -> Vec<&'static str> {
+        let mut tools = vec!["mke2fs", "qemu-img"];
+        if !self.firmware.is_empty() {
+            tools.push("grub-mkimage");
+        }
+        tools
+    }
+
+    fn stages(&self, _spec: &Spec, tools: &BTreeMap<String, String>) -> TargetStages {
+        let tool = |name: &str| tools.get(name).cloned().unwrap_or_default();
+        TargetStages {
+            finalise: TargetStage {
+                name: "finalise",
+                actions: vec![
+                    "fstab by UUID, GRUB defaults and grub.cfg with the serial console".to_owned(),
+                    "regenerate the initramfs; remove machine-id, SSH host keys, cloud-init state, logs".to_owned(),
+                ],
+                inputs: vec![
+                    StageInput::json(
+                        "disk target",
+                        &(&self.bootloader_id, &self.cmdline, &self.firmware, &self.console),
+                    ),
+                    StageInput::text("script", &fingerprint(self)),
+                ],
+            },
+            assemble: vec![TargetStage {
+                name: "disk",
+                actions: vec![format!(
+                    "GPT: BIOS boot, {} MiB ESP (FAT written by kiln), ext4 root; GRUB for {}",
+                    self.esp_size >> 20,
+                    self.firmware_names()
+                )],
+                inputs: vec![
+                    StageInput::json(
+                        "layout",
+                        &(&self.target.size, &self.target.headroom, self.esp_size, &self.firmware),
+                    ),
+                    StageInput::text("mkfs", &tool("mke2fs")),
+                ],
+            }],
+            output: TargetStage {
+                name: "convert",
+                actions: vec![format!("write {} ({:?})", self.file_name, self.format).to_lowercase()],
+                inputs: vec![
+                    StageInput::json("output", &(self.format, self.compress, &self.file_name)),
+                    StageInput::text("qemu-img", &tool("qemu-img")),
+                ],
+            },
+        }
+    }
+
+    fn finalise(&self, cx: &StageContext, tree: &Path) -> Result<()> {
+        let ids = DiskIds::derive(|what| cx.derived_uuid(what));
+        cx.chroot(
+            tree,
+            "disk finalisation",
+            &finalise_script(self, ids.root_fs, &ids.esp_uuid()),
+        )?;
+        write_grub_cfg(tree, self, ids.root_fs)
+    }
+
+    fn assemble(
+        &self,
+        cx: &StageContext,
+        stage: &str,
+        tree: &Path,
+        scratch: &Path,
+        out: &mut Assembly,
+    ) -> Result<String> {
+        if stage != "disk" {
+            bail!("internal: the disk target has no stage {stage}");
+        }
+        let ids = DiskIds::derive(|what| cx.derived_uuid(what));
+        let raw = scratch.join("disk.raw");
+        let content = kiln_disk::mkfs::tree_size(tree).context("measuring the root tree")?;
+        let geometry = disk_geometry(self, content)?;
+        std::fs::File::create(&raw)?.set_len(geometry.disk_size)?;
+        let layout = assemble(&raw, self, tree, &ids)?;
+        for p in &layout.partitions {
+            match p.index {
+                ROOT_PARTITION => out
+                    .filesystems
+                    .insert(p.start, ("ext4".to_owned(), ids.root_fs.to_string())),
+                ESP_PARTITION => out.filesystems.insert(p.start, ("vfat".to_owned(), ids.esp_uuid())),
+                _ => None,
+            };
+        }
+        out.raw = Some(raw);
+        out.layout = Some(layout);
+        Ok(format!(
+            "{} MiB disk, {} MiB of content, GRUB for {}",
+            geometry.disk_size >> 20,
+            content >> 20,
+            self.firmware_names()
+        ))
+    }
+
+    fn artifact(&self) -> ArtifactSpec {
+        ArtifactSpec {
+            file_name: self.file_name.clone(),
+            format: match self.format {
+                DiskFormat::Raw => ImageFormat::Raw,
+                DiskFormat::Qcow2 => ImageFormat::Qcow2,
+            },
+            compress: self.compress,
+        }
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

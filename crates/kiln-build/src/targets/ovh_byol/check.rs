@@ -18,9 +18,9 @@ use serde::Serialize;
 use serde_yaml_ng::Value as Yaml;
 
 const GIB: u64 = 1 << 30;
-const SCRIPT: &str = "/root/.ovh/make_image_bootable.sh";
-const MANIFEST: &str = "/usr/share/kiln/manifest.json";
-const DEB_DIRS: &[&str] = &["/root/.ovh/debs", "/var/cache/apt/archives"];
+const SCRIPT: &str = super::script::SCRIPT_PATH;
+const MANIFEST: &str = crate::manifest::EMBEDDED_PATH;
+const DEB_DIRS: &[&str] = &[super::DEBS_DIR, "/var/cache/apt/archives"];
 const STORAGE_PACKAGES: &[&str] = &["mdadm", "lvm2", "xfsprogs", "btrfs-progs", "dosfstools"];
 const PATH_DIRS: &[&str] = &[
     "/usr/local/sbin",

@@ -8,41 +8,49 @@
 pub mod check;
 pub mod script;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use kiln_disk::partition::{self, PartKind, PartitionSpec, TableKind};
+use kiln_spec::{Filesystem, OvhByolTarget, PartitionTable, Spec};
+use serde::Serialize;
 
+use super::{
+    ArtifactSpec, Assembly, ImageFormat, StageContext, Target, TargetInputs, TargetKind, TargetStage, TargetStages,
+};
 use crate::chroot::write_mode;
-use crate::plan::OvhByolPlan;
+use crate::distro::{packages_for, DistroFamily, Role};
+use crate::plan::StageInput;
 
-/// Packages the contract needs in the image (reference §7, items 5, 7, 9),
-/// plus what first boot on a bare-metal server needs: SSH, ifupdown with a
-/// DHCP client (cloud-init's renderer on Debian), sudo for the default user.
-/// `ucf` is a dependency of both kept GRUB packages, which are installed
-/// offline; `zstd` keeps update-initramfs from falling back to gzip.
-pub const REQUIRED_PACKAGES: &[&str] = &[
-    "initramfs-tools",
-    "grub2-common",
-    "grub-pc-bin",
-    "grub-efi-amd64-bin",
-    "efibootmgr",
-    "mdadm",
-    "lvm2",
-    "xfsprogs",
-    "dosfstools",
-    "btrfs-progs",
-    "cloud-init",
-    "openssh-server",
-    "ifupdown",
-    "isc-dhcp-client",
-    "sudo",
-    "ucf",
-    "zstd",
+/// The `ovh-byol` kind in the registry.
+pub const KIND: TargetKind = TargetKind {
+    name: "ovh-byol",
+    resolve,
+    check: Some(check::check_image),
+};
+
+/// What the contract needs in the image (reference §7, items 5, 7, 9),
+/// plus what first boot on a bare-metal server needs: SSH, the network
+/// stack cloud-init renders for, sudo for the default user. GRUB's
+/// installer packages conflict, so the script installs one of them offline
+/// ([`OvhByol::kept_packages`]); what they depend on is installed.
+const ROLES: &[Role] = &[
+    Role::Initramfs,
+    Role::GrubCommon,
+    Role::GrubBiosModules,
+    Role::GrubEfiModules,
+    Role::GrubInstallerDeps,
+    Role::EfiBootManager,
+    Role::Raid,
+    Role::Lvm,
+    Role::Filesystems,
+    Role::CloudInit,
+    Role::SshServer,
+    Role::Network,
+    Role::Sudo,
 ];
-
-/// Conflicting GRUB flavours: `make_image_bootable.sh` installs the one the
-/// server's boot mode needs, offline, from these kept `.deb` files.
-pub const DOWNLOADED_PACKAGES: &[&str] = &["grub-pc", "grub-efi-amd64"];
 
 /// Where the kept `.deb` files live; the script removes `/root/.ovh` at the end.
 pub const DEBS_DIR: &str = "/root/.ovh/debs";
@@ -55,28 +63,300 @@ pub const DEFAULT_DATASOURCES: &[&str] = &["ConfigDrive", "NoCloud"];
 /// `nomodeset` for KVM displays on some boards, `iommu=pt` against AMD panics.
 pub const DEFAULT_CMDLINE: &[&str] = &["nomodeset", "iommu=pt"];
 
-/// Path of the embedded build manifest inside the image.
-pub const EMBEDDED_MANIFEST: &str = "/usr/share/kiln/manifest.json";
+/// Offset of the single partition: 1 MiB in front for the table.
+const PARTITION_START: u64 = 1 << 20;
 
-fn script_params(plan: &OvhByolPlan) -> script::ScriptParams {
-    script::ScriptParams::new(&plan.bootloader_id)
+/// Everything resolved for the `ovh-byol` target.
+#[derive(Debug, Clone, Serialize)]
+pub struct OvhByol {
+    pub filesystem: Filesystem,
+    /// The target as written in the spec (sizes resolve through it).
+    pub target: OvhByolTarget,
+    /// Partition size in bytes; `None` is automatic.
+    pub size: Option<u64>,
+    pub partition_table: PartitionTable,
+    pub compress: bool,
+    pub bootloader_id: String,
+    /// `efiBootloaderPath` as the OVH API wants it.
+    pub efi_bootloader_path: String,
+    /// Kernel command line for GRUB (target defaults plus the spec's).
+    pub cmdline: Vec<String>,
+    /// Output file name, e.g. `debian-12-byol-1.0.0.qcow2`.
+    pub file_name: String,
+    #[serde(skip)]
+    family: &'static dyn DistroFamily,
 }
 
-/// A stable fingerprint of the generated script, for the stage hash.
-pub fn script_fingerprint(plan: &OvhByolPlan) -> String {
-    script::render_debian(&script_params(plan))
+fn resolve(inputs: &TargetInputs) -> Result<Option<Arc<dyn Target>>> {
+    let spec = inputs.spec;
+    let Some(t) = &spec.targets.ovh_byol else {
+        return Ok(None);
+    };
+    let bootloader_id = t
+        .bootloader_id
+        .clone()
+        .unwrap_or_else(|| inputs.family.bootloader_id().to_owned());
+    let mut cmdline: Vec<String> = DEFAULT_CMDLINE.iter().map(|s| s.to_string()).collect();
+    cmdline.extend(spec.kernel.cmdline.iter().cloned());
+    Ok(Some(Arc::new(OvhByol {
+        filesystem: t.filesystem,
+        target: t.clone(),
+        size: t.partition_size(),
+        partition_table: t.partition_table,
+        compress: t.compress.unwrap_or(true),
+        efi_bootloader_path: script::efi_bootloader_path(&bootloader_id),
+        bootloader_id,
+        cmdline,
+        file_name: format!("{}-{}.qcow2", spec.image.name, spec.image.version),
+        family: inputs.family,
+    })))
 }
 
-/// Installs the script into the tree (host side: plain file writes into the
-/// tree's /root, which kiln itself created through mmdebstrap).
-pub fn install_script(tree: &Path, plan: &OvhByolPlan) -> Result<()> {
-    let text = script::render_debian(&script_params(plan));
-    write_mode(&tree.join("root/.ovh/make_image_bootable.sh"), &text, 0o755)
-        .context("installing /root/.ovh/make_image_bootable.sh")
+impl OvhByol {
+    /// `make_image_bootable.sh` for this image.
+    pub fn script(&self) -> Result<String> {
+        self.family
+            .make_image_bootable(&script::ScriptParams::new(&self.bootloader_id))
+            .context("generating make_image_bootable.sh")
+    }
+
+    fn fs_name(&self) -> &'static str {
+        match self.filesystem {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+
+    /// The filesystem stage: the filesystem straight into a fresh raw disk
+    /// at the partition's offset.
+    fn make_filesystem(&self, cx: &StageContext, tree: &Path, scratch: &Path, out: &mut Assembly) -> Result<String> {
+        let content = kiln_disk::mkfs::tree_size(tree).context("measuring the root tree")?;
+        let fs_size = match self.size {
+            Some(s) if s < content => bail!(
+                "[targets.ovh-byol] size = {} MiB is smaller than the content ({} MiB); raise it or use \"auto\"",
+                s >> 20,
+                content.div_ceil(1 << 20)
+            ),
+            Some(s) => s,
+            None => self.target.resolved_size(content),
+        };
+        // 1 MiB in front for the table, 1 MiB behind for the GPT backup.
+        let disk_size = PARTITION_START + fs_size + (1 << 20);
+        let raw = scratch.join("disk.raw");
+        std::fs::File::create(&raw)?.set_len(disk_size)?;
+        let uuid = cx.derived_uuid("root filesystem");
+        let fs_opts = kiln_disk::mkfs::FsOptions {
+            uuid,
+            label: "root".to_owned(),
+            hash_seed: Some(cx.derived_uuid("root hash seed")),
+            source_date_epoch: cx.source_date_epoch,
+            ..Default::default()
+        };
+        match self.filesystem {
+            Filesystem::Ext4 => kiln_disk::mkfs::make_ext4(&raw, PARTITION_START, fs_size, tree, &fs_opts),
+            Filesystem::Xfs => kiln_disk::mkfs::make_xfs(&raw, PARTITION_START, fs_size, tree, &fs_opts),
+        }
+        .context("creating the root filesystem")?;
+        out.raw = Some(raw);
+        out.filesystems
+            .insert(PARTITION_START, (self.fs_name().to_owned(), uuid.to_string()));
+        Ok(format!(
+            "{} MiB of content in a {} MiB filesystem",
+            content >> 20,
+            fs_size >> 20
+        ))
+    }
+
+    /// The disk stage: a table with one partition around the filesystem.
+    fn write_table(&self, cx: &StageContext, out: &mut Assembly) -> Result<String> {
+        let raw = out.raw.clone().context("the filesystem stage made no disk")?;
+        let disk_size = std::fs::metadata(&raw)?.len();
+        let fs_size = disk_size - PARTITION_START - (1 << 20);
+        let table = match self.partition_table {
+            PartitionTable::Gpt => TableKind::Gpt,
+            PartitionTable::Mbr => TableKind::Mbr,
+        };
+        let layout = partition::layout(
+            disk_size,
+            table,
+            &[PartitionSpec {
+                kind: PartKind::LinuxFs,
+                size: fs_size,
+                name: "root".to_owned(),
+                guid: cx.derived_uuid("root partition"),
+            }],
+        )?;
+        if layout.partitions[0].start != PARTITION_START {
+            bail!(
+                "internal: partition placed at {} but the filesystem is at {PARTITION_START}",
+                layout.partitions[0].start
+            );
+        }
+        partition::write_partition_table(&raw, &layout, cx.derived_uuid("disk"))?;
+        out.layout = Some(layout);
+        Ok(format!(
+            "{}, 1 partition",
+            if table == TableKind::Gpt { "GPT" } else { "MBR" }
+        ))
+    }
+}
+
+impl Target for OvhByol {
+    fn name(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn packages(&self) -> Vec<String> {
+        packages_for(self.family, ROLES)
+    }
+
+    fn kept_packages(&self) -> Option<(&'static str, Vec<String>)> {
+        Some((
+            DEBS_DIR,
+            packages_for(self.family, &[Role::GrubBiosInstaller, Role::GrubEfiInstaller]),
+        ))
+    }
+
+    fn datasources(&self) -> &'static [&'static str] {
+        DEFAULT_DATASOURCES
+    }
+
+    fn tools(&self) -> Vec<&'static str> {
+        match self.filesystem {
+            Filesystem::Ext4 => vec!["mke2fs", "debugfs"],
+            Filesystem::Xfs => vec!["mkfs.xfs", "mount"],
+        }
+    }
+
+    fn stages(&self, spec: &Spec, tools: &BTreeMap<String, String>) -> TargetStages {
+        let tool = |name: &str| tools.get(name).cloned().unwrap_or_default();
+        TargetStages {
+            finalise: TargetStage {
+                name: "finalise",
+                actions: vec![
+                    format!("write {} (EFI path {})", script::SCRIPT_PATH, self.efi_bootloader_path),
+                    format!("GRUB defaults: {}", self.cmdline.join(" ")),
+                    "cloud-init: disable growpart, resizefs, grub-dpkg".to_owned(),
+                    "remove machine-id, SSH host keys, network config, cloud-init state, apt lists, logs".to_owned(),
+                    format!("embed the build manifest at {}", crate::manifest::EMBEDDED_PATH),
+                ],
+                inputs: vec![
+                    StageInput::json(
+                        "bootloader and kernel command line",
+                        &(&self.bootloader_id, &self.cmdline),
+                    ),
+                    StageInput::json("[kernel]", &spec.kernel),
+                    // A script the family cannot render fails the finalise stage.
+                    StageInput::text("script template", &self.script().unwrap_or_default()),
+                ],
+            },
+            assemble: vec![
+                TargetStage {
+                    name: "filesystem",
+                    actions: vec![format!(
+                        "{} filesystem of {}",
+                        self.fs_name(),
+                        match self.size {
+                            Some(s) => format!("{} MiB", s >> 20),
+                            None => format!(
+                                "automatic size (content + {})",
+                                self.target.headroom.as_deref().unwrap_or("25% + 256 MiB")
+                            ),
+                        }
+                    )],
+                    inputs: vec![
+                        StageInput::json(
+                            "filesystem",
+                            &(self.filesystem, &self.target.size, &self.target.headroom),
+                        ),
+                        StageInput::text(
+                            "mkfs",
+                            &tool(if self.filesystem == Filesystem::Ext4 {
+                                "mke2fs"
+                            } else {
+                                "mkfs.xfs"
+                            }),
+                        ),
+                    ],
+                },
+                TargetStage {
+                    name: "disk",
+                    actions: vec![format!(
+                        "{} partition table with one partition at 1 MiB",
+                        match self.partition_table {
+                            PartitionTable::Gpt => "GPT",
+                            PartitionTable::Mbr => "MBR",
+                        }
+                    )],
+                    inputs: vec![StageInput::json("partition table", &self.partition_table)],
+                },
+            ],
+            output: TargetStage {
+                name: "convert",
+                actions: vec![format!(
+                    "qemu-img convert to {}qcow2 → {}",
+                    if self.compress { "compressed " } else { "" },
+                    self.file_name
+                )],
+                inputs: vec![
+                    StageInput::json("output", &(self.compress, &self.file_name)),
+                    StageInput::text("qemu-img", &tool("qemu-img")),
+                ],
+            },
+        }
+    }
+
+    fn finalise(&self, cx: &StageContext, tree: &Path) -> Result<()> {
+        write_mode(
+            &tree.join(script::SCRIPT_PATH.trim_start_matches('/')),
+            &self.script()?,
+            0o755,
+        )
+        .with_context(|| format!("installing {}", script::SCRIPT_PATH))?;
+        cx.chroot(tree, "ovh-byol finalisation", &finalise_script(self))
+    }
+
+    fn assemble(
+        &self,
+        cx: &StageContext,
+        stage: &str,
+        tree: &Path,
+        scratch: &Path,
+        out: &mut Assembly,
+    ) -> Result<String> {
+        match stage {
+            "filesystem" => self.make_filesystem(cx, tree, scratch, out),
+            "disk" => self.write_table(cx, out),
+            other => bail!("internal: ovh-byol has no stage {other}"),
+        }
+    }
+
+    fn artifact(&self) -> ArtifactSpec {
+        ArtifactSpec {
+            file_name: self.file_name.clone(),
+            format: ImageFormat::Qcow2,
+            compress: self.compress,
+        }
+    }
+
+    fn efi_bootloader_path(&self) -> Option<String> {
+        Some(self.efi_bootloader_path.clone())
+    }
+
+    fn manifest_extras(&self, artifact: &crate::manifest::Artifact) -> Vec<(&'static str, serde_json::Value)> {
+        vec![(
+            "ovhReinstall",
+            crate::manifest::ovh_reinstall_template(&self.efi_bootloader_path, &artifact.sha512, &artifact.path),
+        )]
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 /// The chroot script that prepares the tree for OVH's installer.
-pub fn finalise_script(plan: &OvhByolPlan) -> String {
+fn finalise_script(plan: &OvhByol) -> String {
     let cmdline = plan.cmdline.join(" ");
     format!(
         r#"#!/bin/sh
@@ -121,42 +401,4 @@ printf '%s\n' '# Written by kiln: cloud-init renders the real configuration at f
     'source /etc/network/interfaces.d/*' '' 'auto lo' 'iface lo inet loopback' > /etc/network/interfaces
 "#
     )
-}
-
-/// Removes everything host- or build-specific from the tree: identity, keys,
-/// state, caches, logs, and the build host's resolv.conf and hostname.
-pub const CLEANUP_SCRIPT: &str = r#"#!/bin/sh
-# Generated by kiln: nothing build- or host-specific stays in the image.
-set -eu
-echo 'kiln: cleaning the tree'
-apt-get clean
-rm -rf /var/lib/apt/lists/*
-mkdir -p /var/lib/apt/lists/partial
-: > /etc/machine-id
-rm -f /var/lib/dbus/machine-id
-rm -f /etc/ssh/ssh_host_*
-rm -rf /var/lib/cloud/* /var/log/cloud-init*.log
-rm -f /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
-rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old /etc/*-
-# Caches rebuilt on demand whose bytes depend on when and in what order
-# they were written: not reproducible, not needed.
-rm -f /var/cache/ldconfig/aux-cache
-rm -rf /var/cache/man/*
-rm -rf /tmp/* /var/tmp/*
-find /var/log -type f -exec truncate -s 0 {} +
-"#;
-
-/// The build host's resolv.conf and hostname, which mmdebstrap copies in,
-/// are replaced from the host side after the last chroot step (the chroot
-/// wrapper bind-mounts resolv.conf, so it can only be reset afterwards).
-pub fn reset_host_files(tree: &Path, hostname: Option<&str>) -> Result<()> {
-    let resolv = tree.join("etc/resolv.conf");
-    let _ = std::fs::remove_file(&resolv);
-    write_mode(&resolv, "", 0o644)?;
-    write_mode(
-        &tree.join("etc/hostname"),
-        &format!("{}\n", hostname.unwrap_or("localhost")),
-        0o644,
-    )?;
-    Ok(())
 }

@@ -19,7 +19,8 @@ pub const SCRIPT_PATH: &str = "/root/.ovh/make_image_bootable.sh";
 /// The mode the script must have in the image.
 pub const SCRIPT_MODE: u32 = 0o755;
 /// The directory the script deletes when it succeeds.
-const OVH_DIR: &str = "/root/.ovh";
+/// What the script deletes when it succeeds.
+pub const OVH_DIR: &str = "/root/.ovh";
 
 const DEBIAN_TEMPLATE: &str = include_str!("make_image_bootable_debian.sh");
 
@@ -52,7 +53,7 @@ impl ScriptParams {
         ScriptParams {
             bootloader_id: bootloader_id.to_owned(),
             log_path: "/var/log/kiln-make-image-bootable.log".to_owned(),
-            debs_dir: "/root/.ovh/debs".to_owned(),
+            debs_dir: super::DEBS_DIR.to_owned(),
             efi_removable_fallback: false,
         }
     }

@@ -2,11 +2,15 @@
 //! mmdebstrap from the tools the installer uses (reference §1.3: sgdisk,
 //! mdadm, lvm2, mkfs.*, rsync, qemu-nbd, curl), booted by QEMU straight from
 //! its kernel and initramfs with `init=` set to kiln's rescue init. Built
-//! once and cached by the hash of everything that goes into it.
+//! once and cached by the hash of everything that goes into it, through
+//! the same Debian backend as image builds, from the host's own release
+//! and mirror (OVH's rescue is a Debian too).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use kiln_build::bootstrap::BootstrapRequest;
+use kiln_build::distro::{Debian, DistroFamily};
 use kiln_exec::{Cmd, WorkDir};
 use sha2::{Digest, Sha256};
 
@@ -61,16 +65,64 @@ impl Rescue {
     }
 }
 
-/// Returns the cached rescue system for `sources` (apt `deb` lines), building
-/// it first if needed. `on_line` receives mmdebstrap's output.
-pub fn ensure_rescue(cache: &Path, sources: &[String], on_line: impl FnMut(&str) + Send + 'static) -> Result<Rescue> {
+/// Where the rescue init is installed in the rescue tree.
+const INIT_PATH: &str = "usr/local/sbin/kiln-rescue-init";
+
+/// What the rescue system is bootstrapped from: the host's Debian release
+/// (`/etc/os-release` under `etc`) from the mirror in the host's apt
+/// sources (`etc/apt`), minimal, with [`PACKAGES`].
+pub fn rescue_request(etc: &Path) -> Result<BootstrapRequest> {
+    let os_release = std::fs::read_to_string(etc.join("os-release"))
+        .with_context(|| format!("reading {}", etc.join("os-release").display()))?;
+    let field = |key: &str| {
+        os_release
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim_matches('"').to_owned())
+    };
+    let release = match (field("ID").as_deref(), field("VERSION_CODENAME")) {
+        (Some("debian"), Some(codename)) if !codename.is_empty() => codename,
+        _ => anyhow::bail!(
+            "the simulated rescue system is built from the host's Debian release and mirror, \
+             but {} does not name a Debian release (ID=debian, VERSION_CODENAME=...)",
+            etc.join("os-release").display()
+        ),
+    };
+    let base = kiln_spec::Base {
+        distro: kiln_spec::Distro::Debian,
+        release: release.clone(),
+        mirror: None,
+        snapshot: None,
+        components: None,
+        variant: None,
+        architecture: None,
+        sources: Vec::new(),
+    };
+    Ok(BootstrapRequest {
+        distro: kiln_spec::Distro::Debian,
+        sources: Debian.sources(&base, &etc.join("apt"))?,
+        release,
+        variant: "minbase".to_owned(),
+        architecture: "amd64".to_owned(),
+        include: PACKAGES.iter().map(|p| (*p).to_owned()).collect(),
+        download: Vec::new(),
+        download_dir: String::new(),
+        extra_sources: Vec::new(),
+        snapshot: false,
+    })
+}
+
+/// Returns the cached rescue system bootstrapped from `req` (see
+/// [`rescue_request`]), building it first if needed. `on_line` receives
+/// the bootstrap's output.
+pub fn ensure_rescue(
+    cache: &Path,
+    req: &BootstrapRequest,
+    on_line: impl FnMut(&str) + Send + 'static,
+) -> Result<Rescue> {
     let mut h = Sha256::new();
-    for part in PACKAGES
-        .iter()
-        .copied()
-        .chain([INIT])
-        .chain(sources.iter().map(String::as_str))
-    {
+    let request = serde_json::to_string(req)?;
+    for part in [request.as_str(), INIT] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -87,30 +139,18 @@ pub fn ensure_rescue(cache: &Path, sources: &[String], on_line: impl FnMut(&str)
     std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let work = WorkDir::new_in(cache, &format!(".rescue-{key}-")).context("creating the rescue work directory")?;
     let tree = work.path().join("tree");
-    let init = work.path().join("kiln-rescue-init");
-    std::fs::write(&init, INIT)?;
+    let scratch = work.path().join("scratch");
     let tmp = work.path().join("tmp");
     std::fs::create_dir_all(&tmp)?;
-    Cmd::in_mount_namespace("mmdebstrap")
-        .args([
-            "--mode=root",
-            "--variant=minbase",
-            "--format=directory",
-            "--dpkgopt=force-unsafe-io",
-        ])
-        .arg(format!("--include={}", PACKAGES.join(",")))
-        .arg(format!(
-            "--customize-hook=upload {} /usr/local/sbin/kiln-rescue-init",
-            init.display()
-        ))
-        .arg("--customize-hook=chmod 0755 \"$1/usr/local/sbin/kiln-rescue-init\"")
-        .arg("bookworm")
-        .arg(&tree)
-        .args(sources)
+    std::fs::create_dir_all(&scratch)?;
+    let (program, args) = Debian.bootstrap_command(req, &tree, &scratch, None);
+    Cmd::in_mount_namespace(program)
+        .args(&args)
         .env("TMPDIR", &tmp)
         .on_line(on_line)
         .run()
-        .context("bootstrapping the rescue system with mmdebstrap")?;
+        .context("bootstrapping the rescue system")?;
+    kiln_build::chroot::write_mode(&tree.join(INIT_PATH), INIT, 0o755).context("installing the rescue init")?;
 
     let out = work.path().join("out");
     std::fs::create_dir_all(&out)?;

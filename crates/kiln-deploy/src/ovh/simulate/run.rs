@@ -34,8 +34,8 @@ pub struct SimulateOptions {
     pub checksum_type: String,
     /// `efiBootloaderPath`, e.g. `\efi\debian\grubx64.efi`.
     pub efi_bootloader_path: String,
-    /// apt `deb` lines for building the rescue system.
-    pub sources: Vec<String>,
+    /// How the rescue system is bootstrapped ([`super::rescue::rescue_request`]).
+    pub rescue: kiln_build::bootstrap::BootstrapRequest,
     /// Where the rescue system is cached.
     pub cache_dir: PathBuf,
     /// Scratch directory for disks and logs (owned by the caller).
@@ -147,7 +147,7 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     )?;
 
     on(Progress::Phase("preparing the rescue system (built once, then cached)"));
-    let rescue = rescue::ensure_rescue(&opts.cache_dir, &opts.sources, |_| {})?;
+    let rescue = rescue::ensure_rescue(&opts.cache_dir, &opts.rescue, |_| {})?;
 
     let mut targets = Vec::new();
     for i in 0..disks {

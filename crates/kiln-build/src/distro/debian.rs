@@ -1,0 +1,360 @@
+//! Debian and Ubuntu: mmdebstrap, apt and dpkg, initramfs-tools and GRUB
+//! under `/boot/grub`. The two differ in their archive (Ubuntu has no
+//! default mirror on a Debian host and needs its own keyring), kernel
+//! package, network stack and EFI directory name.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kiln_exec::cmd::shell_quote as q;
+use kiln_exec::Cmd;
+use kiln_spec::Base;
+
+use super::{Bootloader, DistroFamily, Role};
+use crate::bootstrap::{self, BootstrapRequest, SourceLine};
+use crate::manifest::Package;
+use crate::targets::ovh_byol::script::{self, ScriptError, ScriptParams};
+
+/// Debian, bootstrapped with mmdebstrap from the host's own mirror by default.
+#[derive(Debug, Clone, Copy)]
+pub struct Debian;
+
+/// Ubuntu, bootstrapped with mmdebstrap and ubuntu-keyring from an explicit mirror.
+#[derive(Debug, Clone, Copy)]
+pub struct Ubuntu;
+
+/// Where Debian's `ubuntu-keyring` package puts Ubuntu's archive key.
+const UBUNTU_KEYRING: &str = "/usr/share/keyrings/ubuntu-archive-keyring.gpg";
+
+/// Roles both families fill with the same packages.
+fn common_packages(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Kernel | Role::Network => &[],
+        // zstd keeps update-initramfs from falling back to gzip.
+        Role::Initramfs => &["initramfs-tools", "zstd"],
+        Role::GrubCommon => &["grub2-common"],
+        Role::GrubBiosModules => &["grub-pc-bin"],
+        Role::GrubEfiModules => &["grub-efi-amd64-bin"],
+        Role::GrubBiosInstaller => &["grub-pc"],
+        Role::GrubEfiInstaller => &["grub-efi-amd64"],
+        // A dependency of both installer packages, which may be installed offline.
+        Role::GrubInstallerDeps => &["ucf"],
+        Role::EfiBootManager => &["efibootmgr"],
+        Role::Raid => &["mdadm"],
+        Role::Lvm => &["lvm2"],
+        Role::Filesystems => &["xfsprogs", "dosfstools", "btrfs-progs"],
+        Role::Fat => &["dosfstools"],
+        Role::CloudInit => &["cloud-init"],
+        Role::GrowRoot => &["cloud-guest-utils"],
+        Role::SshServer => &["openssh-server"],
+        Role::Sudo => &["sudo"],
+        Role::Locales => &["locales"],
+        Role::TimeZones => &["tzdata"],
+    }
+}
+
+impl DistroFamily for Debian {
+    fn name(&self) -> &'static str {
+        "debian"
+    }
+
+    fn host_tools(&self) -> &'static [&'static str] {
+        &["mmdebstrap", "dpkg-query"]
+    }
+
+    fn packages(&self, role: Role) -> &'static [&'static str] {
+        match role {
+            Role::Kernel => &["linux-image-amd64"],
+            // cloud-init's renderer on Debian is ifupdown.
+            Role::Network => &["ifupdown", "isc-dhcp-client"],
+            other => common_packages(other),
+        }
+    }
+
+    fn bootloader_id(&self) -> &'static str {
+        "debian"
+    }
+
+    fn sources(&self, base: &Base, etc_apt: &Path) -> Result<Vec<SourceLine>> {
+        bootstrap::resolve_sources(base, &bootstrap::host_sources(etc_apt))
+    }
+
+    fn bootstrap_command(
+        &self,
+        req: &BootstrapRequest,
+        tree: &Path,
+        scratch: &Path,
+        packages: Option<&Path>,
+    ) -> (&'static str, Vec<String>) {
+        ("mmdebstrap", bootstrap::mmdebstrap_args(req, tree, scratch, packages))
+    }
+
+    fn install_script(&self, packages: &[&str]) -> String {
+        apt_install(packages)
+    }
+
+    fn remove_script(&self, packages: &[String]) -> String {
+        apt_purge(packages)
+    }
+
+    fn clean_downloads_script(&self) -> &'static str {
+        "apt-get clean"
+    }
+
+    fn clean_script(&self) -> &'static str {
+        APT_CLEAN
+    }
+
+    fn package_archive_dir(&self) -> &'static str {
+        "var/cache/apt/archives"
+    }
+
+    fn installed_packages(&self, tree: &Path) -> Result<Vec<Package>> {
+        dpkg_packages(tree)
+    }
+
+    fn locale_script(&self, locale: &str) -> String {
+        debian_locale(locale)
+    }
+
+    fn timezone_script(&self, zone: &str) -> String {
+        debian_timezone(zone)
+    }
+
+    fn bootloader(&self) -> Bootloader {
+        GRUB
+    }
+
+    fn initramfs_script(&self) -> &'static str {
+        UPDATE_INITRAMFS
+    }
+
+    fn make_image_bootable(&self, params: &ScriptParams) -> Result<String, ScriptError> {
+        script::try_render_debian(params)
+    }
+}
+
+impl DistroFamily for Ubuntu {
+    fn name(&self) -> &'static str {
+        "ubuntu"
+    }
+
+    fn host_tools(&self) -> &'static [&'static str] {
+        &["mmdebstrap", "dpkg-query"]
+    }
+
+    fn packages(&self, role: Role) -> &'static [&'static str] {
+        match role {
+            Role::Kernel => &["linux-image-generic"],
+            // cloud-init renders netplan on Ubuntu.
+            Role::Network => &["netplan.io"],
+            other => common_packages(other),
+        }
+    }
+
+    fn bootloader_id(&self) -> &'static str {
+        "ubuntu"
+    }
+
+    fn sources(&self, base: &Base, etc_apt: &Path) -> Result<Vec<SourceLine>> {
+        bootstrap::resolve_sources(base, &bootstrap::host_sources(etc_apt))
+    }
+
+    fn bootstrap_command(
+        &self,
+        req: &BootstrapRequest,
+        tree: &Path,
+        scratch: &Path,
+        packages: Option<&Path>,
+    ) -> (&'static str, Vec<String>) {
+        let mut args = vec![format!("--keyring={UBUNTU_KEYRING}")];
+        args.extend(bootstrap::mmdebstrap_args(req, tree, scratch, packages));
+        ("mmdebstrap", args)
+    }
+
+    fn install_script(&self, packages: &[&str]) -> String {
+        apt_install(packages)
+    }
+
+    fn remove_script(&self, packages: &[String]) -> String {
+        apt_purge(packages)
+    }
+
+    fn clean_downloads_script(&self) -> &'static str {
+        "apt-get clean"
+    }
+
+    fn clean_script(&self) -> &'static str {
+        APT_CLEAN
+    }
+
+    fn package_archive_dir(&self) -> &'static str {
+        "var/cache/apt/archives"
+    }
+
+    fn installed_packages(&self, tree: &Path) -> Result<Vec<Package>> {
+        dpkg_packages(tree)
+    }
+
+    fn locale_script(&self, locale: &str) -> String {
+        debian_locale(locale)
+    }
+
+    fn timezone_script(&self, zone: &str) -> String {
+        debian_timezone(zone)
+    }
+
+    fn bootloader(&self) -> Bootloader {
+        GRUB
+    }
+
+    fn initramfs_script(&self) -> &'static str {
+        UPDATE_INITRAMFS
+    }
+
+    fn make_image_bootable(&self, params: &ScriptParams) -> Result<String, ScriptError> {
+        script::try_render_debian(params)
+    }
+}
+
+const GRUB: Bootloader = Bootloader {
+    grub_dir: "/boot/grub",
+    install: "grub-install",
+    mkconfig: "grub-mkconfig",
+};
+
+const UPDATE_INITRAMFS: &str = "update-initramfs -u -k all\n";
+
+/// apt's downloaded archives and lists, and dpkg's and debconf's backups.
+const APT_CLEAN: &str = "apt-get clean
+rm -rf /var/lib/apt/lists/*
+mkdir -p /var/lib/apt/lists/partial
+rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old
+";
+
+/// Installs from the lists the bootstrap kept, refreshing them if they are
+/// stale (a package added long after the cached bootstrap).
+fn apt_install(packages: &[&str]) -> String {
+    let names = packages.join(" ");
+    format!(
+        "apt-get install -y --no-install-recommends {names} || \
+         {{ apt-get update && apt-get install -y --no-install-recommends {names}; }}"
+    )
+}
+
+fn apt_purge(packages: &[String]) -> String {
+    if packages.is_empty() {
+        return String::new();
+    }
+    format!(
+        "apt-get purge -y {}\n",
+        packages.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn debian_timezone(tz: &str) -> String {
+    format!(
+        "if [ ! -e /usr/share/zoneinfo/{tz} ]; then echo 'kiln: time zone {tz} is not in /usr/share/zoneinfo (is tzdata installed?)' >&2; exit 1; fi\n\
+         ln -sf /usr/share/zoneinfo/{tz} /etc/localtime\necho {qtz} > /etc/timezone\n",
+        tz = tz,
+        qtz = q(tz)
+    )
+}
+
+fn debian_locale(locale: &str) -> String {
+    if locale == "C.UTF-8" || locale == "C" || locale == "POSIX" {
+        format!("echo LANG={} > /etc/default/locale\n", q(locale))
+    } else {
+        let charset = locale.split_once('.').map(|(_, c)| c).unwrap_or("UTF-8");
+        format!(
+            "if ! command -v locale-gen >/dev/null; then echo 'kiln: locale {l} needs the locales package' >&2; exit 1; fi\n\
+             echo {entry} >> /etc/locale.gen\nlocale-gen\nupdate-locale LANG={l}\n",
+            l = q(locale),
+            entry = q(&format!("{locale} {charset}"))
+        )
+    }
+}
+
+fn dpkg_packages(tree: &Path) -> Result<Vec<Package>> {
+    let out = Cmd::new("dpkg-query")
+        .arg(format!("--admindir={}", tree.join("var/lib/dpkg").display()))
+        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"])
+        .run_string()
+        .context("listing the packages installed in the image")?;
+    Ok(parse_dpkg_query(&out))
+}
+
+fn parse_dpkg_query(out: &str) -> Vec<Package> {
+    let mut pkgs: Vec<Package> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let status = f.next()?;
+            let name = f.next()?;
+            let version = f.next()?;
+            status.starts_with("ii").then(|| Package {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            })
+        })
+        .collect();
+    pkgs.sort();
+    pkgs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_installed_packages() {
+        let out = "ii \tbash\t5.2.15-2+b7\nrc \told\t1.0\nii \tapt\t2.6.1\n";
+        assert_eq!(
+            parse_dpkg_query(out),
+            [
+                Package {
+                    name: "apt".into(),
+                    version: "2.6.1".into()
+                },
+                Package {
+                    name: "bash".into(),
+                    version: "5.2.15-2+b7".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn ubuntu_bootstraps_with_its_own_keyring() {
+        let req = BootstrapRequest {
+            distro: kiln_spec::Distro::Ubuntu,
+            release: "noble".into(),
+            variant: "important".into(),
+            architecture: "amd64".into(),
+            sources: vec![SourceLine {
+                uri: "http://archive.ubuntu.example/ubuntu".into(),
+                suite: "noble".into(),
+                components: vec!["main".into()],
+            }],
+            include: vec!["linux-image-generic".into()],
+            download: vec![],
+            download_dir: String::new(),
+            extra_sources: vec![],
+            snapshot: false,
+        };
+        let (program, args) = Ubuntu.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
+        assert_eq!(program, "mmdebstrap");
+        assert_eq!(args[0], format!("--keyring={UBUNTU_KEYRING}"));
+        assert!(args.iter().any(|a| a == "noble"));
+        let (_, debian) = Debian.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
+        assert!(!debian.iter().any(|a| a.starts_with("--keyring")));
+        assert_eq!(Ubuntu.packages(Role::Kernel), ["linux-image-generic"]);
+        assert_eq!(Ubuntu.bootloader_id(), "ubuntu");
+    }
+
+    #[test]
+    fn purges_nothing_without_packages() {
+        assert_eq!(apt_purge(&[]), "");
+        assert_eq!(apt_purge(&["nano".into()]), "apt-get purge -y nano\n");
+    }
+}

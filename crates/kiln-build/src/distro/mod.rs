@@ -1,0 +1,190 @@
+//! Distribution families: everything the build does differently per
+//! family, behind the [`DistroFamily`] trait. The planner, the executor,
+//! customisation and the targets ask the family for package names by
+//! role, the bootstrap command, package installation, removal and listing,
+//! locale and time zone setup, the bootloader layout, initramfs
+//! regeneration and the `make_image_bootable.sh` template; none of them
+//! names a package manager. Adding a family is its module and one line of
+//! [`family`] (plus its value of `[base] distro` in kiln-spec).
+
+mod debian;
+
+use std::fmt::Debug;
+use std::path::Path;
+
+use anyhow::Result;
+use kiln_spec::{Base, Distro};
+
+use crate::bootstrap::{BootstrapRequest, SourceLine};
+use crate::manifest::Package;
+
+pub use debian::{Debian, Ubuntu};
+
+/// The family that builds `[base] distro`.
+pub fn family(distro: Distro) -> &'static dyn DistroFamily {
+    match distro {
+        Distro::Debian => &Debian,
+        Distro::Ubuntu => &Ubuntu,
+    }
+}
+
+/// What a package is needed for; each family names its own packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The kernel, when the spec names none.
+    Kernel,
+    /// Builds the initramfs, with its preferred compressor.
+    Initramfs,
+    /// GRUB's common tools (update-grub on kernel upgrades).
+    GrubCommon,
+    /// GRUB's BIOS modules, without a boot-device-hungry installer package.
+    GrubBiosModules,
+    /// GRUB's UEFI modules, likewise.
+    GrubEfiModules,
+    /// GRUB's BIOS installer package (conflicts with the UEFI one).
+    GrubBiosInstaller,
+    /// GRUB's UEFI installer package (conflicts with the BIOS one).
+    GrubEfiInstaller,
+    /// What the installer packages need that the modules do not.
+    GrubInstallerDeps,
+    /// UEFI boot entries.
+    EfiBootManager,
+    /// Software RAID.
+    Raid,
+    /// LVM.
+    Lvm,
+    /// Tools for the filesystems a server's installer may create.
+    Filesystems,
+    /// FAT tools (the ESP's fsck).
+    Fat,
+    /// cloud-init.
+    CloudInit,
+    /// Grows the root partition at first boot.
+    GrowRoot,
+    /// The SSH server.
+    SshServer,
+    /// What cloud-init renders the network configuration for.
+    Network,
+    /// sudo.
+    Sudo,
+    /// Locales other than C.
+    Locales,
+    /// The time zone database.
+    TimeZones,
+}
+
+/// Where and how the family's GRUB lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bootloader {
+    /// GRUB's directory, `/boot/grub` or `/boot/grub2`.
+    pub grub_dir: &'static str,
+    /// `grub-install` or `grub2-install`.
+    pub install: &'static str,
+    /// `grub-mkconfig` or `grub2-mkconfig`.
+    pub mkconfig: &'static str,
+}
+
+/// A distribution family.
+pub trait DistroFamily: Send + Sync + Debug {
+    /// The `[base] distro` value.
+    fn name(&self) -> &'static str;
+    /// Programs the family's bootstrap and package queries run on the host.
+    fn host_tools(&self) -> &'static [&'static str];
+    /// The packages that fill `role`.
+    fn packages(&self, role: Role) -> &'static [&'static str];
+    /// The EFI directory name (`grub-install --bootloader-id`) by default.
+    fn bootloader_id(&self) -> &'static str;
+    /// The package sources of a build: the spec's mirror or snapshot, else
+    /// the host's own mirror from `etc_apt` (or the family's equivalent).
+    fn sources(&self, base: &Base, etc_apt: &Path) -> Result<Vec<SourceLine>>;
+    /// The program and arguments that bootstrap `req` into `tree`;
+    /// `scratch` holds generated files, `packages` is the shared package
+    /// download cache.
+    fn bootstrap_command(
+        &self,
+        req: &BootstrapRequest,
+        tree: &Path,
+        scratch: &Path,
+        packages: Option<&Path>,
+    ) -> (&'static str, Vec<String>);
+    /// Shell that installs `packages` in a chroot of a bootstrapped tree.
+    fn install_script(&self, packages: &[&str]) -> String;
+    /// Shell that removes (purges) `packages` in a chroot.
+    fn remove_script(&self, packages: &[String]) -> String;
+    /// Shell that drops downloaded package files (and keeps the lists a
+    /// later `[[run]]` step may install from).
+    fn clean_downloads_script(&self) -> &'static str;
+    /// Shell that drops downloaded packages, package lists and the package
+    /// manager's backups: the finished image's part of the cleanup.
+    fn clean_script(&self) -> &'static str;
+    /// Where downloaded package files land in the tree (relative).
+    fn package_archive_dir(&self) -> &'static str;
+    /// The packages installed in `tree`, sorted by name.
+    fn installed_packages(&self, tree: &Path) -> Result<Vec<Package>>;
+    /// Shell that makes `locale` the system locale.
+    fn locale_script(&self, locale: &str) -> String;
+    /// Shell that makes `zone` the system time zone.
+    fn timezone_script(&self, zone: &str) -> String;
+    /// GRUB's layout and commands.
+    fn bootloader(&self) -> Bootloader;
+    /// Shell that regenerates the initramfs of every installed kernel.
+    fn initramfs_script(&self) -> &'static str;
+    /// `/root/.ovh/make_image_bootable.sh` for this family, or why the
+    /// parameters are not acceptable.
+    fn make_image_bootable(
+        &self,
+        params: &crate::targets::ovh_byol::script::ScriptParams,
+    ) -> Result<String, crate::targets::ovh_byol::script::ScriptError>;
+}
+
+/// The packages of every role in `roles`, as owned strings.
+pub fn packages_for(family: &dyn DistroFamily, roles: &[Role]) -> Vec<String> {
+    roles
+        .iter()
+        .flat_map(|r| family.packages(*r))
+        .map(|p| (*p).to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLES: &[Role] = &[
+        Role::Kernel,
+        Role::Initramfs,
+        Role::GrubCommon,
+        Role::GrubBiosModules,
+        Role::GrubEfiModules,
+        Role::GrubBiosInstaller,
+        Role::GrubEfiInstaller,
+        Role::GrubInstallerDeps,
+        Role::EfiBootManager,
+        Role::Raid,
+        Role::Lvm,
+        Role::Filesystems,
+        Role::Fat,
+        Role::CloudInit,
+        Role::GrowRoot,
+        Role::SshServer,
+        Role::Network,
+        Role::Sudo,
+        Role::Locales,
+        Role::TimeZones,
+    ];
+
+    #[test]
+    fn every_family_names_a_package_for_every_role() {
+        for distro in [Distro::Debian, Distro::Ubuntu] {
+            let f = family(distro);
+            for role in ROLES {
+                assert!(
+                    !f.packages(*role).is_empty(),
+                    "{} has no package for {role:?}",
+                    f.name()
+                );
+            }
+            assert_eq!(serde_json::to_value(distro).unwrap(), f.name());
+        }
+    }
+}
