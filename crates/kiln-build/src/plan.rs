@@ -180,6 +180,16 @@ pub fn plan(loaded: &LoadedSpec, tools: BTreeMap<String, String>) -> Result<Plan
 /// [`plan`] with the host's apt configuration read from `etc_apt` instead
 /// of `/etc/apt` (tests pin the default mirror this way).
 pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, String>, etc_apt: &Path) -> Result<Plan> {
+    plan_with_targets(loaded, tools, etc_apt, Vec::new())
+}
+
+/// [`plan_with_host_sources`] with `extra` targets after the registry's.
+fn plan_with_targets(
+    loaded: &LoadedSpec,
+    tools: BTreeMap<String, String>,
+    etc_apt: &Path,
+    extra: Vec<Arc<dyn Target>>,
+) -> Result<Plan> {
     let spec = &loaded.spec;
     let dir = &loaded.dir;
     let family = distro::family(spec.base.distro);
@@ -196,6 +206,7 @@ pub fn plan_with_host_sources(loaded: &LoadedSpec, tools: BTreeMap<String, Strin
             targets.push(t);
         }
     }
+    targets.extend(extra);
 
     // The package set: the spec's, the kernel, and what targets and
     // customisations need.
@@ -691,6 +702,88 @@ mod tests {
         .unwrap();
         let newer = plan_with_host_sources(&loaded, other_tools, &f.dir.path().join("apt")).unwrap();
         assert_eq!(first_change(&base, &newer).as_deref(), Some("bootstrap"));
+    }
+
+    /// A target that carries another target's artifact, as a USB
+    /// installer carries a disk image.
+    #[derive(Debug)]
+    struct Carrier;
+
+    impl Target for Carrier {
+        fn name(&self) -> &'static str {
+            "carrier"
+        }
+        fn packages(&self) -> Vec<String> {
+            vec!["xorriso".into()]
+        }
+        fn datasources(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn tools(&self) -> Vec<&'static str> {
+            vec![]
+        }
+        fn stages(&self, _: &Spec, _: &BTreeMap<String, String>) -> crate::targets::TargetStages {
+            let stage = |name| TargetStage {
+                name,
+                actions: vec![],
+                inputs: vec![],
+            };
+            crate::targets::TargetStages {
+                finalise: stage("finalise"),
+                assemble: vec![stage("medium")],
+                output: stage("write"),
+            }
+        }
+        fn finalise(&self, _: &crate::targets::StageContext, _: &Path) -> Result<()> {
+            Ok(())
+        }
+        fn assemble(
+            &self,
+            _: &crate::targets::StageContext,
+            _: &str,
+            _: &Path,
+            _: &Path,
+            _: &mut crate::targets::Assembly,
+        ) -> Result<String> {
+            Ok(String::new())
+        }
+        fn artifact(&self) -> crate::targets::ArtifactSpec {
+            crate::targets::ArtifactSpec {
+                file_name: "carrier.raw".into(),
+                format: crate::targets::ImageFormat::Raw,
+                compress: false,
+            }
+        }
+        fn consumes(&self) -> &'static [&'static str] {
+            &["ovh-byol"]
+        }
+        fn describe(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+    }
+
+    #[test]
+    fn a_target_that_consumes_another_writes_its_artifact_after_it() {
+        let f = Fixture::new();
+        let loaded = kiln_spec::parse_str(
+            "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n[targets.ovh-byol]\n",
+            &f.dir.path().join("spec.toml"),
+            f.dir.path(),
+        )
+        .unwrap();
+        let tools = BTreeMap::new();
+        let apt = f.dir.path().join("apt");
+        let p = plan_with_targets(&loaded, tools, &apt, vec![Arc::new(Carrier)]).unwrap();
+        assert_eq!(p.target_names(), ["ovh-byol", "carrier"]);
+        let write = p.stage("carrier/write").unwrap();
+        assert_eq!(write.kind, StageKind::Output("write"));
+        assert_eq!(write.parents, ["carrier/medium", "ovh-byol/convert"]);
+        assert_eq!(p.stage("carrier/finalise").unwrap().parents, ["customise"]);
+        assert_eq!(
+            p.stage("checksums").unwrap().parents,
+            ["ovh-byol/convert", "carrier/write"]
+        );
+        assert!(p.bootstrap.include.iter().any(|x| x == "xorriso"));
     }
 
     #[test]
