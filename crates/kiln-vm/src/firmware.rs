@@ -317,8 +317,8 @@ mod tests {
 
     #[test]
     fn finds_the_machines_ovmf_when_installed() {
-        if !Path::new("/usr/share/qemu/firmware").is_dir() && !Path::new(WELL_KNOWN[0].0).is_file() {
-            eprintln!("skipped: ovmf is not installed");
+        let installed = Path::new("/usr/share/qemu/firmware").is_dir() || Path::new(WELL_KNOWN[0].0).is_file();
+        if !kiln_exec::testing::require_or_skip(installed, "ovmf is not installed (install the Debian package `ovmf`)") {
             return;
         }
         let ovmf = find_ovmf().unwrap();
