@@ -228,7 +228,9 @@ fn iso9660_driver() -> Result<(), String> {
     match Cmd::new("modprobe").arg("iso9660").run() {
         Ok(_) if kernel_has_iso9660() => Ok(()),
         Ok(_) => Err("iso9660 is still not in /proc/filesystems after `modprobe iso9660`".to_owned()),
-        Err(e) => Err(format!("iso9660 is not in /proc/filesystems and loading it failed: {e}")),
+        Err(e) => Err(format!(
+            "iso9660 is not in /proc/filesystems and loading it failed: {e}"
+        )),
     }
 }
 

@@ -256,7 +256,10 @@ mod tests {
         let mut mov = vec![0xb9];
         mov.extend_from_slice(&PROBE_SPINS.to_le_bytes());
         mov.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc]);
-        assert!(PROBE_SECTOR.windows(mov.len()).any(|w| w == mov), "no {PROBE_SPINS}-iteration loop");
+        assert!(
+            PROBE_SECTOR.windows(mov.len()).any(|w| w == mov),
+            "no {PROBE_SPINS}-iteration loop"
+        );
     }
 
     #[test]

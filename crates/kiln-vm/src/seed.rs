@@ -401,7 +401,9 @@ fn check_ssh_key(key: &str) -> Result<()> {
         "{shown:?} is not an SSH public key: unknown key type {kind:?} (expected one of {})",
         SSH_KEY_TYPES.join(", ")
     );
-    let decoded = BASE64.decode(blob).with_context(|| format!("{shown:?}: the key data is not valid base64"))?;
+    let decoded = BASE64
+        .decode(blob)
+        .with_context(|| format!("{shown:?}: the key data is not valid base64"))?;
     let embedded = decoded
         .get(..4)
         .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
