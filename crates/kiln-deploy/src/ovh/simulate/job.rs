@@ -77,6 +77,7 @@ mod tests {
         });
         assert!(env.contains("IMAGE_URL='http://10.0.2.2:8080/x y.qcow2'\n"), "{env}");
         assert!(env.contains("BOOT_MODE=uefi\n"), "{env}");
+        assert!(env.contains("CHECKSUM_TYPE=sha512\n"), "{env}");
         assert!(env.contains("USES_RAID=1\n"), "{env}");
         kiln_exec::Cmd::new("sh").args(["-n", "-c", &env]).run().unwrap();
     }
