@@ -51,12 +51,22 @@ if ! command -v cargo >/dev/null 2>&1; then
     apt-get install -y -q --no-install-recommends cargo rustc
   fi
 fi
-if command -v rustup >/dev/null 2>&1; then
-  rustup component add clippy rustfmt >/dev/null 2>&1 || true
-fi
 # kiln needs Rust 1.89 or newer (Cargo.toml rust-version); Debian 12's own is older.
 rust_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
 if [ "${rust_minor:-0}" -lt 89 ]; then
   echo "install-deps.sh: $(rustc --version) is too old; kiln needs Rust 1.89 or newer (install it with rustup)" >&2
   exit 1
 fi
+# CI runs `cargo fmt --check` and `cargo clippy -D warnings` before the tests.
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup component add clippy rustfmt; then
+    echo "install-deps.sh: \`rustup component add clippy rustfmt\` failed (see above); CI needs both" >&2
+    exit 1
+  fi
+fi
+for sub in clippy fmt; do
+  if ! cargo "$sub" --version >/dev/null 2>&1; then
+    echo "install-deps.sh: \`cargo $sub\` does not run; install it with \`rustup component add ${sub/fmt/rustfmt}\`" >&2
+    exit 1
+  fi
+done

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kiln_exec::Cmd;
+use kiln_spec::ChecksumType;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
@@ -145,7 +146,7 @@ pub fn ovh_reinstall_template(efi_bootloader_path: &str, sha512: &str, file_name
         "customizations": {
             "imageURL": format!("https://REPLACE-WITH-WHERE-YOU-HOST-IT/{file_name}"),
             "imageCheckSum": sha512,
-            "imageCheckSumType": "sha512",
+            "imageCheckSumType": ChecksumType::Sha512,
             "efiBootloaderPath": efi_bootloader_path,
             "hostname": "REPLACE-WITH-HOSTNAME",
             "sshKey": "REPLACE-WITH-SSH-PUBLIC-KEY (optional)",

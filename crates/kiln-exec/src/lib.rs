@@ -12,6 +12,7 @@
 pub mod cmd;
 pub mod guard;
 pub mod interrupt;
+pub mod testing;
 pub mod tools;
 
 pub use cmd::{Cmd, ExecError, Output, Running};

@@ -96,6 +96,17 @@ pub const TOOLS: &[Tool] = &[
     test_tool("fsck.vfat", "dosfstools", "oracle: verify FAT filesystems"),
     test_tool("isoinfo", "genisoimage", "oracle: read ISO 9660 images"),
     test_tool("isovfy", "genisoimage", "oracle: verify ISO 9660 images"),
+    test_tool(
+        "modprobe",
+        "kmod",
+        "tests: load the iso9660 driver for the loop-mount oracle",
+    ),
+    test_tool(
+        "as",
+        "binutils",
+        "tests: assemble the KVM probe's boot sector from its source",
+    ),
+    test_tool("ld", "binutils", "tests: link the KVM probe's boot sector"),
 ];
 
 /// Looks a program up in [`TOOLS`].

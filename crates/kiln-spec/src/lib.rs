@@ -16,6 +16,7 @@ mod schema;
 mod size;
 mod spans;
 mod validate;
+mod vocab;
 
 pub use diagnostic::{Diagnostic, DiagnosticKind, SpecError};
 pub use load::{load, parse_str, LoadedSpec};
@@ -24,3 +25,4 @@ pub use rules::parse_mode;
 pub use schema::json_schema;
 pub use size::{format_size, parse_size, Headroom, Size, GIB, KIB, MIB, TIB};
 pub use validate::{MAX_DISK_SIZE, MAX_ESP_SIZE, MAX_PARTITION_SIZE, MIN_BASE_CONTENT, MIN_ESP_SIZE};
+pub use vocab::{ChecksumType, UnknownName};

@@ -3,6 +3,9 @@
 //! check shape only: nothing here reads the host (its users, its tz database),
 //! because the image, not the host, is what the values describe.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
 /// Why a value is wrong, and what to write instead when that is knowable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Problem {
@@ -152,7 +155,7 @@ pub(crate) fn ssh_key(s: &str) -> Rule {
     let Some(blob) = fields.next() else {
         return Err(Problem::new("the base64 key data is missing").help(help));
     };
-    let Some(bytes) = base64_decode(blob) else {
+    let Ok(bytes) = BASE64.decode(blob) else {
         return Err(Problem::new("the key data is not valid base64 (truncated or edited?)").help(help));
     };
     let embedded = bytes
@@ -168,35 +171,6 @@ pub(crate) fn ssh_key(s: &str) -> Rule {
         .help(help)),
         None => Err(Problem::new("the key data is too short (truncated?)").help(help)),
     }
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let digits = s.trim_end_matches('=');
-    if !s.len().is_multiple_of(4) || s.len() - digits.len() > 2 {
-        return None;
-    }
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.as_bytes().chunks(4) {
-        let mut acc = 0u32;
-        for &c in chunk {
-            acc = acc << 6 | value(c)?;
-        }
-        let bits = chunk.len() * 6;
-        acc <<= 24 - bits;
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..1 + bits / 8]);
-    }
-    Some(out)
 }
 
 /// A crypt(3) hash such as `$y$j9T$…` or `$6$salt$…`: a plain password

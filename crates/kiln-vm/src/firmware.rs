@@ -9,6 +9,9 @@
 //! private copy of the variable store template, so NVRAM always starts empty
 //! and no boot entry leaks from one test into the next. Non-goals: Secure
 //! Boot with enrolled keys, SMM, firmware for other architectures.
+//!
+//! [`Firmware`] is the spec's own type: the words `bios` and `uefi` mean the
+//! same in a spec, on the command line and here, so there is one type.
 
 use std::path::{Path, PathBuf};
 
@@ -16,23 +19,9 @@ use serde::Deserialize;
 
 use crate::error::{Result, VmError};
 
-/// Which firmware the VM boots with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Firmware {
-    /// Legacy BIOS (SeaBIOS).
-    Bios,
-    /// UEFI (OVMF), without Secure Boot.
-    Uefi,
-}
-
-impl Firmware {
-    pub fn name(self) -> &'static str {
-        match self {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "uefi",
-        }
-    }
-}
+/// Which firmware the VM boots with: BIOS is SeaBIOS, UEFI is OVMF without
+/// Secure Boot.
+pub use kiln_spec::Firmware;
 
 /// An OVMF build: read-only code and the template of its variable store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,8 +306,9 @@ mod tests {
 
     #[test]
     fn finds_the_machines_ovmf_when_installed() {
-        if !Path::new("/usr/share/qemu/firmware").is_dir() && !Path::new(WELL_KNOWN[0].0).is_file() {
-            eprintln!("skipped: ovmf is not installed");
+        let installed = Path::new("/usr/share/qemu/firmware").is_dir() || Path::new(WELL_KNOWN[0].0).is_file();
+        if !kiln_exec::testing::require_or_skip(installed, "ovmf is not installed (install the Debian package `ovmf`)")
+        {
             return;
         }
         let ovmf = find_ovmf().unwrap();

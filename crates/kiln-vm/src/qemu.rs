@@ -643,8 +643,7 @@ mod tests {
 
     #[test]
     fn qemu_refusing_to_run_is_reported_with_its_message() {
-        if kiln_exec::which(QEMU).is_none() {
-            eprintln!("skipped: {QEMU} is not installed");
+        if !kiln_exec::testing::require_tool_or_skip(QEMU) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,8 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use kiln_disk::{fat, iso};
 use serde::Serialize;
 
@@ -399,7 +401,9 @@ fn check_ssh_key(key: &str) -> Result<()> {
         "{shown:?} is not an SSH public key: unknown key type {kind:?} (expected one of {})",
         SSH_KEY_TYPES.join(", ")
     );
-    let decoded = base64_decode(blob).with_context(|| format!("{shown:?}: the key data is not valid base64"))?;
+    let decoded = BASE64
+        .decode(blob)
+        .with_context(|| format!("{shown:?}: the key data is not valid base64"))?;
     let embedded = decoded
         .get(..4)
         .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
@@ -409,30 +413,6 @@ fn check_ssh_key(key: &str) -> Result<()> {
         "{shown:?}: the key data does not match its type {kind:?} (truncated or mangled?)"
     );
     Ok(())
-}
-
-fn base64_decode(s: &str) -> Result<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => bail!("unexpected character {:?}", c as char),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    ensure!(bits < 6, "truncated");
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -23,8 +23,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn interruption_stops_the_vm_and_cleans_up() {
-    if kiln_exec::which(kiln_vm::qemu::QEMU).is_none() {
-        eprintln!("skipped: {} is not installed", kiln_vm::qemu::QEMU);
+    if !kiln_exec::testing::require_tool_or_skip(kiln_vm::qemu::QEMU) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -2,8 +2,11 @@
 //! the libraries. Kept public so tests can parse argv.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_spec::{ChecksumType, Firmware, UnknownName};
 
 /// kiln bakes bootable Linux disk images from one declarative spec, without a
 /// VM, checks them against their target's contract, and ships them.
@@ -223,27 +226,12 @@ pub struct SeedArgs {
     pub metadata: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Firmware {
-    Bios,
-    Uefi,
-}
-
-impl Firmware {
-    pub fn name(self) -> &'static str {
-        match self {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "uefi",
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct BootArgs {
     /// The image file (qcow2 or raw); never modified (QEMU snapshot mode).
     pub image: PathBuf,
     /// Firmware to boot with.
-    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios)]
     pub firmware: Firmware,
     /// A ready seed image to attach (default: kiln generates a NoCloud seed).
     #[arg(long, conflicts_with_all = ["user_data", "ssh_keys"])]
@@ -287,7 +275,7 @@ pub struct OvhDeployArgs {
     #[arg(long, value_name = "IMAGE", required = true)]
     pub simulate: PathBuf,
     /// Boot mode of the simulated server.
-    #[arg(long, value_enum, default_value_t = Firmware::Bios)]
+    #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios)]
     pub firmware: Firmware,
     /// Number of disks of the simulated server.
     #[arg(long, default_value_t = 2)]
@@ -315,7 +303,7 @@ pub struct OvhDeployArgs {
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
     /// customizations.imageCheckSumType.
-    #[arg(long, value_enum, default_value_t = ChecksumType::Sha512)]
+    #[arg(long, value_parser = vocabulary(ChecksumType::ALL, ChecksumType::name), default_value_t = ChecksumType::Sha512)]
     pub checksum_type: ChecksumType,
     /// customizations.efiBootloaderPath (default: from the image's embedded manifest).
     #[arg(long)]
@@ -331,12 +319,13 @@ pub struct OvhDeployArgs {
     pub keep: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ChecksumType {
-    Md5,
-    Sha1,
-    Sha256,
-    Sha512,
+/// A value parser for one of kiln-spec's vocabulary types: clap offers,
+/// completes and checks exactly its names, and the library stays free of clap.
+fn vocabulary<T, const N: usize>(all: [T; N], name: fn(T) -> &'static str) -> impl TypedValueParser<Value = T>
+where
+    T: Copy + FromStr<Err = UnknownName> + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(all.map(name)).try_map(|given| given.parse::<T>())
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -367,6 +356,35 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn firmware_and_checksum_type_take_the_libraries_names() {
+        let boot = |extra: &[&str]| Cli::try_parse_from([&["kiln", "boot", "x.qcow2"], extra].concat());
+        for (extra, want) in [(&[][..], Firmware::Bios), (&["--firmware", "uefi"], Firmware::Uefi)] {
+            match boot(extra).unwrap().command {
+                Command::Boot(b) => assert_eq!(b.firmware, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        let err = boot(&["--firmware", "efi"]).unwrap_err().to_string();
+        assert!(err.contains("[possible values: bios, uefi]"), "{err}");
+
+        let deploy = |extra: &[&str]| {
+            let argv = [&["kiln", "deploy", "ovh", "--simulate", "x.qcow2"], extra].concat();
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Deploy(DeployCommand::Ovh(o))) => Ok((o.firmware, o.checksum_type)),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(deploy(&[]), Ok((Firmware::Bios, ChecksumType::Sha512)));
+        assert_eq!(
+            deploy(&["--checksum-type", "md5", "--firmware", "uefi"]),
+            Ok((Firmware::Uefi, ChecksumType::Md5))
+        );
+        let err = deploy(&["--checksum-type", "crc32"]).unwrap_err();
+        assert!(err.contains("[possible values: md5, sha1, sha256, sha512]"), "{err}");
     }
 
     #[test]

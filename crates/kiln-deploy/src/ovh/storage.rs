@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
+use kiln_spec::Firmware;
 use serde::{Deserialize, Serialize};
 
 /// One entry of the API's `storage` array.
@@ -99,14 +100,6 @@ impl FileSystem {
     }
 }
 
-/// Boot mode of the simulated server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BootMode {
-    Bios,
-    Uefi,
-}
-
 /// Size of the config drive OVH puts at the end of the first disk.
 pub const CONFIG_DRIVE_MIB: u64 = 64;
 /// Size of the ESP OVH creates on every disk of a UEFI server.
@@ -147,7 +140,7 @@ pub fn default_layout() -> Vec<LayoutEntry> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiskPlan {
     pub disks: u32,
-    pub boot: BootMode,
+    pub boot: Firmware,
     /// Shell function calls for the installer, one per line.
     pub script: String,
     /// Mount points in mount order, for progress and tests.
@@ -261,7 +254,7 @@ fn effective_raid(level: u8, disks: u32) -> Option<u8> {
 }
 
 /// Translates a validated layout into the installer's calls.
-pub fn plan_disks(layout: &[LayoutEntry], disks: u32, boot: BootMode) -> Result<DiskPlan> {
+pub fn plan_disks(layout: &[LayoutEntry], disks: u32, boot: Firmware) -> Result<DiskPlan> {
     if disks == 0 || disks > 8 {
         bail!("the simulation supports 1 to 8 disks, not {disks}");
     }
@@ -273,11 +266,11 @@ pub fn plan_disks(layout: &[LayoutEntry], disks: u32, boot: BootMode) -> Result<
     };
     let all = "all";
     match boot {
-        BootMode::Uefi => {
+        Firmware::Uefi => {
             let n = next_part();
             let _ = writeln!(s, "part {all} {n} {ESP_MIB} EF00 EFI_SYSPART");
         }
-        BootMode::Bios => {
+        Firmware::Bios => {
             let n = next_part();
             let _ = writeln!(s, "part {all} {n} 1 EF02 bios_grub");
         }
@@ -361,7 +354,7 @@ pub fn plan_disks(layout: &[LayoutEntry], disks: u32, boot: BootMode) -> Result<
 
     mounts.sort_by_key(|(mp, _)| mp.matches('/').count() - usize::from(mp == "/"));
     let mut order: Vec<String> = mounts.iter().map(|(mp, _)| mp.clone()).collect();
-    if boot == BootMode::Uefi {
+    if boot == Firmware::Uefi {
         let _ = writeln!(s, "esp /boot/efi");
         order.push("/boot/efi".to_owned());
     }
@@ -385,7 +378,7 @@ mod tests {
 
     #[test]
     fn default_two_disk_bios_plan() {
-        let p = plan_disks(&default_layout(), 2, BootMode::Bios).unwrap();
+        let p = plan_disks(&default_layout(), 2, Firmware::Bios).unwrap();
         assert_eq!(
             p.script,
             "part all 1 1 EF02 bios_grub\n\
@@ -399,7 +392,7 @@ mod tests {
 
     #[test]
     fn uefi_adds_an_esp_on_every_disk_and_mounts_it() {
-        let p = plan_disks(&default_layout(), 2, BootMode::Uefi).unwrap();
+        let p = plan_disks(&default_layout(), 2, Firmware::Uefi).unwrap();
         assert!(
             p.script.starts_with("part all 1 511 EF00 EFI_SYSPART\n"),
             "{}",
@@ -418,7 +411,7 @@ mod tests {
                 {"extras":{"lv":{"name":"data"}},"fileSystem":"xfs","mountPoint":"/data","raidLevel":1,"size":0}]"#,
         );
         validate_layout(&l).unwrap();
-        let p = plan_disks(&l, 2, BootMode::Bios).unwrap();
+        let p = plan_disks(&l, 2, Firmware::Bios).unwrap();
         assert!(p.script.contains("raid md0 1 2\nfs md0 ext4 /boot\n"), "{}", p.script);
         assert!(
             p.script.contains("pv vg0 md1\nlv vg0 root 20480\nfs vg0/root ext4 /\n"),
@@ -435,7 +428,7 @@ mod tests {
 
     #[test]
     fn one_disk_gets_no_raid() {
-        let p = plan_disks(&default_layout(), 1, BootMode::Bios).unwrap();
+        let p = plan_disks(&default_layout(), 1, Firmware::Bios).unwrap();
         assert!(
             p.script.contains("part 0 3 fill 8300 root\nfs disk0p3 ext4 /\n"),
             "{}",

@@ -1,7 +1,7 @@
-# The KVM probe boot sector (see ../accel.rs), in GNU as syntax: the oracle
-# for the Rust builder. Real mode -> protected mode -> long mode, a marker on
-# COM1 at each step, then 2^26 iterations of a register loop, then KILNKVM.
-# Rebuild probe.bin with ./make-probe.sh (needs binutils).
+# The KVM probe boot sector (see ../accel.rs), in GNU as syntax. Real mode ->
+# protected mode -> long mode, a marker on COM1 at each step, then 2^26
+# iterations of a register loop, then KILNKVM. ./make-probe.sh assembles it
+# into probe.bin, which accel.rs compiles in (needs binutils).
 .code16
   cli
   cld

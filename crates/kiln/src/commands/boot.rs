@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_vm::boot::{boot, BootEvent, BootOptions, SeedSource, Verdict};
-use kiln_vm::Firmware;
 
-use crate::cli::{self, BootArgs};
+use crate::cli::BootArgs;
 
 pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
     let console_log = args
@@ -18,10 +17,7 @@ pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| default_console_log(&args.image));
     let mut opts = BootOptions::new(&args.image, &console_log);
-    opts.firmware = match args.firmware {
-        cli::Firmware::Bios => Firmware::Bios,
-        cli::Firmware::Uefi => Firmware::Uefi,
-    };
+    opts.firmware = args.firmware;
     opts.seed = match &args.seed {
         Some(path) => SeedSource::File(path.clone()),
         None => SeedSource::Generate {

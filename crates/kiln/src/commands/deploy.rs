@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_deploy::ovh::simulate::{self, Progress, SimulateOptions};
-use kiln_deploy::ovh::storage::BootMode;
 
-use crate::cli::{ChecksumType, DeployCommand, Firmware, OvhDeployArgs};
+use crate::cli::{DeployCommand, OvhDeployArgs};
 
 pub(crate) fn run(cmd: DeployCommand, verbose: u8) -> Result<ExitCode> {
     match cmd {
@@ -62,10 +61,7 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
     };
     let opts = SimulateOptions {
         image: image.clone(),
-        boot: match args.firmware {
-            Firmware::Bios => BootMode::Bios,
-            Firmware::Uefi => BootMode::Uefi,
-        },
+        boot: args.firmware,
         disks: args.disks,
         disk_size: args.disk_size,
         storage: args
@@ -82,13 +78,7 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
             .transpose()?,
         metadata: args.metadata.clone(),
         headers: args.headers.clone(),
-        checksum_type: match args.checksum_type {
-            ChecksumType::Md5 => "md5",
-            ChecksumType::Sha1 => "sha1",
-            ChecksumType::Sha256 => "sha256",
-            ChecksumType::Sha512 => "sha512",
-        }
-        .to_owned(),
+        checksum_type: args.checksum_type,
         efi_bootloader_path,
         rescue: kiln_deploy::ovh::simulate::rescue::rescue_request(std::path::Path::new("/etc"))?,
         cache_dir: kiln_build::cache::default_dir(),

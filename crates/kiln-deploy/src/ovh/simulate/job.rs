@@ -9,14 +9,16 @@ use kiln_exec::cmd::shell_quote;
 use kiln_exec::Cmd;
 
 use super::INSTALLER;
-use crate::ovh::storage::{BootMode, DiskPlan, CONFIG_DRIVE_MIB};
+use kiln_spec::ChecksumType;
+
+use crate::ovh::storage::{DiskPlan, CONFIG_DRIVE_MIB};
 
 /// What the installer is told.
 pub struct JobParams<'a> {
     pub plan: &'a DiskPlan,
     pub image_url: &'a str,
     pub checksum: &'a str,
-    pub checksum_type: &'a str,
+    pub checksum_type: ChecksumType,
     pub headers: &'a [(String, String)],
     /// A ready config drive filesystem image (vfat, label `config-2`).
     pub config_drive: &'a Path,
@@ -26,18 +28,12 @@ pub struct JobParams<'a> {
 pub fn job_env(p: &JobParams<'_>) -> String {
     let vars = [
         ("DISK_COUNT", p.plan.disks.to_string()),
-        (
-            "BOOT_MODE",
-            match p.plan.boot {
-                BootMode::Bios => "bios".to_owned(),
-                BootMode::Uefi => "uefi".to_owned(),
-            },
-        ),
+        ("BOOT_MODE", p.plan.boot.name().to_owned()),
         ("USES_RAID", u8::from(p.plan.uses_raid).to_string()),
         ("CONFIG_DRIVE_MIB", CONFIG_DRIVE_MIB.to_string()),
         ("IMAGE_URL", p.image_url.to_owned()),
         ("CHECKSUM", p.checksum.to_owned()),
-        ("CHECKSUM_TYPE", p.checksum_type.to_owned()),
+        ("CHECKSUM_TYPE", p.checksum_type.name().to_owned()),
     ];
     vars.iter().map(|(k, v)| format!("{k}={}\n", shell_quote(v))).collect()
 }
@@ -66,20 +62,22 @@ pub fn write_job_disk(p: &JobParams<'_>, scratch: &Path, dest: &Path) -> Result<
 mod tests {
     use super::*;
     use crate::ovh::storage::{default_layout, plan_disks};
+    use kiln_spec::Firmware;
 
     #[test]
     fn env_is_shell_quoted() {
-        let plan = plan_disks(&default_layout(), 2, BootMode::Uefi).unwrap();
+        let plan = plan_disks(&default_layout(), 2, Firmware::Uefi).unwrap();
         let env = job_env(&JobParams {
             plan: &plan,
             image_url: "http://10.0.2.2:8080/x y.qcow2",
             checksum: "abc",
-            checksum_type: "sha512",
+            checksum_type: ChecksumType::Sha512,
             headers: &[],
             config_drive: Path::new("/nonexistent"),
         });
         assert!(env.contains("IMAGE_URL='http://10.0.2.2:8080/x y.qcow2'\n"), "{env}");
         assert!(env.contains("BOOT_MODE=uefi\n"), "{env}");
+        assert!(env.contains("CHECKSUM_TYPE=sha512\n"), "{env}");
         assert!(env.contains("USES_RAID=1\n"), "{env}");
         kiln_exec::Cmd::new("sh").args(["-n", "-c", &env]).run().unwrap();
     }
@@ -103,13 +101,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cd = dir.path().join("cd.img");
         std::fs::write(&cd, b"fat bytes").unwrap();
-        let plan = plan_disks(&default_layout(), 2, BootMode::Bios).unwrap();
+        let plan = plan_disks(&default_layout(), 2, Firmware::Bios).unwrap();
         let headers = [("Authorization".to_owned(), "Basic abc".to_owned())];
         let p = JobParams {
             plan: &plan,
             image_url: "http://10.0.2.2:1/i.qcow2",
             checksum: "abc",
-            checksum_type: "sha512",
+            checksum_type: ChecksumType::Sha512,
             headers: &headers,
             config_drive: &cd,
         };

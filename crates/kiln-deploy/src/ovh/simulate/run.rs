@@ -6,20 +6,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use kiln_spec::{ChecksumType, Firmware};
 use kiln_vm::console::Console;
-use kiln_vm::{Accel, DirectBoot, Drive, DriveMode, Firmware, ImageFormat, Interface, Vm, VmConfig};
+use kiln_vm::{Accel, DirectBoot, Drive, DriveMode, ImageFormat, Interface, Vm, VmConfig};
 use serde::Serialize;
 
 use super::http::ImageServer;
 use super::job::{write_job_disk, JobParams};
 use super::probe::{self, Verdict};
 use super::rescue;
-use crate::ovh::storage::{self, BootMode};
+use crate::ovh::storage;
 
 /// How the replay is run.
 pub struct SimulateOptions {
     pub image: PathBuf,
-    pub boot: BootMode,
+    /// Boot mode of the simulated server.
+    pub boot: Firmware,
     pub disks: u32,
     /// Size of each (sparse) virtual disk.
     pub disk_size: u64,
@@ -30,8 +32,8 @@ pub struct SimulateOptions {
     pub user_data: Option<Vec<u8>>,
     pub metadata: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
-    /// `md5`, `sha1`, `sha256` or `sha512`.
-    pub checksum_type: String,
+    /// `imageCheckSumType`.
+    pub checksum_type: ChecksumType,
     /// `efiBootloaderPath`, e.g. `\efi\debian\grubx64.efi`.
     pub efi_bootloader_path: String,
     /// How the rescue system is bootstrapped ([`super::rescue::rescue_request`]).
@@ -116,7 +118,7 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     let plan = storage::plan_disks(&layout, disks, opts.boot)?;
 
     on(Progress::Phase("checksumming the image"));
-    let checksum = checksum_file(&opts.image, &opts.checksum_type)?;
+    let checksum = checksum_file(&opts.image, opts.checksum_type)?;
 
     on(Progress::Phase("writing the config drive"));
     let config_drive = work.join("config-drive.img");
@@ -138,7 +140,7 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
             plan: &plan,
             image_url: &url,
             checksum: &checksum,
-            checksum_type: &opts.checksum_type,
+            checksum_type: opts.checksum_type,
             headers: &opts.headers,
             config_drive: &config_drive,
         },
@@ -167,10 +169,7 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
             })
             .collect()
     };
-    let firmware = match opts.boot {
-        BootMode::Bios => Firmware::Bios,
-        BootMode::Uefi => Firmware::Uefi,
-    };
+    let firmware = opts.boot;
 
     // --- the installer, in the rescue VM ---
     let install_log = work.join("install-console.log");
@@ -222,7 +221,7 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     cfg.memory = 1 << 30;
     // One vCPU boots faster than two under TCG (measured in kiln-vm).
     cfg.cpus = if opts.accel == Accel::Tcg { 1 } else { 2 };
-    if opts.boot == BootMode::Uefi {
+    if opts.boot == Firmware::Uefi {
         // OVH's iPXE boots efiBootloaderPath; NVRAM has no entry. Stand-in:
         // a UEFI shell script on a small FAT disk that runs exactly that path.
         let nsh = work.join("ipxe-standin.img");
@@ -406,7 +405,7 @@ fn write_startup_nsh(dest: &Path, efi_path: &str) -> Result<()> {
 }
 
 /// The image file's checksum as the API's `imageCheckSumType` names it.
-pub fn checksum_file(path: &Path, kind: &str) -> Result<String> {
+pub fn checksum_file(path: &Path, kind: ChecksumType) -> Result<String> {
     use sha2::Digest;
     fn digest<D: Digest + std::io::Write>(path: &Path) -> Result<String> {
         let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -415,11 +414,10 @@ pub fn checksum_file(path: &Path, kind: &str) -> Result<String> {
         Ok(hex::encode(h.finalize()))
     }
     match kind {
-        "md5" => digest::<md5::Md5>(path),
-        "sha1" => digest::<sha1::Sha1>(path),
-        "sha256" => digest::<sha2::Sha256>(path),
-        "sha512" => digest::<sha2::Sha512>(path),
-        other => bail!("unknown checksum type {other:?} (md5, sha1, sha256, sha512)"),
+        ChecksumType::Md5 => digest::<md5::Md5>(path),
+        ChecksumType::Sha1 => digest::<sha1::Sha1>(path),
+        ChecksumType::Sha256 => digest::<sha2::Sha256>(path),
+        ChecksumType::Sha512 => digest::<sha2::Sha512>(path),
     }
 }
 
@@ -444,16 +442,18 @@ mod tests {
         let f = dir.path().join("x");
         std::fs::write(&f, b"kiln").unwrap();
         // Values from md5sum, sha1sum and sha256sum.
-        assert_eq!(checksum_file(&f, "md5").unwrap(), "9e8287435ae73a052c9459e215e46a28");
         assert_eq!(
-            checksum_file(&f, "sha1").unwrap(),
+            checksum_file(&f, ChecksumType::Md5).unwrap(),
+            "9e8287435ae73a052c9459e215e46a28"
+        );
+        assert_eq!(
+            checksum_file(&f, ChecksumType::Sha1).unwrap(),
             "7908ea50dacbb9a91898af51d70a054211d46dee"
         );
         assert_eq!(
-            checksum_file(&f, "sha256").unwrap(),
+            checksum_file(&f, ChecksumType::Sha256).unwrap(),
             "cdfe9ad58b46226d63eb322dacd35f4f7ac38096180c87258c142e4bca9a3cf5"
         );
-        assert_eq!(checksum_file(&f, "sha512").unwrap().len(), 128);
-        assert!(checksum_file(&f, "crc32").is_err());
+        assert_eq!(checksum_file(&f, ChecksumType::Sha512).unwrap().len(), 128);
     }
 }
