@@ -78,15 +78,50 @@ pub enum Distro {
     Ubuntu,
 }
 
-/// Where the root file system comes from.
+/// Where the root file system comes from: a table tagged by `distro`, whose
+/// other keys are that family's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "distro", rename_all = "lowercase")]
+pub enum Base {
+    /// Debian, bootstrapped with mmdebstrap from a Debian archive.
+    Debian(AptBase),
+    /// Ubuntu, bootstrapped with mmdebstrap and ubuntu-keyring from an Ubuntu archive.
+    Ubuntu(AptBase),
+}
+
+impl Base {
+    /// The distribution family the table names.
+    pub fn distro(&self) -> Distro {
+        match self {
+            Base::Debian(_) => Distro::Debian,
+            Base::Ubuntu(_) => Distro::Ubuntu,
+        }
+    }
+
+    /// Decodes the keys of `[base]` other than `distro` as `distro`'s own
+    /// table, for error positions (see `decode`).
+    pub(crate) fn decode_family<'de, D: serde::Deserializer<'de>>(distro: Distro, keys: D) -> Result<(), D::Error> {
+        match distro {
+            Distro::Debian | Distro::Ubuntu => AptBase::deserialize(keys).map(drop),
+        }
+    }
+
+    /// The settings of an apt-based family (Debian and Ubuntu share them).
+    pub fn apt(&self) -> &AptBase {
+        match self {
+            Base::Debian(apt) | Base::Ubuntu(apt) => apt,
+        }
+    }
+}
+
+/// The `[base]` keys of an apt-based family (Debian, Ubuntu).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Base {
-    /// Distribution family, bootstrapped with mmdebstrap.
-    pub distro: Distro,
+pub struct AptBase {
     /// Release code name, e.g. "bookworm".
     pub release: String,
-    /// Archive URL. Default: the Debian mirror in the host's apt sources.
+    /// Archive URL. Default for Debian: the Debian mirror in the host's apt
+    /// sources; Ubuntu needs one (e.g. "http://archive.ubuntu.com/ubuntu").
     #[serde(default)]
     pub mirror: Option<String>,
     /// A dated snapshot of the archive instead of `mirror`, so that a build

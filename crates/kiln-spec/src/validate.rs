@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
-use crate::model::{DiskFormat, DiskTarget, Filesystem, OvhByolTarget, Spec, Targets};
+use crate::model::{DiskFormat, DiskTarget, Distro, Filesystem, OvhByolTarget, Spec, Targets};
 use crate::rules::{self, Problem};
 use crate::size::{format_size, Headroom, Size, Written, GIB, MIB, TIB};
 use crate::spans::{table_name, SpanIndex};
@@ -109,7 +109,14 @@ impl Validator<'_, '_> {
     }
 
     fn base(&mut self, spec: &Spec) {
-        let base = &spec.base;
+        let base = spec.base.apt();
+        if spec.base.distro() == Distro::Ubuntu && base.mirror.is_none() && base.snapshot.is_none() {
+            self.report(
+                "base.distro",
+                "distro \"ubuntu\" needs a `mirror`".into(),
+                Some("the default mirror is the host's, which is Debian's; add e.g. `mirror = \"http://archive.ubuntu.com/ubuntu\"` to [base]".into()),
+            );
+        }
         if base.release.trim().is_empty() {
             self.report(
                 "base.release",
