@@ -112,6 +112,8 @@ fn parse_deb822_sources(text: &str) -> Vec<HostSource> {
 /// The sources a build uses: `[base] mirror` if given, else the host's
 /// mirror for the release; plus `-updates` and `-security`.
 pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLine>> {
+    let distro = base.distro();
+    let base = base.apt();
     let components = base.components.clone().unwrap_or_else(|| vec!["main".to_owned()]);
     let release = base.release.as_str();
     let serves = |s: &HostSource, suite: &str| s.suites.iter().any(|x| x == suite);
@@ -125,7 +127,7 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
     let mirror = match (&snapshot, &base.mirror) {
         (Some(s), _) => s.clone(),
         (None, Some(m)) => m.trim_end_matches('/').to_owned(),
-        (None, None) => match base.distro {
+        (None, None) => match distro {
             Distro::Debian => host
                 .iter()
                 .find(|s| serves(s, release) && !s.uri.contains("security"))
@@ -155,7 +157,7 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
         line(&mirror, format!("{release}-updates")),
     ];
     let security_suite = format!("{release}-security");
-    let security = match base.distro {
+    let security = match distro {
         Distro::Ubuntu => mirror.clone(),
         // snapshot.debian.org keeps debian-security beside debian.
         Distro::Debian if snapshot.is_some() => match mirror.rsplit_once("/debian/") {
@@ -280,10 +282,14 @@ pub fn mmdebstrap_args(req: &BootstrapRequest, tree: &Path, scratch: &Path, pack
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_spec::AptBase;
 
     fn base(mirror: Option<&str>) -> Base {
-        Base {
-            distro: Distro::Debian,
+        Base::Debian(apt(mirror))
+    }
+
+    fn apt(mirror: Option<&str>) -> AptBase {
+        AptBase {
             release: "bookworm".into(),
             mirror: mirror.map(Into::into),
             snapshot: None,
@@ -344,9 +350,9 @@ mod tests {
     #[test]
     fn snapshots_pin_every_suite_and_accept_expired_release_files() {
         let host = parse_deb822_sources(DEB822);
-        let mut b = base(None);
+        let mut b = apt(None);
         b.snapshot = Some("20260101T000000Z".into());
-        let lines = resolve_sources(&b, &host).unwrap();
+        let lines = resolve_sources(&Base::Debian(b.clone()), &host).unwrap();
         assert_eq!(
             lines[0].uri,
             "https://snapshot.debian.org/archive/debian/20260101T000000Z"
@@ -357,7 +363,7 @@ mod tests {
             "https://snapshot.debian.org/archive/debian-security/20260101T000000Z"
         );
         b.snapshot = Some("http://aptly.example/snap/2026-01/".into());
-        let lines = resolve_sources(&b, &host).unwrap();
+        let lines = resolve_sources(&Base::Debian(b), &host).unwrap();
         assert!(
             lines.iter().all(|l| l.uri == "http://aptly.example/snap/2026-01"),
             "{lines:?}"

@@ -192,7 +192,7 @@ fn plan_with_targets(
 ) -> Result<Plan> {
     let spec = &loaded.spec;
     let dir = &loaded.dir;
-    let family = distro::family(spec.base.distro);
+    let family = distro::family(spec.base.distro());
     let sources = family.sources(&spec.base, etc_apt)?;
     let (source_date_epoch, source_date_epoch_origin) = resolve_source_date_epoch(spec, &loaded.path);
     let inputs = TargetInputs {
@@ -243,6 +243,7 @@ fn plan_with_targets(
 
     let extra_sources = spec
         .base
+        .apt()
         .sources
         .iter()
         .map(|s| ExtraSource {
@@ -272,16 +273,26 @@ fn plan_with_targets(
         .collect();
 
     let bootstrap = BootstrapRequest {
-        distro: spec.base.distro,
-        release: spec.base.release.clone(),
-        variant: spec.base.variant.clone().unwrap_or_else(|| "important".to_owned()),
-        architecture: spec.base.architecture.clone().unwrap_or_else(|| "amd64".to_owned()),
+        distro: spec.base.distro(),
+        release: spec.base.apt().release.clone(),
+        variant: spec
+            .base
+            .apt()
+            .variant
+            .clone()
+            .unwrap_or_else(|| "important".to_owned()),
+        architecture: spec
+            .base
+            .apt()
+            .architecture
+            .clone()
+            .unwrap_or_else(|| "amd64".to_owned()),
         sources,
         include,
         download,
         download_dir,
         extra_sources,
-        snapshot: spec.base.snapshot.is_some(),
+        snapshot: spec.base.apt().snapshot.is_some(),
     };
 
     let datasources = if !spec.cloud_init.datasources.is_empty() {
@@ -316,7 +327,7 @@ fn plan_with_targets(
             });
         }
     }
-    for s in &spec.base.sources {
+    for s in &spec.base.apt().sources {
         if let Some(k) = &s.key {
             let h = file_hash(&dir.join(k)).with_context(|| format!("reading apt key {k}"))?;
             file_inputs.push(StageInput {

@@ -3,11 +3,12 @@
 //! spec's own terms (tables, arrays, targets) with a hint. Serde stops at the
 //! first such error; semantic validation, which can report many, runs after.
 
+use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use toml::de::DeTable;
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile, SpecError};
-use crate::model::{Spec, Targets};
+use crate::model::{Base, Distro, Spec, Targets};
 use crate::spans::{leaf, table_name, table_of, SpanIndex};
 
 /// More syntax errors than this are mostly fallout of the first few.
@@ -31,7 +32,31 @@ pub(crate) fn decode<'i>(file: &SourceFile<'i>) -> Result<(Spec, SpanIndex<'i>),
     let spans = SpanIndex::new(root.get_ref().clone());
     match Spec::deserialize(toml::de::Deserializer::from(root)) {
         Ok(spec) => Ok((spec, spans)),
-        Err(e) => Err(file.error(vec![translate(file, &spans, &e)])),
+        Err(e) => {
+            let e = locate_in_base(&spans, e);
+            Err(file.error(vec![translate(file, &spans, &e)]))
+        }
+    }
+}
+
+/// `[base]` is a table tagged by `distro`. Serde reads a tagged table whole
+/// before it picks the family's struct, so an error inside it points at the
+/// table and has lost the key's name. Decoding the table again, tag removed,
+/// as that family's own struct gives the error at the key at fault.
+fn locate_in_base(spans: &SpanIndex<'_>, e: toml::de::Error) -> toml::de::Error {
+    let at_base = e.span().and_then(|s| spans.path_at(&s)).as_deref() == Some("base");
+    let Some(mut table) = spans.table("base").filter(|_| at_base) else {
+        return e;
+    };
+    let Some(tag) = table.get_mut().remove("distro") else {
+        return e;
+    };
+    let distro = tag.get_ref().as_str().and_then(|name| {
+        Distro::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(name)).ok()
+    });
+    match distro.map(|d| Base::decode_family(d, toml::de::Deserializer::from(table))) {
+        Some(Err(located)) => located,
+        _ => e,
     }
 }
 

@@ -23,6 +23,6 @@ pub use load::{load, parse_str, LoadedSpec};
 pub use model::*;
 pub use rules::parse_mode;
 pub use schema::json_schema;
-pub use size::{format_size, parse_size, Headroom, Size, GIB, KIB, MIB, TIB};
+pub use size::{format_size, parse_size, FromSpecText, Headroom, Size, Written, GIB, KIB, MIB, TIB};
 pub use validate::{MAX_DISK_SIZE, MAX_ESP_SIZE, MAX_PARTITION_SIZE, MIN_BASE_CONTENT, MIN_ESP_SIZE};
 pub use vocab::{ChecksumType, UnknownName};

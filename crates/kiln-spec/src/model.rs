@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::size::{Headroom, Size, MIB};
+use crate::size::{Headroom, Size, Written, MIB};
 
 /// A kiln image spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -78,15 +78,50 @@ pub enum Distro {
     Ubuntu,
 }
 
-/// Where the root file system comes from.
+/// Where the root file system comes from: a table tagged by `distro`, whose
+/// other keys are that family's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "distro", rename_all = "lowercase")]
+pub enum Base {
+    /// Debian, bootstrapped with mmdebstrap from a Debian archive.
+    Debian(AptBase),
+    /// Ubuntu, bootstrapped with mmdebstrap and ubuntu-keyring from an Ubuntu archive.
+    Ubuntu(AptBase),
+}
+
+impl Base {
+    /// The distribution family the table names.
+    pub fn distro(&self) -> Distro {
+        match self {
+            Base::Debian(_) => Distro::Debian,
+            Base::Ubuntu(_) => Distro::Ubuntu,
+        }
+    }
+
+    /// Decodes the keys of `[base]` other than `distro` as `distro`'s own
+    /// table, for error positions (see `decode`).
+    pub(crate) fn decode_family<'de, D: serde::Deserializer<'de>>(distro: Distro, keys: D) -> Result<(), D::Error> {
+        match distro {
+            Distro::Debian | Distro::Ubuntu => AptBase::deserialize(keys).map(drop),
+        }
+    }
+
+    /// The settings of an apt-based family (Debian and Ubuntu share them).
+    pub fn apt(&self) -> &AptBase {
+        match self {
+            Base::Debian(apt) | Base::Ubuntu(apt) => apt,
+        }
+    }
+}
+
+/// The `[base]` keys of an apt-based family (Debian, Ubuntu).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Base {
-    /// Distribution family, bootstrapped with mmdebstrap.
-    pub distro: Distro,
+pub struct AptBase {
     /// Release code name, e.g. "bookworm".
     pub release: String,
-    /// Archive URL. Default: the Debian mirror in the host's apt sources.
+    /// Archive URL. Default for Debian: the Debian mirror in the host's apt
+    /// sources; Ubuntu needs one (e.g. "http://archive.ubuntu.com/ubuntu").
     #[serde(default)]
     pub mirror: Option<String>,
     /// A dated snapshot of the archive instead of `mirror`, so that a build
@@ -334,7 +369,7 @@ pub struct OvhByolTarget {
     /// Partition size, e.g. "4GiB", or "auto" (content plus headroom). Default "auto".
     #[serde(default)]
     #[schemars(extend("default" = "auto"))]
-    pub size: Option<String>,
+    pub size: Option<Written<Size>>,
     /// Partition table. Default "gpt".
     #[serde(default)]
     pub partition_table: PartitionTable,
@@ -347,7 +382,7 @@ pub struct OvhByolTarget {
     pub bootloader_id: Option<String>,
     /// Extra free space in the filesystem when size is "auto", e.g. "512MiB". Default "25%" of content + 256MiB.
     #[serde(default)]
-    pub headroom: Option<String>,
+    pub headroom: Option<Written<Headroom>>,
 }
 
 /// Firmware a disk image boots with.
@@ -387,17 +422,17 @@ pub struct DiskTarget {
     /// Virtual disk size, e.g. "8GiB" (the root partition gets what the BIOS boot partition, the ESP and the GPT leave), or "auto" (content plus headroom). Default "auto".
     #[serde(default)]
     #[schemars(extend("default" = "auto"))]
-    pub size: Option<String>,
+    pub size: Option<Written<Size>>,
     /// Extra free space in the root filesystem when size is "auto", e.g. "1GiB". Default "25%" of content + 256MiB.
     #[serde(default)]
-    pub headroom: Option<String>,
+    pub headroom: Option<Written<Headroom>>,
     /// Root filesystem. Default "ext4" (the only one supported for now).
     #[serde(default)]
     pub filesystem: Filesystem,
     /// Size of the EFI system partition (FAT32), 36MiB to 4GiB in whole MiB. Default "128MiB".
     #[serde(default)]
     #[schemars(extend("default" = "128MiB"))]
-    pub esp_size: Option<String>,
+    pub esp_size: Option<Written<u64>>,
     /// Serial console for GRUB and the kernel, as in `console=`. Default "ttyS0,115200n8".
     #[serde(default)]
     #[schemars(extend("default" = "ttyS0,115200n8"))]
@@ -460,16 +495,15 @@ impl Targets {
 }
 
 impl OvhByolTarget {
-    /// The partition size: `Some(bytes)` when fixed, `None` for "auto" (and
-    /// for an unparsable size, which `load` has already rejected).
+    /// The partition size: `Some(bytes)` when fixed, `None` for "auto".
     pub fn partition_size(&self) -> Option<u64> {
-        fixed_size(self.size.as_deref())
+        fixed_size(self.size.as_ref())
     }
 
     /// The headroom the user asked for; `None` means the default, 25% of
     /// the content plus 256 MiB (see [`OvhByolTarget::resolved_size`]).
     pub fn headroom(&self) -> Option<Headroom> {
-        parse_headroom(self.headroom.as_deref())
+        self.headroom.as_ref().map(|h| *h.get())
     }
 
     /// The partition size to build for `content` bytes of files: the fixed
@@ -502,25 +536,20 @@ impl DiskTarget {
         firmware
     }
 
-    /// The virtual disk size: `Some(bytes)` when fixed, `None` for "auto"
-    /// (and for an unparsable size, which `load` has already rejected).
+    /// The virtual disk size: `Some(bytes)` when fixed, `None` for "auto".
     pub fn disk_size(&self) -> Option<u64> {
-        fixed_size(self.size.as_deref())
+        fixed_size(self.size.as_ref())
     }
 
     /// The headroom the user asked for; `None` means the default, 25% of
     /// the content plus 256 MiB.
     pub fn headroom(&self) -> Option<Headroom> {
-        parse_headroom(self.headroom.as_deref())
+        self.headroom.as_ref().map(|h| *h.get())
     }
 
-    /// The ESP size in bytes (the default for an unparsable value, which
-    /// `load` has already rejected).
+    /// The ESP size in bytes.
     pub fn esp_size(&self) -> u64 {
-        self.esp_size
-            .as_deref()
-            .and_then(|s| crate::size::parse_size(s).ok())
-            .unwrap_or(Self::DEFAULT_ESP_SIZE)
+        self.esp_size.as_ref().map_or(Self::DEFAULT_ESP_SIZE, |s| *s.get())
     }
 
     /// The `console=` value for the kernel and GRUB's serial terminal.
@@ -550,15 +579,11 @@ impl DiskTarget {
     }
 }
 
-fn fixed_size(size: Option<&str>) -> Option<u64> {
-    match Size::parse(size.unwrap_or("auto")) {
-        Ok(Size::Bytes(bytes)) => Some(bytes),
-        Ok(Size::Auto) | Err(_) => None,
+fn fixed_size(size: Option<&Written<Size>>) -> Option<u64> {
+    match size.map(Written::get) {
+        Some(Size::Bytes(bytes)) => Some(*bytes),
+        Some(Size::Auto) | None => None,
     }
-}
-
-fn parse_headroom(headroom: Option<&str>) -> Option<Headroom> {
-    headroom.and_then(|h| Headroom::parse(h).ok())
 }
 
 /// Content plus headroom (default 25% + 256 MiB), rounded up to whole MiB so

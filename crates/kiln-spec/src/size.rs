@@ -110,6 +110,110 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// A value parsed from a spec string, such as a size, parsed once when the
+/// spec is read. It keeps the text as written: that is what serialises (so a
+/// spec's canonical JSON, and with it every cache key, is the user's own
+/// text) and what error messages quote. A text that does not parse is kept
+/// with its reason, so that [`crate::load`] reports it at its position along
+/// with every other problem of the file instead of stopping at the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written<T> {
+    text: String,
+    value: Result<T, String>,
+}
+
+/// A spec type that is written as a string.
+pub trait FromSpecText: Sized {
+    fn from_spec_text(text: &str) -> Result<Self, String>;
+}
+
+impl FromSpecText for Size {
+    fn from_spec_text(text: &str) -> Result<Self, String> {
+        Size::parse(text)
+    }
+}
+
+impl FromSpecText for Headroom {
+    fn from_spec_text(text: &str) -> Result<Self, String> {
+        Headroom::parse(text)
+    }
+}
+
+/// A plain byte size, as [`parse_size`] reads it.
+impl FromSpecText for u64 {
+    fn from_spec_text(text: &str) -> Result<Self, String> {
+        parse_size(text)
+    }
+}
+
+impl<T: FromSpecText> Written<T> {
+    pub fn new(text: impl Into<String>) -> Written<T> {
+        let text = text.into();
+        let value = T::from_spec_text(&text);
+        Written { text, value }
+    }
+}
+
+impl<T> Written<T> {
+    /// The text as the spec has it.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed value, or why the text does not parse.
+    pub fn parsed(&self) -> Result<&T, &str> {
+        self.value.as_ref().map_err(String::as_str)
+    }
+
+    /// The parsed value of a spec that [`crate::load`] accepted.
+    ///
+    /// # Panics
+    ///
+    /// If the text does not parse: `load` rejects such a spec, so reaching
+    /// this with one is a bug in the caller, not a user error.
+    pub fn get(&self) -> &T {
+        match &self.value {
+            Ok(value) => value,
+            Err(why) => panic!(
+                "kiln_spec::load rejects `{}` ({why}); this spec was not loaded",
+                self.text
+            ),
+        }
+    }
+}
+
+impl<T: FromSpecText> From<&str> for Written<T> {
+    fn from(text: &str) -> Written<T> {
+        Written::new(text)
+    }
+}
+
+impl<T> serde::Serialize for Written<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de, T: FromSpecText> serde::Deserialize<'de> for Written<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Written::new)
+    }
+}
+
+impl<T> schemars::JsonSchema for Written<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        String::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
 /// Formats bytes for people: the largest binary unit that keeps one decimal
 /// place honest ("1 GiB", "1.5 GiB", "300 B").
 pub fn format_size(bytes: u64) -> String {
@@ -186,6 +290,25 @@ mod tests {
         assert!(Headroom::parse("-5%").is_err());
         assert_eq!(Headroom::Percent(25).extra(4 * GIB), GIB);
         assert_eq!(Headroom::Percent(1000).extra(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn written_keeps_the_text_and_parses_once() {
+        let size: Written<Size> = serde_json::from_str("\"4G\"").unwrap();
+        assert_eq!(size.get(), &Size::Bytes(4 * GIB));
+        assert_eq!(serde_json::to_string(&size).unwrap(), "\"4G\"");
+        let bad: Written<u64> = Written::new("4GB");
+        assert_eq!(bad.text(), "4GB");
+        assert_eq!(
+            bad.parsed(),
+            Err("`4GB` uses a decimal unit; kiln sizes are binary, write `4GiB`")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "kiln_spec::load rejects `lots`")]
+    fn an_unloaded_bad_size_is_a_bug_not_a_fallback() {
+        Written::<Size>::new("lots").get();
     }
 
     #[test]

@@ -56,6 +56,17 @@ impl<'i> SpanIndex<'i> {
         current.map(Spanned::span)
     }
 
+    /// The table at `path`, with its span.
+    pub(crate) fn table(&self, path: &str) -> Option<Spanned<DeTable<'i>>> {
+        let span = self.value(path)?;
+        let mut current = &self.root;
+        for segment in segments(path) {
+            let Segment::Key(k) = segment else { return None };
+            current = current.get(k)?.get_ref().as_table()?;
+        }
+        Some(Spanned::new(span, current.clone()))
+    }
+
     /// The span of the value at `path`, or else of the closest enclosing
     /// table that exists (its header), so that "missing key" problems point
     /// at the table that should hold it. `None` for the document itself.

@@ -10,9 +10,9 @@ use std::io;
 use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
-use crate::model::{DiskFormat, DiskTarget, Filesystem, OvhByolTarget, Spec, Targets};
+use crate::model::{DiskFormat, DiskTarget, Distro, Filesystem, OvhByolTarget, Spec, Targets};
 use crate::rules::{self, Problem};
-use crate::size::{format_size, parse_size, Headroom, Size, GIB, MIB, TIB};
+use crate::size::{format_size, Headroom, Size, Written, GIB, MIB, TIB};
 use crate::spans::{table_name, SpanIndex};
 
 /// What a Debian image with kernel, GRUB and cloud-init takes before any
@@ -59,8 +59,8 @@ pub(crate) fn validate(spec: &Spec, dir: &Path, spans: &SpanIndex<'_>, file: &So
 struct SizeRule<'a> {
     /// The target's table, e.g. `targets.disk`.
     at: &'a str,
-    size: Option<&'a str>,
-    headroom: Option<&'a str>,
+    size: Option<&'a Written<Size>>,
+    headroom: Option<&'a Written<Headroom>>,
     /// Bytes the target adds around the content, and what they are for.
     overhead: Option<(u64, &'a str)>,
     max: u64,
@@ -109,7 +109,14 @@ impl Validator<'_, '_> {
     }
 
     fn base(&mut self, spec: &Spec) {
-        let base = &spec.base;
+        let base = spec.base.apt();
+        if spec.base.distro() == Distro::Ubuntu && base.mirror.is_none() && base.snapshot.is_none() {
+            self.report(
+                "base.distro",
+                "distro \"ubuntu\" needs a `mirror`".into(),
+                Some("the default mirror is the host's, which is Debian's; add e.g. `mirror = \"http://archive.ubuntu.com/ubuntu\"` to [base]".into()),
+            );
+        }
         if base.release.trim().is_empty() {
             self.report(
                 "base.release",
@@ -416,8 +423,8 @@ impl Validator<'_, '_> {
         self.size_and_headroom(
             &SizeRule {
                 at,
-                size: t.size.as_deref(),
-                headroom: t.headroom.as_deref(),
+                size: t.size.as_ref(),
+                headroom: t.headroom.as_ref(),
                 overhead: None,
                 max: MAX_PARTITION_SIZE,
                 max_help: "OVH's installer copies the image's files onto its own partitions, so the image only needs room for its content; use \"auto\"",
@@ -455,8 +462,9 @@ impl Validator<'_, '_> {
                 Some("remove `filesystem`, or set it to \"ext4\"".into()),
             );
         }
-        if let Some(esp) = &t.esp_size {
-            let problem = match parse_size(esp) {
+        if let Some(written) = &t.esp_size {
+            let esp = written.text();
+            let problem = match written.parsed().copied() {
                 Err(why) => Some(format!("invalid `esp_size`: {why}")),
                 Ok(b) if !(MIN_ESP_SIZE..=MAX_ESP_SIZE).contains(&b) => Some(format!(
                     "`esp_size` `{esp}` is outside {} to {}",
@@ -478,12 +486,17 @@ impl Validator<'_, '_> {
                 );
             }
         }
-        let overhead = t.overhead();
+        // An `esp_size` that does not parse is reported above; the size
+        // check goes on with the default so that its problems show too.
+        let esp = t.esp_size.as_ref().and_then(|w| w.parsed().ok().copied());
+        let overhead = esp
+            .unwrap_or(DiskTarget::DEFAULT_ESP_SIZE)
+            .saturating_add(DiskTarget::LAYOUT_OVERHEAD);
         self.size_and_headroom(
             &SizeRule {
                 at,
-                size: t.size.as_deref(),
-                headroom: t.headroom.as_deref(),
+                size: t.size.as_ref(),
+                headroom: t.headroom.as_ref(),
                 overhead: Some((overhead, "the ESP, the BIOS boot partition and the GPT")),
                 max: MAX_DISK_SIZE,
                 max_help: "clouds grow the root partition to the real disk at first boot (growpart), so build small; use \"auto\"",
@@ -521,7 +534,7 @@ impl Validator<'_, '_> {
     fn size_and_headroom(&mut self, rule: &SizeRule<'_>, files_bytes: u64) {
         let at = rule.at;
         let size_help = "write \"auto\" or a size such as \"4GiB\", \"512MiB\" or \"2G\"";
-        let size = rule.size.map(|s| (s, Size::parse(s)));
+        let size = rule.size.map(|s| (s.text(), s.parsed().copied()));
         match &size {
             Some((_, Err(why))) => self.report(
                 &format!("{at}.size"),
@@ -567,8 +580,9 @@ impl Validator<'_, '_> {
             }
             None | Some((_, Ok(Size::Auto))) => {}
         }
-        if let Some(headroom) = rule.headroom {
-            match Headroom::parse(headroom) {
+        if let Some(written) = rule.headroom {
+            let headroom = written.text();
+            match written.parsed().copied() {
                 Err(why) => self.report(
                     &format!("{at}.headroom"),
                     format!("invalid `headroom`: {why}"),

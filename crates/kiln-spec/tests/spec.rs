@@ -147,6 +147,54 @@ release = "bookworm"
         help: "did you mean `debian`?",
     },
     Case {
+        name: "unknown key in the distro-tagged [base]",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+relase = "bookworm"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::UnknownKey,
+        message: "unknown key `relase` in [base]",
+        line: 6,
+        column: 1,
+        help: "did you mean `release`?",
+    },
+    Case {
+        name: "wrong type in the distro-tagged [base]",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "ubuntu"
+release = 24
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "wrong type for `release` in [base]: expected a string, found integer `24`",
+        line: 6,
+        column: 11,
+        help: "",
+    },
+    Case {
+        name: "ubuntu without a mirror",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "ubuntu"
+release = "noble"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "distro \"ubuntu\" needs a `mirror`",
+        line: 5,
+        column: 10,
+        help: "mirror = \"http://archive.ubuntu.com/ubuntu\"",
+    },
+    Case {
         name: "missing key",
         spec: r#"[image]
 name = "t"

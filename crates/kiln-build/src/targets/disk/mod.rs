@@ -119,7 +119,7 @@ impl DiskPlan {
         let bootloader_id = t
             .bootloader_id
             .clone()
-            .unwrap_or_else(|| distro::family(spec.base.distro).bootloader_id().to_owned());
+            .unwrap_or_else(|| distro::family(spec.base.distro()).bootloader_id().to_owned());
         let console = t.console().to_owned();
         // tty0 first, the serial console last: the last console= becomes
         // /dev/console, which is where boot messages and the login prompt
@@ -143,7 +143,7 @@ impl DiskPlan {
             cmdline,
             file_name: format!("{}-{}-disk.{extension}", spec.image.name, spec.image.version),
             source_date_epoch: spec.image.source_date_epoch,
-            distro: spec.base.distro,
+            distro: spec.base.distro(),
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kiln_disk::partition::{self, PartKind, PartitionSpec, TableKind};
-use kiln_spec::{Filesystem, OvhByolTarget, PartitionTable, Spec};
+use kiln_spec::{Filesystem, OvhByolTarget, PartitionTable, Spec, Written};
 use serde::Serialize;
 
 use super::{
@@ -260,7 +260,7 @@ impl Target for OvhByol {
                             Some(s) => format!("{} MiB", s >> 20),
                             None => format!(
                                 "automatic size (content + {})",
-                                self.target.headroom.as_deref().unwrap_or("25% + 256 MiB")
+                                self.target.headroom.as_ref().map_or("25% + 256 MiB", Written::text)
                             ),
                         }
                     )],

@@ -88,8 +88,7 @@ pub fn rescue_request(etc: &Path) -> Result<BootstrapRequest> {
             etc.join("os-release").display()
         ),
     };
-    let base = kiln_spec::Base {
-        distro: kiln_spec::Distro::Debian,
+    let base = kiln_spec::Base::Debian(kiln_spec::AptBase {
         release: release.clone(),
         mirror: None,
         snapshot: None,
@@ -97,7 +96,7 @@ pub fn rescue_request(etc: &Path) -> Result<BootstrapRequest> {
         variant: None,
         architecture: None,
         sources: Vec::new(),
-    };
+    });
     Ok(BootstrapRequest {
         distro: kiln_spec::Distro::Debian,
         sources: Debian.sources(&base, &etc.join("apt"))?,
