@@ -56,7 +56,7 @@ impl From<Exit> for ExitCode {
 pub(crate) const HELP: &str = "Exit status:
   0    success
   1    a negative verdict: a check rule failed, boot or replay FAIL, not reproducible,
-       doctor found something missing
+       doctor found something missing, cache rm matched nothing
   2    usage or spec error; nothing was run
   3    a run failed
   130  interrupted (Ctrl-C, SIGTERM, or the reader of --log-format json went away)";
