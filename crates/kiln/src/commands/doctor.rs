@@ -52,7 +52,7 @@ pub(crate) fn run() -> Result<Exit> {
     for c in &checks {
         let status = match (c.ok, c.required) {
             (true, _) => "ok",
-            (false, true) => "MISSING",
+            (false, true) => "FAIL",
             (false, false) => "note",
         };
         outln!("{:<20} {:<8} {}", c.name, status, c.detail)?;
@@ -158,6 +158,10 @@ fn unshare() -> Check {
     } else {
         match kiln_exec::Cmd::in_mount_namespace("sh").args(["-c", ":"]).run() {
             Ok(_) => (true, "private mount namespaces work".to_owned()),
+            // unshare's own last words say why ("Operation not permitted").
+            Err(kiln_exec::ExecError::Failed { tail, .. }) if !tail.trim().is_empty() => {
+                (false, tail.trim().lines().last().unwrap_or_default().to_owned())
+            }
             Err(e) => (false, first_line(&e.to_string())),
         }
     };
@@ -201,9 +205,11 @@ fn kvm() -> Check {
             required: false,
         };
     }
+    let chosen = std::env::var_os("KILN_ACCEL").is_some();
     let (ok, detail) = match kiln_vm::choose_accel() {
+        // TCG by the user's own choice is no finding.
         Ok(c) => (
-            c.accel == kiln_vm::Accel::Kvm,
+            c.accel == kiln_vm::Accel::Kvm || chosen,
             format!("{}: {}", c.accel.name(), c.reason),
         ),
         Err(e) => (false, first_line(&e.to_string())),
