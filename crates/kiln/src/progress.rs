@@ -70,7 +70,7 @@ pub(crate) fn init_logging(verbosity: Verbosity) {
         .with_writer(Stderr)
         .try_init();
     if let Err(e) = installed {
-        eprintln!("kiln: warning: no log output: {e}");
+        let _ = writeln!(io::stderr(), "kiln: warning: no log output: {e}");
     }
 }
 
