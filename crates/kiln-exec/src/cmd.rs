@@ -262,25 +262,30 @@ impl Cmd {
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let out_reader = if self.capture_stdout {
-            let log = log.clone();
+            let (log, program) = (log.clone(), self.program.clone());
             std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
                 let mut buf = Vec::new();
                 BufReader::new(stdout).read_to_end(&mut buf)?;
                 if let Some(log) = log {
                     let _ = log.lock().unwrap().write_all(&buf);
                 }
+                if tracing::enabled!(target: "kiln::exec", tracing::Level::TRACE) {
+                    for line in String::from_utf8_lossy(&buf).lines() {
+                        tracing::trace!(target: "kiln::exec", "{program}: {line}");
+                    }
+                }
                 Ok(buf)
             })
         } else {
-            let (log, tail, sink) = (log.clone(), Arc::clone(&tail), sink.clone());
+            let (log, tail, sink, program) = (log.clone(), Arc::clone(&tail), sink.clone(), self.program.clone());
             std::thread::spawn(move || {
-                pump_lines(stdout, log, tail, sink)?;
+                pump_lines(&program, stdout, log, tail, sink)?;
                 Ok(Vec::new())
             })
         };
         let err_reader = {
-            let (log, tail, sink) = (log.clone(), Arc::clone(&tail), sink.clone());
-            std::thread::spawn(move || pump_lines(stderr, log, tail, sink))
+            let (log, tail, sink, program) = (log.clone(), Arc::clone(&tail), sink.clone(), self.program.clone());
+            std::thread::spawn(move || pump_lines(&program, stderr, log, tail, sink))
         };
 
         let status = wait_interruptibly(&mut child, &command)?;
@@ -485,7 +490,11 @@ impl Drop for Running {
     }
 }
 
+/// Feeds each line of `stream` to the log file, the error tail, the sink,
+/// and `tracing` at trace level (what `kiln -vv` shows), prefixed with the
+/// `program`'s name.
 fn pump_lines(
+    program: &str,
     stream: impl Read,
     log: Option<Arc<Mutex<std::fs::File>>>,
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -503,6 +512,7 @@ fn pump_lines(
         }
         let line = String::from_utf8_lossy(&raw);
         let line = line.trim_end_matches(['\n', '\r']);
+        tracing::trace!(target: "kiln::exec", "{program}: {line}");
         {
             let mut t = tail.lock().unwrap();
             if t.len() == TAIL_LINES {

@@ -143,7 +143,11 @@ impl PartialFile {
 impl Drop for PartialFile {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_file(&self.part);
+            if let Err(e) = fs::remove_file(&self.part) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!("deleting partial output {}: {e}", self.part.display());
+                }
+            }
         }
     }
 }

@@ -11,13 +11,23 @@ use kiln_spec::{ChecksumType, Firmware, UnknownName};
 /// kiln bakes bootable Linux disk images from one declarative spec, without a
 /// VM, checks them against their target's contract, and ships them.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, long_about = None, after_help = EXAMPLES)]
+#[command(name = "kiln", version = VERSION, about, long_about = None, after_help = after_help())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// More output: -v logs every external command kiln runs.
+    /// More output: -v logs every external command with its full command line, -vv also what it prints.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Less output: only warnings, errors and results (no progress).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// The version and the commit it was built from (`unknown` outside git).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("KILN_GIT_COMMIT"), ")");
+
+fn after_help() -> String {
+    format!("{EXAMPLES}\n\n{}", crate::exit::HELP)
 }
 
 const EXAMPLES: &str = "Examples:
@@ -28,7 +38,9 @@ const EXAMPLES: &str = "Examples:
   kiln cache ls                                    what the stage cache holds
   kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
   kiln inspect out/debian-12-byol-1.0.0.qcow2
-  kiln doctor                                      which tools are missing";
+  kiln doctor                                      what is missing, and the apt-get line for it
+  kiln completion bash > /etc/bash_completion.d/kiln
+  kiln man --out /usr/local/share/man/man1";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -52,8 +64,27 @@ pub enum Command {
     Cache(CacheCommand),
     /// Print the JSON Schema of the spec format.
     Schema,
-    /// List every external tool kiln calls, found or missing, with its Debian package.
+    /// Check the host: every external tool (found or missing, with its Debian package),
+    /// root, overlayfs, unshare, OVMF, KVM; prints the apt-get line for what is missing.
     Doctor,
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+    /// Write the manual pages (kiln.1 and one per subcommand), or print kiln.1.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write kiln.1 and kiln-SUBCOMMAND.1 into this directory instead of printing kiln.1.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

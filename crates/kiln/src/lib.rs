@@ -3,43 +3,51 @@
 
 pub mod cli;
 mod commands;
+pub mod exit;
+mod output;
 mod progress;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit status for an interrupted run, as shells report SIGINT.
-const EXIT_INTERRUPTED: u8 = 130;
+use exit::Exit;
 
 /// Parses argv and runs the command.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    progress::init_logging(cli.verbose);
+    progress::init_logging(progress::Verbosity::from_flags(cli.quiet, cli.verbose));
     if let Err(e) = kiln_exec::install_signal_handlers() {
-        eprintln!("kiln: warning: cannot handle signals: {e}");
+        tracing::warn!("cannot handle signals: {e}");
     }
-    match commands::run(cli) {
-        Ok(code) => code,
+    let exit = match commands::run(cli) {
+        Ok(exit) => exit,
         Err(e) => {
-            if kiln_exec::interrupted()
-                || e.chain().any(|c| {
-                    c.downcast_ref::<kiln_exec::ExecError>()
-                        .is_some_and(|x| x.is_interrupted())
-                })
-            {
-                eprintln!("kiln: interrupted; cleaned up");
-                return ExitCode::from(EXIT_INTERRUPTED);
-            }
-            if let Some(spec_err) = e.downcast_ref::<kiln_spec::SpecError>() {
-                eprintln!("{spec_err}");
-            } else {
-                eprintln!("error: {e}");
-                for cause in e.chain().skip(1) {
-                    eprintln!("  caused by: {cause}");
+            let exit = exit::classify(&e);
+            match exit {
+                Exit::Interrupted => {
+                    let _ = writeln!(std::io::stderr(), "kiln: interrupted; cleaned up");
                 }
+                Exit::Success => {} // stdout closed: the reader has what it wanted
+                _ => report(&e),
             }
-            ExitCode::from(2)
+            exit
+        }
+    };
+    exit.into()
+}
+
+/// Prints the error and its causes on stderr (without panicking if stderr
+/// is closed too).
+fn report(e: &anyhow::Error) {
+    let mut err = std::io::stderr().lock();
+    if let Some(spec_err) = e.downcast_ref::<kiln_spec::SpecError>() {
+        let _ = writeln!(err, "{spec_err}");
+    } else {
+        let _ = writeln!(err, "error: {e}");
+        for cause in e.chain().skip(1) {
+            let _ = writeln!(err, "  caused by: {cause}");
         }
     }
 }

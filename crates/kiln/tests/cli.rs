@@ -1,17 +1,29 @@
 //! Fast end-to-end tests of the `kiln` binary: argument handling, spec errors
-//! as the user sees them, plan, schema, doctor, and check/inspect on small
-//! images. No network, no bootstrap.
+//! as the user sees them, plan, schema, doctor, check/inspect on small
+//! images, exit statuses, verbosity, a closed stdout, completions and
+//! manual pages. No network, no bootstrap.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn kiln(args: &[&str]) -> Output {
+fn command(args: &[&str]) -> Command {
     #[allow(clippy::disallowed_methods)] // the binary under test
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    // The KVM probe of `kiln doctor` would boot a VM; tests ask for TCG.
+    c.args(args).stdin(Stdio::null()).env("KILN_ACCEL", "tcg");
+    c
+}
+
+fn kiln(args: &[&str]) -> Output {
+    command(args).output().unwrap()
+}
+
+/// Runs kiln with a stdout whose reader is already gone, as in
+/// `kiln plan SPEC | true`.
+fn kiln_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    command(args).stdout(writer).stderr(Stdio::piped()).output().unwrap()
 }
 
 fn text(out: &Output) -> String {
@@ -119,9 +131,21 @@ fn schema_is_json_with_the_spec_sections() {
 }
 
 #[test]
-fn doctor_lists_tools_with_packages() {
+fn doctor_lists_tools_with_packages_and_checks_the_host() {
     let out = kiln(&["doctor"]);
     let t = text(&out);
+    for check in ["root ", "overlayfs ", "unshare ", "OVMF ", "KVM "] {
+        assert!(t.lines().any(|l| l.starts_with(check)), "no {check}line: {t}");
+    }
+    assert!(t.contains("tcg: set by KILN_ACCEL"), "{t}");
+    let ready = t.contains("this host has everything kiln needs");
+    assert_eq!(out.status.code(), Some(if ready { 0 } else { 1 }), "{t}");
+    let tools_missing = t.contains("missing for building and booting images; install with:\n  apt-get install ");
+    let host_missing = t
+        .lines()
+        .skip_while(|l| !l.starts_with("host "))
+        .any(|l| l.contains(" FAIL "));
+    assert_eq!(ready, !tools_missing && !host_missing, "{t}");
     for (tool, pkg) in [
         ("mmdebstrap", "mmdebstrap"),
         ("mke2fs", "e2fsprogs"),
@@ -152,4 +176,177 @@ fn check_rejects_an_unknown_target_with_the_choices() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("ovh-byol"), "{t}");
+}
+
+#[test]
+fn exit_statuses_are_in_help() {
+    let t = text(&kiln(&["--help"]));
+    let table = t
+        .split_once("Exit status:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("{t}"));
+    for (code, meaning) in [
+        ("0", "success"),
+        ("1", "a negative verdict"),
+        ("2", "usage or spec error"),
+        ("3", "a run failed"),
+        ("130", "interrupted"),
+    ] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{code} ")) && l.contains(meaning)),
+            "exit status {code} ({meaning}) missing from --help: {table}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_flag_or_a_missing_input_is_a_usage_error() {
+    for args in [
+        &["plan", "--no-such-flag", "x.toml"][..],
+        &["-q", "-v", "schema"],
+        &["check", "/nonexistent/x.qcow2", "--target", "ovh-byol"],
+        &["inspect", "/nonexistent/x.qcow2"],
+        &["cache", "rm"],
+    ] {
+        let out = kiln(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+}
+
+#[test]
+fn a_failed_run_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("no-such-dir/seed.iso");
+    let out = kiln(&["seed", "--datasource", "nocloud", "-o", seed.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("error:"), "{t}");
+}
+
+#[test]
+fn a_closed_stdout_ends_short_commands_quietly() {
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    for args in [
+        &["plan", spec.to_str().unwrap()][..],
+        &["plan", "--json", spec.to_str().unwrap()],
+        &["doctor"],
+        &["schema"],
+        &["completion", "bash"],
+        &["man"],
+    ] {
+        let out = kiln_into_closed_pipe(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn verbose_shows_every_external_command_and_quiet_hides_progress() {
+    if !kiln_exec::testing::require_tool_or_skip("unshare") {
+        return;
+    }
+    let command_line = "kiln: debug: running unshare --mount --propagation private --fork --kill-child -- sh -c :";
+    let verbose = kiln(&["-v", "doctor"]);
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains(command_line), "{stderr}");
+    assert!(!stderr.contains("kiln: trace:"), "{stderr}");
+    let normal = kiln(&["doctor"]);
+    assert!(!String::from_utf8_lossy(&normal.stderr).contains("running"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = kiln(&["man", "--out", dir.path().join("a").to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrote kiln.1"),
+        "{}",
+        text(&out)
+    );
+    let out = kiln(&["-q", "man", "--out", dir.path().join("b").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert!(dir.path().join("b/kiln.1").is_file());
+}
+
+#[test]
+fn very_verbose_shows_what_commands_print() {
+    if !kiln_exec::testing::require_tool_or_skip("mke2fs") {
+        return;
+    }
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    let out = kiln(&["-vv", "plan", spec.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("kiln: debug: running mke2fs -V"), "{stderr}");
+    // mke2fs -V prints its version on stderr.
+    assert!(stderr.contains("kiln: trace: mke2fs: mke2fs 1."), "{stderr}");
+}
+
+#[test]
+fn bash_completion_knows_the_subcommands() {
+    let out = kiln(&["completion", "bash"]);
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(script.contains("complete -F _kiln"), "{script}");
+    for sub in [
+        "build",
+        "plan",
+        "check",
+        "boot",
+        "deploy",
+        "doctor",
+        "completion",
+        "man",
+    ] {
+        assert!(
+            script.contains(&format!("kiln,{sub})")),
+            "no {sub} in the bash completion"
+        );
+    }
+    for shell in ["zsh", "fish"] {
+        let out = kiln(&["completion", shell]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("doctor"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn man_pages_render_as_roff() {
+    let out = kiln(&["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(page.contains("\n.TH kiln 1 "), "{page}");
+    assert!(page.contains(".SH NAME") && page.contains(".SH SUBCOMMANDS"), "{page}");
+    assert!(page.contains("Exit status:"), "{page}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = kiln(&["man", "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let build = std::fs::read_to_string(dir.path().join("kiln-build.1")).unwrap();
+    assert!(
+        build.contains(".TH kiln-build 1") && build.contains("verify\\-reproducible"),
+        "{build}"
+    );
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = kiln(&["--version"]);
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let commit = version
+        .strip_prefix(concat!("kiln ", env!("CARGO_PKG_VERSION"), " (commit "))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version}"));
+    #[allow(clippy::disallowed_methods)] // the oracle
+    let git = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
+        .output();
+    match git {
+        Ok(g) if g.status.success() => assert_eq!(commit, String::from_utf8_lossy(&g.stdout).trim()),
+        _ => assert_eq!(commit, "unknown"),
+    }
 }

@@ -255,7 +255,8 @@ fn a_failing_run_step_names_the_step_and_leaves_nothing_behind() {
 
     let res = run(kiln().arg("build").arg("--out").arg(&out).arg(&spec));
     let msg = text(&res);
-    assert_eq!(res.status.code(), Some(2), "{msg}");
+    // 3: the run failed (2 would say that nothing ran).
+    assert_eq!(res.status.code(), Some(3), "{msg}");
     assert!(msg.contains("break on purpose"), "error does not name the step: {msg}");
     assert!(
         msg.contains("the-reason"),
@@ -327,4 +328,33 @@ fn sigint_during_bootstrap_cleans_up() {
         "{:?}",
         processes_mentioning(&out.to_string_lossy())
     );
+}
+
+#[test]
+#[ignore = "slow: real build preflight (root, mmdebstrap); stops before the bootstrap"]
+fn a_build_whose_json_reader_is_gone_stops_as_if_interrupted() {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let spec = failing_spec(dir.path());
+    let out = dir.path().join("out");
+    let loops_before = loop_devices();
+    // The reader of the events leaves before the first one.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let res = kiln()
+        .args(["build", "--no-cache", "--log-format", "json", "--out"])
+        .arg(&out)
+        .arg(&spec)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let msg = text(&res);
+    assert_eq!(res.status.code(), Some(130), "{msg}");
+    assert!(msg.contains("cannot write build events to stdout"), "{msg}");
+    assert!(msg.contains("interrupted; cleaned up"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    assert!(!out.join("manifest.json").exists());
+    assert!(mounts_below(dir.path()).is_empty(), "{:?}", mounts_below(dir.path()));
+    assert_eq!(loop_devices(), loops_before);
 }

@@ -1,17 +1,19 @@
 //! `kiln boot`: hands the image to `kiln_vm::boot`, renders its progress on
-//! stderr, prints the verdict and maps it to the exit code (0 pass, 1 fail;
-//! errors are 2 and an interruption 130, in `main`).
+//! stderr, prints the verdict and maps it to the exit status (0 pass, 1 fail;
+//! errors and interruptions are mapped in `main`, see `crate::exit`).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_vm::boot::{boot, BootEvent, BootOptions, SeedSource, Verdict};
 
 use crate::cli::BootArgs;
+use crate::exit::{usage, Exit};
+use crate::output::outln;
 
-pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: BootArgs) -> Result<Exit> {
+    super::require_input(&args.image)?;
     let console_log = args
         .console_log
         .clone()
@@ -25,7 +27,8 @@ pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
                 .user_data
                 .as_deref()
                 .map(|p| std::fs::read(p).with_context(|| format!("reading user data from {}", p.display())))
-                .transpose()?,
+                .transpose()
+                .map_err(usage)?,
             ssh_keys: args.ssh_keys.clone(),
         },
     };
@@ -34,10 +37,10 @@ pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
     opts.memory = args.memory;
 
     let verdict = boot(&opts, &mut |event| match event {
-        BootEvent::Accel(choice) => eprintln!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
+        BootEvent::Accel(choice) => tracing::info!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
         BootEvent::Started { vm, command } => {
             tracing::debug!("QEMU: {command}");
-            eprintln!(
+            tracing::info!(
                 "kiln: booting {} ({}, {}, snapshot mode, {} MiB, {} CPU{}; timeout {} s)…",
                 args.image.display(),
                 vm.firmware.name(),
@@ -47,17 +50,13 @@ pub(crate) fn run(args: BootArgs) -> Result<ExitCode> {
                 if vm.cpus == 1 { "" } else { "s" },
                 args.timeout
             );
-            eprintln!("kiln: serial console → {}", vm.console_log.display());
+            tracing::info!("kiln: serial console → {}", vm.console_log.display());
         }
-        BootEvent::Seen(seen) => eprintln!("kiln: [{:>4} s] seen {}", seen.at.as_secs(), seen.name),
-        BootEvent::Waiting { elapsed } => eprintln!("kiln: [{:>4} s] waiting…", elapsed.as_secs()),
+        BootEvent::Seen(seen) => tracing::info!("kiln: [{:>4} s] seen {}", seen.at.as_secs(), seen.name),
+        BootEvent::Waiting { elapsed } => tracing::info!("kiln: [{:>4} s] waiting…", elapsed.as_secs()),
     })?;
-    report(&verdict);
-    Ok(if verdict.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    report(&verdict)?;
+    Ok(Exit::verdict(verdict.passed))
 }
 
 /// `IMAGE.console.log` beside the image.
@@ -67,10 +66,9 @@ fn default_console_log(image: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn report(v: &Verdict) {
+fn report(v: &Verdict) -> Result<()> {
     if v.passed {
-        println!("PASS {}", v.summary());
-        return;
+        return outln!("PASS {}", v.summary());
     }
     eprintln!("--- last {} lines of the serial console:", v.tail.len());
     for line in &v.tail {
@@ -83,7 +81,7 @@ fn report(v: &Verdict) {
              or the image does not use the first serial port as its console (kernel command line console=ttyS0)"
         );
     }
-    println!("FAIL {}", v.summary());
+    outln!("FAIL {}", v.summary())
 }
 
 #[cfg(test)]

@@ -1,60 +1,66 @@
 //! `kiln cache ls | gc | rm`: what the stage cache holds, and trimming it.
 
-use std::process::ExitCode;
-
 use anyhow::{bail, Result};
 use kiln_build::cache::{Cache, Listed};
 
 use crate::cli::{CacheCommand, CacheDirArg};
+use crate::exit::{Exit, Usage};
+use crate::output::outln;
 
-pub(crate) fn run(cmd: CacheCommand) -> Result<ExitCode> {
+pub(crate) fn run(cmd: CacheCommand) -> Result<Exit> {
     match cmd {
         CacheCommand::Ls(dir) => {
             let cache = open(&dir)?;
             let entries = cache.list()?;
-            println!(
+            outln!(
                 "{:<12}  {:<20}  {:<24}  {:>9}  {:<10}  state",
-                "key", "stage", "spec", "size", "last used"
-            );
+                "key",
+                "stage",
+                "spec",
+                "size",
+                "last used"
+            )?;
             for l in &entries {
-                print_entry(l);
+                print_entry(l)?;
             }
             let total: u64 = entries.iter().map(|l| l.entry.size()).sum();
-            println!(
+            outln!(
                 "\n{} entries, {} in {}",
                 entries.len(),
                 human(total),
                 cache.root().join("stages").display()
-            );
-            Ok(ExitCode::SUCCESS)
+            )?;
+            Ok(Exit::Success)
         }
         CacheCommand::Gc(args) => {
             let cache = open(&args.dir)?;
             let (removed, left) = cache.gc(args.max_size)?;
             for l in &removed {
-                println!(
+                outln!(
                     "removed {} {} ({})",
                     short(&l.entry.key),
                     l.entry.stage,
                     human(l.entry.size())
-                );
+                )?;
             }
-            println!(
+            outln!(
                 "{} entries removed; {} of stage entries left",
                 removed.len(),
                 human(left)
-            );
+            )?;
             if left > args.max_size {
-                println!(
+                outln!(
                     "(still above {}: the rest is in use by running builds)",
                     human(args.max_size)
-                );
+                )?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
         CacheCommand::Rm(args) => {
             if args.keys.is_empty() && !args.all {
-                bail!("name the entries to remove (key prefixes from `kiln cache ls`) or pass --all");
+                bail!(Usage::msg(
+                    "name the entries to remove (key prefixes from `kiln cache ls`) or pass --all"
+                ));
             }
             let cache = open(&args.dir)?;
             let prefixes: Vec<Option<&str>> = if args.all {
@@ -72,17 +78,17 @@ pub(crate) fn run(cmd: CacheCommand) -> Result<ExitCode> {
                     }
                 }
                 for l in &removed {
-                    println!("removed {} {}", short(&l.entry.key), l.entry.stage);
+                    outln!("removed {} {}", short(&l.entry.key), l.entry.stage)?;
                 }
                 for l in &busy {
-                    println!(
+                    outln!(
                         "kept {} {}: in use by a running build",
                         short(&l.entry.key),
                         l.entry.stage
-                    );
+                    )?;
                 }
             }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(Exit::verdict(!failed))
         }
     }
 }
@@ -91,12 +97,12 @@ fn open(dir: &CacheDirArg) -> Result<Cache> {
     Cache::open(dir.cache_dir.clone().unwrap_or_else(kiln_build::cache::default_dir))
 }
 
-fn print_entry(l: &Listed) {
+fn print_entry(l: &Listed) -> Result<()> {
     let ago = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs().saturating_sub(l.last_used))
         .unwrap_or(0);
-    println!(
+    outln!(
         "{:<12}  {:<20}  {:<24}  {:>9}  {:<10}  {}",
         short(&l.entry.key),
         l.entry.stage,
@@ -109,7 +115,7 @@ fn print_entry(l: &Listed) {
             _ => format!("{} d ago", ago / 86400),
         },
         if l.in_use { "in use" } else { "" }
-    );
+    )
 }
 
 fn short(key: &str) -> &str {

@@ -1,24 +1,27 @@
 //! `kiln deploy ovh --simulate`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_deploy::ovh::simulate::{self, Progress, SimulateOptions};
 
 use crate::cli::{DeployCommand, OvhDeployArgs};
+use crate::exit::{usage, Exit};
+use crate::output::outln;
+use crate::progress::{self, Verbosity};
 
-pub(crate) fn run(cmd: DeployCommand, verbose: u8) -> Result<ExitCode> {
+pub(crate) fn run(cmd: DeployCommand) -> Result<Exit> {
     match cmd {
-        DeployCommand::Ovh(args) => ovh(args, verbose),
+        DeployCommand::Ovh(args) => ovh(args),
     }
 }
 
-fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
+fn ovh(args: OvhDeployArgs) -> Result<Exit> {
     let image = args.simulate.clone();
+    super::require_input(&image)?;
     if !args.no_preflight {
-        eprintln!(
+        tracing::info!(
             "kiln: preflight: checking {} against the ovh-byol contract",
             image.display()
         );
@@ -37,7 +40,7 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
                 eprintln!("  FAIL {:<24} {}", r.id, r.reason);
             }
             eprintln!("kiln: fix the image, or pass --no-preflight to watch the installer fail for real");
-            return Ok(ExitCode::from(1));
+            return Ok(Exit::Negative);
         }
     }
 
@@ -68,14 +71,16 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
             .storage
             .as_ref()
             .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
-            .transpose()?,
+            .transpose()
+            .map_err(usage)?,
         hostname: args.hostname.clone(),
         ssh_key: args.ssh_key.clone(),
         user_data: args
             .user_data
             .as_ref()
             .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-            .transpose()?,
+            .transpose()
+            .map_err(usage)?,
         metadata: args.metadata.clone(),
         headers: args.headers.clone(),
         checksum_type: args.checksum_type,
@@ -86,7 +91,7 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
         timeout: Duration::from_secs(args.timeout),
         accel: accel.accel,
     };
-    eprintln!(
+    tracing::info!(
         "kiln: replaying OVHcloud's BYOLinux installer: {} disk(s), {}, {} ({})",
         opts.disks,
         args.firmware.name(),
@@ -94,17 +99,18 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
         accel.reason
     );
     let started = std::time::Instant::now();
+    let show_script = progress::verbosity() >= Verbosity::Verbose;
     let mut on = |p: Progress<'_>| match p {
-        Progress::Phase(what) => eprintln!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64()),
+        Progress::Phase(what) => tracing::info!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64()),
         Progress::Step { n, total, name } => {
-            eprintln!(
+            tracing::info!(
                 "[{:>6.1}s] installer step {n}/{total}: {name}",
                 started.elapsed().as_secs_f64()
             )
         }
-        Progress::Script(line) if verbose > 0 => eprintln!("          | {line}"),
+        Progress::Script(line) if show_script => tracing::info!("          | {line}"),
         Progress::Script(_) => {}
-        Progress::Waiting { elapsed } => eprintln!(
+        Progress::Waiting { elapsed } => tracing::info!(
             "[{:>6.1}s] first boot: waiting for the login prompt and cloud-init ({:.0}s)",
             started.elapsed().as_secs_f64(),
             elapsed.as_secs_f64()
@@ -122,26 +128,27 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
                 if keep {
                     eprintln!("kiln: make_image_bootable.sh output: {}", script_log.display());
                 }
-                return Ok(ExitCode::from(1));
+                return Ok(Exit::Negative);
             }
             return Err(e);
         }
     };
-    eprintln!("\ninstaller steps:");
+    tracing::info!("\ninstaller steps:");
     for s in &report.steps {
-        eprintln!("  {:>7.1}s  {}", s.seconds, s.name);
+        tracing::info!("  {:>7.1}s  {}", s.seconds, s.name);
     }
-    eprintln!(
+    tracing::info!(
         "  {:>7.1}s  installer total\n  {:>7.1}s  first boot to verdict",
-        report.install_seconds, report.boot_seconds
+        report.install_seconds,
+        report.boot_seconds
     );
-    println!("{}", serde_json::to_string_pretty(&report.verdict)?);
+    outln!("{}", serde_json::to_string_pretty(&report.verdict)?)?;
     if report.passed() {
-        eprintln!(
+        tracing::info!(
             "\nkiln: the replay PASSED: the deployed server booted with hostname {}",
             opts.hostname
         );
-        Ok(ExitCode::SUCCESS)
+        Ok(Exit::Success)
     } else {
         eprintln!("\nkiln: the replay FAILED the first-boot verdict:");
         for f in &report.failures {
@@ -154,7 +161,7 @@ fn ovh(args: OvhDeployArgs, verbose: u8) -> Result<ExitCode> {
             "--- last 40 lines ---\n{}",
             lines[lines.len().saturating_sub(40)..].join("\n")
         );
-        Ok(ExitCode::from(1))
+        Ok(Exit::Negative)
     }
 }
 

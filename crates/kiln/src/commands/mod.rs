@@ -1,21 +1,24 @@
 //! Dispatch: one function per subcommand, each a thin call into a library.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
 use crate::cli::{BuildArgs, CheckArgs, Cli, Command, InspectArgs, LogFormat, PlanArgs};
-use crate::progress;
+use crate::exit::{usage, Exit, Usage};
+use crate::output::{out, outln};
+use crate::progress::{self, Verbosity};
 
 mod boot;
 mod cache;
 mod deploy;
+mod docs;
+mod doctor;
 mod reproducible;
 mod seed;
 
-pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
+pub(crate) fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Build(args) => build(args),
         Command::Plan(args) => plan(args),
@@ -23,22 +26,25 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(args) => inspect(args),
         Command::Seed(args) => seed::run(args),
         Command::Boot(args) => boot::run(args),
-        Command::Deploy(cmd) => deploy::run(cmd, cli.verbose),
+        Command::Deploy(cmd) => deploy::run(cmd),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?);
-            Ok(ExitCode::SUCCESS)
+            outln!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?)?;
+            Ok(Exit::Success)
         }
-        Command::Doctor => Ok(doctor()),
+        Command::Doctor => doctor::run(),
+        Command::Completion(args) => docs::completion(args),
+        Command::Man(args) => docs::man(args),
     }
 }
 
+/// Loads and plans `spec`; any error here is the spec's (exit 2).
 fn load_plan(spec: &std::path::Path) -> Result<kiln_build::Plan> {
     let loaded = kiln_spec::load(spec)?;
-    kiln_build::plan(&loaded, kiln_build::tool_versions())
+    kiln_build::plan(&loaded, kiln_build::tool_versions()).map_err(usage)
 }
 
-fn build(args: BuildArgs) -> Result<ExitCode> {
+fn build(args: BuildArgs) -> Result<Exit> {
     let started = Instant::now();
     let plan = load_plan(&args.spec)?;
     let opts = kiln_build::BuildOptions {
@@ -50,7 +56,7 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         threads: args.threads.unwrap_or(0),
     };
     if plan.source_date_epoch.is_none() && args.log_format == LogFormat::Human {
-        eprintln!("note: SOURCE_DATE_EPOCH: {}", plan.source_date_epoch_origin);
+        tracing::info!("note: SOURCE_DATE_EPOCH: {}", plan.source_date_epoch_origin);
     }
     if args.verify_reproducible {
         return reproducible::verify(&plan, &opts, &args, started);
@@ -61,52 +67,54 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
     let output = result?;
     if args.log_format == LogFormat::Human {
         for a in &output.artifacts {
-            println!("built {}", a.display());
+            outln!("built {}", a.display())?;
         }
-        println!("manifest {}", output.manifest.display());
+        outln!("manifest {}", output.manifest.display())?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 fn reporter(plan: &kiln_build::Plan, args: &BuildArgs) -> Arc<dyn kiln_build::Reporter> {
     match args.log_format {
+        LogFormat::Human if progress::verbosity() == Verbosity::Quiet => Arc::new(progress::Silent),
         LogFormat::Human => Arc::new(progress::Bars::new(plan, args.explain)),
-        LogFormat::Json => Arc::new(progress::JsonLines),
+        LogFormat::Json => Arc::new(progress::JsonLines::stdout()),
     }
 }
 
-fn plan(args: PlanArgs) -> Result<ExitCode> {
+fn plan(args: PlanArgs) -> Result<Exit> {
     let plan = load_plan(&args.spec)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
-        return Ok(ExitCode::SUCCESS);
+        outln!("{}", serde_json::to_string_pretty(&plan)?)?;
+        return Ok(Exit::Success);
     }
-    println!(
+    outln!(
         "plan for {} {} (spec {})",
         plan.name,
         plan.version,
         plan.spec_hash.short()
-    );
-    println!(
+    )?;
+    outln!(
         "SOURCE_DATE_EPOCH: {} ({})",
         plan.source_date_epoch
             .map(|t| t.to_string())
             .unwrap_or_else(|| "unset".into()),
         plan.source_date_epoch_origin
-    );
+    )?;
     for (i, stage) in plan.stages.iter().enumerate() {
-        println!("\n{}. {}  [{}]", i + 1, stage.id, stage.hash.short());
+        outln!("\n{}. {}  [{}]", i + 1, stage.id, stage.hash.short())?;
         for a in &stage.actions {
-            println!("   - {a}");
+            outln!("   - {a}")?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-fn check(args: CheckArgs) -> Result<ExitCode> {
+fn check(args: CheckArgs) -> Result<Exit> {
     let check = kiln_build::targets::kind(&args.target)
         .and_then(|k| k.check)
-        .with_context(|| format!("target {} has no contract to check", args.target))?;
+        .ok_or_else(|| Usage::msg(format!("target {} has no contract to check", args.target)))?;
+    require_input(&args.image)?;
     let results = check(
         &args.image,
         &kiln_build::targets::CheckOptions {
@@ -118,7 +126,7 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
     let target = args.target.as_str();
     let failed = results.iter().filter(|r| !r.passed).count();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "image": args.image,
@@ -126,12 +134,12 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
                 "passed": failed == 0,
                 "rules": results,
             }))?
-        );
+        )?;
     } else {
         for r in &results {
-            println!("{} {:<28} {}", if r.passed { "PASS" } else { "FAIL" }, r.id, r.reason);
+            outln!("{} {:<28} {}", if r.passed { "PASS" } else { "FAIL" }, r.id, r.reason)?;
         }
-        println!(
+        outln!(
             "\n{}: {} of {} rules passed",
             if failed == 0 {
                 format!("image meets the {target} contract")
@@ -140,48 +148,29 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
             },
             results.len() - failed,
             results.len()
-        );
+        )?;
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(Exit::verdict(failed == 0))
 }
 
-fn inspect(args: InspectArgs) -> Result<ExitCode> {
+fn inspect(args: InspectArgs) -> Result<Exit> {
+    require_input(&args.image)?;
     let report =
         kiln_disk::inspect::inspect(&args.image).with_context(|| format!("inspecting {}", args.image.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{report}");
+        out!("{report}")?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-fn doctor() -> ExitCode {
-    let mut missing_build = 0;
-    println!("{:<12} {:<8} {:<14} used for", "tool", "status", "package");
-    for t in kiln_exec::TOOLS {
-        let found = kiln_exec::which(t.name);
-        if found.is_none() && !t.test_only {
-            missing_build += 1;
-        }
-        println!(
-            "{:<12} {:<8} {:<14} {}{}",
-            t.name,
-            if found.is_some() { "found" } else { "MISSING" },
-            t.package,
-            t.purpose,
-            if t.test_only { " (tests only)" } else { "" }
-        );
-    }
-    if missing_build == 0 {
-        println!("\nall tools kiln build needs are installed");
-        ExitCode::SUCCESS
+/// A file named on the command line that does not exist is a usage error
+/// (exit 2), not a failed run.
+fn require_input(path: &std::path::Path) -> Result<()> {
+    if path.exists() {
+        Ok(())
     } else {
-        println!("\n{missing_build} tool(s) kiln build needs are missing: apt-get install the packages above (or run scripts/install-deps.sh)");
-        ExitCode::from(1)
+        Err(Usage::msg(format!("{}: no such file", path.display())).into())
     }
 }

@@ -3,13 +3,14 @@
 //! byte comparison of every image; on a difference, the first differing
 //! file inside the image is named.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
 use crate::cli::{BuildArgs, LogFormat};
+use crate::exit::{Exit, Usage};
+use crate::output::outln;
 use crate::progress;
 
 pub(crate) fn verify(
@@ -17,12 +18,12 @@ pub(crate) fn verify(
     opts: &kiln_build::BuildOptions,
     args: &BuildArgs,
     started: Instant,
-) -> Result<ExitCode> {
+) -> Result<Exit> {
     if plan.source_date_epoch.is_none() {
-        anyhow::bail!(
+        anyhow::bail!(Usage::msg(
             "--verify-reproducible needs a SOURCE_DATE_EPOCH: set `source_date_epoch` in [image], \
              export SOURCE_DATE_EPOCH, or build from a git repository"
-        );
+        ));
     }
     std::fs::create_dir_all(&opts.out_dir)?;
     let second_dir = kiln_exec::WorkDir::new_in(&opts.out_dir, ".kiln-reproducible-")?;
@@ -32,7 +33,7 @@ pub(crate) fn verify(
         .enumerate()
     {
         if args.log_format == LogFormat::Human {
-            eprintln!(
+            tracing::info!(
                 "==> build {} of 2 (no stage cache) into {}",
                 round + 1,
                 out_dir.display()
@@ -56,7 +57,7 @@ pub(crate) fn verify(
     for (a, b) in outputs[0].artifacts.iter().zip(&outputs[1].artifacts) {
         let name = a.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if files_equal(a, b)? {
-            println!("reproducible: {name} is byte-identical in both builds");
+            outln!("reproducible: {name} is byte-identical in both builds")?;
             continue;
         }
         same = false;
@@ -65,9 +66,9 @@ pub(crate) fn verify(
             Ok(None) => "the disk contents are identical; the image files differ in their container format".to_owned(),
             Err(e) => format!("could not compare the contents: {e}"),
         };
-        println!("NOT reproducible: {name} differs between the two builds: {why}");
+        outln!("NOT reproducible: {name} differs between the two builds: {why}")?;
     }
-    Ok(if same { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(Exit::verdict(same))
 }
 
 fn files_equal(a: &std::path::Path, b: &std::path::Path) -> Result<bool> {

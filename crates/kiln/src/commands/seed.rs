@@ -2,14 +2,15 @@
 //! says what was written.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use kiln_vm::seed::{render_seed, Datasource, SeedConfig, SeedFs};
 
 use crate::cli::{self, SeedArgs};
+use crate::exit::{usage, Exit};
+use crate::output::outln;
 
-pub(crate) fn run(args: SeedArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: SeedArgs) -> Result<Exit> {
     let datasource = match args.datasource {
         cli::Datasource::Nocloud => Datasource::NoCloud,
         cli::Datasource::Configdrive => Datasource::ConfigDrive,
@@ -19,15 +20,16 @@ pub(crate) fn run(args: SeedArgs) -> Result<ExitCode> {
         cli::SeedFs::Vfat => SeedFs::Vfat,
     };
     let mut cfg = SeedConfig::new(datasource, fs);
-    cfg.user_data = read(args.user_data.as_deref(), "user data")?;
-    cfg.meta_data = read(args.meta_data.as_deref(), "meta data")?;
-    cfg.network_config = read(args.network_config.as_deref(), "network config")?;
+    cfg.user_data = read(args.user_data.as_deref(), "user data").map_err(usage)?;
+    cfg.meta_data = read(args.meta_data.as_deref(), "meta data").map_err(usage)?;
+    cfg.network_config = read(args.network_config.as_deref(), "network config").map_err(usage)?;
     cfg.hostname = args.hostname;
     cfg.instance_id = args.instance_id;
     cfg.ssh_keys = args.ssh_keys;
     cfg.metadata = args.metadata;
 
-    let seed = render_seed(&cfg)?;
+    // Rendering only validates and lays out; nothing is written yet.
+    let seed = render_seed(&cfg).map_err(usage)?;
     seed.write(&args.output)?;
 
     let (fs_name, ds_name) = (
@@ -40,17 +42,17 @@ pub(crate) fn run(args: SeedArgs) -> Result<ExitCode> {
             Datasource::ConfigDrive => "ConfigDrive",
         },
     );
-    println!(
+    outln!(
         "wrote {}: {ds_name} seed, {fs_name}, label {}, instance-id {}",
         args.output.display(),
         seed.label,
         seed.instance_id
-    );
+    )?;
     let width = seed.files.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
     for (path, bytes) in &seed.files {
-        println!("  {path:<width$}  {:>6} bytes", bytes.len());
+        outln!("  {path:<width$}  {:>6} bytes", bytes.len())?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 fn read(path: Option<&Path>, what: &str) -> Result<Option<Vec<u8>>> {
