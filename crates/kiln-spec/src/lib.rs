@@ -9,6 +9,7 @@
 
 mod decode;
 mod diagnostic;
+mod keys;
 mod load;
 pub mod model;
 mod rules;
@@ -18,7 +19,7 @@ mod spans;
 mod validate;
 mod vocab;
 
-pub use diagnostic::{Diagnostic, DiagnosticKind, SpecError};
+pub use diagnostic::{Diagnostic, DiagnosticKind, Related, SpecError};
 pub use load::{load, parse_str, LoadedSpec};
 pub use model::*;
 pub use rules::parse_mode;

@@ -147,6 +147,108 @@ release = "bookworm"
         help: "did you mean `debian`?",
     },
     Case {
+        name: "duplicate key",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+release = "trixie"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Duplicate,
+        message: "duplicate key `release` in [base]",
+        line: 7,
+        column: 1,
+        help: "keep one of the two",
+    },
+    Case {
+        name: "duplicate table",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ovh-byol]
+[base]
+mirror = "http://deb.debian.org/debian"
+"#,
+        kind: DiagnosticKind::Duplicate,
+        message: "table [base] is defined twice",
+        line: 8,
+        column: 2,
+        help: "merge the two [base] tables into one",
+    },
+    Case {
+        name: "unquoted string",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = bookworm
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Syntax,
+        message: "string values must be quoted, expected literal string",
+        line: 6,
+        column: 11,
+        help: "put the value in quotes: release = \"bookworm\"",
+    },
+    Case {
+        name: "unclosed array",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ovh-byol]
+[packages]
+install = ["vim", "curl"
+"#,
+        kind: DiagnosticKind::Syntax,
+        message: "unclosed array, expected `]`",
+        line: 9,
+        column: 25,
+        help: "close the array with `]`",
+    },
+    Case {
+        name: "quoted boolean",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+compress = "true"
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "wrong type for `compress` in [targets.disk]: expected a boolean, found string \"true\"",
+        line: 8,
+        column: 12,
+        help: "write it without quotes: compress = true",
+    },
+    Case {
+        name: "number for a string",
+        spec: r#"[image]
+name = "t"
+version = 1
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "wrong type for `version` in [image]: expected a string, found integer `1`",
+        line: 3,
+        column: 11,
+        help: "put the value in quotes: version = \"1\"",
+    },
+    Case {
         name: "missing key",
         spec: r#"[image]
 name = "t"
@@ -1051,4 +1153,102 @@ fn truncated_specs_never_panic() {
             assert!(!e.diagnostics().is_empty(), "prefix {end}: {e}");
         }
     }
+}
+
+/// Both definitions of a duplicate key are located, and both locations
+/// are in the rendered message.
+#[test]
+fn duplicates_point_at_both_definitions() {
+    let spec = CASES.iter().find(|c| c.name == "duplicate key").unwrap().spec;
+    let err = parse(spec).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    let related = d.related.as_ref().expect("the first definition");
+    assert_eq!((related.line, related.column), (6, 1));
+    assert_eq!(related.label, "first defined here");
+    let rendered = err.to_string();
+    assert!(rendered.contains("--> spec.toml:7:1"), "{rendered}");
+    assert!(rendered.contains("::: spec.toml:6:1"), "{rendered}");
+    assert!(
+        rendered.contains("6 | release = \"bookworm\"\n  | ------- first defined here"),
+        "{rendered}"
+    );
+
+    // In an array of tables, in an inline table, and a table header.
+    for (spec, first) in [
+        (
+            "[[users]]\nname = \"a\"\n[[users]]\nname = \"b\"\nname = \"c\"\n",
+            (4, 1),
+        ),
+        ("[packages]\ninstall = []\n[image]\nname = { a = 1, a = 2 }\n", (4, 10)),
+        ("[image]\nname = \"t\"\n[image]\n", (1, 2)),
+    ] {
+        let err = parse(spec).unwrap_err();
+        let d = err
+            .diagnostics()
+            .iter()
+            .find(|d| d.kind == DiagnosticKind::Duplicate)
+            .unwrap_or_else(|| panic!("{err}"));
+        let related = d.related.as_ref().unwrap();
+        assert_eq!((related.line, related.column), first, "{err}");
+    }
+}
+
+/// A spec that is not UTF-8 is located at its first bad byte.
+#[test]
+fn non_utf8_spec_points_at_the_first_bad_byte() {
+    let err = load(&fixtures().join("broken/latin1.toml")).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    assert_eq!(d.kind, DiagnosticKind::Encoding);
+    assert_eq!((d.line, d.column), (4, 6));
+    assert!(d.message.contains("byte 0xE9"), "{}", d.message);
+    assert!(d.help.as_deref().unwrap_or("").contains("UTF-8"));
+    let rendered = err.to_string();
+    assert!(rendered.contains("latin1.toml:4:6"), "{rendered}");
+    assert!(rendered.contains("4 | # Caf\u{FFFD} image\n  |      ^"), "{rendered}");
+}
+
+/// Structural problems (unknown keys, wrong types) and semantic ones are
+/// reported in one run; a table whose key was dropped is not blamed for
+/// lacking it.
+#[test]
+fn structural_and_semantic_problems_together() {
+    let spec = r#"hostname = "foo_bar"
+[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[packages]
+instal = ["vim"]
+[[run]]
+scrpit = "echo hi"
+[targets.disk]
+compress = "yes"
+firmware = ["bios", "efi"]
+size = "1MiB"
+"#;
+    let err = parse(spec).unwrap_err();
+    let got: Vec<(usize, DiagnosticKind)> = err.diagnostics().iter().map(|d| (d.line, d.kind)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, DiagnosticKind::Invalid),
+            (9, DiagnosticKind::UnknownKey),
+            (11, DiagnosticKind::UnknownKey),
+            (13, DiagnosticKind::WrongType),
+            (14, DiagnosticKind::WrongType),
+            (15, DiagnosticKind::Invalid),
+        ],
+        "{err}"
+    );
+    assert!(err.to_string().ends_with("error: spec.toml has 6 problems"), "{err}");
+
+    // A required key with a wrong value does not stop the decoding; a
+    // misspelt required key does, as its table then lacks it, but what
+    // was found before is still reported.
+    let spec = "[image]\nnme = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debain\"\nrelease = 12\n[targets.ovh-byol]\n";
+    let err = parse(spec).unwrap_err();
+    let got: Vec<usize> = err.diagnostics().iter().map(|d| d.line).collect();
+    assert_eq!(got, vec![2, 5, 6], "{err}");
 }
