@@ -1252,3 +1252,74 @@ size = "1MiB"
     let got: Vec<usize> = err.diagnostics().iter().map(|d| d.line).collect();
     assert_eq!(got, vec![2, 5, 6], "{err}");
 }
+
+/// Names missing from the catalog are located in the spec; parts of the
+/// catalog that are `None` are not checked.
+#[test]
+fn names_missing_from_the_catalog() {
+    let spec = r#"timezone = "Europe/Pariss"
+[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[packages]
+install = ["curll", "vim=2:9.0", "mail-transport-agent"]
+[kernel]
+package = "linux-image-amd64"
+[targets.ovh-byol]
+"#;
+    let loaded = parse(spec).unwrap();
+    let names = |list: &[&str], source: &str| Some(kiln_spec::Names::new(list.iter().map(|s| (*s).to_owned()), source));
+    let catalog = kiln_spec::Catalog {
+        release: Some(kiln_spec::Release {
+            exists: true,
+            looked_at: "x".into(),
+            known: vec![],
+        }),
+        packages: names(
+            &["curl", "vim", "mail-transport-agent", "linux-image-amd64"],
+            "bookworm (main) at http://deb.example/debian",
+        ),
+        timezones: names(&["Europe/Paris", "UTC"], "the tz database"),
+        locales: None,
+    };
+    let err = loaded.check_names(&catalog).unwrap_err();
+    let got: Vec<(DiagnosticKind, usize, usize, &str)> = err
+        .diagnostics()
+        .iter()
+        .map(|d| (d.kind, d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                DiagnosticKind::NotFound,
+                1,
+                12,
+                "time zone `Europe/Pariss` is not in the tz database"
+            ),
+            (
+                DiagnosticKind::NotFound,
+                9,
+                12,
+                "package `curll` is not in bookworm (main) at http://deb.example/debian"
+            ),
+        ]
+    );
+    assert!(err.to_string().contains("= help: did you mean `curl`?"), "{err}");
+
+    let missing_release = kiln_spec::Catalog {
+        release: Some(kiln_spec::Release {
+            exists: false,
+            looked_at: "http://deb.example/debian/dists/bookworm/Release".into(),
+            known: vec!["bookworm".into()],
+        }),
+        ..Default::default()
+    };
+    let err = loaded.check_names(&missing_release).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    assert_eq!((d.line, d.column), (7, 11));
+    assert!(loaded.check_names(&kiln_spec::Catalog::default()).is_ok());
+}
