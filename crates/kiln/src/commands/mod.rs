@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{BuildArgs, CheckArgs, Cli, Command, InspectArgs, LogFormat, PlanArgs};
+use crate::cli::{BuildArgs, CheckArgs, Cli, Command, InspectArgs, LogFormat, PlanArgs, ValidateArgs};
 use crate::progress;
 
 mod boot;
@@ -19,6 +19,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build(args),
         Command::Plan(args) => plan(args),
+        Command::Validate(args) => validate(args),
         Command::Check(args) => check(args),
         Command::Inspect(args) => inspect(args),
         Command::Seed(args) => seed::run(args),
@@ -75,8 +76,33 @@ fn reporter(plan: &kiln_build::Plan, args: &BuildArgs) -> Arc<dyn kiln_build::Re
     }
 }
 
+/// Loads the spec and checks its names against the archive (unless
+/// `offline`) and the host's tz and locale databases; what could not be
+/// checked is a warning.
+fn load_checked(spec: &std::path::Path, offline: bool) -> Result<kiln_spec::LoadedSpec> {
+    let loaded = kiln_spec::load(spec)?;
+    let (catalog, warnings) = kiln_build::names::gather(&loaded, &kiln_build::names::NameSources::host(offline));
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    loaded.check_names(&catalog)?;
+    Ok(loaded)
+}
+
+fn validate(args: ValidateArgs) -> Result<ExitCode> {
+    load_checked(&args.spec, args.offline)?;
+    let skipped = if args.offline {
+        " (offline: release and package names not checked)"
+    } else {
+        ""
+    };
+    println!("{}: valid{skipped}", args.spec.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn plan(args: PlanArgs) -> Result<ExitCode> {
-    let plan = load_plan(&args.spec)?;
+    let loaded = load_checked(&args.spec, args.offline)?;
+    let plan = kiln_build::plan(&loaded, kiln_build::tool_versions())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(ExitCode::SUCCESS);
