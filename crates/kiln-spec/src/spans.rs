@@ -83,11 +83,16 @@ fn find_in_table(table: &DeTable<'_>, span: &Range<usize>, prefix: String) -> Op
         } else {
             format!("{prefix}.{}", k.get_ref())
         };
-        if k.span() == *span || v.span() == *span {
+        if k.span() == *span {
             return Some(path);
         }
-        if let Some(found) = find_in_value(v.get_ref(), span, path) {
+        // An array of tables has the span of its first table's header:
+        // that table is the closer answer.
+        if let Some(found) = find_in_value(v.get_ref(), span, path.clone()) {
             return Some(found);
+        }
+        if v.span() == *span {
+            return Some(path);
         }
     }
     None

@@ -264,6 +264,24 @@ distro = "debian"
         help: "add `release = \"bookworm\"` to this table",
     },
     Case {
+        name: "missing key in an array of tables",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[[files]]
+src = "files/motd"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::MissingKey,
+        message: "missing key `dest` in [[files]] #1",
+        line: 7,
+        column: 1,
+        help: "add `dest = \"/…\"` to this table",
+    },
+    Case {
         name: "missing table",
         spec: r#"[image]
 name = "t"
