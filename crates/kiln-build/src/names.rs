@@ -51,7 +51,10 @@ pub fn gather(spec: &LoadedSpec, sources: &NameSources) -> (Catalog, Vec<String>
         catalog.release = release;
         catalog.packages = packages;
     }
-    if spec.spec.timezone.is_some() {
+    // Every system has these; no need for the host to have the databases.
+    let universal_zone = matches!(spec.spec.timezone.as_deref(), Some("UTC" | "Etc/UTC"));
+    let universal_locale = matches!(spec.spec.locale.as_deref(), Some("C" | "C.UTF-8" | "POSIX"));
+    if spec.spec.timezone.is_some() && !universal_zone {
         match time_zones(&sources.zoneinfo) {
             Ok(zones) => catalog.timezones = Some(zones),
             Err(e) => warnings.push(format!(
@@ -60,7 +63,7 @@ pub fn gather(spec: &LoadedSpec, sources: &NameSources) -> (Catalog, Vec<String>
             )),
         }
     }
-    if spec.spec.locale.is_some() {
+    if spec.spec.locale.is_some() && !universal_locale {
         match locales(&sources.supported_locales) {
             Ok(locales) => catalog.locales = Some(locales),
             Err(e) => warnings.push(format!(
@@ -372,6 +375,28 @@ remove = ["nano"]
         let [w] = &warnings[..] else { panic!("{warnings:?}") };
         assert!(w.starts_with("cannot reach the archive ("), "{w}");
         assert!(w.ends_with("the release and package names were not checked"), "{w}");
+    }
+
+    #[test]
+    fn universal_names_need_no_host_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sources = host(tmp.path(), true);
+        sources.zoneinfo = tmp.path().join("no-zoneinfo");
+        sources.supported_locales = tmp.path().join("no-SUPPORTED");
+        let text = SPEC
+            .replace("Europe/Pariss", "Etc/UTC")
+            .replace("en_US.utf8", "C.UTF-8")
+            .replace("RELEASE", "bookworm")
+            .replace("MIRROR", "http://deb.example/debian");
+        let spec = kiln_spec::parse_str(&text, Path::new("spec.toml"), Path::new("/")).unwrap();
+        let (catalog, warnings) = gather(&spec, &sources);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(spec.check_names(&catalog).is_ok());
+
+        let (_, warnings) = gather(&self::spec("bookworm", "http://deb.example/debian"), &sources);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("the time zone was not checked"), "{warnings:?}");
+        assert!(warnings[1].contains("the locale was not checked"), "{warnings:?}");
     }
 
     #[test]
