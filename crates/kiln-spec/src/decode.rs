@@ -57,8 +57,9 @@ pub(crate) fn decode<'i>(file: &SourceFile<'i>, dir: &Path) -> Result<(Spec, Spa
         // that key, misspelt or mistyped: no news.
         let missing_dropped = e.message().starts_with("missing field ") && {
             let table = path.as_deref().unwrap_or("");
-            removed.iter().any(|r: &String| {
-                table.is_empty() || r.strip_prefix(table).is_some_and(|rest| rest.starts_with(['.', '[']))
+            removed.iter().any(|r: &String| match table {
+                "" => !r.contains(['.', '[']),
+                _ => r.strip_prefix(table).is_some_and(|rest| rest.starts_with(['.', '['])),
             })
         };
         if missing_dropped {

@@ -1269,6 +1269,21 @@ size = "1MiB"
     let err = parse(spec).unwrap_err();
     let got: Vec<usize> = err.diagnostics().iter().map(|d| d.line).collect();
     assert_eq!(got, vec![2, 5, 6], "{err}");
+
+    // A misspelt table is the missing one; a table missing for no such
+    // reason is reported.
+    let spec = "[imgae]\nname = \"t\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n[targets.ovh-byol]\n";
+    let err = parse(spec).unwrap_err();
+    let got: Vec<&str> = err.diagnostics().iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(got, ["unknown key `imgae` at the top level"], "{err}");
+    let spec = "[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n[packages]\ninstal = []\n[targets.ovh-byol]\n";
+    let err = parse(spec).unwrap_err();
+    let got: Vec<&str> = err.diagnostics().iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        got,
+        ["missing table [image]", "unknown key `instal` in [packages]"],
+        "{err}"
+    );
 }
 
 /// Names missing from the catalog are located in the spec; parts of the
