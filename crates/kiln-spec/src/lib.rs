@@ -5,7 +5,9 @@
 //! [`load`] is the entry point. Every error it returns renders as
 //! `file:line:col` with the offending line quoted and a hint
 //! ([`SpecError`]'s `Display`), and carries the same data structured
-//! ([`SpecError::diagnostics`]).
+//! ([`SpecError::diagnostics`]). [`LoadedSpec::check_names`] then checks
+//! the names a spec borrows from elsewhere (release, packages, time zone,
+//! locale) against a [`Catalog`] that the caller gathered.
 
 mod decode;
 mod diagnostic;
