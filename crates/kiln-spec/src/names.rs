@@ -13,7 +13,7 @@ use crate::load::LoadedSpec;
 use crate::spans::SpanIndex;
 
 /// A set of names that exist, and where they were found, for messages
-/// ("bookworm main at http://deb.debian.org/debian").
+/// (`bookworm (main) at http://deb.debian.org/debian`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Names {
     pub names: HashSet<String>,
