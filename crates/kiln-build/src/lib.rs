@@ -2,6 +2,7 @@
 //! filesystem, disk, convert, checksums) with content hashes, the bootstrap
 //! backends, customisation in a chroot, and the targets.
 
+pub mod archive;
 pub mod bootstrap;
 pub mod build;
 pub mod cache;
@@ -12,6 +13,7 @@ pub mod distro;
 pub mod hash;
 pub mod layers;
 pub mod manifest;
+pub mod names;
 pub mod plan;
 pub mod targets;
 

@@ -19,8 +19,15 @@ pub enum DiagnosticKind {
     WrongType,
     /// A required key or table is absent.
     MissingKey,
+    /// A key or table defined twice; `related` points at the first.
+    Duplicate,
     /// Well-formed TOML whose value does not make sense (semantic validation).
     Invalid,
+    /// A release, package, time zone or locale that the archive or the
+    /// system's databases do not have.
+    NotFound,
+    /// The file is not UTF-8.
+    Encoding,
 }
 
 /// One problem in a spec file.
@@ -38,6 +45,21 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// Byte range in the source, when there is one.
     pub span: Option<Range<usize>>,
+    /// A second place in the same file that the problem involves, such as
+    /// the first of two definitions of a key.
+    pub related: Option<Related>,
+}
+
+/// A second location of a [`Diagnostic`], with what happens there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Related {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column in characters.
+    pub column: usize,
+    pub span: Range<usize>,
+    /// e.g. "first defined here".
+    pub label: String,
 }
 
 /// Why a spec could not be loaded.
@@ -96,7 +118,20 @@ impl SourceFile<'_> {
             message: message.into(),
             help,
             span,
+            related: None,
         }
+    }
+
+    /// `d` with a second location, `span`, labelled `label`.
+    pub(crate) fn with_related(&self, mut d: Diagnostic, span: Range<usize>, label: impl Into<String>) -> Diagnostic {
+        let (line, column) = line_col(self.text, span.start);
+        d.related = Some(Related {
+            line,
+            column,
+            span,
+            label: label.into(),
+        });
+        d
     }
 
     /// The 1-based line of byte `offset`.
@@ -140,25 +175,58 @@ impl SourceFile<'_> {
             }
             return;
         };
-        let line_text = self.text.lines().nth(d.line - 1).unwrap_or("");
-        let gutter = d.line.to_string().len();
+        let gutter = d.line.max(d.related.as_ref().map_or(0, |r| r.line)).to_string().len();
         let pad = " ".repeat(gutter);
         let _ = writeln!(out, "{pad}--> {}:{}:{}", self.path.display(), d.line, d.column);
         let _ = writeln!(out, "{pad} |");
-        let _ = writeln!(out, "{} | {line_text}", d.line);
+        self.snippet(out, gutter, d.line, d.column, &span, '^', None);
+        if let Some(r) = &d.related {
+            let _ = writeln!(out, "{pad} |");
+            let _ = writeln!(out, "{pad}::: {}:{}:{}", self.path.display(), r.line, r.column);
+            let _ = writeln!(out, "{pad} |");
+            self.snippet(out, gutter, r.line, r.column, &r.span, '-', Some(&r.label));
+        }
+        if let Some(help) = &d.help {
+            let _ = writeln!(out, "{pad} = help: {help}");
+        }
+    }
+}
+
+impl SourceFile<'_> {
+    /// Quotes line `line` and marks `span` on it with `marker`s, followed
+    /// by `label`.
+    #[allow(clippy::too_many_arguments)]
+    fn snippet(
+        &self,
+        out: &mut String,
+        gutter: usize,
+        line: usize,
+        column: usize,
+        span: &Range<usize>,
+        marker: char,
+        label: Option<&str>,
+    ) {
+        let pad = " ".repeat(gutter);
+        let line_text = self.text.lines().nth(line - 1).unwrap_or("");
+        let _ = writeln!(out, "{line:>gutter$} | {line_text}");
         // Keep tabs in the marker's indent so that it lines up under the span.
         let indent: String = line_text
             .chars()
-            .take(d.column - 1)
+            .take(column - 1)
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         let start = floor_char_boundary(self.text, span.start.min(self.text.len()));
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let end = span.end.clamp(start, line_start + line_text.len());
         let width = self.text.get(start..end).map_or(1, |t| t.chars().count()).max(1);
-        let _ = writeln!(out, "{pad} | {indent}{}", "^".repeat(width));
-        if let Some(help) = &d.help {
-            let _ = writeln!(out, "{pad} = help: {help}");
+        let marks: String = std::iter::repeat_n(marker, width).collect();
+        match label {
+            Some(label) => {
+                let _ = writeln!(out, "{pad} | {indent}{marks} {label}");
+            }
+            None => {
+                let _ = writeln!(out, "{pad} | {indent}{marks}");
+            }
         }
     }
 }

@@ -5,12 +5,16 @@
 //! [`load`] is the entry point. Every error it returns renders as
 //! `file:line:col` with the offending line quoted and a hint
 //! ([`SpecError`]'s `Display`), and carries the same data structured
-//! ([`SpecError::diagnostics`]).
+//! ([`SpecError::diagnostics`]). [`LoadedSpec::check_names`] then checks
+//! the names a spec borrows from elsewhere (release, packages, time zone,
+//! locale) against a [`Catalog`] that the caller gathered.
 
 mod decode;
 mod diagnostic;
+mod keys;
 mod load;
 pub mod model;
+mod names;
 mod rules;
 mod schema;
 mod size;
@@ -18,9 +22,10 @@ mod spans;
 mod validate;
 mod vocab;
 
-pub use diagnostic::{Diagnostic, DiagnosticKind, SpecError};
+pub use diagnostic::{Diagnostic, DiagnosticKind, Related, SpecError};
 pub use load::{load, parse_str, LoadedSpec};
 pub use model::*;
+pub use names::{package_name, spec_packages, Catalog, Names, Release};
 pub use rules::parse_mode;
 pub use schema::json_schema;
 pub use size::{format_size, parse_size, FromSpecText, Headroom, Size, Written, GIB, KIB, MIB, TIB};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::decode::decode;
-use crate::diagnostic::{SourceFile, SpecError};
+use crate::diagnostic::{DiagnosticKind, SourceFile, SpecError};
 use crate::model::Spec;
 use crate::spans::SpanIndex;
 use crate::validate::validate;
@@ -38,7 +38,7 @@ impl LoadedSpec {
             path: &self.path,
             text: &self.source,
         };
-        let d = file.diagnostic(crate::DiagnosticKind::Invalid, Some(span), "", None);
+        let d = file.diagnostic(DiagnosticKind::Invalid, Some(span), "", None);
         Some((d.line, d.column))
     }
 }
@@ -49,7 +49,11 @@ pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
         path: path.to_path_buf(),
         source,
     };
-    let source = std::fs::read_to_string(path).map_err(read_error)?;
+    let bytes = std::fs::read(path).map_err(read_error)?;
+    let source = match String::from_utf8(bytes) {
+        Ok(source) => source,
+        Err(e) => return Err(not_utf8(path, e.as_bytes(), e.utf8_error())),
+    };
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -58,13 +62,31 @@ pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
     parse_str(&source, path, &dir)
 }
 
+/// Where the first byte that is not UTF-8 sits, quoting its line with the
+/// bad bytes shown as U+FFFD.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> SpecError {
+    let at = e.valid_up_to();
+    let bad = bytes.get(at..at + e.error_len().unwrap_or(1)).unwrap_or_default();
+    let hex: Vec<String> = bad.iter().map(|b| format!("0x{b:02X}")).collect();
+    // The lossy text has the same bytes up to `at`, then one U+FFFD.
+    let text = String::from_utf8_lossy(bytes);
+    let file = SourceFile { path, text: &text };
+    let d = file.diagnostic(
+        DiagnosticKind::Encoding,
+        Some(at..at + '\u{FFFD}'.len_utf8()),
+        format!("the spec is not UTF-8: byte {} is not valid here", hex.join(" ")),
+        Some("save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 spec.toml`); TOML files are UTF-8".into()),
+    );
+    file.error(vec![d])
+}
+
 /// Parses and validates `source` as if read from `path`, resolving relative
 /// paths against `dir` (canonicalised here when it exists).
 pub fn parse_str(source: &str, path: &Path, dir: &Path) -> Result<LoadedSpec, SpecError> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let file = SourceFile { path, text: source };
-    let (spec, spans) = decode(&file)?;
-    let diagnostics = validate(&spec, &dir, &spans, &file);
+    let (spec, spans) = decode(&file, &dir)?;
+    let diagnostics = validate(&spec, &dir, &spans, &file, &[]);
     if !diagnostics.is_empty() {
         return Err(file.error(diagnostics));
     }

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
 
 /// The spanned TOML tree of one spec.
@@ -56,17 +56,6 @@ impl<'i> SpanIndex<'i> {
         current.map(Spanned::span)
     }
 
-    /// The table at `path`, with its span.
-    pub(crate) fn table(&self, path: &str) -> Option<Spanned<DeTable<'i>>> {
-        let span = self.value(path)?;
-        let mut current = &self.root;
-        for segment in segments(path) {
-            let Segment::Key(k) = segment else { return None };
-            current = current.get(k)?.get_ref().as_table()?;
-        }
-        Some(Spanned::new(span, current.clone()))
-    }
-
     /// The span of the value at `path`, or else of the closest enclosing
     /// table that exists (its header), so that "missing key" problems point
     /// at the table that should hold it. `None` for the document itself.
@@ -94,11 +83,16 @@ fn find_in_table(table: &DeTable<'_>, span: &Range<usize>, prefix: String) -> Op
         } else {
             format!("{prefix}.{}", k.get_ref())
         };
-        if k.span() == *span || v.span() == *span {
+        if k.span() == *span {
             return Some(path);
         }
-        if let Some(found) = find_in_value(v.get_ref(), span, path) {
+        // An array of tables has the span of its first table's header:
+        // that table is the closer answer.
+        if let Some(found) = find_in_value(v.get_ref(), span, path.clone()) {
             return Some(found);
+        }
+        if v.span() == *span {
+            return Some(path);
         }
     }
     None
@@ -115,6 +109,45 @@ fn find_in_value(value: &DeValue<'_>, span: &Range<usize>, path: String) -> Opti
             find_in_value(item.get_ref(), span, path)
         }),
         _ => None,
+    }
+}
+
+/// Removes the key or array element at `path` from `root`, or puts
+/// `replacement` in its place; false when there is none.
+pub(crate) fn edit<'i>(root: &mut DeTable<'i>, path: &str, replacement: Option<DeValue<'i>>) -> bool {
+    let segments = segments(path);
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut table: Option<&mut DeTable<'i>> = Some(root);
+    let mut array: Option<&mut DeArray<'i>> = None;
+    for segment in parents {
+        let next = match (segment, table.take(), array.take()) {
+            (Segment::Key(k), Some(t), _) => t.get_mut(*k),
+            (Segment::Index(i), _, Some(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next.map(Spanned::get_mut) {
+            Some(DeValue::Table(t)) => table = Some(t),
+            Some(DeValue::Array(a)) => array = Some(a),
+            _ => return false,
+        }
+    }
+    match (last, table, array, replacement) {
+        (Segment::Key(k), Some(t), _, None) => t.remove(*k).is_some(),
+        (Segment::Key(k), Some(t), _, Some(v)) => t.get_mut(*k).map(|slot| *slot.get_mut() = v).is_some(),
+        (Segment::Index(i), _, Some(a), None) if *i < a.len() => {
+            let kept = a
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| j != i)
+                .map(|(_, v)| v.clone())
+                .collect();
+            *a = kept;
+            true
+        }
+        (Segment::Index(i), _, Some(a), Some(v)) => a.get_mut(*i).map(|slot| *slot.get_mut() = v).is_some(),
+        _ => false,
     }
 }
 
@@ -184,6 +217,26 @@ mod tests {
             assert_eq!(table_of(path), want, "{path}");
         }
         assert_eq!(leaf("files[2].dest"), "dest");
+    }
+
+    #[test]
+    fn removes_keys_and_elements() {
+        let mut root = DeTable::parse(SPEC).unwrap().into_inner();
+        assert!(edit(&mut root, "packages.install[0]", None));
+        assert!(edit(&mut root, "files[1].dest", None));
+        assert!(edit(&mut root, "hostname", None));
+        assert!(edit(&mut root, "files[0].src", Some(DeValue::Boolean(true))));
+        assert!(!edit(&mut root, "files[5].dest", None));
+        assert!(!edit(&mut root, "nope.x", None));
+        let files = root.get("files").unwrap().get_ref().as_array().unwrap();
+        let src = files[0].get_ref().as_table().unwrap().get("src").unwrap();
+        assert_eq!(src.get_ref().as_bool(), Some(true));
+        let index = SpanIndex::new(root);
+        let text = |s: Option<Range<usize>>| s.map(|s| &SPEC[s]);
+        assert_eq!(text(index.value("packages.install[0]")), Some("\"b\""));
+        assert_eq!(index.value("packages.install[1]"), None);
+        assert_eq!(index.value("files[1].dest"), None);
+        assert_eq!(index.value("hostname"), None);
         assert_eq!(leaf("packages.install[3]"), "install");
     }
 }

@@ -36,11 +36,22 @@ pub const MIN_ESP_SIZE: u64 = 36 * MIB;
 /// Larger ESPs are typos: GRUB takes a few MiB of it.
 pub const MAX_ESP_SIZE: u64 = 4 * GIB;
 
-pub(crate) fn validate(spec: &Spec, dir: &Path, spans: &SpanIndex<'_>, file: &SourceFile<'_>) -> Vec<Diagnostic> {
+/// The semantic problems of `spec`. `dropped` names the keys that decoding
+/// already reported and left out: problems of the tables that held them
+/// follow from that (a `[[run]]` whose only key was misspelt "has neither
+/// `script` nor `file`") and are not reported again.
+pub(crate) fn validate(
+    spec: &Spec,
+    dir: &Path,
+    spans: &SpanIndex<'_>,
+    file: &SourceFile<'_>,
+    dropped: &[String],
+) -> Vec<Diagnostic> {
     let mut v = Validator {
         spans,
         file,
         dir,
+        dropped,
         diagnostics: Vec::new(),
     };
     v.image(spec);
@@ -71,11 +82,23 @@ struct Validator<'a, 'i> {
     spans: &'a SpanIndex<'i>,
     file: &'a SourceFile<'a>,
     dir: &'a Path,
+    dropped: &'a [String],
     diagnostics: Vec<Diagnostic>,
 }
 
 impl Validator<'_, '_> {
     fn report(&mut self, path: &str, message: String, help: Option<String>) {
+        // Also the keys given a placeholder value, and what lies under them.
+        let encloses_dropped = self.dropped.iter().any(|d| {
+            let related = |a: &str, b: &str| {
+                a.strip_prefix(b)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            };
+            related(d, path) || related(path, d)
+        });
+        if encloses_dropped {
+            return;
+        }
         let span = self.spans.value_or_parent(path);
         self.diagnostics
             .push(self.file.diagnostic(DiagnosticKind::Invalid, span, message, help));

@@ -147,6 +147,108 @@ release = "bookworm"
         help: "did you mean `debian`?",
     },
     Case {
+        name: "duplicate key",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+release = "trixie"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Duplicate,
+        message: "duplicate key `release` in [base]",
+        line: 7,
+        column: 1,
+        help: "keep one of the two",
+    },
+    Case {
+        name: "duplicate table",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ovh-byol]
+[base]
+mirror = "http://deb.debian.org/debian"
+"#,
+        kind: DiagnosticKind::Duplicate,
+        message: "table [base] is defined twice",
+        line: 8,
+        column: 2,
+        help: "merge the two [base] tables into one",
+    },
+    Case {
+        name: "unquoted string",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = bookworm
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Syntax,
+        message: "string values must be quoted, expected literal string",
+        line: 6,
+        column: 11,
+        help: "put the value in quotes: release = \"bookworm\"",
+    },
+    Case {
+        name: "unclosed array",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ovh-byol]
+[packages]
+install = ["vim", "curl"
+"#,
+        kind: DiagnosticKind::Syntax,
+        message: "unclosed array, expected `]`",
+        line: 9,
+        column: 25,
+        help: "close the array with `]`",
+    },
+    Case {
+        name: "quoted boolean",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+compress = "true"
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "wrong type for `compress` in [targets.disk]: expected a boolean, found string \"true\"",
+        line: 8,
+        column: 12,
+        help: "write it without quotes: compress = true",
+    },
+    Case {
+        name: "number for a string",
+        spec: r#"[image]
+name = "t"
+version = 1
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "wrong type for `version` in [image]: expected a string, found integer `1`",
+        line: 3,
+        column: 11,
+        help: "put the value in quotes: version = \"1\"",
+    },
+    Case {
         name: "unknown key in the distro-tagged [base]",
         spec: r#"[image]
 name = "t"
@@ -169,12 +271,13 @@ name = "t"
 version = "1"
 [base]
 distro = "ubuntu"
+mirror = "http://archive.ubuntu.com/ubuntu"
 release = 24
 [targets.ovh-byol]
 "#,
         kind: DiagnosticKind::WrongType,
         message: "wrong type for `release` in [base]: expected a string, found integer `24`",
-        line: 6,
+        line: 7,
         column: 11,
         help: "",
     },
@@ -208,6 +311,24 @@ distro = "debian"
         line: 4,
         column: 1,
         help: "add `release = \"bookworm\"` to this table",
+    },
+    Case {
+        name: "missing key in an array of tables",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[[files]]
+src = "files/motd"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::MissingKey,
+        message: "missing key `dest` in [[files]] #1",
+        line: 7,
+        column: 1,
+        help: "add `dest = \"/…\"` to this table",
     },
     Case {
         name: "missing table",
@@ -1099,4 +1220,188 @@ fn truncated_specs_never_panic() {
             assert!(!e.diagnostics().is_empty(), "prefix {end}: {e}");
         }
     }
+}
+
+/// Both definitions of a duplicate key are located, and both locations
+/// are in the rendered message.
+#[test]
+fn duplicates_point_at_both_definitions() {
+    let spec = CASES.iter().find(|c| c.name == "duplicate key").unwrap().spec;
+    let err = parse(spec).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    let related = d.related.as_ref().expect("the first definition");
+    assert_eq!((related.line, related.column), (6, 1));
+    assert_eq!(related.label, "first defined here");
+    let rendered = err.to_string();
+    assert!(rendered.contains("--> spec.toml:7:1"), "{rendered}");
+    assert!(rendered.contains("::: spec.toml:6:1"), "{rendered}");
+    assert!(
+        rendered.contains("6 | release = \"bookworm\"\n  | ------- first defined here"),
+        "{rendered}"
+    );
+
+    // In an array of tables, in an inline table, and a table header.
+    for (spec, first) in [
+        (
+            "[[users]]\nname = \"a\"\n[[users]]\nname = \"b\"\nname = \"c\"\n",
+            (4, 1),
+        ),
+        ("[packages]\ninstall = []\n[image]\nname = { a = 1, a = 2 }\n", (4, 10)),
+        ("[image]\nname = \"t\"\n[image]\n", (1, 2)),
+    ] {
+        let err = parse(spec).unwrap_err();
+        let d = err
+            .diagnostics()
+            .iter()
+            .find(|d| d.kind == DiagnosticKind::Duplicate)
+            .unwrap_or_else(|| panic!("{err}"));
+        let related = d.related.as_ref().unwrap();
+        assert_eq!((related.line, related.column), first, "{err}");
+    }
+}
+
+/// A spec that is not UTF-8 is located at its first bad byte.
+#[test]
+fn non_utf8_spec_points_at_the_first_bad_byte() {
+    let err = load(&fixtures().join("broken/latin1.toml")).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    assert_eq!(d.kind, DiagnosticKind::Encoding);
+    assert_eq!((d.line, d.column), (4, 6));
+    assert!(d.message.contains("byte 0xE9"), "{}", d.message);
+    assert!(d.help.as_deref().unwrap_or("").contains("UTF-8"));
+    let rendered = err.to_string();
+    assert!(rendered.contains("latin1.toml:4:6"), "{rendered}");
+    assert!(rendered.contains("4 | # Caf\u{FFFD} image\n  |      ^"), "{rendered}");
+}
+
+/// Structural problems (unknown keys, wrong types) and semantic ones are
+/// reported in one run; a table whose key was dropped is not blamed for
+/// lacking it.
+#[test]
+fn structural_and_semantic_problems_together() {
+    let spec = r#"hostname = "foo_bar"
+[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[packages]
+instal = ["vim"]
+[[run]]
+scrpit = "echo hi"
+[targets.disk]
+compress = "yes"
+firmware = ["bios", "efi"]
+size = "1MiB"
+"#;
+    let err = parse(spec).unwrap_err();
+    let got: Vec<(usize, DiagnosticKind)> = err.diagnostics().iter().map(|d| (d.line, d.kind)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, DiagnosticKind::Invalid),
+            (9, DiagnosticKind::UnknownKey),
+            (11, DiagnosticKind::UnknownKey),
+            (13, DiagnosticKind::WrongType),
+            (14, DiagnosticKind::WrongType),
+            (15, DiagnosticKind::Invalid),
+        ],
+        "{err}"
+    );
+    assert!(err.to_string().ends_with("error: spec.toml has 6 problems"), "{err}");
+
+    // A required key with a wrong value does not stop the decoding; a
+    // misspelt required key does, as its table then lacks it, but what
+    // was found before is still reported.
+    let spec = "[image]\nnme = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debain\"\nrelease = 12\n[targets.ovh-byol]\n";
+    let err = parse(spec).unwrap_err();
+    let got: Vec<usize> = err.diagnostics().iter().map(|d| d.line).collect();
+    assert_eq!(got, vec![2, 5, 6], "{err}");
+
+    // A misspelt table is the missing one; a table missing for no such
+    // reason is reported.
+    let spec = "[imgae]\nname = \"t\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n[targets.ovh-byol]\n";
+    let err = parse(spec).unwrap_err();
+    let got: Vec<&str> = err.diagnostics().iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(got, ["unknown key `imgae` at the top level"], "{err}");
+    let spec = "[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n[packages]\ninstal = []\n[targets.ovh-byol]\n";
+    let err = parse(spec).unwrap_err();
+    let got: Vec<&str> = err.diagnostics().iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        got,
+        ["missing table [image]", "unknown key `instal` in [packages]"],
+        "{err}"
+    );
+}
+
+/// Names missing from the catalog are located in the spec; parts of the
+/// catalog that are `None` are not checked.
+#[test]
+fn names_missing_from_the_catalog() {
+    let spec = r#"timezone = "Europe/Pariss"
+[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[packages]
+install = ["curll", "vim=2:9.0", "mail-transport-agent"]
+[kernel]
+package = "linux-image-amd64"
+[targets.ovh-byol]
+"#;
+    let loaded = parse(spec).unwrap();
+    let names = |list: &[&str], source: &str| Some(kiln_spec::Names::new(list.iter().map(|s| (*s).to_owned()), source));
+    let catalog = kiln_spec::Catalog {
+        release: Some(kiln_spec::Release {
+            exists: true,
+            looked_at: "x".into(),
+            known: vec![],
+        }),
+        packages: names(
+            &["curl", "vim", "mail-transport-agent", "linux-image-amd64"],
+            "bookworm (main) at http://deb.example/debian",
+        ),
+        timezones: names(&["Europe/Paris", "UTC"], "the tz database"),
+        locales: None,
+    };
+    let err = loaded.check_names(&catalog).unwrap_err();
+    let got: Vec<(DiagnosticKind, usize, usize, &str)> = err
+        .diagnostics()
+        .iter()
+        .map(|d| (d.kind, d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                DiagnosticKind::NotFound,
+                1,
+                12,
+                "time zone `Europe/Pariss` is not in the tz database"
+            ),
+            (
+                DiagnosticKind::NotFound,
+                9,
+                12,
+                "package `curll` is not in bookworm (main) at http://deb.example/debian"
+            ),
+        ]
+    );
+    assert!(err.to_string().contains("= help: did you mean `curl`?"), "{err}");
+
+    let missing_release = kiln_spec::Catalog {
+        release: Some(kiln_spec::Release {
+            exists: false,
+            looked_at: "http://deb.example/debian/dists/bookworm/Release".into(),
+            known: vec!["bookworm".into()],
+        }),
+        ..Default::default()
+    };
+    let err = loaded.check_names(&missing_release).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    assert_eq!((d.line, d.column), (7, 11));
+    assert!(loaded.check_names(&kiln_spec::Catalog::default()).is_ok());
 }

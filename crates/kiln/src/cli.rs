@@ -32,6 +32,7 @@ fn after_help() -> String {
 
 const EXAMPLES: &str = "Examples:
   kiln plan examples/debian-12-ovh-byol.toml       what a build would do
+  kiln validate examples/debian-12-ovh-byol.toml   spec errors and unknown package names, nothing else
   kiln build examples/debian-12-ovh-byol.toml --out out
   kiln build examples/debian-12-ovh-byol.toml --explain   why each stage is reused or rebuilt
   kiln build examples/debian-12-ovh-byol.toml --verify-reproducible
@@ -48,6 +49,9 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the stages a build would run, with their input hashes; runs nothing.
     Plan(PlanArgs),
+    /// Check a spec without planning: its syntax and values, and its release,
+    /// package, time zone and locale names (exit 2 if any is wrong).
+    Validate(ValidateArgs),
     /// Check an image against a target's contract, rule by rule (exit 1 if any rule fails).
     Check(CheckArgs),
     /// Show an image's partitions, filesystems, kernel, packages and embedded manifest.
@@ -173,6 +177,18 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not check the release and package names against the archive (no network).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The spec file (TOML).
+    pub spec: PathBuf,
+    /// Do not check the release and package names against the archive (no network).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// The target kinds whose contract `kiln check` knows.

@@ -82,7 +82,11 @@ fn missing_spec_file_is_a_clear_error() {
 
 #[test]
 fn plan_lists_every_stage_with_hashes() {
-    let out = kiln(&["plan", examples().join("debian-12-ovh-byol.toml").to_str().unwrap()]);
+    let out = kiln(&[
+        "plan",
+        "--offline",
+        examples().join("debian-12-ovh-byol.toml").to_str().unwrap(),
+    ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     for stage in [
@@ -101,6 +105,7 @@ fn plan_lists_every_stage_with_hashes() {
     let json = kiln(&[
         "plan",
         "--json",
+        "--offline",
         examples().join("debian-12-ovh-byol-xfs.toml").to_str().unwrap(),
     ]);
     let plan: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
@@ -229,8 +234,8 @@ fn a_failed_run_exits_3() {
 fn a_closed_stdout_ends_short_commands_quietly() {
     let spec = examples().join("debian-12-ovh-byol.toml");
     for args in [
-        &["plan", spec.to_str().unwrap()][..],
-        &["plan", "--json", spec.to_str().unwrap()],
+        &["plan", "--offline", spec.to_str().unwrap()][..],
+        &["plan", "--offline", "--json", spec.to_str().unwrap()],
         &["doctor"],
         &["schema"],
         &["completion", "bash"],
@@ -276,7 +281,7 @@ fn very_verbose_shows_what_commands_print() {
         return;
     }
     let spec = examples().join("debian-12-ovh-byol.toml");
-    let out = kiln(&["-vv", "plan", spec.to_str().unwrap()]);
+    let out = kiln(&["-vv", "plan", "--offline", spec.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("kiln: debug: running mke2fs -V"), "{stderr}");
@@ -349,4 +354,48 @@ fn version_names_the_commit() {
         Ok(g) if g.status.success() => assert_eq!(commit, String::from_utf8_lossy(&g.stdout).trim()),
         _ => assert_eq!(commit, "unknown"),
     }
+}
+
+#[test]
+fn validate_offline_accepts_the_examples() {
+    for example in ["debian-12-ovh-byol.toml", "debian-12-disk.toml"] {
+        let spec = examples().join(example);
+        let out = kiln(&["validate", "--offline", spec.to_str().unwrap()]);
+        let t = text(&out);
+        assert!(out.status.success(), "{example}: {t}");
+        assert!(
+            t.contains(&format!("{}: valid (offline", spec.display())),
+            "{example}: {t}"
+        );
+        assert!(!t.contains("warning"), "{example}: {t}");
+    }
+}
+
+/// A broken spec is rejected at its places: a duplicate key at both
+/// definitions; once that is fixed, a time zone that the host's tz
+/// database lacks (checked offline too).
+#[test]
+fn validate_offline_rejects_a_broken_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("broken.toml");
+    let source = "timezone = \"Europe/Pariss\"\n[image]\nname = \"x\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\n\
+                release = \"bookworm\"\nrelease = \"trixie\"\n[packages]\ninstall = [\"vim\"]\n[targets.ovh-byol]\n";
+    std::fs::write(&spec, source).unwrap();
+    let out = kiln(&["validate", "--offline", spec.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("error: duplicate key `release` in [base]"), "{t}");
+    assert!(t.contains("broken.toml:8:1"), "{t}");
+    assert!(t.contains("::: ") && t.contains("broken.toml:7:1"), "{t}");
+
+    std::fs::write(&spec, source.replace("release = \"trixie\"\n", "")).unwrap();
+    let out = kiln(&["validate", "--offline", spec.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("error: time zone `Europe/Pariss` is not in the tz database"),
+        "{t}"
+    );
+    assert!(t.contains("broken.toml:1:12"), "{t}");
+    assert!(t.contains("did you mean `Europe/Paris`?"), "{t}");
 }

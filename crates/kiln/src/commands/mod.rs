@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{BuildArgs, CheckArgs, Cli, Command, InspectArgs, LogFormat, PlanArgs};
+use crate::cli::{BuildArgs, CheckArgs, Cli, Command, InspectArgs, LogFormat, PlanArgs, ValidateArgs};
 use crate::exit::{usage, Exit, Usage};
 use crate::output::{out, outln};
 use crate::progress::{self, Verbosity};
@@ -22,6 +22,7 @@ pub(crate) fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Build(args) => build(args),
         Command::Plan(args) => plan(args),
+        Command::Validate(args) => validate(args),
         Command::Check(args) => check(args),
         Command::Inspect(args) => inspect(args),
         Command::Seed(args) => seed::run(args),
@@ -82,8 +83,33 @@ fn reporter(plan: &kiln_build::Plan, args: &BuildArgs) -> Arc<dyn kiln_build::Re
     }
 }
 
+/// Loads the spec and checks its names against the archive (unless
+/// `offline`) and the host's tz and locale databases; what could not be
+/// checked is a warning.
+fn load_checked(spec: &std::path::Path, offline: bool) -> Result<kiln_spec::LoadedSpec> {
+    let loaded = kiln_spec::load(spec)?;
+    let (catalog, warnings) = kiln_build::names::gather(&loaded, &kiln_build::names::NameSources::host(offline));
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    loaded.check_names(&catalog)?;
+    Ok(loaded)
+}
+
+fn validate(args: ValidateArgs) -> Result<Exit> {
+    load_checked(&args.spec, args.offline)?;
+    let skipped = if args.offline {
+        " (offline: release and package names not checked)"
+    } else {
+        ""
+    };
+    outln!("{}: valid{skipped}", args.spec.display())?;
+    Ok(Exit::Success)
+}
+
 fn plan(args: PlanArgs) -> Result<Exit> {
-    let plan = load_plan(&args.spec)?;
+    let loaded = load_checked(&args.spec, args.offline)?;
+    let plan = kiln_build::plan(&loaded, kiln_build::tool_versions()).map_err(usage)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&plan)?)?;
         return Ok(Exit::Success);

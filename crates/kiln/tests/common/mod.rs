@@ -56,7 +56,7 @@ pub fn shared_out(spec: &str) -> PathBuf {
 
 /// The spec hash `kiln plan` computes for `spec` today.
 fn spec_hash(spec: &Path) -> String {
-    let out = run(kiln().args(["plan", "--json"]).arg(spec));
+    let out = run(kiln().args(["plan", "--json", "--offline"]).arg(spec));
     assert!(out.status.success(), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     plan["spec_hash"].as_str().unwrap().to_owned()
