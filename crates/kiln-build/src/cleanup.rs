@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn cleanup_is_valid_sh_with_the_family_part() {
-        let s = script(&crate::distro::Debian);
+        let s = script(&crate::distro::DEBIAN);
         assert!(s.contains("apt-get clean\n"));
         assert!(s.contains("find /var/log -type f -exec truncate -s 0 {} +\n"));
         if kiln_exec::which("shellcheck").is_some() {

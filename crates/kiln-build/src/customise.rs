@@ -258,7 +258,7 @@ mod tests {
             "[[directories]]\npath = \"/srv/my dir\"\nowner = \"www-data:adm\"\n\
              [[users]]\nname = \"ops\"\nsudo = true\ngroups = [\"adm\"]\nssh_keys = [\"ssh-ed25519 AAAAC3Nza ops@x\"]\n",
         );
-        let script = configure_script(&s, &["ConfigDrive".into()], &crate::distro::Debian);
+        let script = configure_script(&s, &["ConfigDrive".into()], &crate::distro::DEBIAN);
         assert!(
             script.contains("install -d -m 0755 -o www-data -g adm '/srv/my dir'"),
             "{script}"
@@ -281,7 +281,7 @@ mod tests {
              [packages]\nremove = [\"nano\"]\n\
              [cloud_init]\ndefault_user = { name = \"debian\", groups = [\"adm\"] }\n",
         );
-        let script = configure_script(&s, &[], &crate::distro::Debian);
+        let script = configure_script(&s, &[], &crate::distro::DEBIAN);
         kiln_exec::Cmd::new("sh")
             .args(["-n", "-c", &script])
             .run()

@@ -268,7 +268,7 @@ fn disk_image_boots_with_bios_and_uefi() {
         &tree,
         &log,
         "customisation",
-        &customise::configure_script(spec, &datasources, &kiln_build::distro::Debian),
+        &customise::configure_script(spec, &datasources, &kiln_build::distro::DEBIAN),
     );
     chroot(
         &tree,
@@ -281,7 +281,7 @@ fn disk_image_boots_with_bios_and_uefi() {
         &tree,
         &log,
         "cleanup",
-        &kiln_build::cleanup::script(&kiln_build::distro::Debian),
+        &kiln_build::cleanup::script(&kiln_build::distro::DEBIAN),
     );
     kiln_build::cleanup::reset_host_files(&tree, spec.hostname.as_deref()).unwrap();
     eprintln!("finalised the tree in {:.0?}", started.elapsed());

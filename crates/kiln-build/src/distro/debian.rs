@@ -15,13 +15,35 @@ use crate::bootstrap::{self, BootstrapRequest, SourceLine};
 use crate::manifest::Package;
 use crate::targets::ovh_byol::script::{self, ScriptError, ScriptParams};
 
+/// An apt-based family: what Debian and Ubuntu share is code, what differs
+/// is data.
+#[derive(Debug)]
+pub struct AptFamily {
+    name: &'static str,
+    kernel: &'static [&'static str],
+    network: &'static [&'static str],
+    /// The archive key mmdebstrap is given, where the host's apt does not
+    /// already trust the archive.
+    keyring: Option<&'static str>,
+}
+
 /// Debian, bootstrapped with mmdebstrap from the host's own mirror by default.
-#[derive(Debug, Clone, Copy)]
-pub struct Debian;
+pub static DEBIAN: AptFamily = AptFamily {
+    name: "debian",
+    kernel: &["linux-image-amd64"],
+    // cloud-init's renderer on Debian is ifupdown.
+    network: &["ifupdown", "isc-dhcp-client"],
+    keyring: None,
+};
 
 /// Ubuntu, bootstrapped with mmdebstrap and ubuntu-keyring from an explicit mirror.
-#[derive(Debug, Clone, Copy)]
-pub struct Ubuntu;
+pub static UBUNTU: AptFamily = AptFamily {
+    name: "ubuntu",
+    kernel: &["linux-image-generic"],
+    // cloud-init renders netplan on Ubuntu.
+    network: &["netplan.io"],
+    keyring: Some(UBUNTU_KEYRING),
+};
 
 /// Where Debian's `ubuntu-keyring` package puts Ubuntu's archive key.
 const UBUNTU_KEYRING: &str = "/usr/share/keyrings/ubuntu-archive-keyring.gpg";
@@ -53,9 +75,9 @@ fn common_packages(role: Role) -> &'static [&'static str] {
     }
 }
 
-impl DistroFamily for Debian {
+impl DistroFamily for AptFamily {
     fn name(&self) -> &'static str {
-        "debian"
+        self.name
     }
 
     fn host_tools(&self) -> &'static [&'static str] {
@@ -64,15 +86,14 @@ impl DistroFamily for Debian {
 
     fn packages(&self, role: Role) -> &'static [&'static str] {
         match role {
-            Role::Kernel => &["linux-image-amd64"],
-            // cloud-init's renderer on Debian is ifupdown.
-            Role::Network => &["ifupdown", "isc-dhcp-client"],
+            Role::Kernel => self.kernel,
+            Role::Network => self.network,
             other => common_packages(other),
         }
     }
 
     fn bootloader_id(&self) -> &'static str {
-        "debian"
+        self.name
     }
 
     fn sources(&self, base: &Base, etc_apt: &Path) -> Result<Vec<SourceLine>> {
@@ -86,89 +107,11 @@ impl DistroFamily for Debian {
         scratch: &Path,
         packages: Option<&Path>,
     ) -> (&'static str, Vec<String>) {
-        ("mmdebstrap", bootstrap::mmdebstrap_args(req, tree, scratch, packages))
-    }
-
-    fn install_script(&self, packages: &[&str]) -> String {
-        apt_install(packages)
-    }
-
-    fn remove_script(&self, packages: &[String]) -> String {
-        apt_purge(packages)
-    }
-
-    fn clean_downloads_script(&self) -> &'static str {
-        "apt-get clean"
-    }
-
-    fn clean_script(&self) -> &'static str {
-        APT_CLEAN
-    }
-
-    fn package_archive_dir(&self) -> &'static str {
-        "var/cache/apt/archives"
-    }
-
-    fn installed_packages(&self, tree: &Path) -> Result<Vec<Package>> {
-        dpkg_packages(tree)
-    }
-
-    fn locale_script(&self, locale: &str) -> String {
-        debian_locale(locale)
-    }
-
-    fn timezone_script(&self, zone: &str) -> String {
-        debian_timezone(zone)
-    }
-
-    fn bootloader(&self) -> Bootloader {
-        GRUB
-    }
-
-    fn initramfs_script(&self) -> &'static str {
-        UPDATE_INITRAMFS
-    }
-
-    fn make_image_bootable(&self, params: &ScriptParams) -> Result<String, ScriptError> {
-        script::try_render_debian(params)
-    }
-}
-
-impl DistroFamily for Ubuntu {
-    fn name(&self) -> &'static str {
-        "ubuntu"
-    }
-
-    fn host_tools(&self) -> &'static [&'static str] {
-        &["mmdebstrap", "dpkg-query"]
-    }
-
-    fn packages(&self, role: Role) -> &'static [&'static str] {
-        match role {
-            Role::Kernel => &["linux-image-generic"],
-            // cloud-init renders netplan on Ubuntu.
-            Role::Network => &["netplan.io"],
-            other => common_packages(other),
-        }
-    }
-
-    fn bootloader_id(&self) -> &'static str {
-        "ubuntu"
-    }
-
-    fn sources(&self, base: &Base, etc_apt: &Path) -> Result<Vec<SourceLine>> {
-        bootstrap::resolve_sources(base, &bootstrap::host_sources(etc_apt))
-    }
-
-    fn bootstrap_command(
-        &self,
-        req: &BootstrapRequest,
-        tree: &Path,
-        scratch: &Path,
-        packages: Option<&Path>,
-    ) -> (&'static str, Vec<String>) {
-        let mut args = vec![format!("--keyring={UBUNTU_KEYRING}")];
-        args.extend(bootstrap::mmdebstrap_args(req, tree, scratch, packages));
+        let keyring = self.keyring.map(|k| format!("--keyring={k}"));
+        let args = keyring
+            .into_iter()
+            .chain(bootstrap::mmdebstrap_args(req, tree, scratch, packages))
+            .collect();
         ("mmdebstrap", args)
     }
 
@@ -342,14 +285,14 @@ mod tests {
             extra_sources: vec![],
             snapshot: false,
         };
-        let (program, args) = Ubuntu.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
+        let (program, args) = UBUNTU.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
         assert_eq!(program, "mmdebstrap");
         assert_eq!(args[0], format!("--keyring={UBUNTU_KEYRING}"));
         assert!(args.iter().any(|a| a == "noble"));
-        let (_, debian) = Debian.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
+        let (_, debian) = DEBIAN.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
         assert!(!debian.iter().any(|a| a.starts_with("--keyring")));
-        assert_eq!(Ubuntu.packages(Role::Kernel), ["linux-image-generic"]);
-        assert_eq!(Ubuntu.bootloader_id(), "ubuntu");
+        assert_eq!(UBUNTU.packages(Role::Kernel), ["linux-image-generic"]);
+        assert_eq!(UBUNTU.bootloader_id(), "ubuntu");
     }
 
     #[test]

@@ -18,13 +18,13 @@ use kiln_spec::{Base, Distro};
 use crate::bootstrap::{BootstrapRequest, SourceLine};
 use crate::manifest::Package;
 
-pub use debian::{Debian, Ubuntu};
+pub use debian::{AptFamily, DEBIAN, UBUNTU};
 
 /// The family that builds `[base] distro`.
 pub fn family(distro: Distro) -> &'static dyn DistroFamily {
     match distro {
-        Distro::Debian => &Debian,
-        Distro::Ubuntu => &Ubuntu,
+        Distro::Debian => &DEBIAN,
+        Distro::Ubuntu => &UBUNTU,
     }
 }
 

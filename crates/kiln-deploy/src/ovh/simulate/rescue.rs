@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_build::bootstrap::BootstrapRequest;
-use kiln_build::distro::{Debian, DistroFamily};
+use kiln_build::distro::{DistroFamily, DEBIAN};
 use kiln_exec::{Cmd, WorkDir};
 use sha2::{Digest, Sha256};
 
@@ -99,7 +99,7 @@ pub fn rescue_request(etc: &Path) -> Result<BootstrapRequest> {
     });
     Ok(BootstrapRequest {
         distro: kiln_spec::Distro::Debian,
-        sources: Debian.sources(&base, &etc.join("apt"))?,
+        sources: DEBIAN.sources(&base, &etc.join("apt"))?,
         release,
         variant: "minbase".to_owned(),
         architecture: "amd64".to_owned(),
@@ -142,7 +142,7 @@ pub fn ensure_rescue(
     let tmp = work.path().join("tmp");
     std::fs::create_dir_all(&tmp)?;
     std::fs::create_dir_all(&scratch)?;
-    let (program, args) = Debian.bootstrap_command(req, &tree, &scratch, None);
+    let (program, args) = DEBIAN.bootstrap_command(req, &tree, &scratch, None);
     Cmd::in_mount_namespace(program)
         .args(&args)
         .env("TMPDIR", &tmp)
