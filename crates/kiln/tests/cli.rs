@@ -153,3 +153,13 @@ fn check_rejects_an_unknown_target_with_the_choices() {
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("ovh-byol"), "{t}");
 }
+
+#[test]
+fn boot_help_explains_the_guest_network() {
+    let out = kiln(&["boot", "--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for want in ["--net", "whatever the host reaches", "isolated", "--json"] {
+        assert!(t.contains(want), "`kiln boot --help` lacks {want:?}: {t}");
+    }
+}
