@@ -50,8 +50,8 @@ address by DHCP, but reaches neither the host, nor DNS, nor anything beyond. \
 
 Examples:
   kiln boot out/debian-12-disk-1.0.0-disk.qcow2
-  kiln boot --firmware uefi --expect 'Debian GNU/Linux 12' --json out/debian-12-disk-1.0.0-disk.qcow2
-  kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/debian-12-disk-1.0.0-disk.qcow2"
+  kiln boot --firmware uefi --expect 'Debian GNU/Linux 12' --json out/disk.qcow2
+  kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/disk.qcow2"
     )]
     Boot(BootArgs),
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
