@@ -79,6 +79,11 @@ impl Subnet {
         self.nth(2)
     }
 
+    /// QEMU's DNS server as the guest sees it (the 3rd address).
+    pub fn dns(&self) -> Ipv4Addr {
+        self.nth(3)
+    }
+
     /// What QEMU itself answers on at `ip`, if anything: a guest forward
     /// there would be shadowed or would shadow it.
     fn reserved(&self, ip: Ipv4Addr) -> Option<&'static str> {
@@ -412,6 +417,7 @@ mod tests {
             "169.254.0.0/16"
         );
         assert_eq!(Subnet::DEFAULT.host(), ip("10.0.2.2"));
+        assert_eq!(Subnet::DEFAULT.dns(), ip("10.0.2.3"));
         for (bad, want) in [
             ("10.0.2.0", "not a subnet"),
             ("10.0.2/24", "not a subnet"),
