@@ -2,7 +2,8 @@
 //! bookworm tree, then booted. The tree gets the spec's customisation
 //! (`examples/debian-12-disk.toml`), the target's finalisation and the
 //! cleanup in a chroot; `assemble` turns it into a raw disk (no loop device,
-//! no mount), which is converted to qcow2 and booted under QEMU (TCG):
+//! no mount), which is converted to qcow2 and booted under QEMU (TCG) by
+//! kiln-vm's runner, on its default isolated network:
 //!
 //! 1. BIOS (SeaBIOS) until `login:` on the serial console;
 //! 2. UEFI (OVMF, fresh variables: no boot entry, so the removable path),
@@ -26,6 +27,7 @@ use kiln_build::customise;
 use kiln_build::targets::disk::{self, DiskIds, DiskPlan};
 use kiln_disk::fat::{write_fat_image, FatEntry, FatOptions};
 use kiln_exec::{Cmd, WorkDir};
+use kiln_vm::{Accel, Drive, DriveMode, Firmware, ImageFormat, Network, Vm, VmConfig};
 use uuid::Uuid;
 
 const SUITE: &str = "bookworm";
@@ -136,48 +138,27 @@ struct Boot {
     complete: bool,
 }
 
-/// Boots `image` (qcow2; writes go to a temporary overlay) until every
-/// marker has appeared on the serial console in order, or the timeout;
-/// then stops QEMU.
+/// Boots `image` (qcow2; writes go to a temporary overlay) with kiln's
+/// runner until every marker has appeared on the serial console in order,
+/// or the timeout; then stops QEMU. The guest needs nothing from the
+/// network, so it gets kiln's default: isolated, without forwards.
 fn boot(image: &Path, dir: &Path, uefi: bool, seed: Option<&Path>, markers: &[&str]) -> Boot {
     let log = dir.join(if uefi { "console-uefi.log" } else { "console-bios.log" });
-    let _ = fs::remove_file(&log);
-    let mut cmd = Cmd::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "1024",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-nic", "user,model=virtio-net-pci", "-serial"])
-        .arg(format!("file:{}", log.display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2,snapshot=on", image.display()))
-        .log_to(dir.join("qemu.log"));
+    let mut cfg = VmConfig::new(&log);
+    // OVMF with a fresh copy of its variables: no boot entry for this disk
+    // exists, so the firmware must find \EFI\BOOT\BOOTX64.EFI by itself.
+    cfg.firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
+    cfg.accel = Accel::Tcg;
+    cfg.cpus = 1;
+    cfg.disks.push(Drive::new(image, ImageFormat::Qcow2));
     if let Some(seed) = seed {
-        cmd = cmd
-            .arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw,readonly=on", seed.display()));
+        cfg.disks
+            .push(Drive::new(seed, ImageFormat::Raw).mode(DriveMode::ReadOnly));
     }
-    if uefi {
-        // A fresh copy of the variables: no boot entry for this disk exists,
-        // so OVMF must find \EFI\BOOT\BOOTX64.EFI by itself.
-        let vars = dir.join("OVMF_VARS.fd");
-        fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-        cmd = cmd
-            .arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-    }
+    assert_eq!(cfg.net, Network::default());
     let started = Instant::now();
-    // Dropping `qemu` stops it, whatever happens below.
-    let mut qemu = cmd.spawn().unwrap_or_else(|e| panic!("{e}"));
+    // Dropping `vm` stops QEMU, whatever happens below.
+    let mut vm = Vm::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let mut complete = false;
     while started.elapsed() < BOOT_TIMEOUT {
         let console = console_text(&log);
@@ -185,14 +166,14 @@ fn boot(image: &Path, dir: &Path, uefi: bool, seed: Option<&Path>, markers: &[&s
             complete = true;
             break;
         }
-        if let Some(status) = qemu.try_wait().unwrap() {
-            eprintln!("QEMU exited early: {status}");
+        if let Some(exit) = vm.exited().unwrap() {
+            eprintln!("QEMU exited early: {exit}");
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let elapsed = started.elapsed();
-    drop(qemu);
+    drop(vm);
     Boot {
         console: console_text(&log),
         elapsed,

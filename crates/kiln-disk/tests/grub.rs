@@ -14,6 +14,7 @@ use kiln_disk::grub::{self, GrubRoot, Platform};
 use kiln_disk::partition::{layout, write_partition_table, Layout, PartKind, PartitionSpec, TableKind};
 use kiln_disk::{make_ext4, FsOptions};
 use kiln_exec::Cmd;
+use kiln_vm::{Accel, Drive, Firmware, ImageFormat, Network, Vm, VmConfig};
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
@@ -233,48 +234,32 @@ fn uefi_boot_reaches_grub_cfg_through_the_removable_path() {
     );
 }
 
-/// Boots `disk` under QEMU (TCG, no network) until GRUB powers it off (at
-/// most two minutes) and returns the serial console. UEFI uses OVMF with a
-/// fresh copy of its variables, so there is no boot entry: the firmware must
-/// find the removable path by itself.
+/// Boots `disk` under QEMU (TCG, no network card) with kiln-vm's runner
+/// until GRUB powers it off (at most two minutes) and returns the serial
+/// console. UEFI uses OVMF with a fresh copy of its variables, so there is
+/// no boot entry: the firmware must find the removable path by itself.
 pub fn boot(disk: &Path, dir: &Path, uefi: bool) -> String {
     let log = dir.join("console.log");
-    let mut cmd = Cmd::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "512",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-nic", "none", "-serial"])
-        .arg(format!("file:{}", log.display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw,snapshot=on", disk.display()))
-        .log_to(dir.join("qemu.log"));
-    if uefi {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-        cmd = cmd
-            .arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-    }
-    let mut qemu = cmd.spawn().unwrap_or_else(|e| panic!("{e}"));
+    let mut cfg = VmConfig::new(&log);
+    cfg.firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
+    cfg.accel = Accel::Tcg;
+    cfg.cpus = 1;
+    cfg.memory = 512 << 20;
+    cfg.net = Network::None;
+    cfg.disks.push(Drive::new(disk, ImageFormat::Raw));
+    let mut vm = Vm::start(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Dropping `qemu` stops it if GRUB is stuck (in its rescue shell, say).
-    while qemu.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(qemu);
-    let qemu_log = console_text(&dir.join("qemu.log"));
+    // Dropping `vm` stops QEMU if GRUB is stuck (in its rescue shell, say).
+    let exit = loop {
+        match vm.exited().unwrap() {
+            Some(exit) => break exit.to_string(),
+            None if Instant::now() >= deadline => break "still running after 120 s".to_owned(),
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    drop(vm);
     let console = console_text(&log);
-    format!("{console}\n[qemu] {qemu_log}")
+    format!("{console}\n[qemu] {exit}")
 }
 
 /// The serial console so far. Lossy: firmware writes bytes that are not

@@ -380,14 +380,22 @@ impl Cmd {
 
     /// Checks the registry and finds the program on `PATH`.
     fn resolve(&self) -> Result<PathBuf, ExecError> {
-        let tool = find_tool(&self.program).ok_or_else(|| ExecError::Unregistered {
-            tool: self.program.clone(),
-        })?;
-        which(tool.name).ok_or_else(|| ExecError::NotFound {
-            tool: tool.name.to_owned(),
-            package: tool.package.to_owned(),
-        })
+        locate(&self.program)
     }
+}
+
+/// Checks that `program` is in the registry and finds it on `PATH`. [`Cmd`]
+/// does this itself; call it for a program that another one starts on
+/// kiln's behalf (QEMU runs `socat` for each guest forward), so that its
+/// absence is reported before anything runs.
+pub fn locate(program: &str) -> Result<PathBuf, ExecError> {
+    let tool = find_tool(program).ok_or_else(|| ExecError::Unregistered {
+        tool: program.to_owned(),
+    })?;
+    which(tool.name).ok_or_else(|| ExecError::NotFound {
+        tool: tool.name.to_owned(),
+        package: tool.package.to_owned(),
+    })
 }
 
 /// How long a dropped [`Running`] child gets between SIGTERM and SIGKILL.
@@ -644,6 +652,12 @@ mod tests {
     fn unregistered_tool_is_refused() {
         let err = Cmd::new("ls").run().unwrap_err();
         assert!(matches!(err, ExecError::Unregistered { .. }), "{err}");
+    }
+
+    #[test]
+    fn locate_checks_the_registry_then_path() {
+        assert!(matches!(locate("ls"), Err(ExecError::Unregistered { .. })));
+        assert!(locate("sh").unwrap().is_absolute());
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod interrupt;
 pub mod testing;
 pub mod tools;
 
-pub use cmd::{Cmd, ExecError, Output, Running};
+pub use cmd::{locate, Cmd, ExecError, Output, Running};
 pub use guard::{mounts_under, LoopDevice, PartialFile, WorkDir};
 pub use interrupt::{check_interrupted, install_signal_handlers, interrupted};
 pub use tools::{find_tool, which, Tool, TOOLS};

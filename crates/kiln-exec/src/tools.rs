@@ -72,6 +72,11 @@ pub const TOOLS: &[Tool] = &[
         "boot images to test them (BIOS, or UEFI with ovmf)",
     ),
     tool(
+        "socat",
+        "socat",
+        "connect a booted guest's forwarded address to a service on the host's loopback (QEMU runs it)",
+    ),
+    tool(
         "git",
         "git",
         "record the commit of the spec's repository and its time (SOURCE_DATE_EPOCH)",

@@ -24,7 +24,8 @@ use std::time::Duration;
 use crate::console::{self, Console, Expect, Outcome, Pattern};
 use crate::error::{Result, VmError};
 use crate::firmware::Firmware;
-use crate::qemu::{Drive, DriveMode, ImageFormat, Net, Vm, VmConfig};
+use crate::network::Network;
+use crate::qemu::{Drive, DriveMode, ImageFormat, Vm, VmConfig};
 
 /// How long the probe VM gets to print its final marker.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,7 +192,7 @@ pub fn run_probe(accel: Accel, timeout: Duration) -> Result<ProbeReport> {
     cfg.accel = accel;
     cfg.memory = 64 << 20;
     cfg.cpus = 1;
-    cfg.net = Net::None;
+    cfg.net = Network::None;
 
     let mut vm = Vm::start(&cfg)?;
     let started = vm.started();

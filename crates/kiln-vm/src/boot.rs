@@ -22,7 +22,8 @@ use anyhow::{Context, Result};
 use crate::accel::{choose_accel, Accel, AccelChoice};
 use crate::console::{self, Console, Expect, Outcome, Pattern, Seen};
 use crate::firmware::Firmware;
-use crate::qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Net, Vm, VmConfig};
+use crate::network::Network;
+use crate::qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Vm, VmConfig};
 use crate::seed::{write_seed, Datasource, SeedConfig, SeedFs};
 
 /// getty's prompt: `<hostname> login: `, at the start of a line and, being
@@ -94,7 +95,7 @@ pub struct BootOptions {
     /// CPU).
     pub cpus: Option<u32>,
     pub console_log: PathBuf,
-    pub net: Net,
+    pub net: Network,
     /// Boot this kernel instead of the image's boot loader.
     pub direct_boot: Option<DirectBoot>,
     /// Chosen by [`choose_accel`] when `None`.
@@ -103,7 +104,7 @@ pub struct BootOptions {
 
 impl BootOptions {
     /// BIOS, a generated seed, login and cloud-init awaited, 5 minutes,
-    /// 1 GiB, default CPUs, user networking.
+    /// 1 GiB, default CPUs, an isolated network without forwards.
     pub fn new(image: impl Into<PathBuf>, console_log: impl Into<PathBuf>) -> Self {
         BootOptions {
             image: image.into(),
@@ -120,7 +121,7 @@ impl BootOptions {
             memory: 1 << 30,
             cpus: None,
             console_log: console_log.into(),
-            net: Net::User { forwards: Vec::new() },
+            net: Network::default(),
             direct_boot: None,
             accel: None,
         }
@@ -175,6 +176,8 @@ pub struct Verdict {
     pub tail: Vec<String>,
     pub console_log: PathBuf,
     pub accel: AccelChoice,
+    /// The network the guest had.
+    pub network: Network,
 }
 
 impl Verdict {
@@ -335,6 +338,7 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
         tail: console.tail(TAIL_LINES),
         console_log: opts.console_log.clone(),
         accel,
+        network: opts.net.clone(),
     })
 }
 
@@ -429,6 +433,7 @@ mod tests {
                 accel: Accel::Tcg,
                 reason: String::new(),
             },
+            network: Network::default(),
         };
         assert_eq!(v.summary(), "booted in 52 s: seen login prompt, cloud-init finished");
         v.passed = false;

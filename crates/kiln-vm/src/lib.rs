@@ -7,10 +7,12 @@ pub mod boot;
 pub mod console;
 pub mod error;
 pub mod firmware;
+pub mod network;
 pub mod qemu;
 pub mod seed;
 
 pub use accel::{choose_accel, Accel, AccelChoice};
 pub use error::VmError;
 pub use firmware::Firmware;
-pub use qemu::{DirectBoot, Drive, DriveMode, Forward, ImageFormat, Interface, Net, Vm, VmConfig, VmExit};
+pub use network::{GuestForward, HostForward, Isolated, Network, Subnet};
+pub use qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Interface, Vm, VmConfig, VmExit};

@@ -8,7 +8,9 @@
 //! looping. Disks are attached in snapshot mode by default: writes go to a
 //! throw-away overlay and the image file is never changed. UEFI runs get a
 //! private copy of the OVMF variable store in a temporary directory that
-//! dies with the VM. Non-goals: a monitor/QMP client, live migration,
+//! dies with the VM. The network is a [`Network`], isolated (QEMU's
+//! restricted user network, nothing but explicit forwards) unless the
+//! caller asks otherwise. Non-goals: a monitor/QMP client, live migration,
 //! graphics, architectures other than x86_64.
 
 use std::ffi::{OsStr, OsString};
@@ -23,6 +25,7 @@ use kiln_exec::{Cmd, WorkDir};
 use crate::accel::Accel;
 use crate::error::{require_file, Result, VmError};
 use crate::firmware::{find_ovmf, Firmware, Ovmf};
+use crate::network::{Network, SOCAT};
 
 /// The QEMU binary kiln runs.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -155,23 +158,6 @@ impl Drive {
     }
 }
 
-/// A TCP port on the host's loopback forwarded to a port of the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forward {
-    pub host_port: u16,
-    pub guest_port: u16,
-}
-
-/// The VM's network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Net {
-    /// No network card.
-    None,
-    /// One virtio NIC on QEMU's user-mode network (slirp: DHCP, DNS and
-    /// outbound connections through the host, nothing inbound but `forwards`).
-    User { forwards: Vec<Forward> },
-}
-
 /// Booting a kernel directly instead of through the disk's boot loader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectBoot {
@@ -193,7 +179,7 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Where the serial console goes; truncated at start, kept afterwards.
     pub console_log: PathBuf,
-    pub net: Net,
+    pub net: Network,
     pub direct_boot: Option<DirectBoot>,
     /// End the run when the guest reboots (on by default: a panic or a
     /// reboot loop ends the run instead of repeating).
@@ -201,7 +187,8 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// A BIOS VM with 1 GiB, 2 CPUs, TCG, user networking and no disks.
+    /// A BIOS VM with 1 GiB, 2 CPUs, TCG, an isolated network without
+    /// forwards and no disks.
     pub fn new(console_log: impl Into<PathBuf>) -> Self {
         VmConfig {
             disks: Vec::new(),
@@ -210,7 +197,7 @@ impl VmConfig {
             cpus: 2,
             accel: Accel::Tcg,
             console_log: console_log.into(),
-            net: Net::User { forwards: Vec::new() },
+            net: Network::default(),
             direct_boot: None,
             no_reboot: true,
         }
@@ -350,17 +337,9 @@ pub(crate) fn qemu_args(cfg: &VmConfig, flash: Option<&Flash>) -> Result<Vec<OsS
         a.push(device.into());
     }
 
-    match &cfg.net {
-        Net::None => {}
-        Net::User { forwards } => {
-            let mut nic = String::from("user,model=virtio-net-pci");
-            for f in forwards {
-                nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host_port, f.guest_port));
-            }
-            a.push("-nic".into());
-            a.push(nic.into());
-        }
-    }
+    // Always explicit: QEMU without a -nic would add its default NIC
+    // (-nodefaults prevents that too; this does not rely on it).
+    a.extend(cfg.net.qemu_args().map(OsString::from));
     // Entropy for the guest: early-boot key generation otherwise stalls.
     a.extend(["-device", "virtio-rng-pci"].map(OsString::from));
     Ok(a)
@@ -389,6 +368,11 @@ impl Vm {
             if let Some(i) = &d.initrd {
                 require_file("initrd", i)?;
             }
+        }
+        if cfg.net.needs_socat() {
+            // QEMU starts it only when the guest connects; a missing one
+            // would show up as a reset connection inside the guest.
+            kiln_exec::locate(SOCAT)?;
         }
         let dir = WorkDir::new_in(&std::env::temp_dir(), "kiln-vm-")
             .map_err(VmError::io("creating a temporary directory for the VM"))?;
@@ -552,12 +536,19 @@ mod tests {
         cfg.accel = Accel::Kvm;
         cfg.memory = 2 << 30;
         cfg.cpus = 4;
-        cfg.net = Net::User {
-            forwards: vec![Forward {
-                host_port: 2222,
-                guest_port: 22,
-            }],
-        };
+        cfg.net = Network::Isolated(
+            crate::network::Isolated::new()
+                .host_forward(crate::network::HostForward {
+                    host_port: 2222,
+                    guest_port: 22,
+                })
+                .guest_forward(crate::network::GuestForward {
+                    addr: "10.0.2.100".parse().unwrap(),
+                    port: 80,
+                    host_port: 8080,
+                })
+                .unwrap(),
+        );
         let flash = Flash {
             code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
             vars: "/tmp/kiln-vm-x/OVMF_VARS_4M.fd".into(),
@@ -582,7 +573,7 @@ mod tests {
                 .interface(Interface::Nvme)
                 .serial("disk-d"),
         ];
-        cfg.net = Net::None;
+        cfg.net = Network::None;
         cfg.no_reboot = false;
         cfg.direct_boot = Some(DirectBoot {
             kernel: "/tree/boot/vmlinuz".into(),
@@ -650,7 +641,7 @@ mod tests {
         let kernel = dir.path().join("not-a-kernel");
         std::fs::write(&kernel, "hello").unwrap();
         let mut cfg = VmConfig::new(dir.path().join("console.log"));
-        cfg.net = Net::None;
+        cfg.net = Network::None;
         cfg.memory = 64 << 20;
         cfg.direct_boot = Some(DirectBoot {
             kernel,

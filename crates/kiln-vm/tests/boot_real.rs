@@ -10,16 +10,25 @@
 //! image is made fresh each run, so that "the image is unchanged" means
 //! something.
 //!
+//! The BIOS boot also proves that the guest is isolated: its user data
+//! (cloud-init runcmd) connects to a service of the test through a guest
+//! forward, which must answer, then to a listener of the test on the host's
+//! loopback that is not forwarded (at the host's address in QEMU's subnet,
+//! 10.0.2.2) and resolves a name through QEMU's DNS server (10.0.2.3);
+//! both must fail, and the listener must never see a connection.
+//!
 //! Run: `cargo test -p kiln-vm --test boot_real -- --ignored --nocapture`.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_exec::Cmd;
-use kiln_vm::boot::{boot, BootEvent, BootOptions, Ending};
-use kiln_vm::{Accel, DirectBoot, Firmware, ImageFormat};
+use kiln_vm::boot::{boot, BootEvent, BootOptions, Ending, SeedSource};
+use kiln_vm::{Accel, DirectBoot, Firmware, GuestForward, ImageFormat, Isolated, Network};
 use sha2::{Digest, Sha256};
 
 /// The bootstrap, also the cache key of the tree.
@@ -109,7 +118,131 @@ fn sha256(path: &Path) -> String {
     format!("{:x}", h.finalize())
 }
 
-fn boot_debian(firmware: Firmware) {
+/// Where the guest reaches the test's service, through a guest forward.
+const FORWARDED_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+const FORWARDED_PORT: u16 = 8080;
+
+/// The test's side of the isolation probe: a service that the guest
+/// reaches through a forward, answering each connection with a token that
+/// appears nowhere in the user data, and a listener that is not forwarded.
+struct Probe {
+    token: String,
+    forwarded_port: u16,
+    served: Arc<AtomicUsize>,
+    unforwarded: TcpListener,
+}
+
+impl Probe {
+    fn start() -> Probe {
+        let service = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let unforwarded = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        unforwarded.set_nonblocking(true).unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let token = format!("forwarded-{}-{nanos}", std::process::id());
+        let served = Arc::new(AtomicUsize::new(0));
+        let forwarded_port = service.local_addr().unwrap().port();
+        let (reply, count) = (format!("{token}\n"), served.clone());
+        // Serves until the test process ends.
+        std::thread::spawn(move || {
+            for conn in service.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                let _ = BufReader::new(&conn).read_line(&mut line);
+                let _ = conn.write_all(reply.as_bytes());
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Probe {
+            token,
+            forwarded_port,
+            served,
+            unforwarded,
+        }
+    }
+
+    fn network(&self) -> Network {
+        Network::Isolated(
+            Isolated::new()
+                .guest_forward(GuestForward {
+                    addr: FORWARDED_ADDR,
+                    port: FORWARDED_PORT,
+                    host_port: self.forwarded_port,
+                })
+                .unwrap(),
+        )
+    }
+
+    /// cloud-init user data that runs the probes and prints their results
+    /// on the console as `KILN-PROBE name=value`: what the forward
+    /// answered, and the exit status of the connection to the listener
+    /// that is not forwarded and of the name lookup.
+    fn user_data(&self) -> String {
+        let host = kiln_vm::Subnet::DEFAULT.host();
+        // QEMU's own DNS server, named here so that the probe does not
+        // depend on what DHCP wrote into the guest's resolv.conf.
+        let dns = kiln_vm::Subnet::DEFAULT.dns();
+        let port = self.unforwarded.local_addr().unwrap().port();
+        format!(
+            r#"#cloud-config
+runcmd:
+  - - bash
+    - -c
+    - |
+      exec >/dev/console 2>&1
+      reply=$(timeout 30 bash -c 'exec 3<>/dev/tcp/{FORWARDED_ADDR}/{FORWARDED_PORT} && echo hello >&3 && head -n 1 <&3')
+      echo "KILN-PROBE forwarded=$reply"
+      timeout 30 bash -c 'exec 3<>/dev/tcp/{host}/{port}'
+      echo "KILN-PROBE host=$?"
+      echo "nameserver {dns}" >/etc/resolv.conf
+      timeout 30 getent hosts deb.debian.org
+      echo "KILN-PROBE dns=$?"
+"#
+        )
+    }
+
+    /// Console patterns the boot must show: the forward's answer, and the
+    /// exit statuses of the other two probes (digits, which the user data
+    /// itself does not contain there).
+    fn expect(&self) -> Vec<String> {
+        vec![
+            format!("KILN-PROBE forwarded={}", self.token),
+            r"KILN-PROBE host=\d+".to_owned(),
+            r"KILN-PROBE dns=\d+".to_owned(),
+        ]
+    }
+
+    fn check(&self, console: &str) {
+        let status = |name: &str| -> u32 {
+            let prefix = format!("KILN-PROBE {name}=");
+            console
+                .lines()
+                .find_map(|l| l.split_once(&prefix).map(|(_, v)| v.trim().to_owned()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix}<status> on the console"))
+        };
+        let host = status("host");
+        let dns = status("dns");
+        eprintln!("isolation probe: the forward answered; connection to the host exited {host}, name lookup {dns}");
+        assert!(
+            self.served.load(Ordering::SeqCst) >= 1,
+            "the forwarded service saw no connection"
+        );
+        assert_ne!(
+            host, 0,
+            "the guest reached a listener on the host that was not forwarded"
+        );
+        assert_ne!(dns, 0, "the guest resolved a name");
+        match self.unforwarded.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the listener that is not forwarded saw a connection: {other:?}"),
+        }
+    }
+}
+
+fn boot_debian(firmware: Firmware, probe_isolation: bool) {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
     let tree = debian_tree();
     let work = tempfile::tempdir_in(cache_dir()).unwrap();
@@ -123,10 +256,22 @@ fn boot_debian(firmware: Firmware) {
     opts.format = Some(ImageFormat::Raw);
     opts.firmware = firmware;
     opts.accel = Some(Accel::Tcg);
-    opts.timeout = Duration::from_secs(240);
+    opts.timeout = Duration::from_secs(if probe_isolation { 300 } else { 240 });
     // systemd's own status lines stop once getty owns the console, so
     // extra expectations look at the kernel and cloud-init instead.
     opts.expect = vec![r"Linux version 6\.\d+".to_owned(), "DataSourceNoCloud".to_owned()];
+    if probe_isolation && !kiln_exec::testing::require_tool_or_skip(kiln_vm::network::SOCAT) {
+        return;
+    }
+    let probe = probe_isolation.then(Probe::start);
+    if let Some(p) = &probe {
+        opts.net = p.network();
+        opts.seed = SeedSource::Generate {
+            user_data: Some(p.user_data().into_bytes()),
+            ssh_keys: Vec::new(),
+        };
+        opts.expect.extend(p.expect());
+    }
     opts.direct_boot = Some(DirectBoot {
         kernel: boot_file(&tree, "vmlinuz-"),
         initrd: Some(boot_file(&tree, "initrd.img-")),
@@ -140,10 +285,11 @@ fn boot_debian(firmware: Firmware) {
     })
     .unwrap();
     eprintln!(
-        "{} {}: {}",
+        "{} {}: {} (network: {})",
         if verdict.passed { "PASS" } else { "FAIL" },
         firmware.name(),
-        verdict.summary()
+        verdict.summary(),
+        verdict.network
     );
     if !verdict.passed {
         eprintln!("--- last console lines:\n{}", verdict.tail.join("\n"));
@@ -156,17 +302,20 @@ fn boot_debian(firmware: Firmware) {
         console.contains("DataSourceNoCloud"),
         "cloud-init did not read the generated NoCloud seed"
     );
+    if let Some(p) = &probe {
+        p.check(&console);
+    }
     assert_eq!(sha256(&image), before, "snapshot mode changed the image");
 }
 
 #[test]
 #[ignore = "slow: boots a VM under TCG"]
-fn debian_bios_direct_kernel_boot_reaches_login_and_cloud_init() {
-    boot_debian(Firmware::Bios);
+fn debian_bios_direct_kernel_boot_reaches_login_and_cloud_init_isolated() {
+    boot_debian(Firmware::Bios, true);
 }
 
 #[test]
 #[ignore = "slow: boots a VM under TCG"]
 fn debian_uefi_direct_kernel_boot_reaches_login_and_cloud_init() {
-    boot_debian(Firmware::Uefi);
+    boot_debian(Firmware::Uefi, false);
 }

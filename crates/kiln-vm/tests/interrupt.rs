@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln_exec::Cmd;
 use kiln_vm::console::{self, Console, Expect, Pattern};
-use kiln_vm::{Drive, ImageFormat, Net, Vm, VmConfig};
+use kiln_vm::{Drive, ImageFormat, Network, Vm, VmConfig};
 
 /// Whether `pid` is a live process (a zombie counts as dead).
 fn alive(pid: u32) -> bool {
@@ -37,7 +37,7 @@ fn interruption_stops_the_vm_and_cleans_up() {
     cfg.disks.push(Drive::new(&disk, ImageFormat::Raw));
     cfg.memory = 64 << 20;
     cfg.cpus = 1;
-    cfg.net = Net::None;
+    cfg.net = Network::None;
     let mut vm = Vm::start(&cfg).unwrap();
     let pid = vm.pid();
     let private: Vec<_> = std::fs::read_dir(tmp.path())

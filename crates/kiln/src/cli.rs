@@ -59,6 +59,16 @@ pub enum Command {
     /// Write a cloud-init seed (NoCloud or ConfigDrive) as an ISO 9660 or FAT image.
     Seed(SeedArgs),
     /// Boot an image in QEMU (snapshot mode) and judge it from its serial console.
+    #[command(
+        after_help = "Network: by default the guest is isolated: it has a network card and gets an \
+address by DHCP, but reaches neither the host, nor DNS, nor anything beyond. \
+--net opens it: the guest can then reach whatever the host reaches.
+
+Examples:
+  kiln boot out/debian-12-disk-1.0.0-disk.qcow2
+  kiln boot --firmware uefi --expect 'Debian GNU/Linux 12' --json out/disk.qcow2
+  kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/disk.qcow2"
+    )]
     Boot(BootArgs),
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
     #[command(subcommand)]
@@ -301,6 +311,16 @@ pub struct BootArgs {
     /// Where to write the serial console log (default: next to the image).
     #[arg(long)]
     pub console_log: Option<PathBuf>,
+    /// Open the guest's network, for a person at the console or user data
+    /// that downloads: the guest can then reach whatever the host reaches
+    /// (the internet, DNS, services on the host). Without it the guest gets
+    /// a network card on which it reaches nothing.
+    #[arg(long)]
+    pub net: bool,
+    /// Print the verdict as JSON on stdout (passed, checks with their times,
+    /// the guest's network, the console tail).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -399,3 +399,13 @@ fn validate_offline_rejects_a_broken_spec() {
     assert!(t.contains("broken.toml:1:12"), "{t}");
     assert!(t.contains("did you mean `Europe/Paris`?"), "{t}");
 }
+
+#[test]
+fn boot_help_explains_the_guest_network() {
+    let out = kiln(&["boot", "--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for want in ["--net", "whatever the host reaches", "isolated", "--json"] {
+        assert!(t.contains(want), "`kiln boot --help` lacks {want:?}: {t}");
+    }
+}

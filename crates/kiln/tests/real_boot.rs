@@ -1,7 +1,8 @@
 //! Slow, real tests of `kiln boot`: the example `disk` image, built by
 //! `kiln build`, boots in QEMU (TCG) with BIOS and with UEFI, and the
-//! verdict (login prompt, cloud-init finished, --expect) passes; the image
-//! file is not changed by the boot. (How a failed verdict is reported is
+//! verdict (login prompt, cloud-init finished, --expect) passes on the
+//! default, isolated network, as the report says; the image file is not
+//! changed by the boot. (How a failed verdict is reported is
 //! covered by kiln-vm's fast tests.)
 
 mod common;
@@ -28,6 +29,10 @@ fn boots_with(firmware: &str) {
     let t = text(&out);
     eprintln!("{t}");
     assert!(out.status.success(), "kiln boot --firmware {firmware} failed:\n{t}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\nnetwork: isolated (no forwards)\n"),
+        "the report does not say the guest was isolated:\n{t}"
+    );
     assert!(
         std::fs::read(&image).unwrap() == before,
         "the boot changed the image file"

@@ -53,6 +53,16 @@ fn assert_replay_passes(firmware: &str) {
     ] {
         assert!(t.contains(step), "no progress for {step}");
     }
+    // Both VMs were isolated; the rescue reached the image server (the
+    // download above succeeded) only through its guest forward.
+    assert!(
+        t.contains("booting the rescue system (network: isolated (guest 10.0.2.100:80 → host 127.0.0.1:"),
+        "{t}"
+    );
+    assert!(
+        t.contains("first boot of the deployed disks (network: isolated (no forwards))"),
+        "{t}"
+    );
     let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verdict JSON on stdout");
     assert_eq!(verdict["login_hostname"], "web1");
     assert_eq!(verdict["hostname"], "web1");

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kiln_vm::boot::{boot, BootEvent, BootOptions, SeedSource, Verdict};
+use kiln_vm::boot::{boot, BootEvent, BootOptions, Ending, SeedSource, Verdict};
+use kiln_vm::Network;
 
 use crate::cli::BootArgs;
 use crate::exit::{usage, Exit};
-use crate::output::outln;
+use crate::output::{out, outln};
 
 pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     super::require_input(&args.image)?;
@@ -35,6 +36,7 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     opts.expect = args.expect.clone();
     opts.timeout = Duration::from_secs(args.timeout);
     opts.memory = args.memory;
+    opts.net = if args.net { Network::Open } else { Network::default() };
 
     let verdict = boot(&opts, &mut |event| match event {
         BootEvent::Accel(choice) => tracing::info!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
@@ -50,12 +52,20 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
                 if vm.cpus == 1 { "" } else { "s" },
                 args.timeout
             );
+            tracing::info!("kiln: network: {}", vm.net);
             tracing::info!("kiln: serial console → {}", vm.console_log.display());
         }
         BootEvent::Seen(seen) => tracing::info!("kiln: [{:>4} s] seen {}", seen.at.as_secs(), seen.name),
         BootEvent::Waiting { elapsed } => tracing::info!("kiln: [{:>4} s] waiting…", elapsed.as_secs()),
     })?;
-    report(&verdict)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report_json(&verdict))?)?;
+        if !verdict.passed {
+            eprintln!("FAIL {}", verdict.summary());
+        }
+    } else {
+        report(&verdict)?;
+    }
     Ok(Exit::verdict(verdict.passed))
 }
 
@@ -67,26 +77,111 @@ fn default_console_log(image: &Path) -> PathBuf {
 }
 
 fn report(v: &Verdict) -> Result<()> {
-    if v.passed {
-        return outln!("PASS {}", v.summary());
+    if !v.passed {
+        eprintln!("--- last {} lines of the serial console:", v.tail.len());
+        for line in &v.tail {
+            eprintln!("{line}");
+        }
+        eprintln!("--- full console log: {}", v.console_log.display());
+        if v.tail.is_empty() {
+            eprintln!(
+                "kiln: the console stayed empty: either nothing booted (no boot loader the firmware can find) \
+                 or the image does not use the first serial port as its console (kernel command line console=ttyS0)"
+            );
+        }
     }
-    eprintln!("--- last {} lines of the serial console:", v.tail.len());
-    for line in &v.tail {
-        eprintln!("{line}");
-    }
-    eprintln!("--- full console log: {}", v.console_log.display());
-    if v.tail.is_empty() {
-        eprintln!(
-            "kiln: the console stayed empty: either nothing booted (no boot loader the firmware can find) \
-             or the image does not use the first serial port as its console (kernel command line console=ttyS0)"
-        );
-    }
-    outln!("FAIL {}", v.summary())
+    out!("{}", verdict_text(v))
+}
+
+/// The verdict on stdout: PASS or FAIL with the summary, then the network
+/// the guest had.
+fn verdict_text(v: &Verdict) -> String {
+    format!(
+        "{} {}\nnetwork: {}\n",
+        if v.passed { "PASS" } else { "FAIL" },
+        v.summary(),
+        v.network
+    )
+}
+
+/// The verdict for `--json`.
+fn report_json(v: &Verdict) -> serde_json::Value {
+    let checks: Vec<serde_json::Value> = v
+        .checks
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "pattern": c.pattern,
+                "seen_at_seconds": c.seen_at.map(|d| d.as_secs_f64()),
+            })
+        })
+        .collect();
+    let ending = match &v.ending {
+        Ending::AllSeen => serde_json::json!({ "kind": "all-seen" }),
+        Ending::Fatal { name, line } => serde_json::json!({ "kind": "fatal", "name": name, "line": line }),
+        Ending::TimedOut => serde_json::json!({ "kind": "timed-out" }),
+        Ending::VmExited(why) => serde_json::json!({ "kind": "vm-exited", "why": why }),
+    };
+    serde_json::json!({
+        "passed": v.passed,
+        "summary": v.summary(),
+        "elapsed_seconds": v.elapsed.as_secs_f64(),
+        "checks": checks,
+        "ending": ending,
+        "accel": v.accel.accel.name(),
+        "network": { "kind": v.network.kind(), "description": v.network.to_string() },
+        "console_log": v.console_log,
+        "console_tail": v.tail,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verdict(network: Network) -> Verdict {
+        Verdict {
+            passed: true,
+            checks: vec![kiln_vm::boot::Check {
+                name: "login prompt".to_owned(),
+                pattern: kiln_vm::boot::LOGIN_PROMPT.to_owned(),
+                seen_at: Some(Duration::from_millis(41_500)),
+            }],
+            ending: Ending::AllSeen,
+            elapsed: Duration::from_millis(52_250),
+            tail: vec!["debian login: ".to_owned()],
+            console_log: "out/x.qcow2.console.log".into(),
+            accel: kiln_vm::AccelChoice {
+                accel: kiln_vm::Accel::Tcg,
+                reason: String::new(),
+            },
+            network,
+        }
+    }
+
+    #[test]
+    fn reports_say_which_network_the_guest_had() {
+        let v = verdict(Network::default());
+        assert_eq!(
+            verdict_text(&v),
+            "PASS booted in 52 s: seen login prompt\nnetwork: isolated (no forwards)\n"
+        );
+        let json = report_json(&v);
+        assert_eq!(json["network"]["kind"], "isolated");
+        assert_eq!(json["network"]["description"], "isolated (no forwards)");
+        assert_eq!(json["passed"], true);
+        assert_eq!(json["checks"][0]["seen_at_seconds"], 41.5);
+        assert_eq!(json["ending"]["kind"], "all-seen");
+
+        let mut v = verdict(Network::Open);
+        v.passed = false;
+        v.ending = Ending::TimedOut;
+        assert!(verdict_text(&v).starts_with("FAIL timed out after 52 s"));
+        assert!(verdict_text(&v).ends_with("\nnetwork: open (the guest reaches whatever the host reaches)\n"));
+        assert_eq!(report_json(&v)["network"]["kind"], "open");
+        assert_eq!(report_json(&verdict(Network::None))["network"]["description"], "none");
+    }
 
     #[test]
     fn console_log_defaults_to_beside_the_image() {

@@ -1,6 +1,7 @@
 //! The image server of the replay: serves one file over HTTP on the host's
-//! loopback, which the rescue VM reaches through QEMU's user-mode network
-//! (10.0.2.2), and refuses requests that lack the headers the API call would
+//! loopback, which the rescue VM reaches only through a forward of QEMU's
+//! restricted user network (`IMAGE_SERVER_ADDR`:80 in the guest; see
+//! `kiln_vm::network`), and refuses requests that lack the headers the API call would
 //! send (`customizations.httpHeaders`), so that the replay proves they are
 //! passed along.
 //!

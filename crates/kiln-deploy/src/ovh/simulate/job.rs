@@ -67,15 +67,16 @@ mod tests {
     #[test]
     fn env_is_shell_quoted() {
         let plan = plan_disks(&default_layout(), 2, Firmware::Uefi).unwrap();
+        let (url, _) = super::super::image_route("x y.qcow2", 8080).unwrap();
         let env = job_env(&JobParams {
             plan: &plan,
-            image_url: "http://10.0.2.2:8080/x y.qcow2",
+            image_url: &url,
             checksum: "abc",
             checksum_type: ChecksumType::Sha512,
             headers: &[],
             config_drive: Path::new("/nonexistent"),
         });
-        assert!(env.contains("IMAGE_URL='http://10.0.2.2:8080/x y.qcow2'\n"), "{env}");
+        assert!(env.contains("IMAGE_URL='http://10.0.2.100:80/x y.qcow2'\n"), "{env}");
         assert!(env.contains("BOOT_MODE=uefi\n"), "{env}");
         assert!(env.contains("CHECKSUM_TYPE=sha512\n"), "{env}");
         assert!(env.contains("USES_RAID=1\n"), "{env}");
@@ -105,7 +106,7 @@ mod tests {
         let headers = [("Authorization".to_owned(), "Basic abc".to_owned())];
         let p = JobParams {
             plan: &plan,
-            image_url: "http://10.0.2.2:1/i.qcow2",
+            image_url: &super::super::image_route("i.qcow2", 1).unwrap().0,
             checksum: "abc",
             checksum_type: ChecksumType::Sha512,
             headers: &headers,

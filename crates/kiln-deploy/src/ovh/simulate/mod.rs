@@ -9,7 +9,10 @@ pub mod probe;
 pub mod rescue;
 mod run;
 
-pub use run::{checksum_file, simulate, startup_nsh, InstallFailed, Progress, Report, SimulateOptions, StepTime};
+pub use run::{
+    checksum_file, image_route, simulate, startup_nsh, InstallFailed, Progress, Report, SimulateOptions, StepTime,
+    IMAGE_SERVER_ADDR, IMAGE_SERVER_PORT,
+};
 
 /// The installer run inside the rescue VM.
 pub const INSTALLER: &str = include_str!("installer.sh");

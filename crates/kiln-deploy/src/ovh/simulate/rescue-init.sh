@@ -34,14 +34,15 @@ udevadm trigger --action=add --type=subsystems
 udevadm trigger --action=add --type=devices
 udevadm settle --timeout=60
 
-# The network: QEMU's user-mode network, the host's server at 10.0.2.2.
+# The network: QEMU's restricted user network, in which the image server is
+# an address of the subnet that QEMU forwards to the host; nothing else is
+# reachable, so there is no default route.
 ip link set lo up
 for dev in /sys/class/net/*; do
     dev=${dev##*/}
     [ "$dev" = lo ] && continue
     ip link set "$dev" up
     ip addr add 10.0.2.15/24 dev "$dev"
-    ip route add default via 10.0.2.2
     break
 done
 

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use kiln_spec::{ChecksumType, Firmware};
 use kiln_vm::console::Console;
-use kiln_vm::{Accel, DirectBoot, Drive, DriveMode, ImageFormat, Interface, Vm, VmConfig};
+use kiln_vm::{
+    Accel, DirectBoot, Drive, DriveMode, GuestForward, ImageFormat, Interface, Isolated, Network, Vm, VmConfig,
+};
 use serde::Serialize;
 
 use super::http::ImageServer;
@@ -16,6 +18,12 @@ use super::job::{write_job_disk, JobParams};
 use super::probe::{self, Verdict};
 use super::rescue;
 use crate::ovh::storage;
+
+/// Where the rescue VM finds the image server: an address of QEMU's default
+/// user subnet that QEMU forwards (and nothing else) to the server on the
+/// host's loopback.
+pub const IMAGE_SERVER_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 100);
+pub const IMAGE_SERVER_PORT: u16 = 80;
 
 /// How the replay is run.
 pub struct SimulateOptions {
@@ -131,7 +139,7 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
 
     on(Progress::Phase("starting the image server"));
     let server = ImageServer::start(&opts.image, &image_name, opts.headers.clone())?;
-    let url = format!("http://10.0.2.2:{}/{image_name}", server.port());
+    let (url, rescue_net) = image_route(&image_name, server.port())?;
 
     on(Progress::Phase("writing the job disk"));
     let job = work.join("job.ext4");
@@ -190,12 +198,16 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     // OVH downloads the image into RAM (§1.3): give the rescue room for it.
     cfg.memory = (3 << 30) + image_size.div_ceil(1 << 20) * (1 << 20);
     cfg.accel = opts.accel;
+    cfg.net = rescue_net;
     cfg.direct_boot = Some(DirectBoot {
         kernel: rescue.kernel.clone(),
         initrd: Some(rescue.initrd.clone()),
         append: rescue.cmdline(),
     });
-    on(Progress::Phase("booting the rescue system"));
+    on(Progress::Phase(&format!(
+        "booting the rescue system (network: {})",
+        cfg.net
+    )));
     let started = Instant::now();
     let vm = Vm::start(&cfg)?;
     let steps = follow_installer(vm, &install_log, started + opts.timeout, on)?;
@@ -221,6 +233,8 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
     cfg.memory = 1 << 30;
     // One vCPU boots faster than two under TCG (measured in kiln-vm).
     cfg.cpus = if opts.accel == Accel::Tcg { 1 } else { 2 };
+    // The probe reads everything from the console and the config drive.
+    cfg.net = Network::default();
     if opts.boot == Firmware::Uefi {
         // OVH's iPXE boots efiBootloaderPath; NVRAM has no entry. Stand-in:
         // a UEFI shell script on a small FAT disk that runs exactly that path.
@@ -233,7 +247,10 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
         );
     }
     cfg.disks.extend(target_drives());
-    on(Progress::Phase("first boot of the deployed disks"));
+    on(Progress::Phase(&format!(
+        "first boot of the deployed disks (network: {})",
+        cfg.net
+    )));
     let started = Instant::now();
     let verdict = follow_first_boot(Vm::start(&cfg)?, &boot_log, started + opts.timeout, plan.uses_raid, on)?;
     let failures = verdict.failures(&opts.hostname, opts.ssh_key.is_some(), plan.uses_raid);
@@ -247,6 +264,19 @@ pub fn simulate(opts: &SimulateOptions, on: &mut dyn FnMut(Progress<'_>)) -> Res
         boot_log,
         script_log,
     })
+}
+
+/// The URL the installer downloads the image from, and the rescue VM's
+/// network, in which that URL (and nothing else) reaches the image server
+/// listening on the host's loopback at `server_port`.
+pub fn image_route(image_name: &str, server_port: u16) -> Result<(String, Network)> {
+    let url = format!("http://{IMAGE_SERVER_ADDR}:{IMAGE_SERVER_PORT}/{image_name}");
+    let net = Isolated::new().guest_forward(GuestForward {
+        addr: IMAGE_SERVER_ADDR,
+        port: IMAGE_SERVER_PORT,
+        host_port: server_port,
+    })?;
+    Ok((url, Network::Isolated(net)))
 }
 
 fn follow_installer(
@@ -424,6 +454,13 @@ pub fn checksum_file(path: &Path, kind: ChecksumType) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_is_reached_only_through_its_forward() {
+        let (url, net) = image_route("debian-12.qcow2", 43210).unwrap();
+        assert_eq!(url, "http://10.0.2.100:80/debian-12.qcow2");
+        assert_eq!(net.to_string(), "isolated (guest 10.0.2.100:80 → host 127.0.0.1:43210)");
+    }
 
     #[test]
     fn startup_nsh_tries_every_filesystem_for_the_exact_path() {
