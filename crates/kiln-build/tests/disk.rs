@@ -2,7 +2,7 @@
 //! script (snapshot, `sh -n`, shellcheck), `grub.cfg` for a tree's kernels,
 //! and `assemble` on a small tree carrying the host's GRUB modules, checked
 //! by the reference tools (sfdisk, blkid, fsck.vfat, e2fsck) and against
-//! GRUB's own images. The real build and boot is `disk_boot.rs`.
+//! GRUB's own images. The real build and boot is `crates/kiln/tests/real_boot.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};

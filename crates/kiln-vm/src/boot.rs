@@ -100,6 +100,38 @@ pub struct BootOptions {
     pub direct_boot: Option<DirectBoot>,
     /// Chosen by [`choose_accel`] when `None`.
     pub accel: Option<Accel>,
+    /// The disk the guest sees, when larger than the image: a temporary
+    /// qcow2 overlay over the image, as a cloud's disk is larger than the
+    /// image written to it (cloud-init grows the root into the rest).
+    pub disk_size: Option<DiskSize>,
+}
+
+/// How large the guest's disk is, against the image's own virtual size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskSize {
+    /// This many bytes in all.
+    Total(u64),
+    /// This many bytes more than the image.
+    Grow(u64),
+}
+
+impl DiskSize {
+    /// The disk's size in bytes for an image of `image` bytes; an error if
+    /// that would be smaller than the image.
+    pub fn bytes(self, image: u64) -> Result<u64> {
+        let total = match self {
+            DiskSize::Total(bytes) => bytes,
+            DiskSize::Grow(extra) => image.saturating_add(extra),
+        };
+        if total < image {
+            anyhow::bail!(
+                "the disk size {} is smaller than the image ({}); a disk can only be larger",
+                kiln_spec::format_size(total),
+                kiln_spec::format_size(image)
+            );
+        }
+        Ok(total)
+    }
 }
 
 impl BootOptions {
@@ -124,8 +156,32 @@ impl BootOptions {
             net: Network::default(),
             direct_boot: None,
             accel: None,
+            disk_size: None,
         }
     }
+}
+
+/// Creates `overlay`, a qcow2 of `size` whose backing file is `image`
+/// (opened read-only by QEMU through the overlay, so never changed).
+fn grown_overlay(
+    image: &std::path::Path,
+    format: ImageFormat,
+    size: DiskSize,
+    overlay: &std::path::Path,
+) -> Result<()> {
+    let virtual_size = kiln_disk::DiskImage::open(image)
+        .with_context(|| format!("reading {}", image.display()))?
+        .virtual_size();
+    let bytes = size.bytes(virtual_size)?;
+    let backing = std::path::absolute(image).with_context(|| format!("resolving {}", image.display()))?;
+    kiln_exec::Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format.qemu_name(), "-b"])
+        .arg(&backing)
+        .arg(overlay)
+        .arg(bytes.to_string())
+        .run()
+        .context("creating the grown disk's overlay")?;
+    Ok(())
 }
 
 /// Progress of a boot, for the caller to render.
@@ -254,8 +310,17 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
     let work = kiln_exec::WorkDir::new_in(&std::env::temp_dir(), "kiln-boot-")
         .context("creating a temporary directory for the boot")?;
     let mut cfg = VmConfig::new(&opts.console_log);
-    cfg.disks
-        .push(Drive::new(&opts.image, format).mode(DriveMode::Snapshot));
+    match opts.disk_size {
+        None => cfg
+            .disks
+            .push(Drive::new(&opts.image, format).mode(DriveMode::Snapshot)),
+        Some(size) => {
+            let overlay = work.path().join("disk.qcow2");
+            grown_overlay(&opts.image, format, size, &overlay)?;
+            cfg.disks
+                .push(Drive::new(overlay, ImageFormat::Qcow2).mode(DriveMode::Writable));
+        }
+    }
     match &opts.seed {
         SeedSource::None => {}
         SeedSource::File(path) => {
@@ -348,6 +413,36 @@ mod tests {
 
     fn pattern(re: &str) -> regex::Regex {
         regex::Regex::new(re).unwrap()
+    }
+
+    #[test]
+    fn a_disk_is_never_smaller_than_its_image() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(DiskSize::Grow(4 * MIB).bytes(MIB).unwrap(), 5 * MIB);
+        assert_eq!(DiskSize::Total(8 * MIB).bytes(MIB).unwrap(), 8 * MIB);
+        let err = DiskSize::Total(MIB).bytes(2 * MIB).unwrap_err().to_string();
+        assert!(err.contains("smaller than the image (2 MiB)"), "{err}");
+    }
+
+    #[test]
+    fn the_grown_disk_is_an_overlay_that_leaves_the_image_alone() {
+        if !kiln_exec::testing::require_tool_or_skip("qemu-img") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image.raw");
+        std::fs::write(&image, vec![7u8; 1 << 20]).unwrap();
+        let overlay = dir.path().join("disk.qcow2");
+        grown_overlay(&image, ImageFormat::Raw, DiskSize::Grow(3 << 20), &overlay).unwrap();
+        let info = kiln_exec::Cmd::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&overlay)
+            .run_string()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["virtual-size"], 4 << 20, "{info}");
+        assert_eq!(info["backing-filename-format"], "raw", "{info}");
+        assert_eq!(std::fs::read(&image).unwrap(), vec![7u8; 1 << 20]);
     }
 
     #[test]

@@ -321,6 +321,12 @@ pub struct BootArgs {
     /// the guest's network, the console tail).
     #[arg(long)]
     pub json: bool,
+    /// Give the guest a disk larger than the image, as a cloud or a server
+    /// does: a size such as "8GiB", or "+4GiB" for that much more than the
+    /// image. The image is not changed (the guest writes to a temporary
+    /// overlay); cloud-init's growpart then grows the root partition.
+    #[arg(long, value_parser = parse_disk_size, value_name = "SIZE")]
+    pub disk_size: Option<kiln_vm::boot::DiskSize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -415,6 +421,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
     kiln_spec::parse_size(s)
 }
 
+fn parse_disk_size(s: &str) -> Result<kiln_vm::boot::DiskSize, String> {
+    use kiln_vm::boot::DiskSize;
+    match s.trim().strip_prefix('+') {
+        Some(extra) => parse_size(extra).map(DiskSize::Grow),
+        None => parse_size(s).map(DiskSize::Total),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +437,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn disk_sizes_are_totals_or_growth() {
+        use kiln_vm::boot::DiskSize;
+        assert_eq!(parse_disk_size("8GiB"), Ok(DiskSize::Total(8 << 30)));
+        assert_eq!(parse_disk_size("+4GiB"), Ok(DiskSize::Grow(4 << 30)));
+        assert!(parse_disk_size("+lots").is_err());
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     opts.timeout = Duration::from_secs(args.timeout);
     opts.memory = args.memory;
     opts.net = if args.net { Network::Open } else { Network::default() };
+    opts.disk_size = args.disk_size;
 
     let verdict = boot(&opts, &mut |event| match event {
         BootEvent::Accel(choice) => tracing::info!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
