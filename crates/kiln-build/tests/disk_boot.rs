@@ -270,13 +270,8 @@ fn disk_image_boots_with_bios_and_uefi() {
         "customisation",
         &customise::configure_script(spec, &datasources, &kiln_build::distro::Debian),
     );
-    chroot(
-        &tree,
-        &log,
-        "disk finalisation",
-        &disk::finalise_script(&plan, ids.root_fs, &ids.esp_uuid()),
-    );
-    disk::write_grub_cfg(&tree, &plan, ids.root_fs).unwrap();
+    chroot(&tree, &log, "disk finalisation", &disk::finalise_script(&plan, &ids));
+    disk::write_grub_cfg(&tree, &plan, &ids).unwrap();
     chroot(
         &tree,
         &log,
@@ -290,14 +285,14 @@ fn disk_image_boots_with_bios_and_uefi() {
 
     let assembling = Instant::now();
     let content = kiln_disk::tree_size(&tree).unwrap();
-    let geometry = disk::disk_geometry(&plan, content).unwrap();
+    let geometry = disk::disk_geometry(&plan, &tree).unwrap();
     let raw = dir.join("disk.raw");
-    fs::File::create(&raw).unwrap().set_len(geometry.disk_size).unwrap();
-    let layout = disk::assemble(&raw, &plan, &tree, &ids).unwrap_or_else(|e| panic!("{e:#}"));
+    fs::File::create(&raw).unwrap().set_len(geometry.disk).unwrap();
+    let layout = disk::assemble(&raw, &plan, &tree, &ids, &geometry).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!(
         "assembled {} MiB of content into a {} MiB disk in {:.0?}: {:?}",
         content >> 20,
-        geometry.disk_size >> 20,
+        geometry.disk >> 20,
         assembling.elapsed(),
         layout
             .partitions
@@ -311,7 +306,7 @@ fn disk_image_boots_with_bios_and_uefi() {
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
     let image = dir.join(&plan.file_name);
-    kiln_build::targets::convert_image(&raw, &image, plan.format_name(), plan.compress, Some(&log)).unwrap();
+    kiln_build::targets::convert_image(&raw, &image, plan.artifact_format(), plan.compress, Some(&log)).unwrap();
     fs::remove_file(&raw).unwrap();
     let _ = fs::remove_dir_all(&tree);
 
@@ -354,9 +349,9 @@ fn disk_image_boots_with_bios_and_uefi() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no root size:\n{}", tail(&uefi.console)));
     assert!(
-        root_size > geometry.root_size + (900 << 20),
+        root_size > geometry.partitions[2] + (900 << 20),
         "the root did not grow: {root_size} bytes, built with {}",
-        geometry.root_size
+        geometry.partitions[2]
     );
     let esp = uefi
         .console
