@@ -310,12 +310,38 @@ pub struct Kernel {
     pub sysctl: BTreeMap<String, SysctlValue>,
 }
 
-/// A sysctl value: a number or a string (e.g. "4096 87380 6291456").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A sysctl or limit value: a whole number or a string (e.g. "4096 87380 6291456").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum SysctlValue {
     Number(i64),
     Text(String),
+}
+
+/// By hand, for an error that says what is expected (serde's untagged
+/// enums only say that nothing matched).
+impl<'de> Deserialize<'de> for SysctlValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SysctlValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number or a string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SysctlValue, E> {
+                i64::try_from(v)
+                    .map(SysctlValue::Number)
+                    .map_err(|_| E::custom(format!("{v} is too large; write it as a string")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl std::fmt::Display for SysctlValue {
@@ -496,9 +522,9 @@ pub struct DiskPartition {
     #[serde(default)]
     pub filesystem: Option<PartitionFilesystem>,
     /// Partition size, e.g. "1GiB", in whole MiB; or "rest" for what the
-    /// other partitions leave of the disk (the root's content plus headroom
-    /// when the disk size is "auto"). Only the last partition may take the
-    /// rest, and omitting its size means "rest".
+    /// other partitions leave of a fixed disk size (its content plus
+    /// `headroom` when the disk size is "auto"). Only the last partition may
+    /// take the rest, and omitting its size means "rest".
     #[serde(default)]
     #[schemars(extend("default" = "rest"))]
     pub size: Option<Written<PartitionSize>>,

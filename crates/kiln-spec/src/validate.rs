@@ -717,6 +717,19 @@ impl Validator<'_, '_> {
             }
             roles.push(role);
         }
+        let takes_rest = |p: &DiskPartition| {
+            p.size
+                .as_ref()
+                .is_none_or(|w| matches!(w.parsed(), Ok(PartitionSize::Rest)))
+        };
+        if t.headroom.is_some() && t.partitions.last().is_some_and(|p| !takes_rest(p)) {
+            // A silently ignored option is worse than an error.
+            self.report(
+                &format!("{at}.headroom"),
+                "`headroom` applies to the partition that takes the rest, and none does".into(),
+                Some("remove `headroom`, or drop the last partition's `size`".into()),
+            );
+        }
         let has = |r: &PartitionRole| roles.iter().any(|x| x.as_ref() == Some(r));
         let all_parsed = roles.iter().all(Option::is_some);
         let firmware = t.firmware();

@@ -1689,3 +1689,75 @@ fn metal3_example_loads() {
         assert!(!json.contains(key), "{key} in {json}");
     }
 }
+
+/// The host profile's values each become a line of a configuration file:
+/// what would break the line, or that the tool would not read, is reported
+/// at its place, with an ignored `headroom` of a layout without a rest.
+#[test]
+fn host_profile_problems() {
+    let spec = r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[kernel]
+modules = ["vfio pci"]
+sysctl = { "vm.swappiness" = 10, "bad name" = 1 }
+[[limits]]
+domain = "*"
+type = "sft"
+item = "nofiles"
+value = "lots"
+[targets.disk]
+headroom = "1GiB"
+[[targets.disk.partitions]]
+role = "bios_boot"
+size = "1MiB"
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "root"
+size = "4GiB"
+"#;
+    let err = parse(spec).unwrap_err();
+    let got: Vec<(usize, usize, &str)> = err
+        .diagnostics()
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (8, 12, "invalid kernel module name `vfio pci`"),
+            (9, 47, "invalid sysctl name `bad name`"),
+            (12, 8, "invalid limit type `sft`"),
+            (13, 8, "unknown limit item `nofiles`"),
+            (14, 9, "invalid limit value `lots`"),
+            (
+                16,
+                12,
+                "`headroom` applies to the partition that takes the rest, and none does"
+            ),
+        ],
+        "{err}"
+    );
+    // A value of the wrong type says what is expected.
+    let err = parse(&spec.replace("= 10,", "= true,")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected a whole number or a string, found boolean `true`"),
+        "{err}"
+    );
+    let fixed = spec
+        .replace("vfio pci", "vfio_pci")
+        .replace("\"bad name\"", "\"net.core.somaxconn\"")
+        .replace("sft", "soft")
+        .replace("nofiles", "nofile")
+        .replace("\"lots\"", "4096")
+        .replace("headroom = \"1GiB\"\n", "");
+    if let Err(e) = parse(&fixed) {
+        panic!("{e}");
+    }
+}

@@ -138,11 +138,11 @@ pub fn resolve(t: &DiskTarget) -> Vec<PartitionPlan> {
             let label = p.label.clone().unwrap_or_else(|| match (&role, fs) {
                 (PartitionRole::BiosBoot, _) => String::new(),
                 (PartitionRole::Esp, _) => "ESP".into(),
-                // Labels are short: the last path component, cut to fit.
-                (_, fs) => {
-                    let max = fs.map_or(0, PartitionFilesystem::max_label);
-                    name.rsplit('-').next().unwrap_or_default().chars().take(max).collect()
-                }
+                // The partition's name, cut to what the filesystem holds.
+                (_, fs) => name
+                    .chars()
+                    .take(fs.map_or(0, PartitionFilesystem::max_label))
+                    .collect(),
             });
             PartitionPlan {
                 kind: declared_kind(&role),
