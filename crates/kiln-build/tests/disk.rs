@@ -278,10 +278,11 @@ fn same_tree_same_disk() {
 }
 
 /// A declared layout on a small tree: BIOS boot, ESP, a separate ext4
-/// /boot, an XFS /var/log, swap and the root taking the rest. Each
-/// filesystem holds its own subtree and only that (the mount points stay
-/// empty directories in the root), at the offset and with the GPT type and
-/// UUID the layout gives it; GRUB looks for /boot's filesystem.
+/// /boot, an XFS /var with an ext4 /var/log inside it, swap and the root
+/// taking the rest. Each filesystem holds its own subtree and only that
+/// (the mount points stay empty directories in the filesystem around
+/// them), at the offset and with the GPT type, UUID and label the layout
+/// gives it; GRUB looks for /boot's filesystem.
 #[test]
 fn declared_layout_assembles_and_checks() {
     for tool in [
@@ -292,6 +293,7 @@ fn declared_layout_assembles_and_checks() {
         "xfs_repair",
         "mkfs.xfs",
         "unshare",
+        "mount",
     ] {
         if !kiln_exec::testing::require_tool_or_skip(tool) {
             return;
@@ -301,15 +303,18 @@ fn declared_layout_assembles_and_checks() {
     let tree = dir.path().join("tree");
     small_tree(&tree);
     fs::write(tree.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel").unwrap();
+    fs::create_dir_all(tree.join("boot/efi")).unwrap();
+    fs::create_dir_all(tree.join("var/lib/dpkg")).unwrap();
+    fs::write(tree.join("var/lib/dpkg/status"), "packages").unwrap();
     fs::create_dir_all(tree.join("var/log/apt")).unwrap();
     fs::write(tree.join("var/log/apt/history.log"), "log").unwrap();
-    fs::create_dir_all(tree.join("boot/efi")).unwrap();
     let p = plan(
         "size = \"1536MiB\"\n\
          [[targets.disk.partitions]]\nrole = \"bios_boot\"\nsize = \"1MiB\"\n\
          [[targets.disk.partitions]]\nrole = \"esp\"\nsize = \"40MiB\"\n\
-         [[targets.disk.partitions]]\nrole = \"boot\"\nsize = \"64MiB\"\nlabel = \"boot\"\n\
-         [[targets.disk.partitions]]\nrole = \"/var/log\"\nsize = \"300MiB\"\nfilesystem = \"xfs\"\nlabel = \"varlog\"\n\
+         [[targets.disk.partitions]]\nrole = \"boot\"\nsize = \"64MiB\"\n\
+         [[targets.disk.partitions]]\nrole = \"/var\"\nsize = \"300MiB\"\nfilesystem = \"xfs\"\n\
+         [[targets.disk.partitions]]\nrole = \"/var/log\"\nsize = \"16MiB\"\nlabel = \"varlog\"\n\
          [[targets.disk.partitions]]\nrole = \"swap\"\nsize = \"16MiB\"\n\
          [[targets.disk.partitions]]\nrole = \"root\"\n",
         "[]",
@@ -333,16 +338,17 @@ fn declared_layout_assembles_and_checks() {
             )
         })
         .collect();
-    let root_mib = 1536 - 1 - 1 - 40 - 64 - 300 - 16 - 1;
+    let root_mib = 1536 - 1 - 1 - 40 - 64 - 300 - 16 - 16 - 1;
     assert_eq!(
         got,
         [
             (1, 1, "21686148-6449-6E6F-744E-656564454649", "bios-boot"),
             (2, 40, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "esp"),
             (42, 64, "BC13C2FF-59E6-4262-A352-B275FD6F7172", "boot"),
-            (106, 300, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "var-log"),
-            (406, 16, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "swap"),
-            (422, root_mib, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "root"),
+            (106, 300, "4D21B016-B534-45C2-A9FB-5C16E091FD2D", "var"),
+            (406, 16, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "var-log"),
+            (422, 16, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "swap"),
+            (438, root_mib, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "root"),
         ]
     );
 
@@ -351,14 +357,15 @@ fn declared_layout_assembles_and_checks() {
         let start = layout.partitions[i].start.to_string();
         run("blkid", &["-p", "-o", "export", "-O", &start, raw_s])
     };
-    let uuid = |role: kiln_spec::PartitionRole| disk::layout::fs_uuid(&ids, &role);
     use kiln_spec::PartitionRole as Role;
+    let uuid = |role: Role| disk::layout::fs_uuid(&ids, &role);
     for (i, fs, uuid, label) in [
         (1, "vfat", ids.esp_uuid(), "ESP"),
         (2, "ext4", uuid(Role::Boot).to_string(), "boot"),
-        (3, "xfs", uuid(Role::Mount("/var/log".into())).to_string(), "varlog"),
-        (4, "swap", uuid(Role::Swap).to_string(), "swap"),
-        (5, "ext4", ids.root_fs.to_string(), "root"),
+        (3, "xfs", uuid(Role::Mount("/var".into())).to_string(), "var"),
+        (4, "ext4", uuid(Role::Mount("/var/log".into())).to_string(), "varlog"),
+        (5, "swap", uuid(Role::Swap).to_string(), "swap"),
+        (6, "ext4", ids.root_fs.to_string(), "root"),
     ] {
         let b = probe(i);
         for want in [format!("TYPE={fs}"), format!("UUID={uuid}"), format!("LABEL={label}")] {
@@ -372,27 +379,48 @@ fn declared_layout_assembles_and_checks() {
         extract(&raw, q.start, q.size, &dir.path().join(name))
     };
     let boot = extract_part(2, "boot.img");
-    let root = extract_part(5, "root.img");
-    for img in [&boot, &root] {
+    let var = extract_part(3, "var.img");
+    let varlog = extract_part(4, "varlog.img");
+    let root = extract_part(6, "root.img");
+    for img in [&boot, &varlog, &root] {
         let (status, out) = Cmd::new("e2fsck").arg("-fn").arg(img).run_status().unwrap();
         assert!(status.success(), "{}\n{}", out.stdout_string(), out.tail);
     }
-    let varlog = extract_part(3, "varlog.img");
-    let (status, out) = Cmd::new("xfs_repair").arg("-n").arg(&varlog).run_status().unwrap();
+    let (status, out) = Cmd::new("xfs_repair").arg("-n").arg(&var).run_status().unwrap();
     assert!(status.success(), "{}\n{}", out.stdout_string(), out.tail);
-    let ls = |img: &Path, path: &str| run("debugfs", &["-R", &format!("ls -l {path}"), img.to_str().unwrap()]);
-    // /boot's filesystem has the kernel and GRUB's directory at its top.
-    let top = ls(&boot, "/");
-    assert!(top.contains("vmlinuz-6.1.0-9-amd64") && top.contains("grub"), "{top}");
+    // `ls -p`: one `/inode/mode/uid/gid/name/size/` line per entry.
+    let ls = |img: &Path, path: &str| run("debugfs", &["-R", &format!("ls -p {path}"), img.to_str().unwrap()]);
+    let names = |listing: String| -> Vec<String> {
+        let mut v: Vec<String> = listing
+            .lines()
+            .filter_map(|l| l.split('/').nth(5))
+            .filter(|n| !matches!(*n, "." | ".." | "lost+found"))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    // /boot's filesystem has the kernel and GRUB's directory at its top,
+    // and the ESP's mount point.
+    assert_eq!(names(ls(&boot, "/")), ["efi", "grub", "vmlinuz-6.1.0-9-amd64"]);
+    // /var/log's has its own content.
+    assert_eq!(names(ls(&varlog, "/")), ["apt"]);
+    // /var's (XFS, read through a private read-only mount) has /var
+    // without /var/log's content.
+    let script = r#"mount -t xfs -o ro,loop "$1" "$2"; cd "$2"; find . | sort; cd /; umount "$2""#;
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let listing = Cmd::in_mount_namespace("sh")
+        .args(["-euc", script, "list-xfs"])
+        .arg(&var)
+        .arg(&mnt)
+        .run_string()
+        .unwrap();
+    assert_eq!(listing.trim_end(), ".\n./lib\n./lib/dpkg\n./lib/dpkg/status\n./log");
     // The root has the mount points, empty, and none of their content.
-    let root_boot = ls(&root, "/boot");
-    assert!(
-        !root_boot.contains("vmlinuz") && !root_boot.contains("grub"),
-        "{root_boot}"
-    );
-    let root_log = ls(&root, "/var/log");
-    assert!(!root_log.contains("apt"), "{root_log}");
-    assert!(ls(&root, "/etc").contains("hostname"));
+    assert_eq!(names(ls(&root, "/boot")), Vec::<String>::new());
+    assert_eq!(names(ls(&root, "/var")), Vec::<String>::new());
+    assert!(names(ls(&root, "/etc")).contains(&"hostname".to_owned()));
 
     // GRUB's image searches for /boot's filesystem and reads /grub in it.
     let modules = Platform::I386Pc.modules_dir(&tree);

@@ -7,7 +7,10 @@
 //! mkfs.xfs 6.1, so it is made on a loop device limited to the partition and
 //! filled with `cp -a` from a mount that exists only inside a private mount
 //! namespace: if kiln dies, the namespace dies with it and takes the mount.
-//! Non-goals: btrfs, FAT (written elsewhere, in Rust), resizing.
+//! A filesystem can leave directories of the tree out (the mount points of
+//! other filesystems, [`FsOptions::hide`]): empty stand-ins are bind-mounted
+//! over them in a private namespace around the tool, so the tree is never
+//! written. Non-goals: btrfs, FAT (written elsewhere, in Rust), resizing.
 //!
 //! Reproducibility. With a fixed UUID, hash seed and `SOURCE_DATE_EPOCH`,
 //! e2fsprogs 1.47.0 stamps every time it owns with the epoch

@@ -537,9 +537,10 @@ pub struct DiskPartition {
     pub label: Option<String>,
 }
 
-/// A directly bootable disk image for virtual machines and clouds: GPT with a
-/// BIOS boot partition, an EFI system partition and the root filesystem, GRUB
-/// for BIOS and UEFI, a serial console.
+/// A directly bootable disk image for virtual machines, clouds and bare
+/// metal: GPT with a BIOS boot partition, an EFI system partition and the
+/// root filesystem (or a declared layout), GRUB for BIOS and UEFI, a serial
+/// console.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskTarget {
@@ -557,7 +558,8 @@ pub struct DiskTarget {
     /// Extra free space in the root filesystem when size is "auto", e.g. "1GiB". Default "25%" of content + 256MiB.
     #[serde(default)]
     pub headroom: Option<Written<Headroom>>,
-    /// Root filesystem. Default "ext4" (the only one supported for now).
+    /// Root filesystem of the default layout. Default "ext4" (the only one
+    /// it supports; a declared layout names each partition's).
     #[serde(default)]
     pub filesystem: Filesystem,
     /// Size of the EFI system partition (FAT32), 36MiB to 4GiB in whole MiB. Default "128MiB".
