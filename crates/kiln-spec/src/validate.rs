@@ -80,6 +80,9 @@ struct SizeRule<'a> {
     headroom: Option<&'a Written<Headroom>>,
     /// Bytes the target adds around the content, and what they are for.
     overhead: Option<(u64, &'a str)>,
+    /// Whether a fixed size must hold a base system besides the overhead
+    /// (not when a declared layout gives the root a fixed size of its own).
+    content_min: bool,
     max: u64,
     max_help: &'a str,
 }
@@ -544,6 +547,7 @@ impl Validator<'_, '_> {
                 size: t.size.as_ref(),
                 headroom: t.headroom.as_ref(),
                 overhead: None,
+                content_min: true,
                 max: MAX_PARTITION_SIZE,
                 max_help: "OVH's installer copies the image's files onto its own partitions, so the image only needs room for its content; use \"auto\"",
             },
@@ -637,6 +641,13 @@ impl Validator<'_, '_> {
                 size: if size_reported { None } else { t.size.as_ref() },
                 headroom: t.headroom.as_ref(),
                 overhead,
+                content_min: t.partitions.is_empty()
+                    || t.partitions.last().is_some_and(|p| {
+                        p.role == "root"
+                            && p.size
+                                .as_ref()
+                                .is_none_or(|w| matches!(w.parsed(), Ok(PartitionSize::Rest)))
+                    }),
                 max: MAX_DISK_SIZE,
                 max_help: "clouds grow the root partition to the real disk at first boot (growpart), so build small; use \"auto\"",
             },
@@ -1009,7 +1020,7 @@ impl Validator<'_, '_> {
             Some((text, Ok(Size::Bytes(bytes)))) => {
                 let overhead = rule.overhead.map_or(0, |(bytes, _)| bytes);
                 let min = MIN_BASE_CONTENT.saturating_add(files_bytes).saturating_add(overhead);
-                if *bytes < min {
+                if *bytes < min && rule.content_min {
                     let suggestion = if min.is_multiple_of(GIB) {
                         format!("{}GiB", min / GIB)
                     } else {

@@ -1761,3 +1761,37 @@ size = "4GiB"
         panic!("{e}");
     }
 }
+
+/// A fixed disk size and a declared layout: when the root takes the rest
+/// it must hold a base system besides the other partitions; when every
+/// size is fixed, the layout only has to fit.
+#[test]
+fn declared_layout_against_a_fixed_size() {
+    let spec = |size: &str, root: &str| {
+        format!(
+            "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+             [targets.disk]\nfirmware = [\"uefi\"]\nsize = \"{size}\"\n\
+             [[targets.disk.partitions]]\nrole = \"esp\"\nsize = \"512MiB\"\n\
+             [[targets.disk.partitions]]\nrole = \"/var\"\nsize = \"1GiB\"\n\
+             [[targets.disk.partitions]]\nrole = \"root\"\n{root}"
+        )
+    };
+    // 512 MiB + 1 GiB + 2 MiB of GPT leave 510 MiB for the root.
+    let err = parse(&spec("2GiB", "")).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    assert!(
+        d.message.contains("and 1.5 GiB for the other partitions and the GPT"),
+        "{err}"
+    );
+    assert_eq!(d.help.as_deref(), Some("use \"auto\", or at least \"2562MiB\""));
+    assert!(parse(&spec("2562MiB", "")).is_ok());
+    // Every size fixed: exactly the partitions and the GPT is enough.
+    if let Err(e) = parse(&spec("3586MiB", "size = \"2GiB\"\n")) {
+        panic!("{e}");
+    }
+    let err = parse(&spec("3585MiB", "size = \"2GiB\"\n")).unwrap_err();
+    assert!(
+        err.to_string().contains("the partitions do not fit in size `3585MiB`"),
+        "{err}"
+    );
+}
