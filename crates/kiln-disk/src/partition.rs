@@ -326,6 +326,30 @@ pub fn mbr_signature(disk_guid: Uuid) -> u32 {
 mod tests {
     use super::*;
 
+    /// Every kind kiln writes is one the table reader names, so `kiln
+    /// inspect` shows what a partition is for.
+    #[test]
+    fn every_kind_has_a_name() {
+        use crate::table::PartType;
+        let kinds = [
+            (PartKind::LinuxFs, "Linux filesystem"),
+            (PartKind::BiosBoot, "BIOS boot"),
+            (PartKind::Esp, "EFI System"),
+            (PartKind::RootX86_64, "Linux root (x86-64)"),
+            (PartKind::Xbootldr, "Linux extended boot"),
+            (PartKind::Var, "Linux variable data"),
+            (PartKind::VarTmp, "Linux temporary data"),
+            (PartKind::Home, "Linux home"),
+            (PartKind::Srv, "Linux server data"),
+            (PartKind::Swap, "Linux swap"),
+        ];
+        for (kind, name) in kinds {
+            assert_eq!(PartType::Gpt(kind.gpt_type()).name(), name, "{kind:?}");
+        }
+        assert_eq!(PartKind::Swap.mbr_type(), Some(0x82));
+        assert_eq!(PartKind::Xbootldr.mbr_type(), Some(0xea));
+    }
+
     fn spec(kind: PartKind, size: u64, n: u8) -> PartitionSpec {
         PartitionSpec {
             kind,
