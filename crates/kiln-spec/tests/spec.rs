@@ -1659,7 +1659,7 @@ fn metal3_example_loads() {
         Err(e) => panic!("{e}"),
     };
     let spec = &loaded.spec;
-    assert_eq!(spec.kernel.cmdline, ["hugepages=512"]);
+    assert_eq!(spec.kernel.cmdline, ["hugepages=64"]);
     assert_eq!(spec.kernel.sysctl["vm.swappiness"].to_string(), "10");
     assert_eq!(spec.limits[0].value.to_string(), "unlimited");
     let t = spec.targets.disk.as_ref().unwrap();
