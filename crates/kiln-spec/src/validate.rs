@@ -656,7 +656,7 @@ impl Validator<'_, '_> {
         if let Some(console) = &t.console {
             self.check(&format!("{at}.console"), "`console`", console, rules::console(console));
         }
-        if t.compress == Some(true) && t.format == DiskFormat::Raw {
+        if t.compress == Some(true) && t.format != DiskFormat::Qcow2 {
             // A silently ignored option is worse than an error.
             self.report(
                 &format!("{at}.compress"),

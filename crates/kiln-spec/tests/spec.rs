@@ -749,6 +749,24 @@ compress = true
         help: "set `format = \"qcow2\"`",
     },
     Case {
+        name: "disk: compress a VMDK",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+format = "vmdk"
+compress = true
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`compress` only applies when `format` is \"qcow2\"",
+        line: 9,
+        column: 12,
+        help: "remove `compress`",
+    },
+    Case {
         name: "disk: bad bootloader id",
         spec: r#"[image]
 name = "t"
