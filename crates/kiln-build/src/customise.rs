@@ -351,6 +351,9 @@ mod tests {
              [[limits]]\ndomain = \"*\"\ntype = \"-\"\nitem = \"memlock\"\nvalue = \"unlimited\"\n\
              [[limits]]\ndomain = \"@ops\"\ntype = \"soft\"\nitem = \"nofile\"\nvalue = 65536\n",
         );
+        if !kiln_exec::testing::require_tool_or_skip("shellcheck") {
+            return;
+        }
         let script = configure_script(&s, &[], &crate::distro::Debian);
         kiln_exec::Cmd::new("shellcheck")
             .args(["--shell=sh", "-"])
