@@ -1015,8 +1015,8 @@ impl Run<'_> {
                     s.compressed, s.reused, opts.threads
                 );
             }
-            ImageFormat::Raw => {
-                crate::targets::convert_image(&raw, &image, spec.format.name(), spec.compress, Some(&self.log))?
+            ImageFormat::Raw | ImageFormat::Vmdk | ImageFormat::Vhd => {
+                crate::targets::convert_image(&raw, &image, spec.format, spec.compress, Some(&self.log))?
             }
         }
         let _ = std::fs::remove_file(&raw);

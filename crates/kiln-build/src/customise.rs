@@ -142,6 +142,53 @@ pub fn configure_script(spec: &Spec, datasources: &[String], family: &dyn Distro
         b
     });
 
+    section("kernel modules", {
+        let mut b = String::new();
+        if !spec.kernel.modules.is_empty() {
+            let _ = writeln!(
+                b,
+                "printf '%s\\n' '# Written by kiln: loaded at every boot.' {} > /etc/modules-load.d/kiln.conf",
+                spec.kernel.modules.iter().map(|m| q(m)).collect::<Vec<_>>().join(" ")
+            );
+        }
+        b
+    });
+
+    section("sysctl", {
+        let mut b = String::new();
+        if !spec.kernel.sysctl.is_empty() {
+            let lines: Vec<String> = spec
+                .kernel
+                .sysctl
+                .iter()
+                .map(|(k, v)| q(&format!("{k} = {v}")))
+                .collect();
+            let _ = writeln!(
+                b,
+                "printf '%s\\n' '# Written by kiln: applied at every boot.' {} > /etc/sysctl.d/90-kiln.conf",
+                lines.join(" ")
+            );
+        }
+        b
+    });
+
+    section("limits", {
+        let mut b = String::new();
+        if !spec.limits.is_empty() {
+            let lines: Vec<String> = spec
+                .limits
+                .iter()
+                .map(|l| q(&format!("{} {} {} {}", l.domain, l.kind, l.item, l.value)))
+                .collect();
+            let _ = writeln!(
+                b,
+                "mkdir -p /etc/security/limits.d\nprintf '%s\\n' '# Written by kiln: <domain> <type> <item> <value>' {} > /etc/security/limits.d/90-kiln.conf",
+                lines.join(" ")
+            );
+        }
+        b
+    });
+
     section("package removals", family.remove_script(&spec.packages.remove));
     s
 }
@@ -291,5 +338,55 @@ mod tests {
             .stdin_bytes(script.clone())
             .run()
             .unwrap_or_else(|e| panic!("shellcheck: {e}\n{script}"));
+    }
+
+    /// The host profile: modules, sysctl settings and limits, each file
+    /// as the tools read it (the commands run against a scratch /etc).
+    #[test]
+    fn host_profile_files() {
+        let s = spec_with(
+            "",
+            "[kernel]\nmodules = [\"vfio_pci\", \"br_netfilter\"]\n\
+             [kernel.sysctl]\n\"vm.swappiness\" = 10\n\"net.ipv4.tcp_rmem\" = \"4096 87380 6291456\"\n\
+             [[limits]]\ndomain = \"*\"\ntype = \"-\"\nitem = \"memlock\"\nvalue = \"unlimited\"\n\
+             [[limits]]\ndomain = \"@ops\"\ntype = \"soft\"\nitem = \"nofile\"\nvalue = 65536\n",
+        );
+        if !kiln_exec::testing::require_tool_or_skip("shellcheck") {
+            return;
+        }
+        let script = configure_script(&s, &[], &crate::distro::DEBIAN);
+        kiln_exec::Cmd::new("shellcheck")
+            .args(["--shell=sh", "-"])
+            .stdin_bytes(script.clone())
+            .run()
+            .unwrap_or_else(|e| panic!("shellcheck: {e}\n{script}"));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        for d in ["etc/modules-load.d", "etc/sysctl.d", "etc/security"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let commands: String = script
+            .lines()
+            .filter(|l| l.contains("kiln.conf") || l.contains("limits.d"))
+            .map(|l| format!("{}\n", l.replace(" /etc/", &format!(" {root}/etc/"))))
+            .collect();
+        assert_eq!(commands.lines().count(), 4, "{script}");
+        kiln_exec::Cmd::new("sh").args(["-euc", &commands]).run().unwrap();
+        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+        assert_eq!(
+            read("etc/modules-load.d/kiln.conf"),
+            "# Written by kiln: loaded at every boot.\nvfio_pci\nbr_netfilter\n"
+        );
+        assert_eq!(
+            read("etc/sysctl.d/90-kiln.conf"),
+            "# Written by kiln: applied at every boot.\nnet.ipv4.tcp_rmem = 4096 87380 6291456\nvm.swappiness = 10\n"
+        );
+        assert_eq!(
+            read("etc/security/limits.d/90-kiln.conf"),
+            "# Written by kiln: <domain> <type> <item> <value>\n* - memlock unlimited\n@ops soft nofile 65536\n"
+        );
+        // Nothing of it without the keys.
+        let plain = configure_script(&spec_with("", ""), &[], &crate::distro::DEBIAN);
+        assert!(!plain.contains("kiln.conf") && !plain.contains("limits"), "{plain}");
     }
 }

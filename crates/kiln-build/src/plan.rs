@@ -460,6 +460,14 @@ fn plan_with_targets(
     for (i, r) in spec.run.iter().enumerate() {
         actions.push(format!("run {}", run_name(r, i)));
     }
+    if !spec.kernel.modules.is_empty() || !spec.kernel.sysctl.is_empty() || !spec.limits.is_empty() {
+        actions.push(format!(
+            "host profile: load {} kernel modules, {} sysctl settings, {} limits",
+            spec.kernel.modules.len(),
+            spec.kernel.sysctl.len(),
+            spec.limits.len()
+        ));
+    }
     if !spec.packages.remove.is_empty() {
         actions.push(format!("purge {}", spec.packages.remove.join(" ")));
     }
@@ -484,6 +492,15 @@ fn plan_with_targets(
             json_input("[packages] remove", &spec.packages.remove),
         ]
         .into_iter()
+        // Only when set, so that specs without them keep their hashes.
+        .chain(
+            (!spec.kernel.modules.is_empty() || !spec.kernel.sysctl.is_empty() || !spec.limits.is_empty()).then(|| {
+                json_input(
+                    "[kernel] modules and sysctl, [[limits]]",
+                    &(&spec.kernel.modules, &spec.kernel.sysctl, &spec.limits),
+                )
+            }),
+        )
         .chain(file_inputs.iter().filter(|i| !i.name.starts_with("apt key")).cloned())
         .collect(),
         &[],

@@ -42,7 +42,7 @@ fn finalise_script_is_clean_shell() {
         ("", r#"["quiet", "it's \"odd\" $HOME `x`"]"#),
         ("firmware = [\"uefi\"]\nconsole = \"hvc0\"", "[]"),
     ] {
-        let script = disk::finalise_script(&plan(target, cmdline), ids.root_fs, &ids.esp_uuid());
+        let script = disk::finalise_script(&plan(target, cmdline), &ids);
         Cmd::new("sh")
             .args(["-n", "-c", &script])
             .run()
@@ -65,7 +65,7 @@ fn finalise_script_is_clean_shell() {
 fn finalise_script_snapshot() {
     let ids = ids();
     let p = plan("", r#"["quiet", "it's \"odd\" $HOME"]"#);
-    let script = disk::finalise_script(&p, ids.root_fs, &ids.esp_uuid());
+    let script = disk::finalise_script(&p, &ids);
     insta::assert_snapshot!("finalise_script", script);
     // The values the rest of the image depends on.
     assert!(script.contains(&format!("UUID={} / ext4 errors=remount-ro 0 1", ids.root_fs)));
@@ -74,7 +74,7 @@ fn finalise_script_snapshot() {
     assert!(script.contains(r#"GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200""#));
     assert!(script.contains("\ncopy_grub_modules i386-pc\ncopy_grub_modules x86_64-efi\n"));
     // A UEFI-only image copies only the UEFI modules.
-    let uefi = disk::finalise_script(&plan("firmware = [\"uefi\"]", "[]"), ids.root_fs, &ids.esp_uuid());
+    let uefi = disk::finalise_script(&plan("firmware = [\"uefi\"]", "[]"), &ids);
     assert!(uefi.contains("\ncopy_grub_modules x86_64-efi\n") && !uefi.contains("copy_grub_modules i386-pc"));
 }
 
@@ -96,8 +96,11 @@ fn grub_cfg_lists_the_kernels() {
     }
     fs::write(tree.join("boot/config-6.1.0-10-amd64"), "c").unwrap();
     let p = plan("", r#"["quiet", "a b"]"#);
-    let root = Uuid::from_u128(0x1234);
-    disk::write_grub_cfg(tree, &p, root).unwrap();
+    let root = DiskIds {
+        root_fs: Uuid::from_u128(0x1234),
+        ..ids()
+    };
+    disk::write_grub_cfg(tree, &p, &root).unwrap();
     let cfg = fs::read_to_string(tree.join("boot/grub/grub.cfg")).unwrap();
     insta::assert_snapshot!("grub_cfg", cfg);
 
@@ -106,21 +109,21 @@ fn grub_cfg_lists_the_kernels() {
     fs::create_dir(&elsewhere).unwrap();
     fs::rename(tree.join("boot/grub"), dir.path().join("grub.moved")).unwrap();
     std::os::unix::fs::symlink(&elsewhere, tree.join("boot/grub")).unwrap();
-    let err = disk::write_grub_cfg(tree, &p, root).unwrap_err();
+    let err = disk::write_grub_cfg(tree, &p, &root).unwrap_err();
     assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
     assert!(!elsewhere.join("grub.cfg").exists());
     fs::remove_file(tree.join("boot/grub")).unwrap();
 
     // Without its initrd a kernel cannot find the root by UUID.
     fs::remove_file(tree.join("boot/initrd.img-6.1.0-9-amd64")).unwrap();
-    let err = disk::write_grub_cfg(tree, &p, root).unwrap_err();
+    let err = disk::write_grub_cfg(tree, &p, &root).unwrap_err();
     assert!(
         format!("{err:#}").contains("no /boot/initrd.img-6.1.0-9-amd64"),
         "{err:#}"
     );
     fs::remove_file(tree.join("boot/vmlinuz-6.1.0-9-amd64")).unwrap();
     fs::remove_file(tree.join("boot/vmlinuz-6.1.0-10-amd64")).unwrap();
-    let err = disk::write_grub_cfg(tree, &p, root).unwrap_err();
+    let err = disk::write_grub_cfg(tree, &p, &root).unwrap_err();
     assert!(format!("{err:#}").contains("no kernel"), "{err:#}");
 }
 
@@ -145,11 +148,10 @@ fn small_tree(root: &Path) {
 
 /// Assembles a disk from `tree` into `dir/disk.raw`.
 fn assemble(dir: &Path, tree: &Path, p: &DiskPlan) -> (PathBuf, kiln_disk::Layout) {
-    let content = kiln_disk::tree_size(tree).unwrap();
-    let g = disk::disk_geometry(p, content).unwrap();
+    let g = disk::disk_geometry(p, tree).unwrap();
     let raw = dir.join("disk.raw");
-    fs::File::create(&raw).unwrap().set_len(g.disk_size).unwrap();
-    let layout = disk::assemble(&raw, p, tree, &ids()).unwrap();
+    fs::File::create(&raw).unwrap().set_len(g.disk).unwrap();
+    let layout = disk::assemble(&raw, p, tree, &ids(), &g).unwrap_or_else(|e| panic!("{e:#}"));
     (raw, layout)
 }
 
@@ -227,10 +229,7 @@ fn assembled_disk_passes_the_reference_tools() {
     let (status, out) = Cmd::new("e2fsck").arg("-fn").arg(&root_img).run_status().unwrap();
     assert!(status.success(), "{}\n{}", out.stdout_string(), out.tail);
 
-    let grub_root = GrubRoot {
-        fs_uuid: ids.root_fs,
-        partition: 3,
-    };
+    let grub_root = GrubRoot::ext4_root(ids.root_fs, 3);
     // BIOS: boot.img's code in the MBR pointing at core.img in partition 1.
     let bytes = fs::read(&raw).unwrap();
     let boot = fs::read(Platform::I386Pc.modules_dir(&tree).join("boot.img")).unwrap();
@@ -276,4 +275,275 @@ fn same_tree_same_disk() {
     let (a, b) = (fs::read(da).unwrap(), fs::read(db).unwrap());
     let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).take(20).collect();
     assert!(differ.is_empty(), "two assemblies differ at {differ:x?}");
+}
+
+/// A declared layout on a small tree: BIOS boot, ESP, a separate ext4
+/// /boot, an XFS /var with an ext4 /var/log inside it, swap and the root
+/// taking the rest. Each filesystem holds its own subtree and only that
+/// (the mount points stay empty directories in the filesystem around
+/// them), at the offset and with the GPT type, UUID and label the layout
+/// gives it; GRUB looks for /boot's filesystem.
+#[test]
+fn declared_layout_assembles_and_checks() {
+    for tool in [
+        "sfdisk",
+        "blkid",
+        "e2fsck",
+        "debugfs",
+        "xfs_repair",
+        "mkfs.xfs",
+        "unshare",
+        "mount",
+    ] {
+        if !kiln_exec::testing::require_tool_or_skip(tool) {
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    small_tree(&tree);
+    fs::write(tree.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel").unwrap();
+    fs::create_dir_all(tree.join("boot/efi")).unwrap();
+    fs::create_dir_all(tree.join("var/lib/dpkg")).unwrap();
+    fs::write(tree.join("var/lib/dpkg/status"), "packages").unwrap();
+    fs::create_dir_all(tree.join("var/log/apt")).unwrap();
+    fs::write(tree.join("var/log/apt/history.log"), "log").unwrap();
+    let p = plan(
+        "size = \"1536MiB\"\n\
+         [[targets.disk.partitions]]\nrole = \"bios_boot\"\nsize = \"1MiB\"\n\
+         [[targets.disk.partitions]]\nrole = \"esp\"\nsize = \"40MiB\"\n\
+         [[targets.disk.partitions]]\nrole = \"boot\"\nsize = \"64MiB\"\n\
+         [[targets.disk.partitions]]\nrole = \"/var\"\nsize = \"300MiB\"\nfilesystem = \"xfs\"\n\
+         [[targets.disk.partitions]]\nrole = \"/var/log\"\nsize = \"16MiB\"\nlabel = \"varlog\"\n\
+         [[targets.disk.partitions]]\nrole = \"swap\"\nsize = \"16MiB\"\n\
+         [[targets.disk.partitions]]\nrole = \"root\"\n",
+        "[]",
+    );
+    let ids = ids();
+    let (raw, layout) = assemble(dir.path(), &tree, &p);
+    let raw_s = raw.to_str().unwrap();
+    assert_eq!(fs::metadata(&raw).unwrap().len(), 1536 * MIB);
+
+    run("sfdisk", &["--verify", raw_s]);
+    let table: serde_json::Value = serde_json::from_str(&run("sfdisk", &["--json", raw_s])).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let got: Vec<(u64, u64, &str, &str)> = parts
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() / 2048,
+                p["size"].as_u64().unwrap() / 2048,
+                p["type"].as_str().unwrap(),
+                p["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let root_mib = 1536 - 1 - 1 - 40 - 64 - 300 - 16 - 16 - 1;
+    assert_eq!(
+        got,
+        [
+            (1, 1, "21686148-6449-6E6F-744E-656564454649", "bios-boot"),
+            (2, 40, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "esp"),
+            (42, 64, "BC13C2FF-59E6-4262-A352-B275FD6F7172", "boot"),
+            (106, 300, "4D21B016-B534-45C2-A9FB-5C16E091FD2D", "var"),
+            (406, 16, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "var-log"),
+            (422, 16, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "swap"),
+            (438, root_mib, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "root"),
+        ]
+    );
+
+    // Every filesystem by type, UUID and label, probed at its offset.
+    let probe = |i: usize| {
+        let start = layout.partitions[i].start.to_string();
+        run("blkid", &["-p", "-o", "export", "-O", &start, raw_s])
+    };
+    use kiln_spec::PartitionRole as Role;
+    let uuid = |role: Role| disk::layout::fs_uuid(&ids, &role);
+    for (i, fs, uuid, label) in [
+        (1, "vfat", ids.esp_uuid(), "ESP"),
+        (2, "ext4", uuid(Role::Boot).to_string(), "boot"),
+        (3, "xfs", uuid(Role::Mount("/var".into())).to_string(), "var"),
+        (4, "ext4", uuid(Role::Mount("/var/log".into())).to_string(), "varlog"),
+        (5, "swap", uuid(Role::Swap).to_string(), "swap"),
+        (6, "ext4", ids.root_fs.to_string(), "root"),
+    ] {
+        let b = probe(i);
+        for want in [format!("TYPE={fs}"), format!("UUID={uuid}"), format!("LABEL={label}")] {
+            assert!(b.contains(&want), "partition {}: no {want} in\n{b}", i + 1);
+        }
+    }
+
+    // The reference checkers on each extracted filesystem, and what each holds.
+    let extract_part = |i: usize, name: &str| {
+        let q = &layout.partitions[i];
+        extract(&raw, q.start, q.size, &dir.path().join(name))
+    };
+    let boot = extract_part(2, "boot.img");
+    let var = extract_part(3, "var.img");
+    let varlog = extract_part(4, "varlog.img");
+    let root = extract_part(6, "root.img");
+    for img in [&boot, &varlog, &root] {
+        let (status, out) = Cmd::new("e2fsck").arg("-fn").arg(img).run_status().unwrap();
+        assert!(status.success(), "{}\n{}", out.stdout_string(), out.tail);
+    }
+    let (status, out) = Cmd::new("xfs_repair").arg("-n").arg(&var).run_status().unwrap();
+    assert!(status.success(), "{}\n{}", out.stdout_string(), out.tail);
+    // `ls -p`: one `/inode/mode/uid/gid/name/size/` line per entry.
+    let ls = |img: &Path, path: &str| run("debugfs", &["-R", &format!("ls -p {path}"), img.to_str().unwrap()]);
+    let names = |listing: String| -> Vec<String> {
+        let mut v: Vec<String> = listing
+            .lines()
+            .filter_map(|l| l.split('/').nth(5))
+            .filter(|n| !matches!(*n, "." | ".." | "lost+found"))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    // /boot's filesystem has the kernel and GRUB's directory at its top,
+    // and the ESP's mount point.
+    assert_eq!(names(ls(&boot, "/")), ["efi", "grub", "vmlinuz-6.1.0-9-amd64"]);
+    // /var/log's has its own content.
+    assert_eq!(names(ls(&varlog, "/")), ["apt"]);
+    // /var's (XFS, read through a private read-only mount) has /var
+    // without /var/log's content.
+    let script = r#"mount -t xfs -o ro,loop "$1" "$2"; cd "$2"; find . | sort; cd /; umount "$2""#;
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let listing = Cmd::in_mount_namespace("sh")
+        .args(["-euc", script, "list-xfs"])
+        .arg(&var)
+        .arg(&mnt)
+        .run_string()
+        .unwrap();
+    assert_eq!(listing.trim_end(), ".\n./lib\n./lib/dpkg\n./lib/dpkg/status\n./log");
+    // The root has the mount points, empty, and none of their content.
+    assert_eq!(names(ls(&root, "/boot")), Vec::<String>::new());
+    assert_eq!(names(ls(&root, "/var")), Vec::<String>::new());
+    assert!(names(ls(&root, "/etc")).contains(&"hostname".to_owned()));
+
+    // GRUB's image searches for /boot's filesystem and reads /grub in it.
+    let modules = Platform::I386Pc.modules_dir(&tree);
+    let boot_root = GrubRoot {
+        fs_uuid: uuid(Role::Boot),
+        partition: 3,
+        prefix: grub::SEPARATE_BOOT_PREFIX_DIR,
+        fs_module: None,
+    };
+    let core = grub::make_image(Platform::I386Pc, &modules, &boot_root).unwrap();
+    let bytes = fs::read(&raw).unwrap();
+    assert_eq!(bytes[MIB as usize..MIB as usize + 500], core[..500]);
+}
+
+/// grub.cfg and the finalisation script for a separate /boot: GRUB finds
+/// /boot's filesystem, the kernels lie at its top, the root is still named
+/// by its UUID, and fstab mounts every filesystem by UUID.
+#[test]
+fn separate_boot_in_grub_cfg_and_fstab() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path();
+    fs::create_dir_all(tree.join("boot")).unwrap();
+    fs::write(tree.join("boot/vmlinuz-6.1.0-9-amd64"), "k").unwrap();
+    fs::write(tree.join("boot/initrd.img-6.1.0-9-amd64"), "i").unwrap();
+    let p = plan(
+        "firmware = [\"uefi\"]\n\
+         [[targets.disk.partitions]]\nrole = \"esp\"\nsize = \"64MiB\"\n\
+         [[targets.disk.partitions]]\nrole = \"boot\"\nsize = \"512MiB\"\nfilesystem = \"xfs\"\n\
+         [[targets.disk.partitions]]\nrole = \"root\"\nfilesystem = \"xfs\"\n",
+        "[\"hugepages=16\"]",
+    );
+    let ids = ids();
+    let boot_uuid = disk::layout::fs_uuid(&ids, &kiln_spec::PartitionRole::Boot);
+    disk::write_grub_cfg(tree, &p, &ids).unwrap();
+    let cfg = fs::read_to_string(tree.join("boot/grub/grub.cfg")).unwrap();
+    assert!(
+        cfg.contains(&format!("search --no-floppy --fs-uuid --set=root {boot_uuid}\n")),
+        "{cfg}"
+    );
+    let linux = format!(
+        "\tlinux /vmlinuz-6.1.0-9-amd64 root=UUID={} ro console=tty0 console=ttyS0,115200n8 hugepages=16\n\tinitrd /initrd.img-6.1.0-9-amd64\n",
+        ids.root_fs
+    );
+    assert!(cfg.contains(&linux), "{cfg}");
+    let script = disk::finalise_script(&p, &ids);
+    assert!(script.contains("mkdir -p /boot /boot/efi\n"), "{script}");
+    assert!(
+        script.contains(&format!("UUID={} / xfs defaults 0 1\n", ids.root_fs)),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("UUID={boot_uuid} /boot xfs defaults 0 2\n")),
+        "{script}"
+    );
+    assert!(script.contains("'FSTYPE=xfs'"), "{script}");
+    Cmd::new("sh").args(["-n", "-c", &script]).run().unwrap();
+}
+
+/// The extra output formats: a streamOptimized VMDK and a fixed VHD of
+/// exactly the raw disk's size, as qemu-img reads and checks them.
+#[test]
+fn vmdk_and_vhd_outputs() {
+    if !kiln_exec::testing::require_tool_or_skip("qemu-img") {
+        return;
+    }
+    use kiln_build::targets::{convert_image, ImageFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    let size = 64 * MIB;
+    let f = fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"kiln", 5 * MIB).unwrap();
+    for (format, qemu, subformat) in [
+        (ImageFormat::Vmdk, "vmdk", "streamOptimized"),
+        (ImageFormat::Vhd, "vpc", "fixed"),
+    ] {
+        let out = dir.path().join(format!("disk.{}", format.name()));
+        convert_image(&raw, &out, format, false, None).unwrap();
+        // A fixed VHD has its footer only at the end, which qemu-img's
+        // probe does not read: it is named, as for any user of the file.
+        let out_s = out.to_str().unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&run("qemu-img", &["info", "-f", qemu, "--output=json", out_s])).unwrap();
+        assert_eq!(info["format"], qemu, "{info}");
+        assert_eq!(info["virtual-size"], size, "{info}");
+        if format == ImageFormat::Vmdk {
+            assert_eq!(info["format-specific"]["data"]["create-type"], subformat, "{info}");
+        } else {
+            // The footer: "conectix", and disk type 2 (fixed) at byte 60.
+            let bytes = fs::read(&out).unwrap();
+            let footer = &bytes[size as usize..];
+            assert_eq!(&footer[..8], b"conectix");
+            assert_eq!(footer[60..64], 2u32.to_be_bytes(), "not a {subformat} VHD");
+        }
+        let (status, check) = Cmd::new("qemu-img")
+            .args(["check", "-f", qemu])
+            .arg(&out)
+            .run_status()
+            .unwrap();
+        // qemu-img check exits 63 for formats it cannot check (a fixed VHD).
+        assert!(
+            status.success() || (format == ImageFormat::Vhd && status.code() == Some(63)),
+            "{}\n{}",
+            check.stdout_string(),
+            check.tail
+        );
+        run(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                qemu,
+                raw.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+        );
+    }
+    // A fixed VHD is its content and a 512-byte footer: nothing rounded.
+    assert_eq!(fs::metadata(dir.path().join("disk.vhd")).unwrap().len(), size + 512);
+    let odd = dir.path().join("odd.raw");
+    fs::File::create(&odd).unwrap().set_len(size + 512).unwrap();
+    let err = convert_image(&odd, &dir.path().join("odd.vhd"), ImageFormat::Vhd, false, None).unwrap_err();
+    assert!(err.to_string().contains("whole number of MiB"), "{err}");
 }

@@ -100,15 +100,35 @@ impl Platform {
 /// Where GRUB finds the root filesystem and its configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrubRoot {
-    /// UUID of the filesystem holding `/boot/grub`.
+    /// UUID of the filesystem holding GRUB's directory.
     pub fs_uuid: Uuid,
     /// Its GPT partition number (1-based): the fallback when the UUID
     /// search fails, as `(,gptN)` on the disk GRUB was loaded from.
     pub partition: u32,
+    /// GRUB's directory on that filesystem: [`PREFIX_DIR`] on the root,
+    /// [`SEPARATE_BOOT_PREFIX_DIR`] on a separate /boot.
+    pub prefix: &'static str,
+    /// A filesystem module the image needs besides `ext2` to read that
+    /// filesystem, e.g. `xfs`.
+    pub fs_module: Option<&'static str>,
+}
+
+impl GrubRoot {
+    /// GRUB's directory on an ext4 root filesystem.
+    pub fn ext4_root(fs_uuid: Uuid, partition: u32) -> GrubRoot {
+        GrubRoot {
+            fs_uuid,
+            partition,
+            prefix: PREFIX_DIR,
+            fs_module: None,
+        }
+    }
 }
 
 /// GRUB's directory on the root filesystem.
 pub const PREFIX_DIR: &str = "/boot/grub";
+/// GRUB's directory on a separate /boot filesystem.
+pub const SEPARATE_BOOT_PREFIX_DIR: &str = "/grub";
 
 /// The ESP path UEFI firmware boots when it has no boot entry for the disk
 /// (UEFI 2.x §3.5.1.1, removable media): how a fresh image boots anywhere.
@@ -125,8 +145,9 @@ pub fn efi_vendor_path(bootloader_id: &str) -> String {
 /// fails, `$root` and `$prefix` keep the `-p (,gptN)/boot/grub` fallback.
 pub fn early_config(root: &GrubRoot) -> String {
     format!(
-        "search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){PREFIX_DIR}\n",
-        uuid = root.fs_uuid
+        "search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){prefix}\n",
+        uuid = root.fs_uuid,
+        prefix = root.prefix
     )
 }
 
@@ -160,9 +181,10 @@ pub fn make_image(platform: Platform, modules_dir: &Path, root: &GrubRoot) -> Re
         .arg(modules_dir)
         .arg("-c")
         .arg(&config)
-        .args(["-p", &format!("(,gpt{}){PREFIX_DIR}", root.partition), "-o"])
+        .args(["-p", &format!("(,gpt{}){}", root.partition, root.prefix), "-o"])
         .arg(&output)
         .args(platform.modules())
+        .args(root.fs_module)
         .run()
         .map_err(|e| Error::tool(what(), e))?;
     std::fs::read(&output).ctx(what)
@@ -410,14 +432,16 @@ mod tests {
 
     #[test]
     fn early_config_searches_by_uuid() {
-        let root = GrubRoot {
-            fs_uuid: Uuid::from_u128(0xabc),
-            partition: 3,
-        };
+        let root = GrubRoot::ext4_root(Uuid::from_u128(0xabc), 3);
         assert_eq!(
             early_config(&root),
             "search --no-floppy --fs-uuid --set=root 00000000-0000-0000-0000-000000000abc\nset prefix=($root)/boot/grub\n"
         );
         assert_eq!(efi_vendor_path("debian"), "EFI/debian/grubx64.efi");
+        let boot = GrubRoot {
+            prefix: SEPARATE_BOOT_PREFIX_DIR,
+            ..root
+        };
+        assert!(early_config(&boot).ends_with("set prefix=($root)/grub\n"));
     }
 }

@@ -7,7 +7,10 @@
 //! mkfs.xfs 6.1, so it is made on a loop device limited to the partition and
 //! filled with `cp -a` from a mount that exists only inside a private mount
 //! namespace: if kiln dies, the namespace dies with it and takes the mount.
-//! Non-goals: btrfs, FAT (written elsewhere, in Rust), resizing.
+//! A filesystem can leave directories of the tree out (the mount points of
+//! other filesystems, [`FsOptions::hide`]): empty stand-ins are bind-mounted
+//! over them in a private namespace around the tool, so the tree is never
+//! written. Non-goals: btrfs, FAT (written elsewhere, in Rust), resizing.
 //!
 //! Reproducibility. With a fixed UUID, hash seed and `SOURCE_DATE_EPOCH`,
 //! e2fsprogs 1.47.0 stamps every time it owns with the epoch
@@ -63,6 +66,53 @@ pub struct FsOptions {
     /// Costs one `debugfs` run: half a second for 51,000 inodes (`/usr/share`
     /// in 2 GiB), against ~50 s for the `mke2fs -d` itself.
     pub source_date_epoch: Option<u64>,
+    /// Directories of the tree (relative paths) whose contents stay out of
+    /// the filesystem: the mount points of other filesystems. Each stays as
+    /// an empty directory with its mode, owner and mtime. The tree is not
+    /// changed: an empty stand-in is bind-mounted over each, in a private
+    /// mount namespace that ends with the tool.
+    pub hide: Vec<std::path::PathBuf>,
+}
+
+/// The shell prelude that bind-mounts stand-ins: `N STANDIN TARGET...`
+/// come first in the arguments, and are shifted away.
+const HIDE_PRELUDE: &str =
+    r#"n=$1; shift; while [ "$n" -gt 0 ]; do mount --bind "$1" "$2"; shift 2; n=$((n - 1)); done; "#;
+
+/// Empty stand-ins in `scratch` for the directories of `tree` named by
+/// `hide` (those missing from the tree are skipped: nothing to hide), as
+/// the arguments [`HIDE_PRELUDE`] reads.
+fn hide_args(tree: &Path, hide: &[std::path::PathBuf], scratch: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let what = || format!("preparing to leave mount points out of {}", tree.display());
+    let mut pairs = Vec::new();
+    for (i, rel) in hide.iter().enumerate() {
+        let target = tree.join(rel);
+        let Ok(meta) = std::fs::symlink_metadata(&target) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            return Err(Error::input(format!(
+                "{}: /{} is not a directory, so it cannot be a mount point",
+                what(),
+                rel.display()
+            )));
+        }
+        let standin = scratch.join(format!("hide-{i}"));
+        std::fs::create_dir(&standin).ctx(what)?;
+        std::os::unix::fs::chown(&standin, Some(meta.uid()), Some(meta.gid())).ctx(what)?;
+        std::fs::set_permissions(&standin, meta.permissions()).ctx(what)?;
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(meta.mtime().max(0) as u64);
+        std::fs::File::open(&standin)
+            .and_then(|f| f.set_times(std::fs::FileTimes::new().set_modified(mtime)))
+            .ctx(what)?;
+        pairs.push((standin, target));
+    }
+    let mut args = vec![pairs.len().to_string().into()];
+    for (standin, target) in pairs {
+        args.push(standin.into_os_string());
+        args.push(target.into_os_string());
+    }
+    Ok(args)
 }
 
 fn check_room(disk: &Path, offset: u64, size: u64) -> Result<()> {
@@ -104,7 +154,18 @@ pub fn make_ext4(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOpti
     }
     // `-T default` so that small filesystems do not silently switch to the
     // "small" profile (1 KiB blocks, 128-byte inodes that end in 2038).
-    let mut cmd = Cmd::new("mke2fs")
+    let scratch;
+    let mut cmd = if opts.hide.is_empty() {
+        Cmd::new("mke2fs")
+    } else {
+        scratch = WorkDir::new_in(&std::env::temp_dir(), "kiln-ext4-")
+            .ctx(|| format!("making ext4 from {}", tree.display()))?;
+        Cmd::in_mount_namespace("sh")
+            .args(["-euc", &format!("{HIDE_PRELUDE}exec \"$@\""), "kiln-mke2fs"])
+            .args(hide_args(tree, &opts.hide, scratch.path())?)
+            .arg("mke2fs")
+    };
+    cmd = cmd
         .args([
             "-q",
             "-F",
@@ -306,9 +367,10 @@ pub fn make_xfs(disk: &Path, offset: u64, size: u64, tree: &Path, opts: &FsOptio
     std::fs::create_dir(&mnt).ctx(what)?;
     // The mount lives only in this namespace; the explicit umount flushes
     // the filesystem before the loop device is detached.
-    let script = r#"mount -t xfs "$1" "$2"; cp -a "$3"/. "$2"/; umount "$2""#;
+    let script = format!(r#"{HIDE_PRELUDE}mount -t xfs "$1" "$2"; cp -a "$3"/. "$2"/; umount "$2""#);
     Cmd::in_mount_namespace("sh")
-        .args(["-euc", script, "kiln-make-xfs"])
+        .args(["-euc", &script, "kiln-make-xfs"])
+        .args(hide_args(tree, &opts.hide, scratch.path())?)
         .arg(device.path())
         .arg(&mnt)
         .arg(tree)

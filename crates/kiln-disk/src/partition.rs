@@ -44,6 +44,21 @@ pub enum PartKind {
     BiosBoot,
     /// EFI system partition (`C12A7328-...`, MBR 0xEF).
     Esp,
+    /// The x86-64 root of the Discoverable Partitions Specification
+    /// (`4F68BCE3-...`).
+    RootX86_64,
+    /// /boot as an Extended Boot Loader partition (`BC13C2FF-...`, MBR 0xEA).
+    Xbootldr,
+    /// /var (`4D21B016-...`).
+    Var,
+    /// /var/tmp (`7EC6F557-...`).
+    VarTmp,
+    /// /home (`933AC7E1-...`).
+    Home,
+    /// /srv (`3B8F8425-...`).
+    Srv,
+    /// Linux swap (`0657FD6D-...`, MBR 0x82).
+    Swap,
 }
 
 impl PartKind {
@@ -52,15 +67,29 @@ impl PartKind {
             PartKind::LinuxFs => LINUX_FS_GUID,
             PartKind::BiosBoot => BIOS_BOOT_GUID,
             PartKind::Esp => ESP_GUID,
+            PartKind::RootX86_64 => Uuid::from_u128(0x4f68bce3_e8cd_4db1_96e7_fbcaf984b709),
+            PartKind::Xbootldr => Uuid::from_u128(0xbc13c2ff_59e6_4262_a352_b275fd6f7172),
+            PartKind::Var => Uuid::from_u128(0x4d21b016_b534_45c2_a9fb_5c16e091fd2d),
+            PartKind::VarTmp => Uuid::from_u128(0x7ec6f557_3bc5_4aca_b293_16ef5df639d1),
+            PartKind::Home => Uuid::from_u128(0x933ac7e1_2eb4_4f13_b844_0e14e2aef915),
+            PartKind::Srv => Uuid::from_u128(0x3b8f8425_20e0_4f3b_907f_1a25a76f98e8),
+            PartKind::Swap => Uuid::from_u128(0x0657fd6d_a4ab_43c4_84e5_0933c84b4f4f),
         }
     }
 
     /// The MBR type byte, if this kind exists on an MBR disk.
     pub fn mbr_type(self) -> Option<u8> {
         match self {
-            PartKind::LinuxFs => Some(0x83),
+            PartKind::LinuxFs
+            | PartKind::RootX86_64
+            | PartKind::Var
+            | PartKind::VarTmp
+            | PartKind::Home
+            | PartKind::Srv => Some(0x83),
             PartKind::BiosBoot => None,
             PartKind::Esp => Some(0xef),
+            PartKind::Xbootldr => Some(0xea),
+            PartKind::Swap => Some(0x82),
         }
     }
 }
@@ -296,6 +325,30 @@ pub fn mbr_signature(disk_guid: Uuid) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind kiln writes is one the table reader names, so `kiln
+    /// inspect` shows what a partition is for.
+    #[test]
+    fn every_kind_has_a_name() {
+        use crate::table::PartType;
+        let kinds = [
+            (PartKind::LinuxFs, "Linux filesystem"),
+            (PartKind::BiosBoot, "BIOS boot"),
+            (PartKind::Esp, "EFI System"),
+            (PartKind::RootX86_64, "Linux root (x86-64)"),
+            (PartKind::Xbootldr, "Linux extended boot"),
+            (PartKind::Var, "Linux variable data"),
+            (PartKind::VarTmp, "Linux temporary data"),
+            (PartKind::Home, "Linux home"),
+            (PartKind::Srv, "Linux server data"),
+            (PartKind::Swap, "Linux swap"),
+        ];
+        for (kind, name) in kinds {
+            assert_eq!(PartType::Gpt(kind.gpt_type()).name(), name, "{kind:?}");
+        }
+        assert_eq!(PartKind::Swap.mbr_type(), Some(0x82));
+        assert_eq!(PartKind::Xbootldr.mbr_type(), Some(0xea));
+    }
 
     fn spec(kind: PartKind, size: u64, n: u8) -> PartitionSpec {
         PartitionSpec {

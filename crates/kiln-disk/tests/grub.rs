@@ -86,10 +86,7 @@ fn disk_with_root(dir: &Path) -> (PathBuf, Layout) {
 }
 
 fn grub_root() -> GrubRoot {
-    GrubRoot {
-        fs_uuid: ROOT_UUID,
-        partition: 3,
-    }
+    GrubRoot::ext4_root(ROOT_UUID, 3)
 }
 
 fn install_bios(disk: &Path, l: &Layout) -> (Vec<u8>, grub::BiosInstall) {

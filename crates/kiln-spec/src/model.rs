@@ -1,6 +1,8 @@
 //! The spec's types, as they are deserialised from TOML. Field docs become
 //! the JSON Schema's descriptions, so they are written for users.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -46,9 +48,12 @@ pub struct Spec {
     /// systemd units to enable, disable or mask.
     #[serde(default)]
     pub services: Services,
-    /// Kernel package and command line.
+    /// Kernel package, command line, modules loaded at boot and sysctl settings.
     #[serde(default)]
     pub kernel: Kernel,
+    /// Resource limits for PAM sessions, written to /etc/security/limits.d/90-kiln.conf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<Limit>,
     /// cloud-init settings.
     #[serde(default)]
     pub cloud_init: CloudInit,
@@ -293,9 +298,74 @@ pub struct Kernel {
     #[serde(default)]
     #[schemars(extend("default" = "linux-image-amd64"))]
     pub package: Option<String>,
-    /// Extra kernel command line, appended to the target's defaults.
+    /// Extra kernel command line, appended to the target's defaults, e.g. ["hugepages=1024"].
     #[serde(default)]
     pub cmdline: Vec<String>,
+    /// Kernel modules loaded at every boot, written to /etc/modules-load.d/kiln.conf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
+    /// sysctl settings applied at every boot, written to /etc/sysctl.d/90-kiln.conf,
+    /// e.g. `"vm.swappiness" = 10` (quote the dotted names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctl: BTreeMap<String, SysctlValue>,
+}
+
+/// A sysctl or limit value: a whole number or a string (e.g. "4096 87380 6291456").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SysctlValue {
+    Number(i64),
+    Text(String),
+}
+
+/// By hand, for an error that says what is expected (serde's untagged
+/// enums only say that nothing matched).
+impl<'de> Deserialize<'de> for SysctlValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SysctlValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number or a string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SysctlValue, E> {
+                i64::try_from(v)
+                    .map(SysctlValue::Number)
+                    .map_err(|_| E::custom(format!("{v} is too large; write it as a string")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl std::fmt::Display for SysctlValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SysctlValue::Number(n) => write!(f, "{n}"),
+            SysctlValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// One line of limits.conf(5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Who the limit applies to: a user name, "@group", or "*" for everyone.
+    pub domain: String,
+    /// "soft", "hard", or "-" for both.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The resource, e.g. "nofile", "memlock", "nproc".
+    pub item: String,
+    /// The value: a number, or "unlimited"/"infinity".
+    pub value: SysctlValue,
 }
 
 /// cloud-init settings.
@@ -404,11 +474,73 @@ pub enum DiskFormat {
     /// QEMU's copy-on-write format: sparse, optionally compressed.
     #[default]
     Qcow2,
+    /// VMware's stream-optimized VMDK (vSphere, VirtualBox), converted by qemu-img.
+    Vmdk,
+    /// A fixed VHD (Azure, Hyper-V), its size rounded up to whole MiB, converted by qemu-img.
+    Vhd,
 }
 
-/// A directly bootable disk image for virtual machines and clouds: GPT with a
-/// BIOS boot partition, an EFI system partition and the root filesystem, GRUB
-/// for BIOS and UEFI, a serial console.
+/// What a declared partition's filesystem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionFilesystem {
+    Ext4,
+    Xfs,
+    /// FAT32: the EFI system partition only.
+    Vfat,
+    /// A swap area: the `swap` role only.
+    Swap,
+}
+
+/// A partition's size as written: a size, or "rest".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionSize {
+    Bytes(u64),
+    /// What the other partitions leave of the disk (last partition only).
+    Rest,
+}
+
+impl crate::size::FromSpecText for PartitionSize {
+    fn from_spec_text(text: &str) -> Result<Self, String> {
+        if text.trim() == "rest" {
+            return Ok(PartitionSize::Rest);
+        }
+        crate::size::parse_size(text).map(PartitionSize::Bytes)
+    }
+}
+
+/// One partition of a declared `disk` layout, in disk order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskPartition {
+    /// What the partition is for: "bios_boot" (GRUB's BIOS boot partition),
+    /// "esp" (mounted at /boot/efi), "boot" (/boot), "root" (/), "swap", or
+    /// the absolute mount point of another filesystem, e.g. "/var/log".
+    pub role: String,
+    /// "ext4", "xfs", "vfat" (the ESP) or "swap". Default: "vfat" for the
+    /// ESP, "swap" for swap, none for bios_boot, "ext4" otherwise.
+    #[serde(default)]
+    pub filesystem: Option<PartitionFilesystem>,
+    /// Partition size, e.g. "1GiB", in whole MiB; or "rest" for what the
+    /// other partitions leave of a fixed disk size (its content plus
+    /// `headroom` when the disk size is "auto"). Only the last partition may
+    /// take the rest, and omitting its size means "rest".
+    #[serde(default)]
+    #[schemars(extend("default" = "rest"))]
+    pub size: Option<Written<PartitionSize>>,
+    /// fstab mount options, e.g. "nodev,noexec". Default "errors=remount-ro"
+    /// for an ext4 root, "umask=0077" for the ESP, "defaults" otherwise.
+    #[serde(default)]
+    pub mount_options: Option<String>,
+    /// Filesystem label (ext4: 16 bytes, xfs: 12, vfat: 11). Default: from the role.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A directly bootable disk image for virtual machines, clouds and bare
+/// metal: GPT with a BIOS boot partition, an EFI system partition and the
+/// root filesystem (or a declared layout), GRUB for BIOS and UEFI, a serial
+/// console.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskTarget {
@@ -426,7 +558,8 @@ pub struct DiskTarget {
     /// Extra free space in the root filesystem when size is "auto", e.g. "1GiB". Default "25%" of content + 256MiB.
     #[serde(default)]
     pub headroom: Option<Written<Headroom>>,
-    /// Root filesystem. Default "ext4" (the only one supported for now).
+    /// Root filesystem of the default layout. Default "ext4" (the only one
+    /// it supports; a declared layout names each partition's).
     #[serde(default)]
     pub filesystem: Filesystem,
     /// Size of the EFI system partition (FAT32), 36MiB to 4GiB in whole MiB. Default "128MiB".
@@ -444,6 +577,11 @@ pub struct DiskTarget {
     /// EFI directory name: GRUB is also installed as \EFI\<bootloader_id>\grubx64.efi. Default: the distro name.
     #[serde(default)]
     pub bootloader_id: Option<String>,
+    /// A declared partition layout, in disk order, instead of the default
+    /// (BIOS boot, ESP, ext4 root). `esp_size` and `filesystem` then belong
+    /// to the partitions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<DiskPartition>,
 }
 
 impl Spec {
@@ -462,6 +600,7 @@ impl Spec {
         "locale",
         "services",
         "kernel",
+        "limits",
         "cloud_init",
         "targets",
     ];
@@ -524,6 +663,9 @@ impl DiskTarget {
     /// protective MBR and the GPT, the 1 MiB BIOS boot partition, and 1 MiB
     /// at the end for the backup GPT (keeping the end aligned).
     pub const LAYOUT_OVERHEAD: u64 = 3 * MIB;
+    /// What a GPT takes besides the partitions: 1 MiB in front for the
+    /// protective MBR and the table, 1 MiB at the end for the backup.
+    pub const GPT_OVERHEAD: u64 = 2 * MIB;
 
     /// The firmware list, sorted and without duplicates; both by default.
     pub fn firmware(&self) -> Vec<Firmware> {
@@ -594,4 +736,108 @@ fn auto_size(content: u64, headroom: Option<Headroom>) -> u64 {
         None => Headroom::Percent(25).extra(content).saturating_add(256 * MIB),
     };
     content.saturating_add(extra).div_ceil(MIB).saturating_mul(MIB)
+}
+
+/// What a declared partition is for, parsed from its `role`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PartitionRole {
+    /// GRUB's BIOS boot partition: core.img, no filesystem.
+    BiosBoot,
+    /// The EFI system partition, mounted at /boot/efi.
+    Esp,
+    /// /boot.
+    Boot,
+    /// /.
+    Root,
+    /// A swap area.
+    Swap,
+    /// Another filesystem, at this absolute mount point.
+    Mount(String),
+}
+
+impl PartitionRole {
+    /// The named roles, as written in a spec.
+    pub const NAMES: &'static [&'static str] = &["bios_boot", "esp", "boot", "root", "swap"];
+
+    /// The role `text` names: one of [`PartitionRole::NAMES`] or a path
+    /// starting with `/` (which validation checks further).
+    pub fn parse(text: &str) -> Option<PartitionRole> {
+        Some(match text {
+            "bios_boot" => PartitionRole::BiosBoot,
+            "esp" => PartitionRole::Esp,
+            "boot" => PartitionRole::Boot,
+            "root" => PartitionRole::Root,
+            "swap" => PartitionRole::Swap,
+            path if path.starts_with('/') => PartitionRole::Mount(path.to_owned()),
+            _ => return None,
+        })
+    }
+
+    /// Where the filesystem is mounted; `None` for bios_boot and swap.
+    pub fn mount_point(&self) -> Option<&str> {
+        match self {
+            PartitionRole::BiosBoot | PartitionRole::Swap => None,
+            PartitionRole::Esp => Some("/boot/efi"),
+            PartitionRole::Boot => Some("/boot"),
+            PartitionRole::Root => Some("/"),
+            PartitionRole::Mount(path) => Some(path),
+        }
+    }
+
+    /// The filesystem a partition of this role has when `filesystem` is omitted.
+    pub fn default_filesystem(&self) -> Option<PartitionFilesystem> {
+        match self {
+            PartitionRole::BiosBoot => None,
+            PartitionRole::Esp => Some(PartitionFilesystem::Vfat),
+            PartitionRole::Swap => Some(PartitionFilesystem::Swap),
+            PartitionRole::Boot | PartitionRole::Root | PartitionRole::Mount(_) => Some(PartitionFilesystem::Ext4),
+        }
+    }
+}
+
+impl PartitionFilesystem {
+    /// The name fstab and blkid use.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionFilesystem::Ext4 => "ext4",
+            PartitionFilesystem::Xfs => "xfs",
+            PartitionFilesystem::Vfat => "vfat",
+            PartitionFilesystem::Swap => "swap",
+        }
+    }
+
+    /// The longest label the filesystem holds, in bytes.
+    pub fn max_label(self) -> usize {
+        match self {
+            PartitionFilesystem::Ext4 => 16,
+            PartitionFilesystem::Xfs => 12,
+            PartitionFilesystem::Vfat => 11,
+            PartitionFilesystem::Swap => 15,
+        }
+    }
+}
+
+impl DiskPartition {
+    /// The parsed role of a loaded spec's partition.
+    ///
+    /// # Panics
+    ///
+    /// If the role does not parse: `load` rejects such a spec.
+    pub fn role(&self) -> PartitionRole {
+        PartitionRole::parse(&self.role)
+            .unwrap_or_else(|| panic!("kiln_spec::load rejects role `{}`; this spec was not loaded", self.role))
+    }
+
+    /// The filesystem, with the role's default.
+    pub fn filesystem(&self) -> Option<PartitionFilesystem> {
+        self.filesystem.or_else(|| self.role().default_filesystem())
+    }
+
+    /// The size in bytes, or `None` for the rest of the disk.
+    pub fn fixed_size(&self) -> Option<u64> {
+        match self.size.as_ref().map(Written::get) {
+            Some(PartitionSize::Bytes(b)) => Some(*b),
+            Some(PartitionSize::Rest) | None => None,
+        }
+    }
 }

@@ -10,7 +10,10 @@ use std::io;
 use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
-use crate::model::{DiskFormat, DiskTarget, Distro, Filesystem, OvhByolTarget, Spec, Targets};
+use crate::model::{
+    DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, OvhByolTarget, PartitionFilesystem,
+    PartitionRole, PartitionSize, Spec, Targets,
+};
 use crate::rules::{self, Problem};
 use crate::size::{format_size, Headroom, Size, Written, GIB, MIB, TIB};
 use crate::spans::{table_name, SpanIndex};
@@ -35,6 +38,9 @@ pub const MIN_ESP_SIZE: u64 = 36 * MIB;
 
 /// Larger ESPs are typos: GRUB takes a few MiB of it.
 pub const MAX_ESP_SIZE: u64 = 4 * GIB;
+
+/// mkfs.xfs refuses smaller filesystems.
+pub const MIN_XFS_SIZE: u64 = 300 * MIB;
 
 /// The semantic problems of `spec`. `dropped` names the keys that decoding
 /// already reported and left out: problems of the tables that held them
@@ -74,6 +80,9 @@ struct SizeRule<'a> {
     headroom: Option<&'a Written<Headroom>>,
     /// Bytes the target adds around the content, and what they are for.
     overhead: Option<(u64, &'a str)>,
+    /// Whether a fixed size must hold a base system besides the overhead
+    /// (not when a declared layout gives the root a fixed size of its own).
+    content_min: bool,
     max: u64,
     max_help: &'a str,
 }
@@ -418,6 +427,95 @@ impl Validator<'_, '_> {
         if let Some(package) = &spec.kernel.package {
             self.check("kernel.package", "kernel package", package, rules::package(package));
         }
+        self.host_profile(spec);
+    }
+
+    /// Modules to load, sysctl settings and limits: each becomes one line
+    /// of a configuration file, so no value may break the line.
+    fn host_profile(&mut self, spec: &Spec) {
+        let word =
+            |s: &str, extra: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
+        for (i, module) in spec.kernel.modules.iter().enumerate() {
+            if !word(module, "_-") {
+                self.report(
+                    &format!("kernel.modules[{i}]"),
+                    format!("invalid kernel module name `{module}`"),
+                    Some("a module name has letters, digits, `_` and `-`, e.g. \"vfio_pci\"".into()),
+                );
+            }
+        }
+        for (key, value) in &spec.kernel.sysctl {
+            let at = format!("kernel.sysctl.{key}");
+            if !word(key, "_-./") {
+                self.report(
+                    &at,
+                    format!("invalid sysctl name `{key}`"),
+                    Some("write the dotted name, quoted, e.g. `\"vm.swappiness\" = 10`".into()),
+                );
+            } else if value.to_string().is_empty() || value.to_string().chars().any(|c| c.is_control()) {
+                self.report(
+                    &at,
+                    format!("invalid value for sysctl `{key}`"),
+                    Some("write one line, e.g. 10 or \"4096 87380 6291456\"".into()),
+                );
+            }
+        }
+        const ITEMS: &[&str] = &[
+            "core",
+            "data",
+            "fsize",
+            "memlock",
+            "nofile",
+            "rss",
+            "stack",
+            "cpu",
+            "nproc",
+            "as",
+            "maxlogins",
+            "maxsyslogins",
+            "nonewprivs",
+            "priority",
+            "locks",
+            "sigpending",
+            "msgqueue",
+            "nice",
+            "rtprio",
+            "chroot",
+        ];
+        for (i, limit) in spec.limits.iter().enumerate() {
+            let at = format!("limits[{i}]");
+            if !word(limit.domain.trim_start_matches(['@', '%']), "_-*.:") {
+                self.report(
+                    &format!("{at}.domain"),
+                    format!("invalid limits domain `{}`", limit.domain),
+                    Some("a user name, \"@group\", or \"*\" for everyone".into()),
+                );
+            }
+            if !["soft", "hard", "-"].contains(&limit.kind.as_str()) {
+                self.report(
+                    &format!("{at}.type"),
+                    format!("invalid limit type `{}`", limit.kind),
+                    Some("\"soft\", \"hard\", or \"-\" for both".into()),
+                );
+            }
+            if !ITEMS.contains(&limit.item.as_str()) {
+                self.report(
+                    &format!("{at}.item"),
+                    format!("unknown limit item `{}`", limit.item),
+                    Some(format!("limits.conf(5) knows {}", ITEMS.join(", "))),
+                );
+            }
+            let value = limit.value.to_string();
+            if !(value.chars().all(|c| c.is_ascii_digit() || c == '-') && !value.is_empty()
+                || ["unlimited", "infinity"].contains(&value.as_str()))
+            {
+                self.report(
+                    &format!("{at}.value"),
+                    format!("invalid limit value `{value}`"),
+                    Some("a number, or \"unlimited\"".into()),
+                );
+            }
+        }
     }
 
     fn targets(&mut self, targets: &Targets, files_bytes: u64) {
@@ -449,6 +547,7 @@ impl Validator<'_, '_> {
                 size: t.size.as_ref(),
                 headroom: t.headroom.as_ref(),
                 overhead: None,
+                content_min: true,
                 max: MAX_PARTITION_SIZE,
                 max_help: "OVH's installer copies the image's files onto its own partitions, so the image only needs room for its content; use \"auto\"",
             },
@@ -478,7 +577,10 @@ impl Validator<'_, '_> {
                 }
             }
         }
-        if t.filesystem != Filesystem::Ext4 {
+        let mut size_reported = false;
+        if !t.partitions.is_empty() {
+            size_reported = self.partitions(t);
+        } else if t.filesystem != Filesystem::Ext4 {
             self.report(
                 &format!("{at}.filesystem"),
                 "the disk target supports only ext4 for now".into(),
@@ -512,15 +614,40 @@ impl Validator<'_, '_> {
         // An `esp_size` that does not parse is reported above; the size
         // check goes on with the default so that its problems show too.
         let esp = t.esp_size.as_ref().and_then(|w| w.parsed().ok().copied());
-        let overhead = esp
-            .unwrap_or(DiskTarget::DEFAULT_ESP_SIZE)
-            .saturating_add(DiskTarget::LAYOUT_OVERHEAD);
+        let overhead = if t.partitions.is_empty() {
+            let bytes = esp
+                .unwrap_or(DiskTarget::DEFAULT_ESP_SIZE)
+                .saturating_add(DiskTarget::LAYOUT_OVERHEAD);
+            Some((bytes, "the ESP, the BIOS boot partition and the GPT"))
+        } else {
+            // The layout's own fit was checked by `partitions`; a size it
+            // reported is not reported twice.
+            let fixed: u64 = t
+                .partitions
+                .iter()
+                .filter_map(|p| match p.size.as_ref().map(|w| w.parsed()) {
+                    Some(Ok(PartitionSize::Bytes(b))) => Some(*b),
+                    _ => None,
+                })
+                .fold(0, u64::saturating_add);
+            Some((
+                fixed.saturating_add(DiskTarget::GPT_OVERHEAD),
+                "the other partitions and the GPT",
+            ))
+        };
         self.size_and_headroom(
             &SizeRule {
                 at,
-                size: t.size.as_ref(),
+                size: if size_reported { None } else { t.size.as_ref() },
                 headroom: t.headroom.as_ref(),
-                overhead: Some((overhead, "the ESP, the BIOS boot partition and the GPT")),
+                overhead,
+                content_min: t.partitions.is_empty()
+                    || t.partitions.last().is_some_and(|p| {
+                        p.role == "root"
+                            && p.size
+                                .as_ref()
+                                .is_none_or(|w| matches!(w.parsed(), Ok(PartitionSize::Rest)))
+                    }),
                 max: MAX_DISK_SIZE,
                 max_help: "clouds grow the root partition to the real disk at first boot (growpart), so build small; use \"auto\"",
             },
@@ -529,7 +656,7 @@ impl Validator<'_, '_> {
         if let Some(console) = &t.console {
             self.check(&format!("{at}.console"), "`console`", console, rules::console(console));
         }
-        if t.compress == Some(true) && t.format == DiskFormat::Raw {
+        if t.compress == Some(true) && t.format != DiskFormat::Qcow2 {
             // A silently ignored option is worse than an error.
             self.report(
                 &format!("{at}.compress"),
@@ -538,6 +665,332 @@ impl Validator<'_, '_> {
             );
         }
         self.bootloader_id(at, t.bootloader_id.as_deref());
+    }
+
+    /// A declared layout: roles, filesystems, sizes, labels and mount
+    /// options of each partition, then the layout as a whole (one root, the
+    /// boot partitions the firmware needs, unique mount points, and its fit
+    /// in a fixed disk size). Returns whether `size` was reported.
+    fn partitions(&mut self, t: &DiskTarget) -> bool {
+        let at = "targets.disk";
+        if t.esp_size.is_some() {
+            self.report(
+                &format!("{at}.esp_size"),
+                "`esp_size` does not apply to declared `partitions`".into(),
+                Some("give the partition with role = \"esp\" a `size` instead".into()),
+            );
+        }
+        if self.spans.value(&format!("{at}.filesystem")).is_some() {
+            self.report(
+                &format!("{at}.filesystem"),
+                "`filesystem` does not apply to declared `partitions`".into(),
+                Some("set `filesystem` on the partition with role = \"root\" instead".into()),
+            );
+        }
+        let last = t.partitions.len() - 1;
+        // Mount point (or role name for those without one) → first index.
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut roles: Vec<Option<PartitionRole>> = Vec::new();
+        for (i, p) in t.partitions.iter().enumerate() {
+            let here = format!("{at}.partitions[{i}]");
+            let role = self.partition_role(&here, p);
+            if let Some(role) = &role {
+                self.partition_details(&here, p, role, i == last);
+                let key = match role.mount_point() {
+                    Some(m) => m.to_owned(),
+                    None => p.role.clone(),
+                };
+                if let Some(&first) = seen.get(&key) {
+                    let first_line = self
+                        .spans
+                        .value(&format!("{at}.partitions[{first}].role"))
+                        .map_or(0, |s| self.file.line(s.start));
+                    let first_is = format!("partition {} (line {first_line})", first + 1);
+                    let (message, help) = match role {
+                        PartitionRole::Mount(_) | PartitionRole::Boot => (
+                            format!("duplicate mount point `{key}`"),
+                            format!("{first_is} is mounted there too; keep one"),
+                        ),
+                        _ => {
+                            let what = match role {
+                                PartitionRole::Root => "root partitions",
+                                PartitionRole::Esp => "EFI system partitions",
+                                PartitionRole::BiosBoot => "BIOS boot partitions",
+                                _ => "swap partitions",
+                            };
+                            (format!("two {what}"), format!("the first is {first_is}; keep one"))
+                        }
+                    };
+                    self.report(&format!("{here}.role"), message, Some(help));
+                } else {
+                    seen.insert(key, i);
+                }
+            }
+            roles.push(role);
+        }
+        let takes_rest = |p: &DiskPartition| {
+            p.size
+                .as_ref()
+                .is_none_or(|w| matches!(w.parsed(), Ok(PartitionSize::Rest)))
+        };
+        if t.headroom.is_some() && t.partitions.last().is_some_and(|p| !takes_rest(p)) {
+            // A silently ignored option is worse than an error.
+            self.report(
+                &format!("{at}.headroom"),
+                "`headroom` applies to the partition that takes the rest, and none does".into(),
+                Some("remove `headroom`, or drop the last partition's `size`".into()),
+            );
+        }
+        let has = |r: &PartitionRole| roles.iter().any(|x| x.as_ref() == Some(r));
+        let all_parsed = roles.iter().all(Option::is_some);
+        let firmware = t.firmware();
+        let firmware_at = if t.firmware.is_some() {
+            format!("{at}.firmware")
+        } else {
+            format!("{at}.partitions")
+        };
+        if all_parsed && !has(&PartitionRole::Root) {
+            self.report(
+                &format!("{at}.partitions"),
+                "the partition layout has no root partition".into(),
+                Some("add a [[targets.disk.partitions]] with role = \"root\"".into()),
+            );
+        }
+        if all_parsed && firmware.contains(&Firmware::Uefi) && !has(&PartitionRole::Esp) {
+            self.report(
+                &firmware_at,
+                "`uefi` firmware needs an EFI system partition, and the layout has none".into(),
+                Some(
+                    "add a partition with role = \"esp\" and size = \"512MiB\", or boot with `firmware = [\"bios\"]`"
+                        .into(),
+                ),
+            );
+        }
+        if all_parsed && firmware.contains(&Firmware::Bios) && !has(&PartitionRole::BiosBoot) {
+            self.report(
+                &firmware_at,
+                "`bios` firmware on a GPT disk needs a BIOS boot partition for GRUB, and the layout has none".into(),
+                Some("add a partition with role = \"bios_boot\" and size = \"1MiB\" first, or boot with `firmware = [\"uefi\"]`".into()),
+            );
+        }
+        // The fit in a fixed disk size.
+        let Some(Ok(Size::Bytes(disk))) = t.size.as_ref().map(|w| w.parsed().copied()) else {
+            return false;
+        };
+        let mut fixed = DiskTarget::GPT_OVERHEAD;
+        let mut rest = false;
+        for p in &t.partitions {
+            match p.size.as_ref().map(|w| w.parsed().copied()) {
+                Some(Ok(PartitionSize::Bytes(b))) => fixed = fixed.saturating_add(b),
+                Some(Ok(PartitionSize::Rest)) | None => rest = true,
+                Some(Err(_)) => {}
+            }
+        }
+        let need = if rest { fixed.saturating_add(MIB) } else { fixed };
+        if need > disk {
+            let size = t.size.as_ref().map_or("", |w| w.text());
+            self.report(
+                &format!("{at}.size"),
+                format!(
+                    "the partitions do not fit in size `{size}`: their fixed sizes and the GPT take {}{}",
+                    format_size(fixed),
+                    if rest {
+                        ", and the last partition needs room too"
+                    } else {
+                        ""
+                    }
+                ),
+                Some(format!(
+                    "make the disk at least \"{}MiB\", shrink a partition, or use size = \"auto\"",
+                    fixed
+                        .saturating_add(if rest { MIN_BASE_CONTENT } else { 0 })
+                        .div_ceil(MIB)
+                )),
+            );
+            return true;
+        }
+        false
+    }
+
+    /// The parsed role of partition `here`, or `None` after reporting it.
+    fn partition_role(&mut self, here: &str, p: &DiskPartition) -> Option<PartitionRole> {
+        let Some(role) = PartitionRole::parse(&p.role) else {
+            let suggestion = PartitionRole::NAMES
+                .iter()
+                .map(|n| (strsim::normalized_damerau_levenshtein(&p.role.to_lowercase(), n), *n))
+                .filter(|(score, _)| *score >= 0.5)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, n)| format!("did you mean `{n}`? "))
+                .unwrap_or_default();
+            self.report(
+                &format!("{here}.role"),
+                format!("unknown partition role `{}`", p.role),
+                Some(format!(
+                    "{suggestion}a role is bios_boot, esp, boot, root, swap, or an absolute mount point such as \"/var/log\""
+                )),
+            );
+            return None;
+        };
+        if let PartitionRole::Mount(path) = &role {
+            if let Err(problem) = rules::image_path(path) {
+                self.check(&format!("{here}.role"), "mount point", path, Err(problem));
+                return None;
+            }
+            let named = match path.as_str() {
+                "/" => Some("root"),
+                "/boot" => Some("boot"),
+                "/boot/efi" => Some("esp"),
+                _ => None,
+            };
+            if let Some(name) = named {
+                self.report(
+                    &format!("{here}.role"),
+                    format!("`{path}` has a role of its own"),
+                    Some(format!("write role = \"{name}\"")),
+                );
+                return None;
+            }
+            let top = path.split('/').nth(1).unwrap_or_default();
+            if [
+                "bin", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "usr",
+            ]
+            .contains(&top)
+            {
+                self.report(
+                    &format!("{here}.role"),
+                    format!("`{path}` cannot be a separate filesystem"),
+                    Some(format!(
+                        "/{top} must be on the root filesystem, which the initramfs mounts before anything else"
+                    )),
+                );
+                return None;
+            }
+            if path.starts_with("/boot/efi/") {
+                self.report(
+                    &format!("{here}.role"),
+                    format!("`{path}` overlaps the EFI system partition at /boot/efi"),
+                    Some("kiln writes the ESP's contents itself; mount the filesystem elsewhere".into()),
+                );
+                return None;
+            }
+        }
+        Some(role)
+    }
+
+    /// Filesystem, size, label and mount options of partition `here`.
+    fn partition_details(&mut self, here: &str, p: &DiskPartition, role: &PartitionRole, last: bool) {
+        let fs = p.filesystem();
+        let fs_name = |f: PartitionFilesystem| f.name();
+        let wrong_fs = match (role, p.filesystem) {
+            (PartitionRole::BiosBoot, Some(f)) => Some((
+                f,
+                "a BIOS boot partition holds GRUB's core image, not a filesystem; remove `filesystem`",
+            )),
+            (PartitionRole::Esp, Some(f)) if f != PartitionFilesystem::Vfat => {
+                Some((f, "the ESP is FAT32: remove `filesystem` or set it to \"vfat\""))
+            }
+            (PartitionRole::Swap, Some(f)) if f != PartitionFilesystem::Swap => {
+                Some((f, "remove `filesystem` or set it to \"swap\""))
+            }
+            (PartitionRole::Boot | PartitionRole::Root | PartitionRole::Mount(_), Some(f))
+                if matches!(f, PartitionFilesystem::Vfat | PartitionFilesystem::Swap) =>
+            {
+                Some((
+                    f,
+                    "use \"ext4\" or \"xfs\" (\"vfat\" is for role = \"esp\", \"swap\" for role = \"swap\")",
+                ))
+            }
+            _ => None,
+        };
+        if let Some((f, help)) = wrong_fs {
+            self.report(
+                &format!("{here}.filesystem"),
+                format!("filesystem `{}` does not suit role `{}`", fs_name(f), p.role),
+                Some(help.into()),
+            );
+        }
+        let size_at = format!("{here}.size");
+        match p.size.as_ref().map(|w| (w.text(), w.parsed().copied())) {
+            Some((_, Err(why))) => self.report(
+                &size_at,
+                format!("invalid `size`: {why}"),
+                Some("write a size such as \"512MiB\" or \"4GiB\", or \"rest\" on the last partition".into()),
+            ),
+            Some((_, Ok(PartitionSize::Rest))) | None if !last => self.report(
+                &size_at,
+                "only the last partition can take the rest of the disk".into(),
+                Some("give this partition a size such as \"1GiB\"".into()),
+            ),
+            Some((text, Ok(PartitionSize::Bytes(b)))) => {
+                let min = match (role, fs) {
+                    (PartitionRole::Esp, _) => MIN_ESP_SIZE,
+                    (_, Some(PartitionFilesystem::Xfs)) => MIN_XFS_SIZE,
+                    _ => MIB,
+                };
+                if b % MIB != 0 {
+                    self.report(
+                        &size_at,
+                        format!(
+                            "size `{text}` is not a whole number of MiB, so the next partition would be misaligned"
+                        ),
+                        Some("write a size in MiB or GiB".into()),
+                    );
+                } else if b < min {
+                    self.report(
+                        &size_at,
+                        format!(
+                            "size `{text}` is smaller than {}, the least this partition can be",
+                            format_size(min)
+                        ),
+                        Some(format!("make it at least \"{}MiB\"", min / MIB)),
+                    );
+                } else if *role == PartitionRole::Esp && b > MAX_ESP_SIZE {
+                    self.report(
+                        &size_at,
+                        format!("size `{text}` is larger than {} for an ESP", format_size(MAX_ESP_SIZE)),
+                        Some("GRUB takes a few MiB of it; 512MiB is plenty".into()),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if let Some(label) = &p.label {
+            let max = fs.map_or(0, PartitionFilesystem::max_label);
+            let problem = if fs.is_none() {
+                Some("a BIOS boot partition has no filesystem to label".to_owned())
+            } else if label.is_empty() || label.len() > max {
+                Some(format!("a {} label holds 1 to {max} bytes", fs.map_or("", fs_name)))
+            } else if !label.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\'') {
+                Some("it may only hold printable ASCII without spaces or quotes".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = problem {
+                self.report(
+                    &format!("{here}.label"),
+                    format!("invalid label `{label}`: {why}"),
+                    None,
+                );
+            }
+        }
+        if let Some(options) = &p.mount_options {
+            let problem = if role.mount_point().is_none() && *role != PartitionRole::Swap {
+                Some("a BIOS boot partition is not mounted")
+            } else if options.is_empty() {
+                Some("it is empty")
+            } else if options.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
+                Some("fstab options are separated by commas, without spaces")
+            } else {
+                None
+            };
+            if let Some(why) = problem {
+                self.report(
+                    &format!("{here}.mount_options"),
+                    format!("invalid `mount_options` `{options}`: {why}"),
+                    Some("write e.g. \"nodev,noexec\", or remove `mount_options` for the defaults".into()),
+                );
+            }
+        }
     }
 
     fn bootloader_id(&mut self, at: &str, id: Option<&str>) {
@@ -567,7 +1020,7 @@ impl Validator<'_, '_> {
             Some((text, Ok(Size::Bytes(bytes)))) => {
                 let overhead = rule.overhead.map_or(0, |(bytes, _)| bytes);
                 let min = MIN_BASE_CONTENT.saturating_add(files_bytes).saturating_add(overhead);
-                if *bytes < min {
+                if *bytes < min && rule.content_min {
                     let suggestion = if min.is_multiple_of(GIB) {
                         format!("{}GiB", min / GIB)
                     } else {

@@ -533,10 +533,10 @@ version = "1"
 distro = "debian"
 release = "bookworm"
 [targets.disk]
-format = "vmdk"
+format = "vdi"
 "#,
         kind: DiagnosticKind::WrongType,
-        message: "unknown value `vmdk` for `format` in [targets.disk]",
+        message: "unknown value `vdi` for `format` in [targets.disk]",
         line: 8,
         column: 10,
         help: "",
@@ -749,6 +749,24 @@ compress = true
         help: "set `format = \"qcow2\"`",
     },
     Case {
+        name: "disk: compress a VMDK",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+format = "vmdk"
+compress = true
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`compress` only applies when `format` is \"qcow2\"",
+        line: 9,
+        column: 12,
+        help: "remove `compress`",
+    },
+    Case {
         name: "disk: bad bootloader id",
         spec: r#"[image]
 name = "t"
@@ -764,6 +782,248 @@ bootloader_id = "EFI/debian"
         line: 8,
         column: 17,
         help: "use letters, digits",
+    },
+    Case {
+        name: "layout: does not fit the disk",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+size = "2GiB"
+[[targets.disk.partitions]]
+role = "bios_boot"
+size = "1MiB"
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "boot"
+size = "1GiB"
+[[targets.disk.partitions]]
+role = "/var/log"
+size = "1GiB"
+[[targets.disk.partitions]]
+role = "root"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "the partitions do not fit in size `2GiB`: their fixed sizes and the GPT take 2.5 GiB, and the last partition needs room too",
+        line: 8,
+        column: 8,
+        help: "at least \"3587MiB\"",
+    },
+    Case {
+        name: "layout: two roots",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+[[targets.disk.partitions]]
+role = "bios_boot"
+size = "1MiB"
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "root"
+size = "4GiB"
+[[targets.disk.partitions]]
+role = "root"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "two root partitions",
+        line: 18,
+        column: 8,
+        help: "the first is partition 3 (line 15)",
+    },
+    Case {
+        name: "layout: uefi without an ESP",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["uefi"]
+[[targets.disk.partitions]]
+role = "root"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`uefi` firmware needs an EFI system partition, and the layout has none",
+        line: 8,
+        column: 12,
+        help: "role = \"esp\"",
+    },
+    Case {
+        name: "layout: bios without a BIOS boot partition",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["bios"]
+[[targets.disk.partitions]]
+role = "root"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`bios` firmware on a GPT disk needs a BIOS boot partition for GRUB, and the layout has none",
+        line: 8,
+        column: 12,
+        help: "role = \"bios_boot\"",
+    },
+    Case {
+        name: "layout: duplicate mount point",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["bios"]
+[[targets.disk.partitions]]
+role = "bios_boot"
+size = "1MiB"
+[[targets.disk.partitions]]
+role = "/var/log"
+size = "1GiB"
+[[targets.disk.partitions]]
+role = "/var/log"
+size = "1GiB"
+[[targets.disk.partitions]]
+role = "root"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "duplicate mount point `/var/log`",
+        line: 16,
+        column: 8,
+        help: "partition 2 (line 13) is mounted there too",
+    },
+    Case {
+        name: "layout: mount point inside the ESP",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["uefi"]
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "/boot/efi/x"
+size = "1GiB"
+[[targets.disk.partitions]]
+role = "root"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`/boot/efi/x` overlaps the EFI system partition at /boot/efi",
+        line: 13,
+        column: 8,
+        help: "mount the filesystem elsewhere",
+    },
+    Case {
+        name: "layout: unknown role",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["uefi"]
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "rot"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "unknown partition role `rot`",
+        line: 13,
+        column: 8,
+        help: "did you mean `root`?",
+    },
+    Case {
+        name: "layout: unknown filesystem",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["uefi"]
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "root"
+filesystem = "btrfs"
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "unknown value `btrfs` for `filesystem` in [[targets.disk.partitions]] #2",
+        line: 14,
+        column: 14,
+        help: "`xfs`",
+    },
+    Case {
+        name: "layout: filesystem that does not suit the role",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["uefi"]
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "root"
+filesystem = "vfat"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "filesystem `vfat` does not suit role `root`",
+        line: 14,
+        column: 14,
+        help: "use \"ext4\" or \"xfs\"",
+    },
+    Case {
+        name: "layout: the rest before the last partition",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.disk]
+firmware = ["uefi"]
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "root"
+[[targets.disk.partitions]]
+role = "/var/log"
+size = "1GiB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "only the last partition can take the rest of the disk",
+        line: 12,
+        column: 1,
+        help: "give this partition a size",
     },
     Case {
         name: "duplicate user",
@@ -1404,4 +1664,152 @@ package = "linux-image-amd64"
     let [d] = err.diagnostics() else { panic!("{err}") };
     assert_eq!((d.line, d.column), (7, 11));
     assert!(loaded.check_names(&kiln_spec::Catalog::default()).is_ok());
+}
+
+/// The metal3 example: a declared layout and the host profile load as
+/// written, with the roles' defaults filled in.
+#[test]
+fn metal3_example_loads() {
+    use kiln_spec::{PartitionFilesystem as Fs, PartitionRole as Role};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/debian-12-metal3.toml");
+    let loaded = match load(&path) {
+        Ok(l) => l,
+        Err(e) => panic!("{e}"),
+    };
+    let spec = &loaded.spec;
+    assert_eq!(spec.kernel.cmdline, ["hugepages=64"]);
+    assert_eq!(spec.kernel.sysctl["vm.swappiness"].to_string(), "10");
+    assert_eq!(spec.limits[0].value.to_string(), "unlimited");
+    let t = spec.targets.disk.as_ref().unwrap();
+    let got: Vec<(Role, Option<Fs>, Option<u64>)> = t
+        .partitions
+        .iter()
+        .map(|p| (p.role(), p.filesystem(), p.fixed_size()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Role::BiosBoot, None, Some(MIB)),
+            (Role::Esp, Some(Fs::Vfat), Some(512 * MIB)),
+            (Role::Boot, Some(Fs::Ext4), Some(GIB)),
+            (Role::Mount("/var/log".into()), Some(Fs::Xfs), Some(GIB)),
+            (Role::Root, Some(Fs::Ext4), None),
+        ]
+    );
+    // Without host-profile keys or partitions, the serialised spec (and so
+    // every hash of the existing examples) has no trace of them.
+    let plain = parse(
+        "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n[targets.disk]\n",
+    )
+    .unwrap();
+    let json = serde_json::to_string(&plain.spec).unwrap();
+    for key in ["limits", "modules", "sysctl", "partitions"] {
+        assert!(!json.contains(key), "{key} in {json}");
+    }
+}
+
+/// The host profile's values each become a line of a configuration file:
+/// what would break the line, or that the tool would not read, is reported
+/// at its place, with an ignored `headroom` of a layout without a rest.
+#[test]
+fn host_profile_problems() {
+    let spec = r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[kernel]
+modules = ["vfio pci"]
+sysctl = { "vm.swappiness" = 10, "bad name" = 1 }
+[[limits]]
+domain = "*"
+type = "sft"
+item = "nofiles"
+value = "lots"
+[targets.disk]
+headroom = "1GiB"
+[[targets.disk.partitions]]
+role = "bios_boot"
+size = "1MiB"
+[[targets.disk.partitions]]
+role = "esp"
+size = "512MiB"
+[[targets.disk.partitions]]
+role = "root"
+size = "4GiB"
+"#;
+    let err = parse(spec).unwrap_err();
+    let got: Vec<(usize, usize, &str)> = err
+        .diagnostics()
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (8, 12, "invalid kernel module name `vfio pci`"),
+            (9, 47, "invalid sysctl name `bad name`"),
+            (12, 8, "invalid limit type `sft`"),
+            (13, 8, "unknown limit item `nofiles`"),
+            (14, 9, "invalid limit value `lots`"),
+            (
+                16,
+                12,
+                "`headroom` applies to the partition that takes the rest, and none does"
+            ),
+        ],
+        "{err}"
+    );
+    // A value of the wrong type says what is expected.
+    let err = parse(&spec.replace("= 10,", "= true,")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected a whole number or a string, found boolean `true`"),
+        "{err}"
+    );
+    let fixed = spec
+        .replace("vfio pci", "vfio_pci")
+        .replace("\"bad name\"", "\"net.core.somaxconn\"")
+        .replace("sft", "soft")
+        .replace("nofiles", "nofile")
+        .replace("\"lots\"", "4096")
+        .replace("headroom = \"1GiB\"\n", "");
+    if let Err(e) = parse(&fixed) {
+        panic!("{e}");
+    }
+}
+
+/// A fixed disk size and a declared layout: when the root takes the rest
+/// it must hold a base system besides the other partitions; when every
+/// size is fixed, the layout only has to fit.
+#[test]
+fn declared_layout_against_a_fixed_size() {
+    let spec = |size: &str, root: &str| {
+        format!(
+            "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+             [targets.disk]\nfirmware = [\"uefi\"]\nsize = \"{size}\"\n\
+             [[targets.disk.partitions]]\nrole = \"esp\"\nsize = \"512MiB\"\n\
+             [[targets.disk.partitions]]\nrole = \"/var\"\nsize = \"1GiB\"\n\
+             [[targets.disk.partitions]]\nrole = \"root\"\n{root}"
+        )
+    };
+    // 512 MiB + 1 GiB + 2 MiB of GPT leave 510 MiB for the root.
+    let err = parse(&spec("2GiB", "")).unwrap_err();
+    let [d] = err.diagnostics() else { panic!("{err}") };
+    assert!(
+        d.message.contains("and 1.5 GiB for the other partitions and the GPT"),
+        "{err}"
+    );
+    assert_eq!(d.help.as_deref(), Some("use \"auto\", or at least \"2562MiB\""));
+    assert!(parse(&spec("2562MiB", "")).is_ok());
+    // Every size fixed: exactly the partitions and the GPT is enough.
+    if let Err(e) = parse(&spec("3586MiB", "size = \"2GiB\"\n")) {
+        panic!("{e}");
+    }
+    let err = parse(&spec("3585MiB", "size = \"2GiB\"\n")).unwrap_err();
+    assert!(
+        err.to_string().contains("the partitions do not fit in size `3585MiB`"),
+        "{err}"
+    );
 }

@@ -66,6 +66,7 @@ fn common_packages(role: Role) -> &'static [&'static str] {
         Role::Lvm => &["lvm2"],
         Role::Filesystems => &["xfsprogs", "dosfstools", "btrfs-progs"],
         Role::Fat => &["dosfstools"],
+        Role::Xfs => &["xfsprogs"],
         Role::CloudInit => &["cloud-init"],
         Role::GrowRoot => &["cloud-guest-utils"],
         Role::SshServer => &["openssh-server"],

@@ -57,6 +57,8 @@ pub enum Role {
     Filesystems,
     /// FAT tools (the ESP's fsck).
     Fat,
+    /// XFS tools (fsck.xfs for the initramfs, xfs_growfs for cloud-init).
+    Xfs,
     /// cloud-init.
     CloudInit,
     /// Grows the root partition at first boot.
@@ -164,6 +166,7 @@ mod tests {
         Role::Lvm,
         Role::Filesystems,
         Role::Fat,
+        Role::Xfs,
         Role::CloudInit,
         Role::GrowRoot,
         Role::SshServer,

@@ -107,6 +107,10 @@ pub struct ArtifactSpec {
 pub enum ImageFormat {
     Raw,
     Qcow2,
+    /// VMware's streamOptimized VMDK.
+    Vmdk,
+    /// A fixed VHD, whose virtual size is exactly the raw disk's.
+    Vhd,
 }
 
 impl ImageFormat {
@@ -114,6 +118,20 @@ impl ImageFormat {
         match self {
             ImageFormat::Raw => "raw",
             ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vmdk => "vmdk",
+            ImageFormat::Vhd => "vhd",
+        }
+    }
+
+    /// qemu-img's `-O` format and `-o` options for this format.
+    fn qemu_img(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ImageFormat::Raw => ("raw", None),
+            ImageFormat::Qcow2 => ("qcow2", None),
+            ImageFormat::Vmdk => ("vmdk", Some("subformat=streamOptimized")),
+            // force_size: the disk's own size, not one rounded to a CHS
+            // geometry; Azure wants whole MiB, which kiln's disks are.
+            ImageFormat::Vhd => ("vpc", Some("subformat=fixed,force_size=on")),
         }
     }
 }
@@ -201,17 +219,32 @@ pub struct Assembly {
     pub filesystems: BTreeMap<u64, (String, String)>,
 }
 
-/// Converts a raw disk into the output format (`raw` or `qcow2`), with
-/// qcow2 compression when asked; `log` receives qemu-img's output.
+/// Converts a raw disk into the output format, with qcow2 compression when
+/// asked; `log` receives qemu-img's output. A VHD's raw disk must be whole
+/// MiB (every kiln disk is), which the fixed VHD keeps as its size.
 pub fn convert_image(
     raw: &std::path::Path,
     dest: &std::path::Path,
-    format: &str,
+    format: ImageFormat,
     compress: bool,
     log: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let mut cmd = kiln_exec::Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", format]);
+    if format == ImageFormat::Vhd {
+        let size = std::fs::metadata(raw)
+            .with_context(|| format!("reading {}", raw.display()))?
+            .len();
+        anyhow::ensure!(
+            size.is_multiple_of(1 << 20),
+            "a VHD must be a whole number of MiB; {} has {size} bytes",
+            raw.display()
+        );
+    }
+    let (name, options) = format.qemu_img();
+    let mut cmd = kiln_exec::Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", name]);
+    if let Some(options) = options {
+        cmd = cmd.args(["-o", options]);
+    }
     if compress {
         cmd = cmd.arg("-c");
     }
@@ -220,7 +253,7 @@ pub fn convert_image(
         cmd = cmd.log_to(log);
     }
     cmd.run()
-        .with_context(|| format!("converting the disk to {format} ({})", dest.display()))?;
+        .with_context(|| format!("converting the disk to {} ({})", format.name(), dest.display()))?;
     Ok(())
 }
 

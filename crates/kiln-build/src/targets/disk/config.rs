@@ -17,27 +17,26 @@ use kiln_exec::cmd::shell_quote;
 use kiln_spec::Firmware;
 use uuid::Uuid;
 
-use super::DiskPlan;
+use super::layout::{self, fstab_lines};
+use super::{DiskIds, DiskPlan};
 use crate::chroot::write_mode;
 
 /// GRUB's menu timeout: long enough to interrupt on a serial console, short
 /// enough not to slow a cloud boot.
 const GRUB_TIMEOUT: u32 = 1;
 
-/// The chroot script that prepares the finalised tree for the disk target.
-/// `esp_uuid` is the ESP's FAT volume id as fstab writes it (`XXXX-XXXX`,
-/// see [`super::DiskIds::esp_uuid`]).
-///
-/// # Panics
-///
-/// If `esp_uuid` is not `XXXX-XXXX` in hex digits: it comes from
-/// [`super::DiskIds`], never from the user.
-pub fn finalise_script(plan: &DiskPlan, root_uuid: Uuid, esp_uuid: &str) -> String {
-    let esp_ok = esp_uuid.len() == 9
-        && esp_uuid
-            .char_indices()
-            .all(|(i, c)| if i == 4 { c == '-' } else { c.is_ascii_hexdigit() });
-    assert!(esp_ok, "ESP UUID {esp_uuid:?} is not XXXX-XXXX");
+/// The chroot script that prepares the finalised tree for the disk target:
+/// fstab names every filesystem of the layout by the UUID `ids` give it.
+pub fn finalise_script(plan: &DiskPlan, ids: &DiskIds) -> String {
+    // Mount points other than the root, parents first; validated paths.
+    let mut mount_points: Vec<&str> = plan
+        .partitions
+        .iter()
+        .filter_map(|p| p.role.mount_point())
+        .filter(|m| *m != "/")
+        .collect();
+    mount_points.sort_unstable();
+    let root_fs = layout::root_filesystem(&plan.partitions).map_or("ext4", |fs| fs.name());
 
     let platforms: Vec<&str> = plan
         .firmware
@@ -54,13 +53,10 @@ pub fn finalise_script(plan: &DiskPlan, root_uuid: Uuid, esp_uuid: &str) -> Stri
 set -eu
 
 echo 'kiln: fstab'
-mkdir -p /boot/efi
-cat > /etc/fstab <<'KILN_FSTAB'
+{mkdir}cat > /etc/fstab <<'KILN_FSTAB'
 # Written by kiln: filesystems by UUID, so the disk boots under any device name.
 # <file system> <mount point> <type> <options> <dump> <pass>
-UUID={root_uuid} / ext4 errors=remount-ro 0 1
-UUID={esp_uuid} /boot/efi vfat umask=0077 0 2
-KILN_FSTAB
+{fstab}KILN_FSTAB
 
 echo 'kiln: initramfs'
 # The initramfs made when the kernel was installed predates this fstab, so it
@@ -68,7 +64,7 @@ echo 'kiln: initramfs'
 # type, which a chroot does not have: FSTYPE names it.
 if command -v update-initramfs >/dev/null; then
     mkdir -p /etc/initramfs-tools/conf.d
-    printf '%s\n' '# Written by kiln: the root filesystem type, for the fsck hook.' 'FSTYPE=ext4' \
+    printf '%s\n' '# Written by kiln: the root filesystem type, for the fsck hook.' 'FSTYPE={root_fs}' \
         > /etc/initramfs-tools/conf.d/kiln-disk.conf
     update-initramfs -u -k all
 fi
@@ -83,6 +79,13 @@ fi
             .collect::<Vec<_>>()
             .join(" and "),
         console = plan.console,
+        mkdir = if mount_points.is_empty() {
+            String::new()
+        } else {
+            let quoted: Vec<String> = mount_points.iter().map(|m| shell_quote(m)).collect();
+            format!("mkdir -p {}\n", quoted.join(" "))
+        },
+        fstab = fstab_lines(&plan.partitions, ids),
     );
 
     if !platforms.is_empty() {
@@ -185,17 +188,18 @@ printf '%s\n' '# Written by kiln: cloud-init renders the real configuration at f
 /// A stable text for the stage hash: everything the target generates, with
 /// placeholder identifiers (the real ones derive from the spec hash).
 pub fn fingerprint(plan: &DiskPlan) -> String {
-    let mut s = finalise_script(plan, Uuid::nil(), "0000-0000");
-    s.push_str(&render_grub_cfg(plan, Uuid::nil(), "OS", &["VERSION".to_owned()]));
+    let ids = DiskIds::derive(|_| Uuid::nil());
+    let mut s = finalise_script(plan, &ids);
+    s.push_str(&render_grub_cfg(plan, &ids, "OS", &["VERSION".to_owned()]));
     s
 }
 
 /// Writes `/boot/grub/grub.cfg` into `tree` for the kernels in its `/boot`,
 /// newest first (the default).
-pub fn write_grub_cfg(tree: &Path, plan: &DiskPlan, root_uuid: Uuid) -> Result<()> {
+pub fn write_grub_cfg(tree: &Path, plan: &DiskPlan, ids: &DiskIds) -> Result<()> {
     let kernels = kernels(tree)?;
     let os = os_name(tree);
-    let text = render_grub_cfg(plan, root_uuid, &os, &kernels);
+    let text = render_grub_cfg(plan, ids, &os, &kernels);
     // Written from the host, so nothing in the tree may redirect the write:
     // a symlinked /boot or /boot/grub (a [[run]] step can make one) would
     // point into the host's own filesystem.
@@ -223,8 +227,15 @@ pub fn write_grub_cfg(tree: &Path, plan: &DiskPlan, root_uuid: Uuid) -> Result<(
 }
 
 /// The grub.cfg text. Titles and arguments are quoted for GRUB's
-/// shell-like lexer, the same way as for sh.
-pub(crate) fn render_grub_cfg(plan: &DiskPlan, root_uuid: Uuid, os: &str, kernels: &[String]) -> String {
+/// shell-like lexer, the same way as for sh. GRUB searches for the
+/// filesystem holding /boot: the root's, or a separate /boot's, in which
+/// the kernels lie at the top.
+pub(crate) fn render_grub_cfg(plan: &DiskPlan, ids: &DiskIds, os: &str, kernels: &[String]) -> String {
+    let root_uuid = ids.root_fs;
+    let (boot_uuid, boot_dir) = match plan.boot_partition() {
+        Some((_, p)) if p.role == kiln_spec::PartitionRole::Boot => (layout::fs_uuid(ids, &p.role), ""),
+        _ => (root_uuid, "/boot"),
+    };
     let mut s = String::from(
         "# Written by kiln for the disk target. update-grub in the running system\n\
          # (run on kernel upgrades) replaces it, from /etc/default/grub.d/50-kiln-disk.cfg.\n",
@@ -236,7 +247,7 @@ pub(crate) fn render_grub_cfg(plan: &DiskPlan, root_uuid: Uuid, os: &str, kernel
         }
         None => s.push_str("terminal_input console\nterminal_output console\n"),
     }
-    let search = format!("search --no-floppy --fs-uuid --set=root {root_uuid}");
+    let search = format!("search --no-floppy --fs-uuid --set=root {boot_uuid}");
     let _ = writeln!(s, "set default=0\nset timeout={GRUB_TIMEOUT}\n{search}");
     let args: Vec<String> = plan.cmdline.iter().map(|a| shell_quote(a)).collect();
     for version in kernels {
@@ -247,8 +258,8 @@ pub(crate) fn render_grub_cfg(plan: &DiskPlan, root_uuid: Uuid, os: &str, kernel
             "\nmenuentry {title} --id {id} {{\n\
              \t{search}\n\
              \techo {loading}\n\
-             \tlinux /boot/vmlinuz-{version} root=UUID={root_uuid} ro {args}\n\
-             \tinitrd /boot/initrd.img-{version}\n\
+             \tlinux {boot_dir}/vmlinuz-{version} root=UUID={root_uuid} ro {args}\n\
+             \tinitrd {boot_dir}/initrd.img-{version}\n\
              }}\n",
             loading = shell_quote(&format!("Loading Linux {version} ...")),
             args = args.join(" "),
