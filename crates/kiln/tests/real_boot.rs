@@ -6,8 +6,11 @@
 //! gets a disk 4 GiB larger than the image, as a cloud's would be, and user
 //! data that reports from inside the guest: the root partition must have
 //! been grown into the whole disk by cloud-init, and the ESP mounted from
-//! fstab. (How a failed verdict is reported is covered by kiln-vm's fast
-//! tests.)
+//! fstab. The metal3 example (declared layout, host profile) boots once per
+//! firmware on a disk 4 GiB larger, and the guest reports every declared
+//! partition mounted where the layout says, the root grown into the disk,
+//! and the hugepage and sysctl values in effect. (How a failed verdict is
+//! reported is covered by kiln-vm's fast tests.)
 
 mod common;
 use common::*;
@@ -20,8 +23,12 @@ fn disk_image() -> std::path::PathBuf {
 
 /// Boots the example image; returns the serial console's text.
 fn boots_with(firmware: &str, extra: &[&str]) -> String {
-    let image = disk_image();
-    let before = std::fs::read(&image).unwrap();
+    boot_image(&disk_image(), firmware, extra)
+}
+
+/// Boots `image` with `kiln boot`; returns the serial console's text.
+fn boot_image(image: &std::path::Path, firmware: &str, extra: &[&str]) -> String {
+    let before = std::fs::read(image).unwrap();
     let console = image.with_extension(format!("{firmware}.console.log"));
     let out = run(kiln()
         .args([
@@ -36,7 +43,7 @@ fn boots_with(firmware: &str, extra: &[&str]) -> String {
         .args(extra)
         .arg("--console-log")
         .arg(&console)
-        .arg(&image));
+        .arg(image));
     let t = text(&out);
     eprintln!("{t}");
     assert!(out.status.success(), "kiln boot --firmware {firmware} failed:\n{t}");
@@ -45,7 +52,7 @@ fn boots_with(firmware: &str, extra: &[&str]) -> String {
         "the report does not say the guest was isolated:\n{t}"
     );
     assert!(
-        std::fs::read(&image).unwrap() == before,
+        std::fs::read(image).unwrap() == before,
         "the boot changed the image file"
     );
     String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned()
@@ -71,21 +78,16 @@ fn disk_example_boots_with_bios() {
 #[test]
 #[ignore = "slow: builds the disk example and boots it under TCG"]
 fn disk_example_boots_with_uefi_and_grows_into_a_larger_disk() {
-    let image = disk_image();
-    let info = run(tool("qemu-img").args(["info", "--output=json"]).arg(&image));
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    let image_size = info["virtual-size"].as_u64().unwrap();
-
+    let image_size = virtual_size(&disk_image());
     let dir = tempfile::tempdir().unwrap();
-    let user_data = dir.path().join("user-data");
-    std::fs::write(
-        &user_data,
-        "#cloud-config\nruncmd:\n\
-         \x20 - echo \"KILN-DISK $(lsblk -b -dn -o SIZE /dev/vda)\" > /dev/console\n\
-         \x20 - echo \"KILN-ROOT $(lsblk -b -n -o SIZE $(findmnt -n -o SOURCE /))\" > /dev/console\n\
-         \x20 - echo \"KILN-ESP $(findmnt -n -o FSTYPE /boot/efi)\" > /dev/console\n",
-    )
-    .unwrap();
+    let user_data = reporting_user_data(
+        dir.path(),
+        &[
+            ("DISK", "lsblk -b -dn -o SIZE /dev/vda"),
+            ("ROOT", "lsblk -b -n -o SIZE $(findmnt -n -o SOURCE /)"),
+            ("ESP", "findmnt -n -o FSTYPE /boot/efi"),
+        ],
+    );
     let console = boots_with(
         "uefi",
         &[
@@ -111,4 +113,98 @@ fn disk_example_boots_with_uefi_and_grows_into_a_larger_disk() {
         "cloud-init did not grow the root into the disk: root partition {root} of a {disk}-byte disk"
     );
     assert_eq!(fact(&console, "ESP"), "vfat", "the ESP is not mounted from fstab");
+}
+
+/// The virtual size of a disk image, as `qemu-img` reads it.
+fn virtual_size(image: &std::path::Path) -> u64 {
+    let info = run(tool("qemu-img").args(["info", "--output=json"]).arg(image));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    info["virtual-size"].as_u64().unwrap()
+}
+
+/// User data whose runcmd prints each `(name, shell)` as `KILN-<name> <output>`.
+fn reporting_user_data(dir: &std::path::Path, facts: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = String::from("#cloud-config\nruncmd:\n");
+    for (name, shell) in facts {
+        text.push_str(&format!("  - echo \"KILN-{name} $({shell})\" > /dev/console\n"));
+    }
+    let path = dir.join("user-data");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const MIB: u64 = 1 << 20;
+
+fn metal3_boots_with(firmware: &str) {
+    let image = example_image("debian-12-metal3.toml", "debian-12-metal3-1.0.0-disk.qcow2");
+    let image_size = virtual_size(&image);
+    let dir = tempfile::tempdir().unwrap();
+    let user_data = reporting_user_data(
+        dir.path(),
+        &[
+            ("DISK", "lsblk -b -dn -o SIZE /dev/vda"),
+            ("ROOT", "lsblk -b -n -o SIZE $(findmnt -n -o SOURCE /)"),
+            ("BOOT", "findmnt -n -o FSTYPE /boot"),
+            ("ESP", "findmnt -n -o FSTYPE /boot/efi"),
+            ("VARLOG", "findmnt -n -o FSTYPE,OPTIONS /var/log"),
+            ("HUGEPAGES", "cat /proc/sys/vm/nr_hugepages"),
+            ("SWAPPINESS", "cat /proc/sys/vm/swappiness"),
+            ("END", "echo done"),
+        ],
+    );
+    let console = boot_image(
+        &image,
+        firmware,
+        &[
+            "--disk-size",
+            "+4GiB",
+            "--user-data",
+            user_data.to_str().unwrap(),
+            "--expect",
+            "KILN-END done",
+        ],
+    );
+    let disk: u64 = fact(&console, "DISK").parse().unwrap();
+    assert_eq!(
+        disk,
+        image_size + GROW,
+        "{firmware}: the guest's disk is not 4 GiB larger"
+    );
+    // Before the root: 1 MiB for the GPT, bios_boot 1 MiB, the ESP 512 MiB,
+    // /boot 1 GiB and /var/log 1 GiB; after it the backup GPT.
+    let before_root = (1 + 1 + 512 + 1024 + 1024) * MIB;
+    let root: u64 = fact(&console, "ROOT").parse().unwrap();
+    assert!(
+        root + before_root + 2 * MIB >= disk,
+        "{firmware}: cloud-init did not grow the root into the disk: root {root} of {disk}"
+    );
+    assert_eq!(fact(&console, "BOOT"), "ext4", "{firmware}: /boot");
+    assert_eq!(fact(&console, "ESP"), "vfat", "{firmware}: /boot/efi");
+    let varlog = fact(&console, "VARLOG");
+    assert!(
+        varlog.starts_with("xfs ") && varlog.contains("noexec"),
+        "{firmware}: /var/log is {varlog:?}, not the declared XFS with noexec"
+    );
+    assert_eq!(
+        fact(&console, "HUGEPAGES"),
+        "64",
+        "{firmware}: hugepages= not in effect"
+    );
+    assert_eq!(
+        fact(&console, "SWAPPINESS"),
+        "10",
+        "{firmware}: the sysctl not in effect"
+    );
+}
+
+#[test]
+#[ignore = "slow: builds the metal3 example and boots it under TCG"]
+fn metal3_example_boots_with_bios_with_its_layout_and_host_profile() {
+    metal3_boots_with("bios");
+}
+
+#[test]
+#[ignore = "slow: builds the metal3 example and boots it under TCG"]
+fn metal3_example_boots_with_uefi_with_its_layout_and_host_profile() {
+    metal3_boots_with("uefi");
 }
