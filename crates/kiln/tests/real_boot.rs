@@ -78,34 +78,15 @@ fn disk_example_boots_with_bios() {
 #[test]
 #[ignore = "slow: builds the disk example and boots it under TCG"]
 fn disk_example_boots_with_uefi_and_grows_into_a_larger_disk() {
-    let image_size = virtual_size(&disk_image());
-    let dir = tempfile::tempdir().unwrap();
-    let user_data = reporting_user_data(
-        dir.path(),
+    let console = boot_on_larger_disk(
+        &disk_image(),
+        "uefi",
         &[
-            ("DISK", "lsblk -b -dn -o SIZE /dev/vda"),
             ("ROOT", "lsblk -b -n -o SIZE $(findmnt -n -o SOURCE /)"),
             ("ESP", "findmnt -n -o FSTYPE /boot/efi"),
         ],
     );
-    let console = boots_with(
-        "uefi",
-        &[
-            "--disk-size",
-            "+4GiB",
-            "--user-data",
-            user_data.to_str().unwrap(),
-            "--expect",
-            "KILN-ESP",
-        ],
-    );
-
     let disk: u64 = fact(&console, "DISK").parse().unwrap();
-    assert_eq!(
-        disk,
-        image_size + GROW,
-        "the guest's disk is not 4 GiB larger than the image"
-    );
     let root: u64 = fact(&console, "ROOT").parse().unwrap();
     // The ESP (128 MiB), the BIOS boot partition and the GPTs take the rest.
     assert!(
@@ -122,38 +103,22 @@ fn virtual_size(image: &std::path::Path) -> u64 {
     info["virtual-size"].as_u64().unwrap()
 }
 
-/// User data whose runcmd prints each `(name, shell)` as `KILN-<name> <output>`.
-fn reporting_user_data(dir: &std::path::Path, facts: &[(&str, &str)]) -> std::path::PathBuf {
+/// Boots `image` on a disk 4 GiB larger than the image, with user data
+/// whose runcmd prints each `(name, shell)` as `KILN-<name> <output>` on
+/// the console, and checks the guest's disk size (reported as `DISK`);
+/// returns the console's text.
+fn boot_on_larger_disk(image: &std::path::Path, firmware: &str, facts: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
     let mut text = String::from("#cloud-config\nruncmd:\n");
-    for (name, shell) in facts {
+    let disk = ("DISK", "lsblk -b -dn -o SIZE /dev/vda");
+    let end = ("END", "echo done");
+    for (name, shell) in std::iter::once(&disk).chain(facts).chain([&end]) {
         text.push_str(&format!("  - echo \"KILN-{name} $({shell})\" > /dev/console\n"));
     }
-    let path = dir.join("user-data");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-const MIB: u64 = 1 << 20;
-
-fn metal3_boots_with(firmware: &str) {
-    let image = example_image("debian-12-metal3.toml", "debian-12-metal3-1.0.0-disk.qcow2");
-    let image_size = virtual_size(&image);
-    let dir = tempfile::tempdir().unwrap();
-    let user_data = reporting_user_data(
-        dir.path(),
-        &[
-            ("DISK", "lsblk -b -dn -o SIZE /dev/vda"),
-            ("ROOT", "lsblk -b -n -o SIZE $(findmnt -n -o SOURCE /)"),
-            ("BOOT", "findmnt -n -o FSTYPE /boot"),
-            ("ESP", "findmnt -n -o FSTYPE /boot/efi"),
-            ("VARLOG", "findmnt -n -o FSTYPE,OPTIONS /var/log"),
-            ("HUGEPAGES", "cat /proc/sys/vm/nr_hugepages"),
-            ("SWAPPINESS", "cat /proc/sys/vm/swappiness"),
-            ("END", "echo done"),
-        ],
-    );
+    let user_data = dir.path().join("user-data");
+    std::fs::write(&user_data, text).unwrap();
     let console = boot_image(
-        &image,
+        image,
         firmware,
         &[
             "--disk-size",
@@ -167,9 +132,29 @@ fn metal3_boots_with(firmware: &str) {
     let disk: u64 = fact(&console, "DISK").parse().unwrap();
     assert_eq!(
         disk,
-        image_size + GROW,
-        "{firmware}: the guest's disk is not 4 GiB larger"
+        virtual_size(image) + GROW,
+        "{firmware}: the guest's disk is not 4 GiB larger than the image"
     );
+    console
+}
+
+const MIB: u64 = 1 << 20;
+
+fn metal3_boots_with(firmware: &str) {
+    let image = example_image("debian-12-metal3.toml", "debian-12-metal3-1.0.0-disk.qcow2");
+    let console = boot_on_larger_disk(
+        &image,
+        firmware,
+        &[
+            ("ROOT", "lsblk -b -n -o SIZE $(findmnt -n -o SOURCE /)"),
+            ("BOOT", "findmnt -n -o FSTYPE /boot"),
+            ("ESP", "findmnt -n -o FSTYPE /boot/efi"),
+            ("VARLOG", "findmnt -n -o FSTYPE,OPTIONS /var/log"),
+            ("HUGEPAGES", "cat /proc/sys/vm/nr_hugepages"),
+            ("SWAPPINESS", "cat /proc/sys/vm/swappiness"),
+        ],
+    );
+    let disk: u64 = fact(&console, "DISK").parse().unwrap();
     // Before the root: 1 MiB for the GPT, bios_boot 1 MiB, the ESP 512 MiB,
     // /boot 1 GiB and /var/log 1 GiB; after it the backup GPT.
     let before_root = (1 + 1 + 512 + 1024 + 1024) * MIB;
