@@ -408,6 +408,8 @@ pub struct Targets {
     pub ovh_byol: Option<OvhByolTarget>,
     #[serde(default)]
     pub disk: Option<DiskTarget>,
+    #[serde(default)]
+    pub iso: Option<IsoTarget>,
 }
 
 /// A file system type.
@@ -584,6 +586,131 @@ pub struct DiskTarget {
     pub partitions: Vec<DiskPartition>,
 }
 
+/// A hybrid live ISO: boots from a CD and from a USB stick (the same file
+/// written with `dd`), with BIOS (El Torito and a hybrid MBR, GRUB) and UEFI
+/// (an El Torito EFI image with GRUB, also a partition for USB). The root
+/// tree is a compressed squashfs that Debian's live-boot mounts under a
+/// writable overlay. With `config_drive` the ISO is also an OpenStack
+/// config drive (volume label `config-2`) that configures the live system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IsoTarget {
+    /// Firmware the ISO boots with. Default ["bios", "uefi"].
+    #[serde(default)]
+    #[schemars(extend("default" = ["bios", "uefi"]))]
+    pub firmware: Option<Vec<Firmware>>,
+    /// Compression of the squashfs root image, done on every core. Default "zstd".
+    #[serde(default)]
+    pub compression: SquashfsCompression,
+    /// Serial console for GRUB and the kernel, as in `console=`. Default "ttyS0,115200n8".
+    #[serde(default)]
+    #[schemars(extend("default" = "ttyS0,115200n8"))]
+    pub console: Option<String>,
+    /// Volume label (ISO 9660 volume id), up to 32 characters. Default
+    /// "KILN-LIVE", and "config-2" (the only one allowed) with a config drive.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Make the ISO an OpenStack config drive that cloud-init's ConfigDrive
+    /// datasource reads at boot.
+    #[serde(default)]
+    pub config_drive: Option<ConfigDrive>,
+}
+
+/// Compressors for the squashfs root image (all in Debian's kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SquashfsCompression {
+    /// Fast to make and to read, close to xz in size.
+    #[default]
+    Zstd,
+    /// The smallest, the slowest to make.
+    Xz,
+    /// mksquashfs's own default.
+    Gzip,
+    /// The fastest, the largest.
+    Lz4,
+}
+
+impl SquashfsCompression {
+    pub fn name(self) -> &'static str {
+        match self {
+            SquashfsCompression::Zstd => "zstd",
+            SquashfsCompression::Xz => "xz",
+            SquashfsCompression::Gzip => "gzip",
+            SquashfsCompression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// The OpenStack config drive an ISO carries: `openstack/latest/`
+/// `meta_data.json`, `network_data.json` and `user_data` at its root.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDrive {
+    /// The node's hostname (meta_data.json `hostname` and `name`). Default:
+    /// `hostname`, else the image name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The instance id (meta_data.json `uuid`); cloud-init runs its
+    /// per-instance modules once per id. Default: a UUID derived from the spec.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// SSH public keys (meta_data.json `public_keys`) for the default user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+    /// A user-data file (e.g. `#cloud-config`), relative to the spec's directory.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// network_data.json: a file relative to the spec's directory, or the
+    /// document inline (`links`, `networks`, `services`, as OpenStack writes it).
+    #[serde(default)]
+    pub network_data: Option<NetworkData>,
+}
+
+/// Where a config drive's network_data.json comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum NetworkData {
+    /// A JSON file, relative to the spec's directory.
+    File(String),
+    /// The document, inline.
+    Inline(serde_json::Map<String, serde_json::Value>),
+}
+
+impl IsoTarget {
+    /// The default serial console.
+    pub const DEFAULT_CONSOLE: &'static str = "ttyS0,115200n8";
+    /// The default volume label.
+    pub const DEFAULT_LABEL: &'static str = "KILN-LIVE";
+    /// The label cloud-init's ConfigDrive datasource looks for.
+    pub const CONFIG_DRIVE_LABEL: &'static str = "config-2";
+
+    /// The firmware list, sorted and without duplicates; both by default.
+    pub fn firmware(&self) -> Vec<Firmware> {
+        let mut firmware = self
+            .firmware
+            .clone()
+            .unwrap_or_else(|| vec![Firmware::Bios, Firmware::Uefi]);
+        firmware.sort_unstable();
+        firmware.dedup();
+        firmware
+    }
+
+    /// The `console=` value for the kernel and GRUB's serial terminal.
+    pub fn console(&self) -> &str {
+        self.console.as_deref().unwrap_or(Self::DEFAULT_CONSOLE)
+    }
+
+    /// The volume label: `config-2` with a config drive.
+    pub fn label(&self) -> &str {
+        match (&self.label, &self.config_drive) {
+            (Some(label), _) => label,
+            (None, Some(_)) => Self::CONFIG_DRIVE_LABEL,
+            (None, None) => Self::DEFAULT_LABEL,
+        }
+    }
+}
+
 impl Spec {
     /// The top-level sections, in file order; the keys `section_json` takes.
     pub const SECTIONS: &'static [&'static str] = &[
@@ -620,12 +747,12 @@ impl Spec {
 
 impl Targets {
     /// Every target kind kiln knows, as written under `[targets.*]`.
-    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk"];
+    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk", "iso"];
 
     /// The kinds this spec defines, in [`Targets::KINDS`] order.
     pub fn defined(&self) -> Vec<&'static str> {
-        let Targets { ovh_byol, disk } = self;
-        [ovh_byol.is_some(), disk.is_some()]
+        let Targets { ovh_byol, disk, iso } = self;
+        [ovh_byol.is_some(), disk.is_some(), iso.is_some()]
             .into_iter()
             .zip(Self::KINDS)
             .filter_map(|(defined, kind)| defined.then_some(*kind))

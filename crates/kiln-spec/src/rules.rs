@@ -332,6 +332,18 @@ pub(crate) fn bootloader_id(s: &str) -> Rule {
 /// `hvc0`, `ttyAMA0`) and optionally `,` and its options (`115200n8`). It is
 /// written into the kernel command line, GRUB's configuration and a shell
 /// script, so nothing else may appear in it.
+/// An ISO 9660 volume id as blkid and cloud-init read it: 1 to 32
+/// printable ASCII characters.
+pub(crate) fn volume_label(s: &str) -> Rule {
+    if s.is_empty() || s.len() > 32 {
+        return Err(Problem::new("it must be 1 to 32 characters"));
+    }
+    if let Some(c) = first_bad_char(s, |c| c.is_ascii_graphic() || c == ' ') {
+        return Err(Problem::new(format!("{c:?} is not allowed")).help("use printable ASCII, e.g. \"KILN-LIVE\""));
+    }
+    Ok(())
+}
+
 pub(crate) fn console(s: &str) -> Rule {
     let help = "write a device and options as for the kernel's console=, e.g. \"ttyS0,115200n8\" or \"hvc0\"";
     let (device, options) = s.split_once(',').unwrap_or((s, ""));

@@ -11,9 +11,10 @@ use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
-    DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, OvhByolTarget, PartitionFilesystem,
-    PartitionRole, PartitionSize, Spec, Targets,
+    DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, IsoTarget, NetworkData, OvhByolTarget,
+    PartitionFilesystem, PartitionRole, PartitionSize, Spec, Targets,
 };
+use crate::netdata;
 use crate::rules::{self, Problem};
 use crate::size::{format_size, Headroom, Size, Written, GIB, MIB, TIB};
 use crate::spans::{table_name, SpanIndex};
@@ -537,6 +538,9 @@ impl Validator<'_, '_> {
         if let Some(t) = &targets.disk {
             self.disk(t, files_bytes);
         }
+        if let Some(t) = &targets.iso {
+            self.iso(t);
+        }
     }
 
     fn ovh_byol(&mut self, t: &OvhByolTarget, files_bytes: u64) {
@@ -558,25 +562,7 @@ impl Validator<'_, '_> {
 
     fn disk(&mut self, t: &DiskTarget, files_bytes: u64) {
         let at = "targets.disk";
-        if let Some(firmware) = &t.firmware {
-            if firmware.is_empty() {
-                self.report(
-                    &format!("{at}.firmware"),
-                    "`firmware` is empty".into(),
-                    Some("list \"bios\", \"uefi\" or both, or remove `firmware` for both".into()),
-                );
-            }
-            for (i, f) in firmware.iter().enumerate() {
-                if let Some(first) = firmware[..i].iter().position(|g| g == f) {
-                    let name = serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_owned));
-                    self.report(
-                        &format!("{at}.firmware[{i}]"),
-                        format!("`{}` is listed twice", name.unwrap_or_default()),
-                        Some(format!("it is already item {} of the list", first + 1)),
-                    );
-                }
-            }
-        }
+        self.firmware(at, t.firmware.as_deref());
         let mut size_reported = false;
         if !t.partitions.is_empty() {
             size_reported = self.partitions(t);
@@ -989,6 +975,98 @@ impl Validator<'_, '_> {
                     format!("invalid `mount_options` `{options}`: {why}"),
                     Some("write e.g. \"nodev,noexec\", or remove `mount_options` for the defaults".into()),
                 );
+            }
+        }
+    }
+
+    /// A target's `firmware` list: not empty, no duplicates.
+    fn firmware(&mut self, at: &str, firmware: Option<&[Firmware]>) {
+        let Some(firmware) = firmware else { return };
+        if firmware.is_empty() {
+            self.report(
+                &format!("{at}.firmware"),
+                "`firmware` is empty".into(),
+                Some("list \"bios\", \"uefi\" or both, or remove `firmware` for both".into()),
+            );
+        }
+        for (i, f) in firmware.iter().enumerate() {
+            if let Some(first) = firmware[..i].iter().position(|g| g == f) {
+                let name = serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_owned));
+                self.report(
+                    &format!("{at}.firmware[{i}]"),
+                    format!("`{}` is listed twice", name.unwrap_or_default()),
+                    Some(format!("it is already item {} of the list", first + 1)),
+                );
+            }
+        }
+    }
+
+    fn iso(&mut self, t: &IsoTarget) {
+        let at = "targets.iso";
+        self.firmware(at, t.firmware.as_deref());
+        if let Some(console) = &t.console {
+            self.check(&format!("{at}.console"), "console", console, rules::console(console));
+        }
+        if let Some(label) = &t.label {
+            self.check(&format!("{at}.label"), "volume label", label, rules::volume_label(label));
+            if t.config_drive.is_some() && label != IsoTarget::CONFIG_DRIVE_LABEL {
+                self.report(
+                    &format!("{at}.label"),
+                    format!("a config drive must be labelled `config-2`, not `{label}`"),
+                    Some("cloud-init finds the config drive by that label; remove `label`".into()),
+                );
+            }
+        }
+        let Some(drive) = &t.config_drive else { return };
+        let at = "targets.iso.config_drive";
+        if let Some(hostname) = &drive.hostname {
+            self.check(&format!("{at}.hostname"), "hostname", hostname, rules::hostname(hostname));
+        }
+        if let Some(id) = &drive.instance_id {
+            if id.is_empty() || id.len() > 255 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.report(
+                    &format!("{at}.instance_id"),
+                    format!("invalid instance id `{id}`: it must be 1 to 255 characters without spaces"),
+                    Some("remove it for a UUID derived from the spec".into()),
+                );
+            }
+        }
+        self.credentials(at, &drive.ssh_keys, None, None);
+        if let Some(user_data) = &drive.user_data {
+            self.source_file(&format!("{at}.user_data"), "user-data file", user_data);
+        }
+        match &drive.network_data {
+            None => {}
+            Some(NetworkData::Inline(doc)) => {
+                for (path, p) in netdata::check(doc) {
+                    self.report(&format!("{at}.network_data.{path}"), format!("network_data: {}", p.why), p.help);
+                }
+            }
+            Some(NetworkData::File(rel)) => {
+                let key = format!("{at}.network_data");
+                if self.source_file(&key, "network_data file", rel).is_none() {
+                    return;
+                }
+                let parsed = fs::read(self.dir.join(rel))
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string()));
+                match parsed {
+                    Err(e) => self.report(
+                        &key,
+                        format!("`{rel}` is not valid JSON: {e}"),
+                        Some("network_data.json is a JSON object with `links`, `networks` and `services`".into()),
+                    ),
+                    Ok(serde_json::Value::Object(doc)) => {
+                        for (path, p) in netdata::check(&doc) {
+                            self.report(&key, format!("`{rel}`: {path}: {}", p.why), p.help);
+                        }
+                    }
+                    Ok(_) => self.report(
+                        &key,
+                        format!("`{rel}` is not a JSON object"),
+                        Some("network_data.json is a JSON object with `links`, `networks` and `services`".into()),
+                    ),
+                }
             }
         }
     }

@@ -1112,7 +1112,78 @@ release = "bookworm"
         message: "no target is defined",
         line: 0,
         column: 0,
-        help: "kiln knows [targets.ovh-byol], [targets.disk]",
+        help: "kiln knows [targets.ovh-byol], [targets.disk], [targets.iso]",
+    },
+    Case {
+        name: "iso: a config drive with another label",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.iso]
+label = "LIVE"
+[targets.iso.config_drive]
+hostname = "node-0"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "a config drive must be labelled `config-2`, not `LIVE`",
+        line: 8,
+        column: 9,
+        help: "remove `label`",
+    },
+    Case {
+        name: "iso: network_data naming a missing link",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.iso.config_drive.network_data]
+links = [{ id = "eth0", type = "phy", ethernet_mac_address = "52:54:00:12:34:56" }]
+networks = [{ id = "n0", type = "ipv4", link = "eth1", ip_address = "10.0.2.50", netmask = "255.255.255.0" }]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "network_data: names no link: `eth1` is not among `links`",
+        line: 9,
+        column: 48,
+        help: "the links are `eth0`",
+    },
+    Case {
+        name: "iso: network_data file that is not JSON",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.iso.config_drive]
+network_data = "truncated_network_data.json"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`truncated_network_data.json` is not valid JSON: EOF while parsing a value at line 7 column 0",
+        line: 8,
+        column: 16,
+        help: "JSON object",
+    },
+    Case {
+        name: "iso: unknown compression",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.iso]
+compression = "bzip2"
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "unknown value `bzip2` for `compression` in [targets.iso]",
+        line: 8,
+        column: 15,
+        help: "did you mean `gzip`?",
     },
 ];
 
