@@ -1015,6 +1015,12 @@ impl Run<'_> {
                     s.compressed, s.reused, opts.threads
                 );
             }
+            // Assembled as the final file: moved, or copied across filesystems.
+            ImageFormat::Iso => {
+                if std::fs::rename(&raw, &image).is_err() {
+                    std::fs::copy(&raw, &image).with_context(|| format!("copying {file_name} into the cache"))?;
+                }
+            }
             ImageFormat::Raw | ImageFormat::Vmdk | ImageFormat::Vhd => {
                 crate::targets::convert_image(&raw, &image, spec.format, spec.compress, Some(&self.log))?
             }

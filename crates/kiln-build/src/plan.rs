@@ -199,6 +199,7 @@ fn plan_with_targets(
         spec,
         family,
         source_date_epoch,
+        dir,
     };
     let mut targets: Vec<Arc<dyn Target>> = Vec::new();
     for kind in REGISTRY {

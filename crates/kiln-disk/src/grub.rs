@@ -154,13 +154,63 @@ pub fn early_config(root: &GrubRoot) -> String {
 /// Runs `grub-mkimage` for `platform` with the modules in `modules_dir` and
 /// returns the image: core.img for BIOS, a PE executable for UEFI.
 pub fn make_image(platform: Platform, modules_dir: &Path, root: &GrubRoot) -> Result<Vec<u8>> {
-    let what = || {
-        format!(
-            "making the GRUB {} image from {}",
-            platform.name(),
-            modules_dir.display()
-        )
+    let mut modules = platform.modules().to_vec();
+    modules.extend(root.fs_module);
+    mkimage(
+        platform,
+        platform.name(),
+        modules_dir,
+        &early_config(root),
+        &format!("(,gpt{}){}", root.partition, root.prefix),
+        &modules,
+    )
+}
+
+/// Modules of the images for ISO 9660 media: besides what kiln's grub.cfg
+/// uses, iso9660 and the file search, and both partition tables a hybrid
+/// ISO carries (GRUB scans the stick's partitions too).
+fn iso_modules(platform: Platform) -> Vec<&'static str> {
+    let mut modules: Vec<&str> = platform
+        .modules()
+        .iter()
+        .copied()
+        .filter(|m| !["ext2", "search_fs_uuid"].contains(m))
+        .collect();
+    modules.extend(["iso9660", "part_msdos", "search_fs_file"]);
+    modules
+}
+
+/// The GRUB image that boots an ISO 9660 medium (a CD, or the same file
+/// on a USB stick): for BIOS GRUB's El Torito image (cdboot.img followed
+/// by core.img, format `i386-pc-eltorito`), for UEFI the PE executable of
+/// the El Torito EFI image. It finds its medium by the file `marker`
+/// (e.g. `/.disk/kiln-<uuid>`), whatever the firmware calls the drive, and
+/// then reads `/boot/grub/grub.cfg` from it.
+pub fn make_iso_image(platform: Platform, modules_dir: &Path, marker: &str) -> Result<Vec<u8>> {
+    let format = match platform {
+        Platform::I386Pc => "i386-pc-eltorito",
+        Platform::X86_64Efi => "x86_64-efi",
     };
+    let config = format!("search --no-floppy --file --set=root {marker}\nset prefix=($root){PREFIX_DIR}\n");
+    mkimage(
+        platform,
+        format,
+        modules_dir,
+        &config,
+        PREFIX_DIR,
+        &iso_modules(platform),
+    )
+}
+
+fn mkimage(
+    platform: Platform,
+    format: &str,
+    modules_dir: &Path,
+    config_text: &str,
+    prefix: &str,
+    modules: &[&str],
+) -> Result<Vec<u8>> {
+    let what = || format!("making the GRUB {format} image from {}", modules_dir.display());
     if !modules_dir.join("moddep.lst").is_file() {
         return Err(Error::input(format!(
             "{}: {} is not a GRUB module directory (no moddep.lst); the image needs {}",
@@ -175,16 +225,15 @@ pub fn make_image(platform: Platform, modules_dir: &Path, root: &GrubRoot) -> Re
     let scratch = WorkDir::new_in(&std::env::temp_dir(), "kiln-grub-").ctx(what)?;
     let config = scratch.path().join("early.cfg");
     let output = scratch.path().join("image");
-    std::fs::write(&config, early_config(root)).ctx(what)?;
+    std::fs::write(&config, config_text).ctx(what)?;
     Cmd::new("grub-mkimage")
-        .args(["-O", platform.name(), "-d"])
+        .args(["-O", format, "-d"])
         .arg(modules_dir)
         .arg("-c")
         .arg(&config)
-        .args(["-p", &format!("(,gpt{}){}", root.partition, root.prefix), "-o"])
+        .args(["-p", prefix, "-o"])
         .arg(&output)
-        .args(platform.modules())
-        .args(root.fs_module)
+        .args(modules)
         .run()
         .map_err(|e| Error::tool(what(), e))?;
     std::fs::read(&output).ctx(what)

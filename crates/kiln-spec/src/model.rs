@@ -408,7 +408,9 @@ pub struct Targets {
     pub ovh_byol: Option<OvhByolTarget>,
     #[serde(default)]
     pub disk: Option<DiskTarget>,
-    #[serde(default)]
+    /// Left out of the serialised spec when absent, so that adding the kind
+    /// moved no existing spec's hash (and no cached stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso: Option<IsoTarget>,
 }
 

@@ -25,12 +25,26 @@ const NETWORK_TYPES: &[&str] = &[
 ];
 
 /// Link types that are a NIC of their own, found by MAC address.
-const PHYSICAL_LINK_TYPES: &[&str] = &["phy", "ethernet", "ovs", "bridge", "hw_veb", "vif", "tap", "vhostuser", "dvs", "hyperv"];
+const PHYSICAL_LINK_TYPES: &[&str] = &[
+    "phy",
+    "ethernet",
+    "ovs",
+    "bridge",
+    "hw_veb",
+    "vif",
+    "tap",
+    "vhostuser",
+    "dvs",
+    "hyperv",
+];
 
 /// The problems of a network_data document as `path: why`, for readers of
 /// finished images (`kiln check`).
 pub fn problems(doc: &Map<String, Value>) -> Vec<String> {
-    check(doc).into_iter().map(|(at, p)| format!("{at}: {}", p.why)).collect()
+    check(doc)
+        .into_iter()
+        .map(|(at, p)| format!("{at}: {}", p.why))
+        .collect()
 }
 
 /// The problems of a network_data document, each with the JSON path of
@@ -42,29 +56,33 @@ pub(crate) fn check(doc: &Map<String, Value>) -> Vec<(String, Problem)> {
         if !["links", "networks", "services"].contains(&key.as_str()) {
             out.push((
                 key.clone(),
-                Problem::new(format!("unknown key `{key}`")).help("network_data has `links`, `networks` and `services`"),
+                Problem::new(format!("unknown key `{key}`"))
+                    .help("network_data has `links`, `networks` and `services`"),
             ));
         }
     }
     for (i, link) in list(doc, "links", &mut out).iter().enumerate() {
         let at = format!("links[{i}]");
-        let Some(link) = object(link, &at, &mut out) else { continue };
+        let Some(link) = object(link, &at, &mut out) else {
+            continue;
+        };
         if let Some(id) = string(link, &at, "id", &mut out) {
             if !links.insert(id.to_owned()) {
-                out.push((format!("{at}.id"), Problem::new(format!("link id `{id}` is used twice"))));
+                out.push((
+                    format!("{at}.id"),
+                    Problem::new(format!("link id `{id}` is used twice")),
+                ));
             }
         }
         let kind = string(link, &at, "type", &mut out).unwrap_or_default();
         match link.get("ethernet_mac_address") {
             Some(Value::String(mac)) if !is_mac(mac) => out.push((
                 format!("{at}.ethernet_mac_address"),
-                Problem::new(format!("`{mac}` is not a MAC address")).help("write six hex pairs, e.g. \"52:54:00:12:34:56\""),
+                Problem::new(format!("`{mac}` is not a MAC address"))
+                    .help("write six hex pairs, e.g. \"52:54:00:12:34:56\""),
             )),
             Some(Value::String(_)) => {}
-            Some(_) => out.push((
-                format!("{at}.ethernet_mac_address"),
-                Problem::new("is not a string"),
-            )),
+            Some(_) => out.push((format!("{at}.ethernet_mac_address"), Problem::new("is not a string"))),
             None if PHYSICAL_LINK_TYPES.contains(&kind) => out.push((
                 at.clone(),
                 Problem::new(format!("link of type `{kind}` has no `ethernet_mac_address`"))
@@ -75,7 +93,9 @@ pub(crate) fn check(doc: &Map<String, Value>) -> Vec<(String, Problem)> {
     }
     for (i, net) in list(doc, "networks", &mut out).iter().enumerate() {
         let at = format!("networks[{i}]");
-        let Some(net) = object(net, &at, &mut out) else { continue };
+        let Some(net) = object(net, &at, &mut out) else {
+            continue;
+        };
         string(net, &at, "id", &mut out);
         if let Some(link) = string(net, &at, "link", &mut out) {
             if !links.contains(link) {
@@ -90,11 +110,14 @@ pub(crate) fn check(doc: &Map<String, Value>) -> Vec<(String, Problem)> {
                 ));
             }
         }
-        let Some(kind) = string(net, &at, "type", &mut out) else { continue };
+        let Some(kind) = string(net, &at, "type", &mut out) else {
+            continue;
+        };
         if !NETWORK_TYPES.contains(&kind) {
             out.push((
                 format!("{at}.type"),
-                Problem::new(format!("unknown network type `{kind}`")).help(format!("use one of {}", NETWORK_TYPES.join(", "))),
+                Problem::new(format!("unknown network type `{kind}`"))
+                    .help(format!("use one of {}", NETWORK_TYPES.join(", "))),
             ));
             continue;
         }
@@ -113,7 +136,8 @@ pub(crate) fn check(doc: &Map<String, Value>) -> Vec<(String, Problem)> {
             } else {
                 out.push((
                     at.clone(),
-                    Problem::new("a static ipv4 network has no `netmask`").help("add e.g. \"netmask\": \"255.255.255.0\""),
+                    Problem::new("a static ipv4 network has no `netmask`")
+                        .help("add e.g. \"netmask\": \"255.255.255.0\""),
                 ));
             }
         }
@@ -122,7 +146,9 @@ pub(crate) fn check(doc: &Map<String, Value>) -> Vec<(String, Problem)> {
         }
         for (j, route) in list(net, "routes", &mut out).iter().enumerate() {
             let at = format!("{at}.routes[{j}]");
-            let Some(route) = object(route, &at, &mut out) else { continue };
+            let Some(route) = object(route, &at, &mut out) else {
+                continue;
+            };
             for key in ["network", "gateway"] {
                 if let Some(ip) = string(route, &at, key, &mut out) {
                     address(ip, v4, &format!("{at}.{key}"), &mut out);
@@ -135,11 +161,16 @@ pub(crate) fn check(doc: &Map<String, Value>) -> Vec<(String, Problem)> {
     }
     for (i, service) in list(doc, "services", &mut out).iter().enumerate() {
         let at = format!("services[{i}]");
-        let Some(service) = object(service, &at, &mut out) else { continue };
+        let Some(service) = object(service, &at, &mut out) else {
+            continue;
+        };
         if string(service, &at, "type", &mut out) == Some("dns") {
             if let Some(ip) = string(service, &at, "address", &mut out) {
                 if ip.parse::<IpAddr>().is_err() {
-                    out.push((format!("{at}.address"), Problem::new(format!("`{ip}` is not an IP address"))));
+                    out.push((
+                        format!("{at}.address"),
+                        Problem::new(format!("`{ip}` is not an IP address")),
+                    ));
                 }
             }
         }
@@ -193,7 +224,12 @@ fn address(ip: &str, v4: bool, at: &str, out: &mut Vec<(String, Problem)>) {
     };
     if !family_ok {
         let family = if v4 { "ipv4" } else { "ipv6" };
-        out.push((at.to_owned(), Problem::new(format!("`{ip}` is not an {family} address, and the network is {family}"))));
+        out.push((
+            at.to_owned(),
+            Problem::new(format!(
+                "`{ip}` is not an {family} address, and the network is {family}"
+            )),
+        ));
     }
 }
 
@@ -222,7 +258,10 @@ fn netmask(mask: &str, v4: bool, at: &str, out: &mut Vec<(String, Problem)>) {
 
 fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -252,7 +291,10 @@ mod tests {
     #[test]
     fn names_each_fault_by_its_path() {
         let bad = GOOD
-            .replace("\"link\": \"eth0\", \"ip_address\"", "\"link\": \"eth9\", \"ip_address\"")
+            .replace(
+                "\"link\": \"eth0\", \"ip_address\"",
+                "\"link\": \"eth9\", \"ip_address\"",
+            )
             .replace("10.0.2.50", "10.0.2.500")
             .replace("\"netmask\": \"255.255.255.0\"", "\"netmask\": \"255.0.255.0\"")
             .replace("52:54:00:12:34:56", "52:54:00")

@@ -1008,7 +1008,12 @@ impl Validator<'_, '_> {
             self.check(&format!("{at}.console"), "console", console, rules::console(console));
         }
         if let Some(label) = &t.label {
-            self.check(&format!("{at}.label"), "volume label", label, rules::volume_label(label));
+            self.check(
+                &format!("{at}.label"),
+                "volume label",
+                label,
+                rules::volume_label(label),
+            );
             if t.config_drive.is_some() && label != IsoTarget::CONFIG_DRIVE_LABEL {
                 self.report(
                     &format!("{at}.label"),
@@ -1020,7 +1025,12 @@ impl Validator<'_, '_> {
         let Some(drive) = &t.config_drive else { return };
         let at = "targets.iso.config_drive";
         if let Some(hostname) = &drive.hostname {
-            self.check(&format!("{at}.hostname"), "hostname", hostname, rules::hostname(hostname));
+            self.check(
+                &format!("{at}.hostname"),
+                "hostname",
+                hostname,
+                rules::hostname(hostname),
+            );
         }
         if let Some(id) = &drive.instance_id {
             if id.is_empty() || id.len() > 255 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -1039,7 +1049,11 @@ impl Validator<'_, '_> {
             None => {}
             Some(NetworkData::Inline(doc)) => {
                 for (path, p) in netdata::check(doc) {
-                    self.report(&format!("{at}.network_data.{path}"), format!("network_data: {}", p.why), p.help);
+                    self.report(
+                        &format!("{at}.network_data.{path}"),
+                        format!("network_data: {}", p.why),
+                        p.help,
+                    );
                 }
             }
             Some(NetworkData::File(rel)) => {

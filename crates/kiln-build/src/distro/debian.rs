@@ -71,6 +71,7 @@ fn common_packages(role: Role) -> &'static [&'static str] {
         Role::GrowRoot => &["cloud-guest-utils"],
         Role::SshServer => &["openssh-server"],
         Role::Sudo => &["sudo"],
+        Role::LiveBoot => &["live-boot"],
         Role::Locales => &["locales"],
         Role::TimeZones => &["tzdata"],
     }

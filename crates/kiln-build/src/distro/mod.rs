@@ -73,6 +73,8 @@ pub enum Role {
     Locales,
     /// The time zone database.
     TimeZones,
+    /// Boots the tree as a live system from a squashfs image (the initramfs part).
+    LiveBoot,
 }
 
 /// Where and how the family's GRUB lives.
@@ -174,6 +176,7 @@ mod tests {
         Role::Sudo,
         Role::Locales,
         Role::TimeZones,
+        Role::LiveBoot,
     ];
 
     #[test]

@@ -13,6 +13,7 @@
 //! ([`Target::consumes`]).
 
 pub mod disk;
+pub mod iso;
 pub mod ovh_byol;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use crate::plan::StageInput;
 
 /// Every target kind kiln knows, in build order. Adding a kind is one line
 /// here (and its module and its `[targets.NAME]` section in kiln-spec).
-pub const REGISTRY: &[TargetKind] = &[ovh_byol::KIND, disk::KIND];
+pub const REGISTRY: &[TargetKind] = &[ovh_byol::KIND, disk::KIND, iso::KIND];
 
 /// A target kind: how the spec's section becomes a planned [`Target`], and
 /// the contract its images must meet.
@@ -65,6 +66,8 @@ pub struct TargetInputs<'a> {
     pub spec: &'a Spec,
     pub family: &'static dyn DistroFamily,
     pub source_date_epoch: Option<u64>,
+    /// The spec file's directory, which the spec's relative paths name.
+    pub dir: &'a Path,
 }
 
 /// One stage a target adds after customisation.
@@ -111,6 +114,8 @@ pub enum ImageFormat {
     Vmdk,
     /// A fixed VHD, whose virtual size is exactly the raw disk's.
     Vhd,
+    /// An ISO 9660 image, written as assembled.
+    Iso,
 }
 
 impl ImageFormat {
@@ -120,13 +125,14 @@ impl ImageFormat {
             ImageFormat::Qcow2 => "qcow2",
             ImageFormat::Vmdk => "vmdk",
             ImageFormat::Vhd => "vhd",
+            ImageFormat::Iso => "iso",
         }
     }
 
     /// qemu-img's `-O` format and `-o` options for this format.
     fn qemu_img(self) -> (&'static str, Option<&'static str>) {
         match self {
-            ImageFormat::Raw => ("raw", None),
+            ImageFormat::Raw | ImageFormat::Iso => ("raw", None),
             ImageFormat::Qcow2 => ("qcow2", None),
             ImageFormat::Vmdk => ("vmdk", Some("subformat=streamOptimized")),
             // force_size: the disk's own size, not one rounded to a CHS

@@ -23,7 +23,7 @@ use crate::chroot::write_mode;
 
 /// GRUB's menu timeout: long enough to interrupt on a serial console, short
 /// enough not to slow a cloud boot.
-const GRUB_TIMEOUT: u32 = 1;
+pub(crate) const GRUB_TIMEOUT: u32 = 1;
 
 /// The chroot script that prepares the finalised tree for the disk target:
 /// fstab names every filesystem of the layout by the UUID `ids` give it.
@@ -286,7 +286,7 @@ pub(crate) fn serial_terminal(console: &str) -> Option<SerialTerminal> {
 
 /// Kernel versions with both `vmlinuz-V` and `initrd.img-V` in the tree's
 /// /boot, newest first.
-fn kernels(tree: &Path) -> Result<Vec<String>> {
+pub(crate) fn kernels(tree: &Path) -> Result<Vec<String>> {
     let boot = tree.join("boot");
     let mut versions = Vec::new();
     for entry in std::fs::read_dir(&boot).with_context(|| format!("listing {}", boot.display()))? {
@@ -353,7 +353,7 @@ fn compare_versions(a: &str, b: &str) -> Ordering {
 }
 
 /// The image's `PRETTY_NAME` for menu titles, or "Linux".
-fn os_name(tree: &Path) -> String {
+pub(crate) fn os_name(tree: &Path) -> String {
     let text = std::fs::read_to_string(tree.join("etc/os-release"))
         .or_else(|_| std::fs::read_to_string(tree.join("usr/lib/os-release")))
         .unwrap_or_default();

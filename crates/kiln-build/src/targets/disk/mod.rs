@@ -35,6 +35,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use config::{finalise_script, fingerprint, write_grub_cfg};
+pub(crate) use config::{kernels, os_name, serial_terminal, GRUB_TIMEOUT};
 pub use layout::{PartitionPlan, Sizes};
 
 use super::{
