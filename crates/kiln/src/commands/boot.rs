@@ -44,8 +44,9 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
         BootEvent::Started { vm, command } => {
             tracing::debug!("QEMU: {command}");
             tracing::info!(
-                "kiln: booting {} ({}, {}, snapshot mode, {} MiB, {} CPU{}; timeout {} s)…",
+                "kiln: booting {} ({}, {}, {}, {} MiB, {} CPU{}; timeout {} s)…",
                 args.image.display(),
+                opts.medium.describe(),
                 vm.firmware.name(),
                 vm.accel.name(),
                 vm.memory >> 20,
@@ -94,13 +95,14 @@ fn report(v: &Verdict) -> Result<()> {
     out!("{}", verdict_text(v))
 }
 
-/// The verdict on stdout: PASS or FAIL with the summary, then the network
-/// the guest had.
+/// The verdict on stdout: PASS or FAIL with the summary, then how the
+/// image was attached and the network the guest had.
 fn verdict_text(v: &Verdict) -> String {
     format!(
-        "{} {}\nnetwork: {}\n",
+        "{} {}\nmedium: {}\nnetwork: {}\n",
         if v.passed { "PASS" } else { "FAIL" },
         v.summary(),
+        v.medium,
         v.network
     )
 }
@@ -131,6 +133,7 @@ fn report_json(v: &Verdict) -> serde_json::Value {
         "checks": checks,
         "ending": ending,
         "accel": v.accel.accel.name(),
+        "medium": v.medium.name(),
         "network": { "kind": v.network.kind(), "description": v.network.to_string() },
         "console_log": v.console_log,
         "console_tail": v.tail,
@@ -140,6 +143,7 @@ fn report_json(v: &Verdict) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_vm::boot::Medium;
 
     fn verdict(network: Network) -> Verdict {
         Verdict {
@@ -158,6 +162,7 @@ mod tests {
                 reason: String::new(),
             },
             network,
+            medium: Medium::Disk,
         }
     }
 
@@ -166,9 +171,10 @@ mod tests {
         let v = verdict(Network::default());
         assert_eq!(
             verdict_text(&v),
-            "PASS booted in 52 s: seen login prompt\nnetwork: isolated (no forwards)\n"
+            "PASS booted in 52 s: seen login prompt\nmedium: disk\nnetwork: isolated (no forwards)\n"
         );
         let json = report_json(&v);
+        assert_eq!(json["medium"], "disk");
         assert_eq!(json["network"]["kind"], "isolated");
         assert_eq!(json["network"]["description"], "isolated (no forwards)");
         assert_eq!(json["passed"], true);
@@ -182,6 +188,25 @@ mod tests {
         assert!(verdict_text(&v).ends_with("\nnetwork: open (the guest reaches whatever the host reaches)\n"));
         assert_eq!(report_json(&v)["network"]["kind"], "open");
         assert_eq!(report_json(&verdict(Network::None))["network"]["description"], "none");
+    }
+
+    #[test]
+    fn reports_say_how_the_image_was_attached() {
+        for medium in Medium::ALL {
+            let mut v = verdict(Network::default());
+            v.medium = medium;
+            assert!(
+                verdict_text(&v).contains(&format!("\nmedium: {}\n", medium.name())),
+                "{}",
+                verdict_text(&v)
+            );
+            assert_eq!(report_json(&v)["medium"], medium.name());
+        }
+        assert_eq!(
+            Medium::ALL.map(Medium::name),
+            ["disk", "cdrom", "usb"],
+            "scripts read these names from --json"
+        );
     }
 
     #[test]
