@@ -409,3 +409,54 @@ fn boot_help_explains_the_guest_network() {
         assert!(t.contains(want), "`kiln boot --help` lacks {want:?}: {t}");
     }
 }
+
+#[test]
+fn boot_help_shows_each_medium_with_an_example() {
+    let t = text(&kiln(&["boot", "--help"]));
+    for want in [
+        "--cdrom",
+        "--usb",
+        "kiln boot --cdrom ",
+        "kiln boot --usb ",
+        "El Torito",
+    ] {
+        assert!(t.contains(want), "`kiln boot --help` lacks {want:?}: {t}");
+    }
+}
+
+/// A CD-ROM or a USB stick, not both; a CD-ROM is raw and no larger than
+/// its image. Refused before QEMU runs (exit 2).
+#[test]
+fn boot_media_conflicts_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("live.iso");
+    std::fs::write(&iso, vec![0u8; 4096]).unwrap();
+    let iso = iso.to_str().unwrap();
+    for (args, want) in [
+        (
+            &["boot", iso, "--cdrom", "--usb"][..],
+            "the argument '--cdrom' cannot be used with '--usb'",
+        ),
+        (
+            &["boot", iso, "--cdrom", "--disk-size", "+1GiB"][..],
+            "the argument '--cdrom' cannot be used with '--disk-size <SIZE>'",
+        ),
+    ] {
+        let out = kiln(args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: {t}");
+    }
+
+    let qcow2 = dir.path().join("live.qcow2");
+    std::fs::write(&qcow2, b"QFI\xfb\0\0\0\x03").unwrap();
+    let out = kiln(&["boot", qcow2.to_str().unwrap(), "--cdrom", "--timeout", "1"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("live.qcow2 is a qcow2 image, but a CD-ROM takes a raw ISO 9660 image"),
+        "{t}"
+    );
+    assert!(t.contains("qemu-img convert -O raw "), "{t}");
+    assert!(!t.contains("booting"), "nothing may run: {t}");
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_vm::boot::{boot, BootEvent, BootOptions, Ending, SeedSource, Verdict};
-use kiln_vm::Network;
+use kiln_vm::{ImageFormat, Network};
 
 use crate::cli::BootArgs;
 use crate::exit::{usage, Exit};
@@ -38,6 +38,10 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     opts.memory = args.memory;
     opts.net = if args.net { Network::Open } else { Network::default() };
     opts.disk_size = args.disk_size;
+    opts.medium = args.medium();
+    let format = ImageFormat::detect(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    opts.medium.check(&args.image, format, args.disk_size).map_err(usage)?;
+    opts.format = Some(format);
 
     let verdict = boot(&opts, &mut |event| match event {
         BootEvent::Accel(choice) => tracing::info!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
