@@ -23,6 +23,7 @@ pub mod grub;
 mod image;
 pub mod inspect;
 pub mod iso;
+pub mod iso_inspect;
 pub mod isoread;
 pub mod mkfs;
 pub mod partition;
@@ -38,6 +39,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use fsread::{open_filesystem, FileKind, FileMeta, FsRead};
 pub use image::{DiskImage, Format};
 pub use inspect::{inspect, Inspection, RootInfo, Volume, MANIFEST_PATH};
+pub use iso_inspect::{inspect_iso, IsoInspection};
 pub use mkfs::{make_ext4, make_xfs, tree_size, FsOptions};
 pub use partition::{
     layout, mbr_signature, write_partition_table, Layout, PartKind, PartitionSpec, PlacedPartition, TableKind,
