@@ -401,10 +401,9 @@ impl IsoImage {
                 let e = &area[at..at + len];
                 at += len;
                 match sig {
-                    b"NM" if len >= 5 => {
-                        if e[4] & 0x06 == 0 {
-                            name.get_or_insert_with(Vec::new).extend_from_slice(&e[5..]);
-                        }
+                    // NM flags 2 and 4 mean "." and "..", which are not names.
+                    b"NM" if len >= 5 && e[4] & 0x06 == 0 => {
+                        name.get_or_insert_with(Vec::new).extend_from_slice(&e[5..]);
                     }
                     b"PX" if len >= 12 => record.mode = Some(le32(&e[4..])),
                     b"SL" if len >= 5 => {
