@@ -272,6 +272,7 @@ mod tests {
             "a target kind without a spec section or vice versa"
         );
         assert!(kind("ovh-byol").is_some_and(|k| k.check.is_some()));
+        assert!(kind("disk").is_some_and(|k| k.check.is_some()));
         assert!(kind("nope").is_none());
     }
 }

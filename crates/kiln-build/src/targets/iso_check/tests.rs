@@ -165,6 +165,18 @@ fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
 
 #[test]
 fn a_good_live_iso_passes_every_rule() {
+    if !kiln_exec::testing::require_tool_or_skip("xorriso") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("mksquashfs") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("unsquashfs") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("grub-mkimage") {
+        return;
+    }
     let r = results(Iso::default());
     assert_eq!(failed(&r), vec![]);
     let ids: Vec<&str> = r.iter().map(|r| r.id).collect();
@@ -200,6 +212,18 @@ fn a_good_live_iso_passes_every_rule() {
 /// the rules that cannot hold once it is broken).
 #[test]
 fn each_broken_iso_fails_its_rule() {
+    if !kiln_exec::testing::require_tool_or_skip("xorriso") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("mksquashfs") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("unsquashfs") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("grub-mkimage") {
+        return;
+    }
     type Change = Box<dyn FnOnce(&Path)>;
     let put = |p: &'static str, text: &'static str| -> Change { Box::new(move |t: &Path| write(t, p, text)) };
     let cases: Vec<(&str, Iso, &str, &str, &[&str])> = vec![

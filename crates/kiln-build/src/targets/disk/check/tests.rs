@@ -93,6 +93,15 @@ const ALL: [&str; 8] = [
 
 #[test]
 fn good_disks_pass_every_rule() {
+    if !kiln_exec::testing::require_tool_or_skip("grub-mkimage") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("mke2fs") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("qemu-img") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let raw = build(dir.path(), "esp_size = \"36MiB\"\n", |_| {}, |_| {});
     let r = check(&raw, &CheckOptions::default()).unwrap();
@@ -119,6 +128,15 @@ fn good_disks_pass_every_rule() {
 /// One broken thing per case, and the one rule that must catch it.
 #[test]
 fn each_broken_disk_fails_its_rule() {
+    if !kiln_exec::testing::require_tool_or_skip("grub-mkimage") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("mke2fs") {
+        return;
+    }
+    if !kiln_exec::testing::require_tool_or_skip("qemu-img") {
+        return;
+    }
     type Change = Box<dyn FnOnce(&Path)>;
     let none = || -> Change { Box::new(|_| {}) };
     let put = |p: &'static str, text: String| -> Change { Box::new(move |t: &Path| write(t, p, &text)) };
