@@ -98,6 +98,21 @@ pub const TOOLS: &[Tool] = &[
         "mount",
         "unmount a loop-mounted filesystem before its loop device is detached",
     ),
+    tool(
+        "unsquashfs",
+        "squashfs-tools",
+        "read a live ISO's root squashfs for `kiln check --target iso`",
+    ),
+    test_tool(
+        "mksquashfs",
+        "squashfs-tools",
+        "tests: make live root squashfs fixtures",
+    ),
+    test_tool(
+        "xorriso",
+        "xorriso",
+        "tests: make bootable hybrid ISO fixtures as grub-mkrescue does",
+    ),
     test_tool("fsck.vfat", "dosfstools", "oracle: verify FAT filesystems"),
     test_tool("isoinfo", "genisoimage", "oracle: read ISO 9660 images"),
     test_tool("isovfy", "genisoimage", "oracle: verify ISO 9660 images"),

@@ -213,7 +213,7 @@ fn checkable_targets() -> clap::builder::PossibleValuesParser {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The image file (qcow2 or raw).
+    /// The image file (qcow2 or raw; an ISO for --target iso).
     pub image: PathBuf,
     /// Whose contract to check.
     #[arg(long, value_parser = checkable_targets())]
@@ -231,7 +231,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The image file (qcow2 or raw).
+    /// The image file (qcow2, raw, or an ISO, recognised by its CD001 signature).
     pub image: PathBuf,
     /// Print as JSON.
     #[arg(long)]
