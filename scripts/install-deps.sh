@@ -39,7 +39,7 @@ apt-get install -y -q --no-install-recommends \
   mmdebstrap debian-archive-keyring arch-test \
   e2fsprogs xfsprogs dosfstools btrfs-progs fdisk gdisk util-linux mount \
   grub-pc-bin grub-efi-amd64-bin grub-common \
-  genisoimage xorriso squashfs-tools shellcheck git ca-certificates curl rsync zstd xz-utils time bc python3 socat \
+  genisoimage xorriso squashfs-tools mtools shellcheck git ca-certificates curl rsync zstd xz-utils time bc python3 socat \
   tzdata locales \
   build-essential pkg-config
 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils

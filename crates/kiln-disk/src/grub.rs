@@ -389,6 +389,98 @@ pub(crate) fn patch_core(core: &[u8], core_lba: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+// ---------------------------------------------------------------------------
+// Reading back, for `kiln check` and `kiln inspect`.
+
+/// Whether the 440 bytes of MBR boot code are GRUB's `boot.img` (or
+/// `boot_hybrid.img`): they carry its "GRUB " message.
+pub fn is_grub_boot_code(mbr: &[u8]) -> bool {
+    let code = &mbr[..mbr.len().min(MBR_BOOT_CODE_LEN)];
+    code.windows(5).any(|w| w == b"GRUB ")
+}
+
+/// The sector GRUB's MBR boot code loads core.img from (`boot.img`'s
+/// kernel sector, which [`install_bios`] patches).
+pub fn boot_code_core_lba(mbr: &[u8]) -> Option<u64> {
+    let b = mbr.get(BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8)?;
+    Some(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// Checks that `first` (the first sector of core.img, diskboot.img) was
+/// installed at `core_lba` as [`install_bios`] does: its blocklist starts at
+/// the next sector and loads at i386-pc's segment. Returns what is wrong.
+pub fn check_core_sector(first: &[u8], core_lba: u64) -> std::result::Result<u64, String> {
+    if first.len() < SECTOR as usize {
+        return Err("shorter than a sector".into());
+    }
+    let start = u64::from_le_bytes(first[BLOCKLIST_START..BLOCKLIST_START + 8].try_into().expect("8 bytes"));
+    let len = u16::from_le_bytes([first[BLOCKLIST_LEN], first[BLOCKLIST_LEN + 1]]);
+    let segment = u16::from_le_bytes([first[BLOCKLIST_SEGMENT], first[BLOCKLIST_SEGMENT + 1]]);
+    if segment != KERNEL_LOAD_SEGMENT {
+        return Err(format!(
+            "no GRUB core.img there (its blocklist load segment is {segment:#x}, not {KERNEL_LOAD_SEGMENT:#x})"
+        ));
+    }
+    if start != core_lba + 1 {
+        return Err(format!(
+            "core.img's blocklist points at sector {start}, not {} right after it",
+            core_lba + 1
+        ));
+    }
+    Ok(u64::from(len) + 1)
+}
+
+/// A boot entry of a `grub.cfg`: the kernel a `linux` line loads, its
+/// command line, and the `initrd` lines after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MenuEntry {
+    /// The `menuentry` title, when the line is inside one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub kernel: String,
+    pub args: Vec<String>,
+    pub initrds: Vec<String>,
+}
+
+/// The `linux` lines of a `grub.cfg` (also `linux16`, `linuxefi`), each with
+/// its menu entry's title and the `initrd` lines after it. Quotes around
+/// the title are removed; GRUB's variables are left as written.
+pub fn menu_entries(cfg: &str) -> Vec<MenuEntry> {
+    let mut entries: Vec<MenuEntry> = Vec::new();
+    let mut title = None;
+    for line in cfg.lines() {
+        let line = line.trim();
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("menuentry") => {
+                let rest = line["menuentry".len()..].trim_start();
+                title = match rest.chars().next() {
+                    Some(q @ ('"' | '\'')) => rest[1..].split(q).next().map(str::to_owned),
+                    _ => rest.split_whitespace().next().map(str::to_owned),
+                };
+            }
+            Some("linux" | "linux16" | "linuxefi") => {
+                if let Some(kernel) = words.next() {
+                    entries.push(MenuEntry {
+                        title: title.clone(),
+                        kernel: kernel.to_owned(),
+                        args: words.map(str::to_owned).collect(),
+                        initrds: Vec::new(),
+                    });
+                }
+            }
+            Some("initrd" | "initrd16" | "initrdefi") => {
+                if let Some(last) = entries.last_mut() {
+                    last.initrds.extend(words.map(str::to_owned));
+                }
+            }
+            Some("}") => title = None,
+            _ => {}
+        }
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,5 +584,37 @@ mod tests {
             ..root
         };
         assert!(early_config(&boot).ends_with("set prefix=($root)/grub\n"));
+    }
+
+    #[test]
+    fn reads_back_menu_entries_and_the_bios_install() {
+        let cfg = "set default=0\nmenuentry 'Debian live' --id live {\n\
+                   \tlinux /live/vmlinuz boot=live components quiet\n\tinitrd /live/initrd.img\n}\n\
+                   menuentry \"Debian (serial)\" {\n  linux16 /live/vmlinuz boot=live console=ttyS0\n}\n\
+                   linux /vmlinuz root=UUID=x\n";
+        let e = menu_entries(cfg);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].title.as_deref(), Some("Debian live"));
+        assert_eq!(e[0].kernel, "/live/vmlinuz");
+        assert_eq!(e[0].args, ["boot=live", "components", "quiet"]);
+        assert_eq!(e[0].initrds, ["/live/initrd.img"]);
+        assert_eq!(e[1].title.as_deref(), Some("Debian (serial)"));
+        assert!(e[1].initrds.is_empty());
+        assert_eq!(e[2].title, None);
+
+        let code = patch_boot_code(&fake_boot(), 2048).unwrap();
+        assert_eq!(boot_code_core_lba(&code), Some(2048));
+        assert!(!is_grub_boot_code(&code));
+        let mut grub = code;
+        grub[0x180..0x185].copy_from_slice(b"GRUB ");
+        assert!(is_grub_boot_code(&grub));
+        let core = patch_core(&fake_core(3 * 512), 2048).unwrap();
+        assert_eq!(check_core_sector(&core, 2048), Ok(4));
+        assert!(check_core_sector(&core, 4096)
+            .unwrap_err()
+            .contains("points at sector 2049"));
+        assert!(check_core_sector(&[0u8; 512], 2048)
+            .unwrap_err()
+            .contains("no GRUB core.img"));
     }
 }

@@ -124,7 +124,7 @@ fn name_of(partition: Option<u32>) -> String {
     partition.map_or_else(|| "the whole disk".to_owned(), |i| format!("partition {i}"))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

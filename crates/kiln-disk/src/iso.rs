@@ -11,7 +11,8 @@
 //! (its 0.2 line is abandoned); the subset needed here is a few hundred
 //! lines, checked against isoinfo, isovfy and blkid.
 //!
-//! Non-goals: El Torito boot records, hybrid MBR/GPT, symlinks and device
+//! Reading is [`crate::isoread`]'s. Non-goals: El Torito boot records,
+//! hybrid MBR/GPT, symlinks and device
 //! files, files of 4 GiB or more (multi-extent), deep-directory relocation
 //! (directories deeper than ISO 9660's eight levels are refused), names
 //! needing a Rock Ridge continuation area (longer than 135 bytes).
@@ -24,9 +25,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
-const BLOCK: u64 = 2048;
+pub(crate) const BLOCK: u64 = 2048;
 /// Volume descriptors start after the 32 KiB system area.
-const FIRST_DESCRIPTOR: u32 = 16;
+pub(crate) const FIRST_DESCRIPTOR: u32 = 16;
 /// Zero blocks appended, as mkisofs does by default: CD drivers used to
 /// read ahead past the last written block and fail.
 const PAD_BLOCKS: u32 = 150;
@@ -38,8 +39,8 @@ const MAX_JOLIET_NAME: usize = 64;
 /// ISO 9660 allows eight directory levels, root included.
 const MAX_DEPTH: usize = 8;
 
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
+pub(crate) const S_IFDIR: u32 = 0o040000;
+pub(crate) const S_IFREG: u32 = 0o100000;
 
 /// How to make the image.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,23 +8,29 @@
 //! Reading: [`DiskImage`] opens raw or qcow2 files,
 //! [`read_partition_table`] and [`probe_filesystem`] find what is on them,
 //! [`open_filesystem`] gives a [`FsRead`] over ext4 or XFS without mounting,
-//! and [`inspect`] puts it all together. [`first_difference`] names what
-//! differs between two images.
+//! [`isoread`] reads ISO 9660 images and their El Torito catalog,
+//! [`fatread`] FAT filesystems and [`squashfs`] a live root (through
+//! `unsquashfs`), and [`inspect`] puts it all together.
+//! [`first_difference`] names what differs between two images.
 
 mod compare;
 mod dpkg;
 mod error;
 pub mod fat;
+pub mod fatread;
 mod fsread;
 pub mod grub;
 mod image;
 pub mod inspect;
 pub mod iso;
+pub mod iso_inspect;
+pub mod isoread;
 pub mod mkfs;
 pub mod partition;
 mod probe;
 mod qcow2;
 mod qcow2_write;
+pub mod squashfs;
 mod table;
 
 pub use compare::{first_difference, Difference, FileDifference, Region};
@@ -33,6 +39,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use fsread::{open_filesystem, FileKind, FileMeta, FsRead};
 pub use image::{DiskImage, Format};
 pub use inspect::{inspect, Inspection, RootInfo, Volume, MANIFEST_PATH};
+pub use iso_inspect::{inspect_iso, IsoInspection};
 pub use mkfs::{make_ext4, make_xfs, tree_size, FsOptions};
 pub use partition::{
     layout, mbr_signature, write_partition_table, Layout, PartKind, PartitionSpec, PlacedPartition, TableKind,

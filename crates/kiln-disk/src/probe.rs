@@ -1,5 +1,5 @@
 //! Filesystem detection by superblock magic, as `blkid -p` does it for the
-//! types kiln meets: ext2/3/4, XFS, btrfs, FAT, ISO 9660 and swap. Reads at
+//! types kiln meets: ext2/3/4, XFS, btrfs, FAT, ISO 9660, squashfs and swap. Reads at
 //! most 68 KiB at the start of the partition and never trusts a length.
 
 use std::io::{Read, Seek};
@@ -21,6 +21,7 @@ pub enum FsType {
     Btrfs,
     Vfat,
     Iso9660,
+    Squashfs,
     Swap,
 }
 
@@ -34,6 +35,7 @@ impl FsType {
             FsType::Btrfs => "btrfs",
             FsType::Vfat => "vfat",
             FsType::Iso9660 => "iso9660",
+            FsType::Squashfs => "squashfs",
             FsType::Swap => "swap",
         }
     }
@@ -75,6 +77,7 @@ pub fn probe_filesystem<R: Read + Seek>(r: &mut R, offset: u64, size: u64) -> Re
         .or_else(|| ext(b))
         .or_else(|| btrfs(b))
         .or_else(|| swap(b))
+        .or_else(|| squashfs(b))
         .or_else(|| iso9660(b))
         .or_else(|| vfat(b)))
 }
@@ -150,6 +153,15 @@ fn swap(b: &[u8]) -> Option<FsInfo> {
         uuid: uuid_of(&b[1024 + 12..1024 + 28]),
         label: label_of(&b[1024 + 28..1024 + 44]),
         size: Some((u64::from(le32(&b[1024 + 4..])) + 1) * 4096),
+    })
+}
+
+fn squashfs(b: &[u8]) -> Option<FsInfo> {
+    (&b[..4] == crate::squashfs::MAGIC).then(|| FsInfo {
+        fs_type: FsType::Squashfs,
+        uuid: None,
+        label: None,
+        size: Some(le64(&b[40..])),
     })
 }
 

@@ -98,6 +98,21 @@ pub const TOOLS: &[Tool] = &[
         "mount",
         "unmount a loop-mounted filesystem before its loop device is detached",
     ),
+    tool(
+        "unsquashfs",
+        "squashfs-tools",
+        "read a live ISO's root squashfs for `kiln check --target iso`",
+    ),
+    tool(
+        "mksquashfs",
+        "squashfs-tools",
+        "make the iso target's root image, compressed on every core",
+    ),
+    tool(
+        "xorriso",
+        "xorriso",
+        "write the iso target's hybrid ISO: El Torito for BIOS and UEFI, MBR and GPT for USB",
+    ),
     test_tool("fsck.vfat", "dosfstools", "oracle: verify FAT filesystems"),
     test_tool("isoinfo", "genisoimage", "oracle: read ISO 9660 images"),
     test_tool("isovfy", "genisoimage", "oracle: verify ISO 9660 images"),

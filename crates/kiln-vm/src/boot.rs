@@ -1,8 +1,12 @@
 //! `kiln boot`: boot an image in QEMU and give a verdict from its serial console.
 //!
-//! The image is attached in snapshot mode (it is never changed), with a
-//! cloud-init seed beside it: the user's, or a NoCloud ISO generated here
-//! with a fresh instance id so cloud-init treats the boot as a first boot.
+//! The image is attached as a [`Medium`]: a virtio disk (a cloud's or a
+//! server's disk), a CD-ROM or a USB stick (a hybrid live ISO burnt to a
+//! disc or written to a stick), and booted from; it is never changed (disks
+//! and sticks are in snapshot mode, CD-ROMs read-only). Beside it sits a
+//! cloud-init seed, a separate virtio drive: the user's, or a NoCloud ISO
+//! generated here with a fresh instance id so cloud-init treats the boot as
+//! a first boot.
 //! The verdict passes when the console shows a login prompt, cloud-init's
 //! final message, and every extra pattern the caller asked for, before the
 //! timeout; it fails early on a kernel panic, an emergency or initramfs
@@ -14,7 +18,7 @@
 //! Non-goals: logging in, running commands in the guest.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -23,7 +27,7 @@ use crate::accel::{choose_accel, Accel, AccelChoice};
 use crate::console::{self, Console, Expect, Outcome, Pattern, Seen};
 use crate::firmware::Firmware;
 use crate::network::Network;
-use crate::qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Vm, VmConfig};
+use crate::qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Interface, Vm, VmConfig};
 use crate::seed::{write_seed, Datasource, SeedConfig, SeedFs};
 
 /// getty's prompt: `<hostname> login: `, at the start of a line and, being
@@ -73,12 +77,91 @@ pub enum SeedSource {
     },
 }
 
+/// How the image is attached to the guest, and booted from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Medium {
+    /// A virtio disk, in snapshot mode.
+    #[default]
+    Disk,
+    /// A read-only CD-ROM on the AHCI controller: firmware boots it through
+    /// El Torito (SeaBIOS its BIOS entry, OVMF its EFI image). Raw only.
+    Cdrom,
+    /// A USB stick (usb-storage on xHCI), in snapshot mode: firmware boots
+    /// it as a disk (SeaBIOS its MBR, OVMF its ESP).
+    Usb,
+}
+
+impl Medium {
+    pub const ALL: [Medium; 3] = [Medium::Disk, Medium::Cdrom, Medium::Usb];
+
+    /// `disk`, `cdrom` or `usb`, as reports and JSON say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Medium::Disk => "disk",
+            Medium::Cdrom => "cdrom",
+            Medium::Usb => "usb",
+        }
+    }
+
+    /// How the guest sees it, for progress messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Medium::Disk => "virtio disk, snapshot mode",
+            Medium::Cdrom => "read-only CD-ROM",
+            Medium::Usb => "USB stick, snapshot mode",
+        }
+    }
+
+    fn interface(self) -> Interface {
+        match self {
+            Medium::Disk => Interface::Virtio,
+            Medium::Cdrom => Interface::Cdrom,
+            Medium::Usb => Interface::Usb,
+        }
+    }
+
+    /// Refuses what this medium cannot carry: a CD-ROM holds a raw ISO 9660
+    /// image of a fixed size, so neither another container format nor a
+    /// larger disk. `image` names the file in the message.
+    pub fn check(self, image: &Path, format: ImageFormat, disk_size: Option<DiskSize>) -> Result<()> {
+        if self != Medium::Cdrom {
+            return Ok(());
+        }
+        if format != ImageFormat::Raw {
+            let iso = image.with_extension("iso");
+            anyhow::bail!(
+                "{} is a {} image, but a CD-ROM takes a raw ISO 9660 image: boot it as a disk or a \
+                 USB stick instead, or, if it holds an ISO, convert it back first \
+                 (qemu-img convert -O raw {} {})",
+                image.display(),
+                format.qemu_name(),
+                image.display(),
+                iso.display()
+            );
+        }
+        if disk_size.is_some() {
+            anyhow::bail!(
+                "a CD-ROM is exactly as large as its image: a larger disk needs the image as a disk or a USB stick"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Medium {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What to boot and what to wait for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootOptions {
     pub image: PathBuf,
     /// Detected from the file's magic when `None`.
     pub format: Option<ImageFormat>,
+    /// How the image is attached.
+    pub medium: Medium,
     pub firmware: Firmware,
     pub seed: SeedSource,
     pub wait_for_login: bool,
@@ -102,7 +185,8 @@ pub struct BootOptions {
     pub accel: Option<Accel>,
     /// The disk the guest sees, when larger than the image: a temporary
     /// qcow2 overlay over the image, as a cloud's disk is larger than the
-    /// image written to it (cloud-init grows the root into the rest).
+    /// image written to it (cloud-init grows the root into the rest). Not
+    /// for a CD-ROM.
     pub disk_size: Option<DiskSize>,
 }
 
@@ -141,6 +225,7 @@ impl BootOptions {
         BootOptions {
             image: image.into(),
             format: None,
+            medium: Medium::Disk,
             firmware: Firmware::Bios,
             seed: SeedSource::Generate {
                 user_data: None,
@@ -182,6 +267,27 @@ fn grown_overlay(
         .run()
         .context("creating the grown disk's overlay")?;
     Ok(())
+}
+
+/// The VM for `opts`: `image` (the image, or the overlay standing in for
+/// it) attached as the medium and booted from, then `seed`, read-only on
+/// virtio whatever the medium, so it never takes the CD-ROM's AHCI port or
+/// the stick's place on the boot order.
+fn vm_config(opts: &BootOptions, image: Drive, seed: Option<Drive>, accel: Accel) -> VmConfig {
+    let mut cfg = VmConfig::new(&opts.console_log);
+    cfg.disks.push(image.interface(opts.medium.interface()).boot());
+    cfg.disks
+        .extend(seed.map(|s| s.interface(Interface::Virtio).mode(DriveMode::ReadOnly)));
+    cfg.firmware = opts.firmware;
+    cfg.memory = opts.memory;
+    cfg.cpus = opts.cpus.unwrap_or(match accel {
+        Accel::Tcg => 1,
+        Accel::Kvm => 2,
+    });
+    cfg.accel = accel;
+    cfg.net = opts.net.clone();
+    cfg.direct_boot = opts.direct_boot.clone();
+    cfg
 }
 
 /// Progress of a boot, for the caller to render.
@@ -234,6 +340,8 @@ pub struct Verdict {
     pub accel: AccelChoice,
     /// The network the guest had.
     pub network: Network,
+    /// How the image was attached.
+    pub medium: Medium,
 }
 
 impl Verdict {
@@ -298,6 +406,7 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
         Some(f) => f,
         None => ImageFormat::detect(&opts.image).with_context(|| format!("reading {}", opts.image.display()))?,
     };
+    opts.medium.check(&opts.image, format, opts.disk_size)?;
     let accel = match opts.accel {
         Some(accel) => AccelChoice {
             accel,
@@ -309,23 +418,19 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
 
     let work = kiln_exec::WorkDir::new_in(&std::env::temp_dir(), "kiln-boot-")
         .context("creating a temporary directory for the boot")?;
-    let mut cfg = VmConfig::new(&opts.console_log);
-    match opts.disk_size {
-        None => cfg
-            .disks
-            .push(Drive::new(&opts.image, format).mode(DriveMode::Snapshot)),
+    let image = match opts.disk_size {
+        None => Drive::new(&opts.image, format).mode(DriveMode::Snapshot),
         Some(size) => {
             let overlay = work.path().join("disk.qcow2");
             grown_overlay(&opts.image, format, size, &overlay)?;
-            cfg.disks
-                .push(Drive::new(overlay, ImageFormat::Qcow2).mode(DriveMode::Writable));
+            Drive::new(overlay, ImageFormat::Qcow2).mode(DriveMode::Writable)
         }
-    }
-    match &opts.seed {
-        SeedSource::None => {}
+    };
+    let seed = match &opts.seed {
+        SeedSource::None => None,
         SeedSource::File(path) => {
             let f = ImageFormat::detect(path).with_context(|| format!("reading seed {}", path.display()))?;
-            cfg.disks.push(Drive::new(path, f).mode(DriveMode::ReadOnly));
+            Some(Drive::new(path, f))
         }
         SeedSource::Generate { user_data, ssh_keys } => {
             let path = work.path().join("seed.iso");
@@ -333,19 +438,10 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
             seed.user_data = user_data.clone();
             seed.ssh_keys = ssh_keys.clone();
             write_seed(&seed, &path).context("generating the NoCloud seed")?;
-            cfg.disks
-                .push(Drive::new(path, ImageFormat::Raw).mode(DriveMode::ReadOnly));
+            Some(Drive::new(path, ImageFormat::Raw))
         }
-    }
-    cfg.firmware = opts.firmware;
-    cfg.memory = opts.memory;
-    cfg.cpus = opts.cpus.unwrap_or(match accel.accel {
-        Accel::Tcg => 1,
-        Accel::Kvm => 2,
-    });
-    cfg.accel = accel.accel;
-    cfg.net = opts.net.clone();
-    cfg.direct_boot = opts.direct_boot.clone();
+    };
+    let cfg = vm_config(opts, image, seed, accel.accel);
 
     let mut vm = Vm::start(&cfg).with_context(|| format!("starting QEMU for {}", opts.image.display()))?;
     on_event(BootEvent::Started {
@@ -404,6 +500,7 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
         console_log: opts.console_log.clone(),
         accel,
         network: opts.net.clone(),
+        medium: opts.medium,
     })
 }
 
@@ -443,6 +540,62 @@ mod tests {
         assert_eq!(info["virtual-size"], 4 << 20, "{info}");
         assert_eq!(info["backing-filename-format"], "raw", "{info}");
         assert_eq!(std::fs::read(&image).unwrap(), vec![7u8; 1 << 20]);
+    }
+
+    /// The QEMU command line of every medium under both firmwares, with the
+    /// generated seed beside the image.
+    #[test]
+    fn qemu_args_for_every_medium_and_firmware() {
+        let flash = crate::qemu::Flash {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/tmp/kiln-vm-x/OVMF_VARS_4M.fd".into(),
+            format: "raw".into(),
+        };
+        let mut out = String::new();
+        for medium in Medium::ALL {
+            for firmware in Firmware::ALL {
+                let mut opts = BootOptions::new("/out/live.iso", "/out/live.iso.console.log");
+                opts.medium = medium;
+                opts.firmware = firmware;
+                let image = Drive::new(&opts.image, ImageFormat::Raw);
+                let seed = Drive::new("/tmp/kiln-boot-x/seed.iso", ImageFormat::Raw);
+                let cfg = vm_config(&opts, image, Some(seed), Accel::Tcg);
+                let flash = (firmware == Firmware::Uefi).then_some(&flash);
+                let args = crate::qemu::render(&crate::qemu::qemu_args(&cfg, flash).unwrap());
+                out.push_str(&format!("=== {medium} {}\n{args}\n", firmware.name()));
+            }
+        }
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn a_cdrom_takes_a_raw_image_of_its_own_size() {
+        let iso = Path::new("out/live.qcow2");
+        for medium in Medium::ALL {
+            medium.check(iso, ImageFormat::Raw, None).unwrap();
+        }
+        let err = Medium::Cdrom
+            .check(iso, ImageFormat::Qcow2, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("out/live.qcow2 is a qcow2 image, but a CD-ROM takes a raw ISO 9660 image"),
+            "{err}"
+        );
+        assert!(
+            err.contains("qemu-img convert -O raw out/live.qcow2 out/live.iso"),
+            "{err}"
+        );
+        let err = Medium::Cdrom
+            .check(iso, ImageFormat::Raw, Some(DiskSize::Grow(1)))
+            .unwrap_err();
+        assert!(err.to_string().contains("CD-ROM"), "{err}");
+        Medium::Usb
+            .check(iso, ImageFormat::Qcow2, Some(DiskSize::Grow(1)))
+            .unwrap();
+        Medium::Disk
+            .check(iso, ImageFormat::Vmdk, Some(DiskSize::Grow(1)))
+            .unwrap();
     }
 
     #[test]
@@ -529,6 +682,7 @@ mod tests {
                 reason: String::new(),
             },
             network: Network::default(),
+            medium: Medium::Disk,
         };
         assert_eq!(v.summary(), "booted in 52 s: seen login prompt, cloud-init finished");
         v.passed = false;

@@ -6,7 +6,10 @@
 //! straight to a file, `-nodefaults` plus exactly the devices asked for, and
 //! `-no-reboot`, so a guest that panics and reboots ends the run instead of
 //! looping. Disks are attached in snapshot mode by default: writes go to a
-//! throw-away overlay and the image file is never changed. UEFI runs get a
+//! throw-away overlay and the image file is never changed. IDE disks and
+//! CD-ROMs sit on the q35 AHCI controller, each on its own port (given
+//! explicitly, so two can never claim the same one); USB sticks on one
+//! xHCI controller, added only when a drive needs it. UEFI runs get a
 //! private copy of the OVMF variable store in a temporary directory that
 //! dies with the VM. The network is a [`Network`], isolated (QEMU's
 //! restricted user network, nothing but explicit forwards) unless the
@@ -105,7 +108,20 @@ pub enum Interface {
     Ide,
     /// A CD-ROM on the AHCI controller (`/dev/srX`), always read-only.
     Cdrom,
+    /// A USB mass-storage stick on an xHCI controller (`/dev/sdX`), reporting
+    /// removable media as a real stick does.
+    Usb,
 }
+
+impl Interface {
+    /// Whether the drive takes a port of the AHCI controller.
+    fn on_ahci(self) -> bool {
+        matches!(self, Interface::Ide | Interface::Cdrom)
+    }
+}
+
+/// Ports of the q35 machine's AHCI controller (ICH9: six, `ide.0` to `ide.5`).
+const AHCI_PORTS: usize = 6;
 
 /// What the guest may do to a drive's file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +144,9 @@ pub struct Drive {
     /// Serial number the guest sees (`/dev/disk/by-id`); NVMe needs one, so
     /// kiln makes one up when this is `None`.
     pub serial: Option<String>,
+    /// The firmware boots from this drive first. When no drive says so, the
+    /// first drive that is not a CD-ROM is the boot drive.
+    pub boot: bool,
 }
 
 impl Drive {
@@ -139,6 +158,7 @@ impl Drive {
             interface: Interface::Virtio,
             mode: DriveMode::Snapshot,
             serial: None,
+            boot: false,
         }
     }
 
@@ -156,6 +176,12 @@ impl Drive {
         self.serial = Some(serial.into());
         self
     }
+
+    /// Makes this the boot drive.
+    pub fn boot(mut self) -> Self {
+        self.boot = true;
+        self
+    }
 }
 
 /// Booting a kernel directly instead of through the disk's boot loader.
@@ -170,7 +196,8 @@ pub struct DirectBoot {
 /// Everything about a VM run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
-    /// Drives in order; the first disk (not CD-ROM) is the boot disk.
+    /// Drives in order; the one marked [`Drive::boot`], else the first that
+    /// is not a CD-ROM, is the boot drive.
     pub disks: Vec<Drive>,
     pub firmware: Firmware,
     /// Guest memory in bytes (rounded up to MiB).
@@ -284,7 +311,20 @@ pub(crate) fn qemu_args(cfg: &VmConfig, flash: Option<&Flash>) -> Result<Vec<OsS
         a.push(d.append.clone().into());
     }
 
-    let boot_disk = cfg.disks.iter().position(|d| d.interface != Interface::Cdrom);
+    let boot_disk = match cfg.disks.iter().filter(|d| d.boot).count() {
+        0 => cfg.disks.iter().position(|d| d.interface != Interface::Cdrom),
+        1 => cfg.disks.iter().position(|d| d.boot),
+        _ => return Err(VmError::Config("only one drive can be the boot drive".to_owned())),
+    };
+    if cfg.disks.iter().filter(|d| d.interface.on_ahci()).count() > AHCI_PORTS {
+        return Err(VmError::Config(format!(
+            "at most {AHCI_PORTS} IDE disks and CD-ROMs fit on the AHCI controller"
+        )));
+    }
+    if cfg.disks.iter().any(|d| d.interface == Interface::Usb) {
+        push(&mut a, &["-device", "qemu-xhci,id=xhci"]);
+    }
+    let mut ahci_port = 0;
     for (i, d) in cfg.disks.iter().enumerate() {
         let id = format!("drive{i}");
         let readonly = d.mode == DriveMode::ReadOnly || d.interface == Interface::Cdrom;
@@ -314,9 +354,13 @@ pub(crate) fn qemu_args(cfg: &VmConfig, flash: Option<&Flash>) -> Result<Vec<OsS
         let mut device = match d.interface {
             Interface::Virtio => format!("virtio-blk-pci,drive={id}"),
             Interface::Nvme => format!("nvme,drive={id}"),
-            Interface::Ide => format!("ide-hd,drive={id}"),
-            Interface::Cdrom => format!("ide-cd,drive={id}"),
+            Interface::Ide => format!("ide-hd,drive={id},bus=ide.{ahci_port}"),
+            Interface::Cdrom => format!("ide-cd,drive={id},bus=ide.{ahci_port}"),
+            Interface::Usb => format!("usb-storage,drive={id},bus=xhci.0,removable=on"),
         };
+        if d.interface.on_ahci() {
+            ahci_port += 1;
+        }
         let serial = match (&d.serial, d.interface) {
             (Some(s), _) => Some(s.clone()),
             (None, Interface::Nvme) => Some(format!("kiln{i}")),
@@ -494,24 +538,26 @@ fn private_flash(ovmf: &Ovmf, dir: &Path) -> Result<Flash> {
     })
 }
 
+/// A command line with one option per line, values beside their flags, as a
+/// snapshot reads best.
+#[cfg(test)]
+pub(crate) fn render(args: &[OsString]) -> String {
+    let mut out = String::new();
+    for a in args {
+        let a = a.to_string_lossy();
+        if a.starts_with('-') && !out.is_empty() {
+            out.push('\n');
+        } else if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&a);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One option per line, values beside their flags, as a snapshot reads best.
-    fn render(args: &[OsString]) -> String {
-        let mut out = String::new();
-        for a in args {
-            let a = a.to_string_lossy();
-            if a.starts_with('-') && !out.is_empty() {
-                out.push('\n');
-            } else if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(&a);
-        }
-        out
-    }
 
     fn base() -> VmConfig {
         let mut cfg = VmConfig::new("/run/console.log");
@@ -592,6 +638,45 @@ mod tests {
         assert!(qemu_args(&cfg, None).unwrap_err().to_string().contains("IDE"));
         cfg.disks = vec![Drive::new("/x.raw", ImageFormat::Raw).serial("a,b")];
         assert!(qemu_args(&cfg, None).unwrap_err().to_string().contains("serial"));
+        cfg.disks = vec![
+            Drive::new("/a.iso", ImageFormat::Raw).boot(),
+            Drive::new("/b.iso", ImageFormat::Raw).boot(),
+        ];
+        assert!(qemu_args(&cfg, None).unwrap_err().to_string().contains("one drive"));
+        cfg.disks = vec![Drive::new("/a.iso", ImageFormat::Raw).interface(Interface::Cdrom); AHCI_PORTS + 1];
+        assert!(qemu_args(&cfg, None).unwrap_err().to_string().contains("AHCI"));
+    }
+
+    /// Every AHCI drive gets a port of its own; the boot drive is the one
+    /// marked, CD-ROM or not; one xHCI controller serves every stick.
+    #[test]
+    fn ahci_ports_boot_drive_and_usb_controller() {
+        let mut cfg = VmConfig::new("/c.log");
+        cfg.disks = vec![
+            Drive::new("/a.raw", ImageFormat::Raw).interface(Interface::Ide),
+            Drive::new("/live.iso", ImageFormat::Raw)
+                .interface(Interface::Cdrom)
+                .boot(),
+            Drive::new("/seed.iso", ImageFormat::Raw).interface(Interface::Cdrom),
+            Drive::new("/s1.raw", ImageFormat::Raw).interface(Interface::Usb),
+            Drive::new("/s2.qcow2", ImageFormat::Qcow2).interface(Interface::Usb),
+        ];
+        let args = render(&qemu_args(&cfg, None).unwrap());
+        let devices: Vec<&str> = args.lines().filter_map(|l| l.strip_prefix("-device ")).collect();
+        assert_eq!(
+            devices,
+            [
+                "qemu-xhci,id=xhci",
+                "ide-hd,drive=drive0,bus=ide.0",
+                "ide-cd,drive=drive1,bus=ide.1,bootindex=0",
+                "ide-cd,drive=drive2,bus=ide.2",
+                "usb-storage,drive=drive3,bus=xhci.0,removable=on",
+                "usb-storage,drive=drive4,bus=xhci.0,removable=on",
+                "virtio-rng-pci",
+            ]
+        );
+        cfg.disks.retain(|d| d.interface != Interface::Usb);
+        assert!(!render(&qemu_args(&cfg, None).unwrap()).contains("xhci"));
     }
 
     #[test]

@@ -64,10 +64,15 @@ pub enum Command {
 address by DHCP, but reaches neither the host, nor DNS, nor anything beyond. \
 --net opens it: the guest can then reach whatever the host reaches.
 
+Medium: the image is a virtio disk by default; --cdrom makes it a CD-ROM and --usb \
+a USB stick, each booted from, as a hybrid live ISO is booted from a disc or a stick.
+
 Examples:
   kiln boot out/debian-12-disk-1.0.0-disk.qcow2
   kiln boot --firmware uefi --expect 'Debian GNU/Linux 12' --json out/disk.qcow2
-  kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/disk.qcow2"
+  kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/disk.qcow2
+  kiln boot --cdrom --firmware uefi out/debian-12-live-1.0.0.iso
+  kiln boot --usb --firmware bios out/debian-12-live-1.0.0.iso"
     )]
     Boot(BootArgs),
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
@@ -208,7 +213,7 @@ fn checkable_targets() -> clap::builder::PossibleValuesParser {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The image file (qcow2 or raw).
+    /// The image file (qcow2 or raw; an ISO for --target iso).
     pub image: PathBuf,
     /// Whose contract to check.
     #[arg(long, value_parser = checkable_targets())]
@@ -226,7 +231,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The image file (qcow2 or raw).
+    /// The image file (qcow2, raw, or an ISO, recognised by its CD001 signature).
     pub image: PathBuf,
     /// Print as JSON.
     #[arg(long)]
@@ -285,7 +290,8 @@ pub struct SeedArgs {
 
 #[derive(Debug, Args)]
 pub struct BootArgs {
-    /// The image file (qcow2 or raw); never modified (QEMU snapshot mode).
+    /// The image file (qcow2 or raw, or an ISO); never modified (QEMU snapshot
+    /// mode, or a read-only CD-ROM).
     pub image: PathBuf,
     /// Firmware to boot with.
     #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios)]
@@ -327,6 +333,29 @@ pub struct BootArgs {
     /// overlay); cloud-init's growpart then grows the root partition.
     #[arg(long, value_parser = parse_disk_size, value_name = "SIZE")]
     pub disk_size: Option<kiln_vm::boot::DiskSize>,
+    /// Attach the image as a read-only CD-ROM (AHCI) and boot from it, as
+    /// firmware boots a disc: El Torito, under BIOS and UEFI. The image must
+    /// be raw, an ISO 9660 file.
+    #[arg(long, conflicts_with_all = ["usb", "disk_size"])]
+    pub cdrom: bool,
+    /// Attach the image as a USB stick (usb-storage on xHCI) and boot from
+    /// it, as firmware boots a stick a hybrid ISO was written to: through
+    /// its MBR under BIOS, its EFI partition under UEFI. The guest's writes
+    /// go to a temporary overlay.
+    #[arg(long)]
+    pub usb: bool,
+}
+
+impl BootArgs {
+    /// How the image is attached: `--cdrom`, `--usb`, or a disk.
+    pub fn medium(&self) -> kiln_vm::boot::Medium {
+        use kiln_vm::boot::Medium;
+        match (self.cdrom, self.usb) {
+            (true, _) => Medium::Cdrom,
+            (_, true) => Medium::Usb,
+            _ => Medium::Disk,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

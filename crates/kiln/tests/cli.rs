@@ -409,3 +409,143 @@ fn boot_help_explains_the_guest_network() {
         assert!(t.contains(want), "`kiln boot --help` lacks {want:?}: {t}");
     }
 }
+
+#[test]
+fn boot_help_shows_each_medium_with_an_example() {
+    let t = text(&kiln(&["boot", "--help"]));
+    for want in [
+        "--cdrom",
+        "--usb",
+        "kiln boot --cdrom ",
+        "kiln boot --usb ",
+        "El Torito",
+    ] {
+        assert!(t.contains(want), "`kiln boot --help` lacks {want:?}: {t}");
+    }
+}
+
+/// A CD-ROM or a USB stick, not both; a CD-ROM is raw and no larger than
+/// its image. Refused before QEMU runs (exit 2).
+#[test]
+fn boot_media_conflicts_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("live.iso");
+    std::fs::write(&iso, vec![0u8; 4096]).unwrap();
+    let iso = iso.to_str().unwrap();
+    for (args, want) in [
+        (
+            &["boot", iso, "--cdrom", "--usb"][..],
+            "the argument '--cdrom' cannot be used with '--usb'",
+        ),
+        (
+            &["boot", iso, "--cdrom", "--disk-size", "+1GiB"][..],
+            "the argument '--cdrom' cannot be used with '--disk-size <SIZE>'",
+        ),
+    ] {
+        let out = kiln(args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: {t}");
+    }
+
+    let qcow2 = dir.path().join("live.qcow2");
+    std::fs::write(&qcow2, b"QFI\xfb\0\0\0\x03").unwrap();
+    let out = kiln(&["boot", qcow2.to_str().unwrap(), "--cdrom", "--timeout", "1"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("live.qcow2 is a qcow2 image, but a CD-ROM takes a raw ISO 9660 image"),
+        "{t}"
+    );
+    assert!(t.contains("qemu-img convert -O raw "), "{t}");
+    assert!(!t.contains("booting"), "nothing may run: {t}");
+}
+
+/// A config-2 live ISO without boot records, made by kiln's own ISO writer.
+fn config_drive_iso(dir: &Path) -> PathBuf {
+    use kiln_disk::iso::{write_iso_image, IsoEntry, IsoOptions};
+    let iso = dir.join("live.iso");
+    write_iso_image(
+        &iso,
+        &IsoOptions::new("config-2", 0),
+        &[
+            IsoEntry::file("live/vmlinuz", vec![0u8; 1024]),
+            IsoEntry::file("live/initrd.img", "initrd"),
+            IsoEntry::file(
+                "boot/grub/grub.cfg",
+                "menuentry live {\n linux /live/vmlinuz boot=live quiet\n initrd /live/initrd.img\n}\n",
+            ),
+            IsoEntry::file(
+                "openstack/latest/meta_data.json",
+                r#"{"uuid": "u-1", "hostname": "node-1"}"#,
+            ),
+            IsoEntry::file(
+                "openstack/latest/network_data.json",
+                r#"{"links": [{"id": "eth0"}], "networks": [{"link": "eth0", "type": "ipv4", "ip_address": "192.0.2.5/24"}]}"#,
+            ),
+        ],
+    )
+    .unwrap();
+    iso
+}
+
+/// `kiln inspect X.iso` shows the label, live files, kernel line and
+/// config drive, as text and as JSON.
+#[test]
+fn inspect_an_iso() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = config_drive_iso(dir.path());
+    let path = iso.to_str().unwrap();
+    let out = kiln(&["inspect", path]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for needle in [
+        "volume \"config-2\"",
+        "no El Torito boot catalog",
+        "/live/vmlinuz",
+        "boot=live quiet (initrd /live/initrd.img)",
+        "hostname node-1",
+        "network eth0: ipv4 192.0.2.5/24",
+        "/openstack/latest/meta_data.json",
+    ] {
+        assert!(t.contains(needle), "{needle} missing from:\n{t}");
+    }
+    let out = kiln(&["inspect", "--json", path]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["kind"], "iso");
+    assert_eq!(json["config_drive"]["hostname"], "node-1");
+}
+
+/// The iso contract fails on the boot rules and passes the config drive's.
+#[test]
+fn check_an_iso() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = config_drive_iso(dir.path());
+    let out = kiln(&["check", iso.to_str().unwrap(), "--target", "iso"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for needle in [
+        "PASS iso9660",
+        "FAIL bios-eltorito",
+        "FAIL kernel",
+        "PASS grub-cfg",
+        "PASS config-drive",
+        "does NOT meet the iso contract",
+    ] {
+        assert!(t.contains(needle), "{needle} missing from:\n{t}");
+    }
+}
+
+#[test]
+fn check_a_disk_without_a_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank.raw");
+    std::fs::File::create(&blank).unwrap().set_len(1 << 20).unwrap();
+    let out = kiln(&["check", blank.to_str().unwrap(), "--target", "disk"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("FAIL gpt") && t.contains("does NOT meet the disk contract"),
+        "{t}"
+    );
+}

@@ -12,6 +12,7 @@
 //! partitioned disk, and a target may consume the artifacts of others
 //! ([`Target::consumes`]).
 
+pub mod contract;
 pub mod disk;
 pub mod iso;
 pub mod ovh_byol;
@@ -49,7 +50,7 @@ pub type Resolve = fn(&TargetInputs) -> Result<Option<Arc<dyn Target>>>;
 /// Checks an image file against a target's contract, rule by rule.
 pub type ContractCheck = fn(&Path, &CheckOptions) -> Result<Vec<RuleResult>>;
 
-pub use ovh_byol::check::{CheckOptions, RuleResult};
+pub use contract::{CheckOptions, RuleResult};
 
 /// The kind named `name`.
 pub fn kind(name: &str) -> Option<&'static TargetKind> {
@@ -276,6 +277,7 @@ mod tests {
             "a target kind without a spec section or vice versa"
         );
         assert!(kind("ovh-byol").is_some_and(|k| k.check.is_some()));
+        assert!(kind("disk").is_some_and(|k| k.check.is_some()));
         assert!(kind("nope").is_none());
     }
 }

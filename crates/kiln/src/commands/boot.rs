@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_vm::boot::{boot, BootEvent, BootOptions, Ending, SeedSource, Verdict};
-use kiln_vm::Network;
+use kiln_vm::{ImageFormat, Network};
 
 use crate::cli::BootArgs;
 use crate::exit::{usage, Exit};
@@ -38,14 +38,19 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     opts.memory = args.memory;
     opts.net = if args.net { Network::Open } else { Network::default() };
     opts.disk_size = args.disk_size;
+    opts.medium = args.medium();
+    let format = ImageFormat::detect(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    opts.medium.check(&args.image, format, args.disk_size).map_err(usage)?;
+    opts.format = Some(format);
 
     let verdict = boot(&opts, &mut |event| match event {
         BootEvent::Accel(choice) => tracing::info!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
         BootEvent::Started { vm, command } => {
             tracing::debug!("QEMU: {command}");
             tracing::info!(
-                "kiln: booting {} ({}, {}, snapshot mode, {} MiB, {} CPU{}; timeout {} s)…",
+                "kiln: booting {} ({}, {}, {}, {} MiB, {} CPU{}; timeout {} s)…",
                 args.image.display(),
+                opts.medium.describe(),
                 vm.firmware.name(),
                 vm.accel.name(),
                 vm.memory >> 20,
@@ -94,13 +99,14 @@ fn report(v: &Verdict) -> Result<()> {
     out!("{}", verdict_text(v))
 }
 
-/// The verdict on stdout: PASS or FAIL with the summary, then the network
-/// the guest had.
+/// The verdict on stdout: PASS or FAIL with the summary, then how the
+/// image was attached and the network the guest had.
 fn verdict_text(v: &Verdict) -> String {
     format!(
-        "{} {}\nnetwork: {}\n",
+        "{} {}\nmedium: {}\nnetwork: {}\n",
         if v.passed { "PASS" } else { "FAIL" },
         v.summary(),
+        v.medium,
         v.network
     )
 }
@@ -131,6 +137,7 @@ fn report_json(v: &Verdict) -> serde_json::Value {
         "checks": checks,
         "ending": ending,
         "accel": v.accel.accel.name(),
+        "medium": v.medium.name(),
         "network": { "kind": v.network.kind(), "description": v.network.to_string() },
         "console_log": v.console_log,
         "console_tail": v.tail,
@@ -140,6 +147,7 @@ fn report_json(v: &Verdict) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_vm::boot::Medium;
 
     fn verdict(network: Network) -> Verdict {
         Verdict {
@@ -158,6 +166,7 @@ mod tests {
                 reason: String::new(),
             },
             network,
+            medium: Medium::Disk,
         }
     }
 
@@ -166,9 +175,10 @@ mod tests {
         let v = verdict(Network::default());
         assert_eq!(
             verdict_text(&v),
-            "PASS booted in 52 s: seen login prompt\nnetwork: isolated (no forwards)\n"
+            "PASS booted in 52 s: seen login prompt\nmedium: disk\nnetwork: isolated (no forwards)\n"
         );
         let json = report_json(&v);
+        assert_eq!(json["medium"], "disk");
         assert_eq!(json["network"]["kind"], "isolated");
         assert_eq!(json["network"]["description"], "isolated (no forwards)");
         assert_eq!(json["passed"], true);
@@ -182,6 +192,25 @@ mod tests {
         assert!(verdict_text(&v).ends_with("\nnetwork: open (the guest reaches whatever the host reaches)\n"));
         assert_eq!(report_json(&v)["network"]["kind"], "open");
         assert_eq!(report_json(&verdict(Network::None))["network"]["description"], "none");
+    }
+
+    #[test]
+    fn reports_say_how_the_image_was_attached() {
+        for medium in Medium::ALL {
+            let mut v = verdict(Network::default());
+            v.medium = medium;
+            assert!(
+                verdict_text(&v).contains(&format!("\nmedium: {}\n", medium.name())),
+                "{}",
+                verdict_text(&v)
+            );
+            assert_eq!(report_json(&v)["medium"], medium.name());
+        }
+        assert_eq!(
+            Medium::ALL.map(Medium::name),
+            ["disk", "cdrom", "usb"],
+            "scripts read these names from --json"
+        );
     }
 
     #[test]

@@ -181,8 +181,19 @@ fn check(args: CheckArgs) -> Result<Exit> {
 
 fn inspect(args: InspectArgs) -> Result<Exit> {
     require_input(&args.image)?;
-    let report =
-        kiln_disk::inspect::inspect(&args.image).with_context(|| format!("inspecting {}", args.image.display()))?;
+    let what = || format!("inspecting {}", args.image.display());
+    // An ISO (even a hybrid one, which also has a partition table) is read
+    // as a file system of its own: boot catalog, live files, config drive.
+    if kiln_disk::isoread::is_iso(&args.image).with_context(what)? {
+        let report = kiln_disk::inspect_iso(&args.image).with_context(what)?;
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        } else {
+            out!("{report}")?;
+        }
+        return Ok(Exit::Success);
+    }
+    let report = kiln_disk::inspect::inspect(&args.image).with_context(what)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {

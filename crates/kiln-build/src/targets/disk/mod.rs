@@ -16,9 +16,11 @@
 //! What the build calls, through [`Target`]: [`DiskPlan::resolve`] at plan
 //! time; [`finalise_script`] in a chroot and [`write_grub_cfg`] in the
 //! finalise stage; [`disk_geometry`] to size a raw file and [`assemble`] to
-//! fill it in the disk stage; the executor writes the output file.
+//! fill it in the disk stage; the executor writes the output file;
+//! [`check::check`] is `kiln check --target disk`.
 //! Non-goals: Secure Boot, MBR disks, RAID or LVM layouts.
 
+pub mod check;
 mod config;
 pub mod layout;
 
@@ -48,7 +50,7 @@ use crate::plan::StageInput;
 pub const KIND: TargetKind = TargetKind {
     name: "disk",
     resolve,
-    check: None,
+    check: Some(check::check),
 };
 
 fn resolve(inputs: &TargetInputs) -> Result<Option<Arc<dyn Target>>> {

@@ -18,6 +18,8 @@
 //! Non-goals: Secure Boot (shim), persistence, erofs roots (bookworm's
 //! live-boot mounts squashfs only).
 
+pub mod check;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,12 +36,18 @@ use super::{
 };
 use crate::distro::{self, packages_for, Role};
 use crate::plan::StageInput;
+use check::{INITRD, KERNEL, ROOT_IMAGE};
+
+/// `path` of the ISO (absolute) inside the staging directory `dir`.
+fn staged(dir: &Path, path: &str) -> std::path::PathBuf {
+    dir.join(path.trim_start_matches('/'))
+}
 
 /// The `iso` kind in the registry.
 pub const KIND: TargetKind = TargetKind {
     name: "iso",
     resolve,
-    check: None,
+    check: Some(check::check),
 };
 
 /// What the live system needs besides the kernel: live-boot in the
@@ -63,9 +71,6 @@ const DATASOURCES: &[&str] = &["ConfigDrive", "NoCloud"];
 
 /// Where live-boot looks for the root image, and the files in it.
 const LIVE_DIR: &str = "live";
-const ROOT_IMAGE: &str = "live/filesystem.squashfs";
-const KERNEL: &str = "live/vmlinuz";
-const INITRD: &str = "live/initrd.img";
 /// GRUB's files on the ISO.
 const ELTORITO_IMAGE: &str = "boot/grub/i386-pc/eltorito.img";
 const EFI_IMAGE: &str = "boot/grub/efi.img";
@@ -311,7 +316,7 @@ update-initramfs -u -k all
             ));
         }
         s.push_str(&format!(
-            "set default=0\nset timeout={GRUB_TIMEOUT}\n\nmenuentry '{title}' {{\n    linux /{KERNEL} {cmdline}\n    initrd /{INITRD}\n}}\n",
+            "set default=0\nset timeout={GRUB_TIMEOUT}\n\nmenuentry '{title}' {{\n    linux {KERNEL} {cmdline}\n    initrd {INITRD}\n}}\n",
             title = format!("{os} (live)").replace('\'', ""),
             cmdline = self.cmdline.join(" "),
         ));
@@ -344,8 +349,8 @@ update-initramfs -u -k all
         std::fs::create_dir_all(&live)?;
         let kernel = kernels(tree)?.into_iter().next().context("internal: no kernel")?;
         let boot = tree.join("boot");
-        std::fs::copy(boot.join(format!("vmlinuz-{kernel}")), staging.join(KERNEL)).context("copying the kernel")?;
-        std::fs::copy(boot.join(format!("initrd.img-{kernel}")), staging.join(INITRD))
+        std::fs::copy(boot.join(format!("vmlinuz-{kernel}")), staged(staging, KERNEL)).context("copying the kernel")?;
+        std::fs::copy(boot.join(format!("initrd.img-{kernel}")), staged(staging, INITRD))
             .context("copying the initramfs")?;
 
         let marker = Self::marker(cx);
@@ -523,7 +528,7 @@ impl Target for IsoPlan {
         out: &mut Assembly,
     ) -> Result<String> {
         let staging = scratch.join("iso-root");
-        let root_image = staging.join(ROOT_IMAGE);
+        let root_image = staged(&staging, ROOT_IMAGE);
         match stage {
             "squashfs" => {
                 std::fs::create_dir_all(staging.join(LIVE_DIR))?;

@@ -14,8 +14,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_disk::{open_filesystem, DiskImage, ErrorKind, FileKind, Format, FsRead, FsType, Partition};
-use serde::Serialize;
 use serde_yaml_ng::Value as Yaml;
+
+use crate::targets::contract::{chain, fail, machine_id_rule, pass, ssh_keys_rule, Verdict};
+pub use crate::targets::contract::{CheckOptions, RuleResult};
 
 const GIB: u64 = 1 << 30;
 const SCRIPT: &str = super::script::SCRIPT_PATH;
@@ -32,36 +34,7 @@ const PATH_DIRS: &[&str] = &[
 ];
 const MODULE_LISTS: &[&str] = &["cloud_init_modules", "cloud_config_modules", "cloud_final_modules"];
 
-/// What the caller knows about the target server.
-#[derive(Debug, Clone, Default)]
-pub struct CheckOptions {
-    /// The server's RAM in bytes: OVH downloads the image into memory and
-    /// needs it to be smaller than RAM − 3 GiB.
-    pub ram: Option<u64>,
-    /// The `efiBootloaderPath` that will be passed to the OVH API (e.g.
-    /// `\efi\debian\grubx64.efi`); taken from the embedded manifest when unset.
-    pub efi_bootloader_path: Option<String>,
-}
-
-/// The verdict of one rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleResult {
-    pub id: &'static str,
-    pub title: String,
-    pub passed: bool,
-    pub reason: String,
-}
-
-type Verdict = (bool, String);
 type Rule = fn(&mut Ctx, &CheckOptions) -> Verdict;
-
-fn pass(reason: impl Into<String>) -> Verdict {
-    (true, reason.into())
-}
-
-fn fail(reason: impl Into<String>) -> Verdict {
-    (false, reason.into())
-}
 
 /// What the rules look at, read once.
 struct Ctx {
@@ -642,43 +615,6 @@ fn cloud_modules_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     })
 }
 
-fn machine_id_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let mut baked = Vec::new();
-    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
-        if fs
-            .read_file(path)?
-            .is_some_and(|c| !c.iter().all(u8::is_ascii_whitespace))
-        {
-            baked.push(path);
-        }
-    }
-    Ok(if baked.is_empty() {
-        pass("no machine-id content")
-    } else {
-        fail(format!(
-            "{} has content: every server would share one machine-id (DHCP client ids, journald); empty /etc/machine-id and delete /var/lib/dbus/machine-id",
-            baked.join(" and ")
-        ))
-    })
-}
-
-fn ssh_keys_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let keys: Vec<String> = fs
-        .read_dir("/etc/ssh")?
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.starts_with("ssh_host_"))
-        .collect();
-    Ok(if keys.is_empty() {
-        pass("no /etc/ssh/ssh_host_* keys")
-    } else {
-        fail(format!(
-            "baked host keys /etc/ssh/{}: every server would share them; delete them (they are generated at first boot)",
-            keys.join(", /etc/ssh/")
-        ))
-    })
-}
-
 fn cloud_state_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     let mut state = Vec::new();
     for name in fs.read_dir("/var/lib/cloud")?.unwrap_or_default() {
@@ -874,16 +810,6 @@ fn efi_rule(ctx: &mut Ctx, opts: &CheckOptions) -> Verdict {
         })
     };
     run().unwrap_or_else(|e| fail(format!("could not read the image: {}", chain(&e))))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s = format!("{s}: {c}");
-        cur = c.source();
-    }
-    s
 }
 
 fn size(n: u64) -> String {
