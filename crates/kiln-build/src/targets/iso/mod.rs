@@ -92,9 +92,12 @@ impl IsoPlan {
         };
         let console = t.console().to_owned();
         // As for the disk target: the serial console last, so that it becomes
-        // /dev/console.
+        // /dev/console. `nonetworking`: live-boot would otherwise replace
+        // /etc/network/interfaces with DHCP on every NIC, over what
+        // cloud-init renders from the config drive.
         let mut cmdline = vec![
             "boot=live".to_owned(),
+            "nonetworking".to_owned(),
             "console=tty0".to_owned(),
             format!("console={console}"),
         ];
@@ -125,7 +128,7 @@ pub struct IsoPlan {
     pub compression: SquashfsCompression,
     /// `console=` value of the serial console.
     pub console: String,
-    /// The kernel command line: `boot=live`, the consoles, the spec's.
+    /// The kernel command line: live-boot's, the consoles, the spec's.
     pub cmdline: Vec<String>,
     /// The ISO 9660 volume id.
     pub label: String,
@@ -597,12 +600,20 @@ mod tests {
         assert_eq!(p.file_name, "airship-1.0-live.iso");
         assert_eq!(
             p.cmdline,
-            ["boot=live", "console=tty0", "console=ttyS0,115200n8", "hugepages=64"]
+            [
+                "boot=live",
+                "nonetworking",
+                "console=tty0",
+                "console=ttyS0,115200n8",
+                "hugepages=64"
+            ]
         );
         let cfg = p.grub_cfg("Debian GNU/Linux 12 (bookworm)");
         assert!(cfg.contains("serial --unit=0 --speed=115200\n"), "{cfg}");
         assert!(
-            cfg.contains("    linux /live/vmlinuz boot=live console=tty0 console=ttyS0,115200n8 hugepages=64\n"),
+            cfg.contains(
+                "    linux /live/vmlinuz boot=live nonetworking console=tty0 console=ttyS0,115200n8 hugepages=64\n"
+            ),
             "{cfg}"
         );
         assert!(cfg.contains("    initrd /live/initrd.img\n"), "{cfg}");
