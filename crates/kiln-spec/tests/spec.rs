@@ -1884,3 +1884,29 @@ fn declared_layout_against_a_fixed_size() {
         "{err}"
     );
 }
+
+/// The airship example's disk is the metal3 host image: the slow tests boot
+/// it as such, so its layout, host profile, packages and base must stay
+/// those of examples/debian-12-metal3.toml. Its ISO is a config drive with
+/// a static address.
+#[test]
+fn airship_example_is_the_metal3_disk_and_a_config_drive_iso() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let load_example = |name: &str| match load(&examples.join(name)) {
+        Ok(l) => l.spec,
+        Err(e) => panic!("{e}"),
+    };
+    let metal3 = load_example("debian-12-metal3.toml");
+    let airship = load_example("debian-12-airship.toml");
+    assert_eq!(airship.targets.disk, metal3.targets.disk);
+    assert_eq!(airship.kernel, metal3.kernel);
+    assert_eq!(airship.limits, metal3.limits);
+    assert_eq!(airship.packages, metal3.packages);
+    assert_eq!(airship.cloud_init, metal3.cloud_init);
+    assert_eq!(airship.base, metal3.base);
+    let iso = airship.targets.iso.as_ref().expect("the airship example has an ISO");
+    assert_eq!(iso.label(), "config-2");
+    let drive = iso.config_drive.as_ref().unwrap();
+    assert_eq!(drive.hostname.as_deref(), Some("airship-ephemeral"));
+    assert!(matches!(&drive.network_data, Some(kiln_spec::NetworkData::File(f)) if f == "airship/network_data.json"));
+}

@@ -6,11 +6,20 @@
 //! gets a disk 4 GiB larger than the image, as a cloud's would be, and user
 //! data that reports from inside the guest: the root partition must have
 //! been grown into the whole disk by cloud-init, and the ESP mounted from
-//! fstab. The metal3 example (declared layout, host profile) boots once per
-//! firmware on a disk 4 GiB larger, and the guest reports every declared
-//! partition mounted where the layout says, the root grown into the disk,
-//! and the hugepage and sysctl values in effect. (How a failed verdict is
-//! reported is covered by kiln-vm's fast tests.)
+//! fstab.
+//!
+//! The airship example makes two artifacts from one tree in one build
+//! (`--explain` shows bootstrap and customise once), both meeting their
+//! contracts (`kiln check`). Its disk, the metal3 host layout and profile
+//! of examples/debian-12-metal3.toml (a fast test keeps the two specs'
+//! sections equal), boots once per firmware on a disk 4 GiB larger, and
+//! the guest reports every declared partition mounted where the layout
+//! says, the root grown into the disk, and the hugepage and sysctl values
+//! in effect. Its live ISO boots as a CD and as a USB stick, with BIOS and
+//! with UEFI, and the guest reports the hostname from the config drive's
+//! meta_data.json, the static address from its network_data.json on the
+//! NIC, the overlay root and the medium live-boot found. (How a failed
+//! verdict is reported is covered by kiln-vm's fast tests.)
 
 mod common;
 use common::*;
@@ -141,7 +150,7 @@ fn boot_on_larger_disk(image: &std::path::Path, firmware: &str, facts: &[(&str, 
 const MIB: u64 = 1 << 20;
 
 fn metal3_boots_with(firmware: &str) {
-    let image = example_image("debian-12-metal3.toml", "debian-12-metal3-1.0.0-disk.qcow2");
+    let image = airship().join("debian-12-airship-1.0.0-disk.qcow2");
     let console = boot_on_larger_disk(
         &image,
         firmware,
@@ -183,13 +192,146 @@ fn metal3_boots_with(firmware: &str) {
 }
 
 #[test]
-#[ignore = "slow: builds the metal3 example and boots it under TCG"]
-fn metal3_example_boots_with_bios_with_its_layout_and_host_profile() {
+#[ignore = "slow: builds the airship example and boots its disk under TCG"]
+fn airship_metal3_disk_boots_with_bios_with_its_layout_and_host_profile() {
     metal3_boots_with("bios");
 }
 
 #[test]
-#[ignore = "slow: builds the metal3 example and boots it under TCG"]
-fn metal3_example_boots_with_uefi_with_its_layout_and_host_profile() {
+#[ignore = "slow: builds the airship example and boots its disk under TCG"]
+fn airship_metal3_disk_boots_with_uefi_with_its_layout_and_host_profile() {
     metal3_boots_with("uefi");
+}
+
+/// What the live node reports on the console at the end of its first boot
+/// (cloud-init's runcmd), as `KILN-<name> <value>`.
+const LIVE_REPORT: &str = r#"#cloud-config
+runcmd:
+  - echo "KILN-HOSTNAME $(hostname)" > /dev/console
+  - echo "KILN-ADDR $(ip -4 -o addr show scope global | awk '{print $2, $4}')" > /dev/console
+  - echo "KILN-ROOT $(findmnt -n -o FSTYPE /)" > /dev/console
+  - echo "KILN-MEDIUM $(findmnt -n -o SOURCE /run/live/medium)" > /dev/console
+  - echo "KILN-END done" > /dev/console
+"#;
+
+/// The airship example, built once for every test of this run (or reused
+/// from an earlier run of the same spec) into a directory of its own: the
+/// spec and its network_data.json as they are, its user data replaced by
+/// [`LIVE_REPORT`]. The build must run bootstrap and customise once for
+/// both targets, and each artifact must meet its target's contract.
+fn airship() -> std::path::PathBuf {
+    let dir = shared_out("airship-report");
+    let out = dir.join("out");
+    if out.join("manifest.json").is_file()
+        && std::fs::read_to_string(dir.join("airship/user-data")).ok().as_deref() == Some(LIVE_REPORT)
+    {
+        return out;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("airship")).unwrap();
+    let spec = dir.join("debian-12-airship.toml");
+    std::fs::copy(example("debian-12-airship.toml"), &spec).unwrap();
+    std::fs::copy(
+        example("airship/network_data.json"),
+        dir.join("airship/network_data.json"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("airship/user-data"), LIVE_REPORT).unwrap();
+    let res = run(kiln().args(["build", "--explain", "--out"]).arg(&out).arg(&spec));
+    let t = text(&res);
+    assert!(res.status.success(), "building the airship example failed:\n{t}");
+    for stage in [
+        "bootstrap",
+        "customise",
+        "disk/finalise",
+        "iso/finalise",
+        "iso/squashfs",
+    ] {
+        let runs = t
+            .lines()
+            .filter(|l| {
+                l.len() > 2
+                    && (l.starts_with("= ") || l.starts_with("! "))
+                    && l[2..].split_whitespace().next() == Some(stage)
+            })
+            .count();
+        assert_eq!(runs, 1, "--explain shows {stage} {runs} times, not once:\n{t}");
+    }
+    for (artifact, target) in [
+        ("debian-12-airship-1.0.0-live.iso", "iso"),
+        ("debian-12-airship-1.0.0-disk.qcow2", "disk"),
+    ] {
+        let check = run(kiln().arg("check").arg(out.join(artifact)).args(["--target", target]));
+        assert!(
+            check.status.success(),
+            "kiln check --target {target}:\n{}",
+            text(&check)
+        );
+    }
+    let inspect = run(kiln().arg("inspect").arg(out.join("debian-12-airship-1.0.0-live.iso")));
+    let t = text(&inspect);
+    assert!(inspect.status.success(), "{t}");
+    for want in [
+        "config-2",
+        "BIOS",
+        "UEFI",
+        "meta_data.json",
+        "network_data.json",
+        "user_data",
+        "10.0.2.50",
+    ] {
+        assert!(t.contains(want), "kiln inspect of the ISO lacks {want:?}:\n{t}");
+    }
+    out
+}
+
+/// Boots the airship ISO as `medium` (`--cdrom` or `--usb`) with
+/// `firmware`, and checks what the live node reports.
+fn live_iso_boots(medium: &str, firmware: &str) {
+    let iso = airship().join("debian-12-airship-1.0.0-live.iso");
+    let console = boot_image(&iso, firmware, &[medium, "--expect", "KILN-END done"]);
+    let network: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(example("airship/network_data.json")).unwrap()).unwrap();
+    let address = network["networks"][0]["ip_address"].as_str().unwrap();
+    assert_eq!(
+        fact(&console, "HOSTNAME"),
+        "airship-ephemeral",
+        "{medium} {firmware}: hostname"
+    );
+    let addr = fact(&console, "ADDR");
+    assert!(
+        addr.ends_with(&format!(" {address}/24")),
+        "{medium} {firmware}: the NIC has {addr:?}, not the config drive's {address}/24"
+    );
+    assert_eq!(fact(&console, "ROOT"), "overlay", "{medium} {firmware}: the live root");
+    let source = fact(&console, "MEDIUM");
+    let want = if medium == "--cdrom" { "/dev/sr" } else { "/dev/sd" };
+    assert!(
+        source.starts_with(want),
+        "{medium} {firmware}: live-boot found its medium on {source}, not {want}*"
+    );
+}
+
+#[test]
+#[ignore = "slow: builds the airship example and boots its ISO under TCG"]
+fn airship_live_iso_boots_as_a_cd_with_bios() {
+    live_iso_boots("--cdrom", "bios");
+}
+
+#[test]
+#[ignore = "slow: builds the airship example and boots its ISO under TCG"]
+fn airship_live_iso_boots_as_a_cd_with_uefi() {
+    live_iso_boots("--cdrom", "uefi");
+}
+
+#[test]
+#[ignore = "slow: builds the airship example and boots its ISO under TCG"]
+fn airship_live_iso_boots_as_a_usb_stick_with_bios() {
+    live_iso_boots("--usb", "bios");
+}
+
+#[test]
+#[ignore = "slow: builds the airship example and boots its ISO under TCG"]
+fn airship_live_iso_boots_as_a_usb_stick_with_uefi() {
+    live_iso_boots("--usb", "uefi");
 }
