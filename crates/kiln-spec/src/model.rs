@@ -622,7 +622,7 @@ pub struct IsoTarget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SquashfsCompression {
-    /// Fast to make and to read, close to xz in size.
+    /// Fast to make and to read (level 9), about gzip's size.
     #[default]
     Zstd,
     /// The smallest, the slowest to make.
@@ -634,6 +634,19 @@ pub enum SquashfsCompression {
 }
 
 impl SquashfsCompression {
+    /// mksquashfs's options for this compressor. zstd runs at level 9
+    /// rather than mksquashfs's 15: on a Debian tree about 7 times faster,
+    /// within 1% of the size of mksquashfs's default (gzip), about 12%
+    /// larger than level 15.
+    pub fn mksquashfs_args(self) -> &'static [&'static str] {
+        match self {
+            SquashfsCompression::Zstd => &["-comp", "zstd", "-Xcompression-level", "9"],
+            SquashfsCompression::Xz => &["-comp", "xz"],
+            SquashfsCompression::Gzip => &["-comp", "gzip"],
+            SquashfsCompression::Lz4 => &["-comp", "lz4"],
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SquashfsCompression::Zstd => "zstd",

@@ -6,10 +6,10 @@
 //! volume is a config drive cloud-init reads, and whether the live root
 //! bakes in a machine-id or SSH host keys (read through `unsquashfs`).
 //!
-//! The ISO is the one the iso target makes with xorriso as grub-mkrescue
-//! does (GRUB's `eltorito.img` with a boot info table for BIOS, a FAT
-//! `efi.img` for UEFI, `boot_hybrid.img` in the MBR and an EFI partition
-//! over the FAT image), but the rules look at what firmware looks at, not
+//! The ISO is the one the iso target makes with xorriso (GRUB's
+//! `eltorito.img` with a boot info table for BIOS, a FAT image for UEFI
+//! that is also the stick's EFI partition, `boot_hybrid.img` in the MBR,
+//! the ISO 9660 volume as partition 1), but the rules look at what firmware looks at, not
 //! at kiln's file names, so they check ISOs made by other tools too. Like
 //! the other contract checks, a rule that cannot be evaluated FAILs and
 //! says why; only I/O errors on the file abort. Non-goals: Secure Boot
@@ -66,6 +66,10 @@ pub const RULES: &[(&str, &str)] = &[
         "grub.cfg has a boot=live entry whose kernel and initrd exist",
     ),
     ("config-drive", "a config-2 volume has a meta_data.json with a uuid"),
+    (
+        "config-drive-usb",
+        "on a USB stick too: a partition that is the config-2 volume itself",
+    ),
     ("network-data", "network_data.json's networks use declared links"),
     ("machine-id", "no baked machine-id in the live root"),
     ("ssh-host-keys", "no baked SSH host keys in the live root"),
@@ -174,6 +178,7 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
     );
     push("grub-cfg", guard(|| grub_cfg_rule(&iso)));
     push("config-drive", guard(|| config_drive_rule(&iso)));
+    push("config-drive-usb", guard(|| config_drive_usb_rule(path, &iso)));
     push("network-data", guard(|| network_data_rule(&iso)));
 
     // The live root, listed once for both identity rules.
@@ -417,6 +422,34 @@ fn grub_cfg_rule(iso: &IsoImage) -> kiln_disk::Result<Verdict> {
     } else {
         fail(format!("{GRUB_CFG} names files the ISO lacks: {}", missing.join(", ")))
     })
+}
+
+/// blkid, and so cloud-init's ConfigDrive, skips a whole disk that has
+/// partitions: on a USB stick the `config-2` volume must also be a
+/// partition, one that starts with a copy of the ISO's superblock (xorriso's
+/// `-partition_offset 16`).
+fn config_drive_usb_rule(path: &Path, iso: &IsoImage) -> kiln_disk::Result<Verdict> {
+    use std::os::unix::fs::FileExt;
+    if iso.volume_id != CONFIG_DRIVE_LABEL {
+        return Ok(pass(format!("label {:?}: no config drive", iso.volume_id)));
+    }
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| kiln_disk::Error::with_source(ErrorKind::Io, format!("opening {}", path.display()), e))?;
+    let table = kiln_disk::read_partition_table(&mut file)?;
+    if table.kind.is_none() {
+        return Ok(pass("no partition table: blkid reads the whole stick".to_owned()));
+    }
+    for p in &table.partitions {
+        let mut pvd = [0u8; 2048];
+        if file.read_exact_at(&mut pvd, p.start + 16 * 2048).is_err() {
+            continue;
+        }
+        let label = String::from_utf8_lossy(&pvd[40..72]).trim_end().to_owned();
+        if pvd[0] == 1 && &pvd[1..6] == b"CD001" && label == CONFIG_DRIVE_LABEL {
+            return Ok(pass(format!("partition {} is the config-2 volume", p.index)));
+        }
+    }
+    Ok(fail("no partition holds the config-2 volume: blkid skips a whole disk with partitions, so cloud-init finds no config drive on a USB stick; make the ISO with -partition_offset 16"))
 }
 
 fn config_drive_rule(iso: &IsoImage) -> kiln_disk::Result<Verdict> {

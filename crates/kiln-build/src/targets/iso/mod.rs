@@ -2,8 +2,9 @@
 //! written with `dd`, from a USB stick: for BIOS through El Torito (GRUB's
 //! `i386-pc-eltorito` image) and a hybrid MBR (GRUB's boot_hybrid.img), for
 //! UEFI through an El Torito EFI image (a FAT image written by kiln holding
-//! GRUB at the removable path) that is also a partition for USB boot. The
-//! root tree is a squashfs compressed on every core; Debian's live-boot
+//! GRUB at the removable path) that is also the stick's EFI partition. The
+//! ISO 9660 volume is partition 1 of the stick, so that a config drive is
+//! found there too. The root tree is a squashfs compressed on every core; Debian's live-boot
 //! mounts it from `/live` under a writable overlay in RAM. GRUB finds the
 //! medium by a marker file, whatever the firmware calls the drive.
 //!
@@ -13,7 +14,7 @@
 //! cloud-init's ConfigDrive datasource reads to configure the live node.
 //!
 //! The ISO 9660 file system and its boot records are written by `xorriso`
-//! (as `grub-mkrescue` drives it): kiln's own ISO writer leaves out El
+//! (with the layout of Ubuntu's GRUB ISOs): kiln's own ISO writer leaves out El
 //! Torito and hybrid tables, which xorriso has done right for years.
 //! Non-goals: Secure Boot (shim), persistence, erofs roots (bookworm's
 //! live-boot mounts squashfs only).
@@ -73,7 +74,9 @@ const DATASOURCES: &[&str] = &["ConfigDrive", "NoCloud"];
 const LIVE_DIR: &str = "live";
 /// GRUB's files on the ISO.
 const ELTORITO_IMAGE: &str = "boot/grub/i386-pc/eltorito.img";
-const EFI_IMAGE: &str = "boot/grub/efi.img";
+/// The GPT type of partition 1, the ISO 9660 volume: Microsoft basic data,
+/// as for any data partition firmware should leave alone.
+const ISO_PARTITION_TYPE: &str = "a2a0d0ebe5b9334487c068b6b72699c7";
 const BOOT_CATALOG: &str = "boot/grub/boot.cat";
 /// The config drive's directory.
 const CONFIG_DRIVE_DIR: &str = "openstack/latest";
@@ -332,7 +335,8 @@ update-initramfs -u -k all
         let mut cmd = kiln_exec::Cmd::new("mksquashfs")
             .arg(tree)
             .arg(dest)
-            .args(["-noappend", "-no-progress", "-comp", self.compression.name()])
+            .args(["-noappend", "-no-progress"])
+            .args(self.compression.mksquashfs_args())
             .args(["-processors", &cores.to_string()]);
         if let Some(epoch) = self.source_date_epoch {
             // Clamps file times and sets the creation time: the same tree
@@ -347,7 +351,9 @@ update-initramfs -u -k all
     }
 
     /// Lays out the ISO's files in `staging` and writes the hybrid ISO.
-    fn write_iso(&self, cx: &StageContext, tree: &Path, staging: &Path, dest: &Path) -> Result<()> {
+    /// The EFI boot image is written to `efi_dir`, outside the ISO's files:
+    /// xorriso appends it as a partition of its own.
+    fn write_iso(&self, cx: &StageContext, tree: &Path, staging: &Path, efi_dir: &Path, dest: &Path) -> Result<()> {
         let live = staging.join(LIVE_DIR);
         std::fs::create_dir_all(&live)?;
         let kernel = kernels(tree)?.into_iter().next().context("internal: no kernel")?;
@@ -370,19 +376,20 @@ update-initramfs -u -k all
             std::fs::create_dir_all(staging.join(ELTORITO_IMAGE).parent().context("internal")?)?;
             std::fs::write(staging.join(ELTORITO_IMAGE), image)?;
         }
-        if self.has(Firmware::Uefi) {
+        let efi_image = if self.has(Firmware::Uefi) {
             let modules = Platform::X86_64Efi.modules_dir(tree);
             let image =
                 grub::make_iso_image(Platform::X86_64Efi, &modules, &marker).context("building GRUB for UEFI")?;
             let volume_id = u32::from_le_bytes(cx.derived_uuid("iso efi image").as_bytes()[..4].try_into()?);
             let opts = FatOptions::new("EFIBOOT", volume_id, self.source_date_epoch.unwrap_or(0));
-            kiln_disk::fat::write_fat_image(
-                &staging.join(EFI_IMAGE),
-                &opts,
-                &[FatEntry::file(grub::EFI_REMOVABLE_PATH, image)],
-            )
-            .context("writing the EFI boot image")?;
-        }
+            let path = efi_dir.join("efi.img");
+            kiln_disk::fat::write_fat_image(&path, &opts, &[FatEntry::file(grub::EFI_REMOVABLE_PATH, image)])
+                .context("writing the EFI boot image")?;
+            Some(path)
+        } else {
+            None
+        };
+        let efi_image = efi_image.as_deref();
 
         if let Some(drive) = &self.config_drive {
             let dir = staging.join(CONFIG_DRIVE_DIR);
@@ -409,31 +416,45 @@ update-initramfs -u -k all
             ])
             .args(["-V", &self.label, "-o"])
             .arg(dest);
+        // Partition 1 starts 32 KiB in, with a copy of the superblock: on a
+        // USB stick it is the ISO 9660 volume itself, which blkid (and so
+        // cloud-init's ConfigDrive) finds where it skips a whole disk that
+        // has partitions. As Ubuntu's GRUB ISOs are laid out.
+        cmd = cmd
+            .args(["-partition_offset", "16", "--mbr-force-bootable"])
+            .args(["-iso_mbr_part_type", ISO_PARTITION_TYPE]);
         if self.has(Firmware::Bios) {
             let hybrid_mbr = Platform::I386Pc.modules_dir(tree).join("boot_hybrid.img");
             if !hybrid_mbr.is_file() {
                 bail!("{} is missing; the image needs grub-pc-bin", hybrid_mbr.display());
             }
+            cmd = cmd.arg("--grub2-mbr").arg(hybrid_mbr);
+        }
+        if let Some(efi) = efi_image {
+            // Appended after the ISO 9660 volume as partition 2 (the ESP of a
+            // USB stick), and named by the El Torito UEFI entry (for CDs).
             cmd = cmd
-                .args(["-c", BOOT_CATALOG, "-b", ELTORITO_IMAGE])
-                .args([
-                    "-no-emul-boot",
-                    "-boot-load-size",
-                    "4",
-                    "-boot-info-table",
-                    "--grub2-boot-info",
-                ])
-                .arg("--grub2-mbr")
-                .arg(hybrid_mbr);
-        } else {
-            cmd = cmd.args(["-c", BOOT_CATALOG]);
+                .args(["-append_partition", "2", "0xef"])
+                .arg(efi)
+                .arg("-appended_part_as_gpt");
         }
-        if self.has(Firmware::Uefi) {
-            // The FAT image is an El Torito entry for CDs and, through the
-            // partition table, the ESP of a USB stick.
-            cmd = cmd.args(["--efi-boot", EFI_IMAGE, "-efi-boot-part", "--efi-boot-image"]);
+        cmd = cmd.args(["-c", BOOT_CATALOG]);
+        if self.has(Firmware::Bios) {
+            cmd = cmd.args(["-b", ELTORITO_IMAGE]).args([
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
+                "--grub2-boot-info",
+            ]);
         }
-        cmd = cmd.arg("--protective-msdos-label").arg(staging);
+        if efi_image.is_some() {
+            if self.has(Firmware::Bios) {
+                cmd = cmd.arg("-eltorito-alt-boot");
+            }
+            cmd = cmd.args(["-e", "--interval:appended_partition_2:all::", "-no-emul-boot"]);
+        }
+        cmd = cmd.arg(staging);
         if let Some(epoch) = self.source_date_epoch {
             cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
         }
@@ -478,7 +499,7 @@ impl Target for IsoPlan {
                         self.compression.name()
                     )],
                     inputs: vec![
-                        StageInput::json("compression", &self.compression),
+                        StageInput::json("compression", &self.compression.mksquashfs_args()),
                         StageInput::text("mksquashfs", &tool("mksquashfs")),
                     ],
                 },
@@ -544,7 +565,7 @@ impl Target for IsoPlan {
                     bail!("internal: the iso stage ran before the squashfs stage");
                 }
                 let iso = scratch.join("live.iso");
-                self.write_iso(cx, tree, &staging, &iso)?;
+                self.write_iso(cx, tree, &staging, scratch, &iso)?;
                 std::fs::remove_dir_all(&staging).ok();
                 let size = std::fs::metadata(&iso)?.len();
                 out.raw = Some(iso);

@@ -122,7 +122,7 @@ fn build(dir: &Path, spec: Iso) -> PathBuf {
         "-boot-info-table", "--grub2-boot-info",
         "--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img",
         "--efi-boot", "boot/grub/efi.img", "-efi-boot-part", "--efi-boot-image",
-        "--protective-msdos-label",
+        "--protective-msdos-label", "-partition_offset", "16",
     ];
     let mut kept: Vec<&str> = Vec::new();
     let mut skip = 0;
@@ -133,7 +133,10 @@ fn build(dir: &Path, spec: Iso) -> PathBuf {
         }
         if spec.drop_args.contains(&a) {
             // Options with a value lose it too.
-            skip = usize::from(matches!(a, "-b" | "--grub2-mbr" | "-boot-load-size" | "--efi-boot"));
+            skip = usize::from(matches!(
+                a,
+                "-b" | "--grub2-mbr" | "-boot-load-size" | "--efi-boot" | "-partition_offset"
+            ));
             continue;
         }
         kept.push(a);
@@ -312,6 +315,16 @@ fn each_broken_iso_fails_its_rule() {
             },
             "hybrid-esp",
             "EFI",
+            &[],
+        ),
+        (
+            "the config drive is no partition of a stick",
+            Iso {
+                drop_args: &["-partition_offset"],
+                ..Default::default()
+            },
+            "config-drive-usb",
+            "-partition_offset 16",
             &[],
         ),
         (
