@@ -469,6 +469,25 @@ pub enum Firmware {
     Uefi,
 }
 
+impl Firmware {
+    /// A target's `firmware` list, sorted and without duplicates; both
+    /// when the spec gives none.
+    pub fn list(written: Option<&[Firmware]>) -> Vec<Firmware> {
+        let mut firmware = written.map_or_else(|| vec![Firmware::Bios, Firmware::Uefi], <[Firmware]>::to_vec);
+        firmware.sort_unstable();
+        firmware.dedup();
+        firmware
+    }
+
+    /// "bios and uefi", for progress and plans.
+    pub fn names(list: &[Firmware]) -> String {
+        list.iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+}
+
 /// Disk image file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -702,13 +721,7 @@ impl IsoTarget {
 
     /// The firmware list, sorted and without duplicates; both by default.
     pub fn firmware(&self) -> Vec<Firmware> {
-        let mut firmware = self
-            .firmware
-            .clone()
-            .unwrap_or_else(|| vec![Firmware::Bios, Firmware::Uefi]);
-        firmware.sort_unstable();
-        firmware.dedup();
-        firmware
+        Firmware::list(self.firmware.as_deref())
     }
 
     /// The `console=` value for the kernel and GRUB's serial terminal.
@@ -811,13 +824,7 @@ impl DiskTarget {
 
     /// The firmware list, sorted and without duplicates; both by default.
     pub fn firmware(&self) -> Vec<Firmware> {
-        let mut firmware = self
-            .firmware
-            .clone()
-            .unwrap_or_else(|| vec![Firmware::Bios, Firmware::Uefi]);
-        firmware.sort_unstable();
-        firmware.dedup();
-        firmware
+        Firmware::list(self.firmware.as_deref())
     }
 
     /// The virtual disk size: `Some(bytes)` when fixed, `None` for "auto".

@@ -166,11 +166,7 @@ impl DiskPlan {
 
     /// "bios and uefi", for progress and plans.
     fn firmware_names(&self) -> String {
-        self.firmware
-            .iter()
-            .map(|f| format!("{f:?}").to_lowercase())
-            .collect::<Vec<_>>()
-            .join(" and ")
+        Firmware::names(&self.firmware)
     }
 
     /// The artifact's file format.

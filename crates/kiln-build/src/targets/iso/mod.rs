@@ -259,11 +259,7 @@ impl IsoPlan {
     }
 
     fn firmware_names(&self) -> String {
-        self.firmware
-            .iter()
-            .map(|f| format!("{f:?}").to_lowercase())
-            .collect::<Vec<_>>()
-            .join(" and ")
+        Firmware::names(&self.firmware)
     }
 
     /// The marker file GRUB searches for to find its medium.

@@ -166,18 +166,16 @@ fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// The tools the fixtures are made with (a skip outside CI, a failure in it).
+fn tools_present() -> bool {
+    ["xorriso", "mksquashfs", "unsquashfs", "grub-mkimage"]
+        .into_iter()
+        .all(kiln_exec::testing::require_tool_or_skip)
+}
+
 #[test]
 fn a_good_live_iso_passes_every_rule() {
-    if !kiln_exec::testing::require_tool_or_skip("xorriso") {
-        return;
-    }
-    if !kiln_exec::testing::require_tool_or_skip("mksquashfs") {
-        return;
-    }
-    if !kiln_exec::testing::require_tool_or_skip("unsquashfs") {
-        return;
-    }
-    if !kiln_exec::testing::require_tool_or_skip("grub-mkimage") {
+    if !tools_present() {
         return;
     }
     let r = results(Iso::default());
@@ -215,16 +213,7 @@ fn a_good_live_iso_passes_every_rule() {
 /// the rules that cannot hold once it is broken).
 #[test]
 fn each_broken_iso_fails_its_rule() {
-    if !kiln_exec::testing::require_tool_or_skip("xorriso") {
-        return;
-    }
-    if !kiln_exec::testing::require_tool_or_skip("mksquashfs") {
-        return;
-    }
-    if !kiln_exec::testing::require_tool_or_skip("unsquashfs") {
-        return;
-    }
-    if !kiln_exec::testing::require_tool_or_skip("grub-mkimage") {
+    if !tools_present() {
         return;
     }
     type Change = Box<dyn FnOnce(&Path)>;
