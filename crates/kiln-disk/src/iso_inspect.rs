@@ -66,6 +66,10 @@ pub struct BootImage {
     /// The image's size: its file's, else what the entry declares.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// The hybrid partition that starts where the image does, for an image
+    /// appended after the ISO 9660 volume (no file holds it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
 }
 
 /// A file and its size.
@@ -94,6 +98,8 @@ pub fn inspect_iso(path: &Path) -> Result<IsoInspection> {
     let iso = IsoImage::open(path)?;
     let mut warnings = Vec::new();
     let mut boot = Vec::new();
+    let mut file = std::fs::File::open(path).map_err(|e| crate::Error::io(format!("opening {}", path.display()), e))?;
+    let partition_table = read_partition_table(&mut file)?;
     match iso.boot_entries() {
         Ok(entries) => {
             for entry in entries {
@@ -102,17 +108,24 @@ pub fn inspect_iso(path: &Path) -> Result<IsoInspection> {
                     .as_ref()
                     .map(|(_, n)| n.size)
                     .or_else(|| (entry.sector_count > 1).then_some(u64::from(entry.sector_count) * 512));
+                let partition = match found {
+                    Some(_) => None,
+                    None => partition_table
+                        .partitions
+                        .iter()
+                        .find(|p| p.start == u64::from(entry.lba) * 2048)
+                        .map(|p| p.index),
+                };
                 boot.push(BootImage {
                     path: found.map(|(p, _)| p),
                     size,
+                    partition,
                     entry,
                 });
             }
         }
         Err(e) => warnings.push(format!("reading the El Torito catalog: {}", crate::inspect::chain(&e))),
     }
-    let mut file = std::fs::File::open(path).map_err(|e| crate::Error::io(format!("opening {}", path.display()), e))?;
-    let partition_table = read_partition_table(&mut file)?;
     warnings.extend(partition_table.warnings.iter().cloned());
 
     let live = files_under(&iso, LIVE_DIR, false)?;
@@ -264,6 +277,12 @@ impl fmt::Display for IsoInspection {
                 )?;
                 match (&b.path, b.size) {
                     (Some(p), Some(s)) => writeln!(f, ": {p} ({})", human_size(s))?,
+                    (None, Some(s)) if b.partition.is_some() => writeln!(
+                        f,
+                        ": partition {} ({} image)",
+                        b.partition.unwrap_or_default(),
+                        human_size(s)
+                    )?,
                     (None, Some(s)) => writeln!(f, ": no file ({} image)", human_size(s))?,
                     _ => writeln!(f, ": no file")?,
                 }
