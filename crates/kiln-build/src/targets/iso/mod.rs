@@ -118,9 +118,43 @@ impl IsoPlan {
             file_name: format!("{}-{}-live.iso", spec.image.name, spec.image.version),
             source_date_epoch: inputs.source_date_epoch,
             config_drive,
+            regenerate_initramfs: customisation_may_change_initramfs(spec),
             distro: spec.base.distro(),
         }))
     }
+}
+
+/// Where the initramfs is made from, besides the packages: what a
+/// customisation would have to write for the bootstrap's initramfs to be
+/// out of date.
+const INITRAMFS_INPUTS: &[&str] = &[
+    "/etc/initramfs-tools",
+    "/usr/share/initramfs-tools",
+    "/etc/modprobe.d",
+    "/lib/modprobe.d",
+    "/usr/lib/modprobe.d",
+    "/lib/modules",
+    "/usr/lib/modules",
+    "/etc/crypttab",
+    "/etc/live",
+    "/usr/lib/live",
+];
+
+/// Whether the spec's customisation may leave the initramfs the bootstrap
+/// made (with live-boot in it) out of date: a `[[run]]` step or a package
+/// removal may change anything, files and directories only what they name.
+/// When it cannot, the finalisation keeps that initramfs and saves the
+/// regeneration, most of a rebuild after a `[[files]]` change.
+fn customisation_may_change_initramfs(spec: &Spec) -> bool {
+    let touches = |path: &str| {
+        INITRAMFS_INPUTS
+            .iter()
+            .any(|i| path == *i || path.strip_prefix(i).is_some_and(|rest| rest.starts_with('/')))
+    };
+    !spec.run.is_empty()
+        || !spec.packages.remove.is_empty()
+        || spec.files.iter().any(|f| touches(&f.dest))
+        || spec.directories.iter().any(|d| touches(&d.path))
 }
 
 /// Everything resolved for the `iso` target.
@@ -140,6 +174,9 @@ pub struct IsoPlan {
     pub source_date_epoch: Option<u64>,
     /// The config drive's contents, read from the spec and its files.
     pub config_drive: Option<DriveContent>,
+    /// Regenerate the initramfs even when it has live-boot already
+    /// ([`customisation_may_change_initramfs`]).
+    pub regenerate_initramfs: bool,
     #[serde(skip)]
     distro: kiln_spec::Distro,
 }
@@ -300,10 +337,23 @@ rm -f /etc/systemd/network/*.network /etc/netplan/*.yaml /etc/network/interfaces
 printf '%s\n' '# Written by kiln: cloud-init renders the real configuration at boot.' \
     'source /etc/network/interfaces.d/*' '' 'auto lo' 'iface lo inet loopback' > /etc/network/interfaces
 
-echo 'kiln: initramfs with live-boot'
-update-initramfs -u -k all
+# The bootstrap made the initramfs with live-boot in it; it is made again
+# when the customisation may have changed its inputs, or lacks live-boot.
+regenerate={regenerate}
+for initrd in /boot/initrd.img-*; do
+    if ! lsinitramfs "$initrd" | grep -qx 'scripts/live'; then
+        regenerate=yes
+    fi
+done
+if [ "$regenerate" = yes ]; then
+    echo 'kiln: initramfs with live-boot'
+    update-initramfs -u -k all
+else
+    echo 'kiln: the initramfs has live-boot, and the customisation left its inputs alone: kept'
+fi
 "#,
             console = self.console,
+            regenerate = if self.regenerate_initramfs { "yes" } else { "no" },
         )
     }
 
@@ -482,7 +532,14 @@ impl Target for IsoPlan {
             finalise: TargetStage {
                 name: "finalise",
                 actions: vec![
-                    "live-boot in the initramfs; cloud-init without growpart; network left to cloud-init".to_owned(),
+                    format!(
+                        "live-boot in the initramfs ({}); cloud-init without growpart; network left to cloud-init",
+                        if self.regenerate_initramfs {
+                            "made again: the customisation may change its inputs"
+                        } else {
+                            "the bootstrap's, unless it lacks live-boot"
+                        }
+                    ),
                     "remove machine-id, SSH host keys, cloud-init state, logs".to_owned(),
                 ],
                 inputs: vec![StageInput::text("script", &self.finalise_script())],
@@ -667,6 +724,20 @@ mod tests {
         assert_eq!(meta["hostname"], "ephemeral-0");
         assert_eq!(meta["public_keys"]["key-0"], "ssh-ed25519 AAAA k");
         assert_eq!(files[2].1, b"#cloud-config\n");
+    }
+
+    #[test]
+    fn the_initramfs_is_made_again_only_when_the_customisation_may_change_it() {
+        assert!(!plan("[targets.iso]\n").regenerate_initramfs);
+        let with = |extra: &str| plan(&format!("{extra}\n[targets.iso]\n")).regenerate_initramfs;
+        assert!(with("[[run]]\nscript = \"true\""));
+        assert!(with("[packages]\nremove = [\"nano\"]"));
+        assert!(with("[[directories]]\npath = \"/etc/initramfs-tools/conf.d\""));
+        assert!(!with("[[directories]]\npath = \"/etc/initramfs-tools-not\""));
+        assert!(!with("[[directories]]\npath = \"/srv/data\""));
+        let script = plan("[targets.iso]\n").finalise_script();
+        assert!(script.contains("regenerate=no\n"), "{script}");
+        assert!(script.contains("grep -qx 'scripts/live'"), "{script}");
     }
 
     #[test]
