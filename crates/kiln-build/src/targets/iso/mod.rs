@@ -502,6 +502,9 @@ fi
         }
         cmd = cmd.arg(staging);
         if let Some(epoch) = self.source_date_epoch {
+            // xorriso takes the volume's dates from SOURCE_DATE_EPOCH, and
+            // each file's and directory's from the staged files.
+            crate::layers::clamp_times(staging, epoch).context("setting the ISO's file times")?;
             cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
         }
         cmd.run().context("writing the ISO with xorriso")?;
