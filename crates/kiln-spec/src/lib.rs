@@ -27,7 +27,6 @@ pub use diagnostic::{Diagnostic, DiagnosticKind, Related, SpecError};
 pub use load::{load, parse_str, LoadedSpec};
 pub use model::*;
 pub use names::{package_name, spec_packages, Catalog, Names, Release};
-pub use netdata::problems as network_data_problems;
 pub use rules::parse_mode;
 pub use schema::json_schema;
 pub use size::{format_size, parse_size, FromSpecText, Headroom, Size, Written, GIB, KIB, MIB, TIB};

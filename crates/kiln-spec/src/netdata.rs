@@ -38,15 +38,6 @@ const PHYSICAL_LINK_TYPES: &[&str] = &[
     "hyperv",
 ];
 
-/// The problems of a network_data document as `path: why`, for readers of
-/// finished images (`kiln check`).
-pub fn problems(doc: &Map<String, Value>) -> Vec<String> {
-    check(doc)
-        .into_iter()
-        .map(|(at, p)| format!("{at}: {}", p.why))
-        .collect()
-}
-
 /// The problems of a network_data document, each with the JSON path of
 /// the value at fault (e.g. `networks[0].ip_address`).
 pub(crate) fn check(doc: &Map<String, Value>) -> Vec<(String, Problem)> {
@@ -270,7 +261,10 @@ mod tests {
 
     fn problems(json: &str) -> Vec<String> {
         let doc: Value = serde_json::from_str(json).unwrap();
-        super::problems(doc.as_object().unwrap())
+        check(doc.as_object().unwrap())
+            .into_iter()
+            .map(|(at, p)| format!("{at}: {}", p.why))
+            .collect()
     }
 
     const GOOD: &str = r#"{
