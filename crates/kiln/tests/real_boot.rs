@@ -68,12 +68,18 @@ fn boot_image(image: &std::path::Path, firmware: &str, extra: &[&str]) -> String
 }
 
 /// The value the guest reported on the console as `KILN-<name> <value>`.
+/// The report may share its line with what another process printed on
+/// the console at the same moment (a login prompt, a kernel message), so
+/// the prefix is looked for anywhere in a line.
 fn fact<'c>(console: &'c str, name: &str) -> &'c str {
     let prefix = format!("KILN-{name} ");
     console
         .lines()
-        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("the guest did not report {name}"))
+        .find_map(|l| l.find(prefix.as_str()).map(|at| &l[at + prefix.len()..]))
+        .unwrap_or_else(|| {
+            let reported: Vec<&str> = console.lines().filter(|l| l.contains("KILN-")).collect();
+            panic!("the guest did not report {name}; its reports:\n{}", reported.join("\n"))
+        })
         .trim()
 }
 
