@@ -15,6 +15,7 @@ pub mod layers;
 pub mod manifest;
 pub mod names;
 pub mod plan;
+pub mod release;
 pub mod targets;
 
 pub use build::{build, BuildOptions, BuildOutput, Event, Quiet, Reporter};

@@ -146,6 +146,16 @@ pub struct BuildArgs {
     /// Threads for image compression [default: one per CPU].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Build release VERSION (semantic versioning, e.g. 1.2.0): it replaces
+    /// [image] version in every artifact, the build must come from a clean
+    /// git tree, and DIR/releases.json gains an entry (version, commit,
+    /// date, each artifact's sha512).
+    #[arg(long, value_name = "VERSION", value_parser = parse_release, conflicts_with = "verify_reproducible")]
+    pub release: Option<semver::Version>,
+    /// With --release: build from a git tree with uncommitted changes; the
+    /// version becomes VERSION-dirty.
+    #[arg(long, requires = "release")]
+    pub allow_dirty: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -448,6 +458,10 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     kiln_spec::parse_size(s)
+}
+
+fn parse_release(s: &str) -> Result<semver::Version, String> {
+    kiln_build::release::parse_version(s)
 }
 
 fn parse_disk_size(s: &str) -> Result<kiln_vm::boot::DiskSize, String> {

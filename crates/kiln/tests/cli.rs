@@ -72,6 +72,88 @@ fn build_reports_spec_errors_with_location_before_any_work() {
     );
 }
 
+/// A git repository in a fresh directory holding one committed spec.
+fn spec_repository() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        #[allow(clippy::disallowed_methods)] // test setup
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    };
+    let spec = dir.path().join("img.toml");
+    std::fs::write(
+        &spec,
+        "[image]\nname = \"img\"\nversion = \"1.0.0\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n[targets.ovh-byol]\n",
+    )
+    .unwrap();
+    git(&["init", "-q"]);
+    git(&["add", "img.toml"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "spec"]);
+    (dir, spec)
+}
+
+#[test]
+fn a_release_from_a_dirty_tree_is_refused_with_the_changed_files_before_any_work() {
+    let (dir, spec) = spec_repository();
+    std::fs::write(dir.path().join("notes.txt"), "not committed").unwrap();
+    let out_dir = dir.path().join("out");
+    let out = kiln(&[
+        "build",
+        spec.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--release",
+        "2.0.0",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("uncommitted changes:\n  notes.txt\n"), "{t}");
+    assert!(t.contains("--allow-dirty to build 2.0.0-dirty"), "{t}");
+    assert!(!out_dir.exists(), "a refused release must not create anything");
+}
+
+#[test]
+fn a_release_needs_a_version_and_a_valid_record() {
+    let (dir, spec) = spec_repository();
+    let out = kiln(&["build", spec.to_str().unwrap(), "--release", "2.0"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("\"2.0\" is not a release version like 1.2.3"), "{t}");
+
+    let out = kiln(&["build", spec.to_str().unwrap(), "--allow-dirty"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--release"), "{}", text(&out));
+
+    // The output directory is ignored by git here, as a team's would be.
+    std::fs::write(dir.path().join(".git/info/exclude"), "out/\n").unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(
+        out_dir.join("releases.json"),
+        "{\"releases\": [\n  {\"version\": 2}\n]}\n",
+    )
+    .unwrap();
+    let out = kiln(&[
+        "build",
+        spec.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--release",
+        "2.0.0",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("releases.json:2:"), "{t}");
+    assert!(t.contains("not a kiln release record"), "{t}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+    assert_eq!(left.len(), 1, "the refused build wrote into the output directory");
+}
+
 #[test]
 fn missing_spec_file_is_a_clear_error() {
     let out = kiln(&["plan", "/nonexistent/spec.toml"]);

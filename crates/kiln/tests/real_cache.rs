@@ -219,3 +219,67 @@ fn the_example_byol_image_is_reproducible() {
         "{msg}"
     );
 }
+
+/// A release build: the version reaches the artifact names and the
+/// manifest, `releases.json` records it with its commit and checksums, and
+/// a dirty tree builds only when allowed, as `-dirty`. The stages before
+/// the target's come from the shared cache.
+#[test]
+#[ignore = "slow: two real Debian builds of the BYOL example's targets (root)"]
+fn release_builds_are_versioned_and_recorded() {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let repo = dir.path().join("spec");
+    let spec = spec_copy(&repo);
+    let git = |args: &[&str]| {
+        let out = run(common::tool("git").arg("-C").arg(&repo).args(args));
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "spec"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    // The outputs live inside the repository, untracked: they do not count.
+    let out = repo.join("out");
+    let release = |extra: &[&str]| {
+        let res = run(kiln().args(["build", "--out"]).arg(&out).args(extra).arg(&spec));
+        assert!(res.status.success(), "release build failed:\n{}", text(&res));
+        text(&res)
+    };
+    let record =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(out.join("releases.json")).unwrap()).unwrap() };
+
+    let said = release(&["--release", "2.0.0"]);
+    assert!(said.contains("release 2.0.0 recorded in"), "{said}");
+    let image = out.join("debian-12-byol-2.0.0.qcow2");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["version"], "2.0.0");
+    let first = record();
+    let entry = &first["releases"][0];
+    assert_eq!(entry["version"], "2.0.0");
+    assert_eq!(entry["commit"], head.as_str());
+    assert_eq!(entry["dirty"], false);
+    assert_eq!(entry["artifacts"][0]["path"], "debian-12-byol-2.0.0.qcow2");
+    assert_eq!(entry["artifacts"][0]["sha512"], sha512(&image).as_str());
+
+    // An untracked file makes the tree dirty: refused, then allowed.
+    std::fs::write(repo.join("notes.txt"), "work in progress\n").unwrap();
+    let res = run(kiln()
+        .args(["build", "--out"])
+        .arg(&out)
+        .args(["--release", "2.0.1"])
+        .arg(&spec));
+    assert_eq!(res.status.code(), Some(2), "{}", text(&res));
+    assert!(text(&res).contains("  notes.txt\n"), "{}", text(&res));
+    assert_eq!(record(), first, "a refused release changed the record");
+    release(&["--release", "2.0.1", "--allow-dirty"]);
+    let dirty = out.join("debian-12-byol-2.0.1-dirty.qcow2");
+    let second = record();
+    assert_eq!(second["releases"][0], first["releases"][0], "the earlier entry changed");
+    let entry = &second["releases"][1];
+    assert_eq!(entry["version"], "2.0.1-dirty");
+    assert_eq!(entry["dirty"], true);
+    assert_eq!(entry["artifacts"][0]["sha512"], sha512(&dirty).as_str());
+    assert!(image.is_file(), "the earlier release's image was removed");
+}

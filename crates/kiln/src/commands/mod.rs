@@ -39,15 +39,29 @@ pub(crate) fn run(cli: Cli) -> Result<Exit> {
     }
 }
 
-/// Loads and plans `spec`; any error here is the spec's (exit 2).
-fn load_plan(spec: &std::path::Path) -> Result<kiln_build::Plan> {
-    let loaded = kiln_spec::load(spec)?;
-    kiln_build::plan(&loaded, kiln_build::tool_versions()).map_err(usage)
-}
-
 fn build(args: BuildArgs) -> Result<Exit> {
     let started = Instant::now();
-    let plan = load_plan(&args.spec)?;
+    let mut loaded = kiln_spec::load(&args.spec)?;
+    // A release is checked (its version, the git tree, the record it will
+    // join) before any work, and its version replaces the spec's.
+    let release = match &args.release {
+        Some(version) => {
+            let tree = kiln_build::release::tree(&loaded.dir, &args.out);
+            if tree.is_none() {
+                tracing::warn!(
+                    "warning: {} is not in a git repository (or git is missing): the release records no commit",
+                    args.spec.display()
+                );
+            }
+            let version =
+                kiln_build::release::release_version(version, tree.as_ref(), args.allow_dirty).map_err(usage)?;
+            kiln_build::release::Releases::load(&args.out).map_err(usage)?;
+            loaded.spec.image.version = version;
+            Some(tree)
+        }
+        None => None,
+    };
+    let plan = kiln_build::plan(&loaded, kiln_build::tool_versions()).map_err(usage)?;
     let opts = kiln_build::BuildOptions {
         out_dir: args.out.clone(),
         work_dir: args.work_dir.clone(),
@@ -66,11 +80,21 @@ fn build(args: BuildArgs) -> Result<Exit> {
     let result = kiln_build::build(&plan, &opts, Arc::clone(&reporter));
     progress::finish(args.log_format, result.is_ok(), started.elapsed());
     let output = result?;
+    let record = match &release {
+        Some(tree) => {
+            let entry = kiln_build::release::entry(&output.manifest, tree.as_ref())?;
+            Some(kiln_build::release::Releases::append(&args.out, entry)?)
+        }
+        None => None,
+    };
     if args.log_format == LogFormat::Human {
         for a in &output.artifacts {
             outln!("built {}", a.display())?;
         }
         outln!("manifest {}", output.manifest.display())?;
+        if let Some(record) = record {
+            outln!("release {} recorded in {}", plan.version, record.display())?;
+        }
     }
     Ok(Exit::Success)
 }
