@@ -759,6 +759,13 @@ impl Run<'_> {
             });
             self.chroot(stage, tree, &name, &body)?;
         }
+        // Last, so that the repository completes the package set that the
+        // [[run]] steps leave.
+        let offline = &plan.spec.packages.offline;
+        if !offline.is_empty() {
+            let script = plan.family.offline_repo_script(offline);
+            self.chroot(stage, tree, "[packages] offline", &script)?;
+        }
         Ok((format!("{} run steps", plan.spec.run.len()), LayerState::default()))
     }
 

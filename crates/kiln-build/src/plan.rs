@@ -472,6 +472,13 @@ fn plan_with_targets(
     if !spec.packages.remove.is_empty() {
         actions.push(format!("purge {}", spec.packages.remove.join(" ")));
     }
+    if !spec.packages.offline.is_empty() {
+        actions.push(format!(
+            "local repository {} with {} and what they need",
+            crate::distro::OFFLINE_REPO,
+            spec.packages.offline.join(" ")
+        ));
+    }
     push(
         &mut stages,
         "customise".into(),
@@ -502,6 +509,7 @@ fn plan_with_targets(
                 )
             }),
         )
+        .chain((!spec.packages.offline.is_empty()).then(|| json_input("[packages] offline", &spec.packages.offline)))
         .chain(file_inputs.iter().filter(|i| !i.name.starts_with("apt key")).cloned())
         .collect(),
         &[],

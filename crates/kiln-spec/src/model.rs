@@ -181,6 +181,11 @@ pub struct Packages {
     /// Packages to purge after customisation.
     #[serde(default)]
     pub remove: Vec<String>,
+    /// Packages to carry for installing later without a network: they and
+    /// every dependency the image lacks go into a local repository in the
+    /// image (`/var/lib/kiln/offline`), with an apt source for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<String>,
 }
 
 /// A file copied from the spec directory into the image.

@@ -62,7 +62,11 @@ pub fn package_name(arg: &str) -> &str {
 /// and `remove`, and `[kernel] package`.
 pub fn spec_packages(spec: &crate::Spec) -> Vec<(String, &str)> {
     let mut out = Vec::new();
-    for (list, names) in [("install", &spec.packages.install), ("remove", &spec.packages.remove)] {
+    for (list, names) in [
+        ("install", &spec.packages.install),
+        ("remove", &spec.packages.remove),
+        ("offline", &spec.packages.offline),
+    ] {
         for (i, name) in names.iter().enumerate() {
             out.push((format!("packages.{list}[{i}]"), name.as_str()));
         }

@@ -211,7 +211,11 @@ impl Validator<'_, '_> {
     }
 
     fn packages(&mut self, spec: &Spec) {
-        for (list, names) in [("install", &spec.packages.install), ("remove", &spec.packages.remove)] {
+        for (list, names) in [
+            ("install", &spec.packages.install),
+            ("remove", &spec.packages.remove),
+            ("offline", &spec.packages.offline),
+        ] {
             for (i, name) in names.iter().enumerate() {
                 self.check(&format!("packages.{list}[{i}]"), "package", name, rules::package(name));
             }

@@ -333,6 +333,10 @@ pub struct BootArgs {
     /// a network card on which it reaches nothing.
     #[arg(long)]
     pub net: bool,
+    /// Give the guest no network card at all, as a machine that is not
+    /// cabled (for images that must work offline).
+    #[arg(long, conflicts_with = "net")]
+    pub no_network: bool,
     /// Print the verdict as JSON on stdout (passed, checks with their times,
     /// the guest's network, the console tail).
     #[arg(long)]

@@ -30,11 +30,6 @@ fn disk_image() -> std::path::PathBuf {
     example_image("debian-12-disk.toml", "debian-12-disk-1.0.0-disk.qcow2")
 }
 
-/// Boots the example image; returns the serial console's text.
-fn boots_with(firmware: &str, extra: &[&str]) -> String {
-    boot_image(&disk_image(), firmware, extra)
-}
-
 /// Boots `image` with `kiln boot`; returns the serial console's text.
 fn boot_image(image: &std::path::Path, firmware: &str, extra: &[&str]) -> String {
     let before = std::fs::read(image).unwrap();
@@ -56,9 +51,14 @@ fn boot_image(image: &std::path::Path, firmware: &str, extra: &[&str]) -> String
     let t = text(&out);
     eprintln!("{t}");
     assert!(out.status.success(), "kiln boot --firmware {firmware} failed:\n{t}");
+    let network = if extra.contains(&"--no-network") {
+        "none"
+    } else {
+        "isolated (no forwards)"
+    };
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("\nnetwork: isolated (no forwards)\n"),
-        "the report does not say the guest was isolated:\n{t}"
+        String::from_utf8_lossy(&out.stdout).contains(&format!("\nnetwork: {network}\n")),
+        "the report does not say the guest's network was {network}:\n{t}"
     );
     assert!(
         std::fs::read(image).unwrap() == before,
@@ -85,9 +85,23 @@ fn fact<'c>(console: &'c str, name: &str) -> &'c str {
 
 #[test]
 #[ignore = "slow: builds the disk example and boots it under TCG"]
-fn disk_example_boots_with_bios() {
-    let console = boots_with("bios", &[]);
+fn disk_example_boots_with_bios_and_installs_its_offline_packages_without_a_network() {
+    let console = boot_on_larger_disk(
+        &disk_image(),
+        "bios",
+        &[
+            ("NICS", "ls /sys/class/net | tr '\\n' ' '"),
+            ("OFFLINE", "apt-get install -y jq >/dev/null 2>&1 && jq --version"),
+        ],
+        &["--no-network"],
+    );
     assert!(console.contains("GNU GRUB"), "GRUB did not show on the serial console");
+    assert_eq!(fact(&console, "NICS"), "lo", "the guest had a network card");
+    assert_eq!(
+        fact(&console, "OFFLINE"),
+        "jq-1.6",
+        "jq ([packages] offline) did not install from the image's own repository"
+    );
 }
 
 #[test]
@@ -100,6 +114,7 @@ fn disk_example_boots_with_uefi_and_grows_into_a_larger_disk() {
             ("ROOT", "lsblk -b -n -o SIZE $(findmnt -n -o SOURCE /)"),
             ("ESP", "findmnt -n -o FSTYPE /boot/efi"),
         ],
+        &[],
     );
     let disk: u64 = fact(&console, "DISK").parse().unwrap();
     let root: u64 = fact(&console, "ROOT").parse().unwrap();
@@ -122,7 +137,7 @@ fn virtual_size(image: &std::path::Path) -> u64 {
 /// whose runcmd prints each `(name, shell)` as `KILN-<name> <output>` on
 /// the console, and checks the guest's disk size (reported as `DISK`);
 /// returns the console's text.
-fn boot_on_larger_disk(image: &std::path::Path, firmware: &str, facts: &[(&str, &str)]) -> String {
+fn boot_on_larger_disk(image: &std::path::Path, firmware: &str, facts: &[(&str, &str)], extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::from("#cloud-config\nruncmd:\n");
     let disk = ("DISK", "lsblk -b -dn -o SIZE /dev/vda");
@@ -142,7 +157,11 @@ fn boot_on_larger_disk(image: &std::path::Path, firmware: &str, facts: &[(&str, 
             user_data.to_str().unwrap(),
             "--expect",
             "KILN-END done",
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let disk: u64 = fact(&console, "DISK").parse().unwrap();
     assert_eq!(
@@ -168,6 +187,7 @@ fn metal3_boots_with(firmware: &str) {
             ("HUGEPAGES", "cat /proc/sys/vm/nr_hugepages"),
             ("SWAPPINESS", "cat /proc/sys/vm/swappiness"),
         ],
+        &[],
     );
     let disk: u64 = fact(&console, "DISK").parse().unwrap();
     // Before the root: 1 MiB for the GPT, bios_boot 1 MiB, the ESP 512 MiB,

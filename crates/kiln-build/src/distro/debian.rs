@@ -10,7 +10,7 @@ use kiln_exec::cmd::shell_quote as q;
 use kiln_exec::Cmd;
 use kiln_spec::Base;
 
-use super::{Bootloader, DistroFamily, Role};
+use super::{Bootloader, DistroFamily, Role, OFFLINE_REPO};
 use crate::bootstrap::{self, BootstrapRequest, SourceLine};
 use crate::manifest::Package;
 use crate::targets::ovh_byol::script::{self, ScriptError, ScriptParams};
@@ -133,6 +133,10 @@ impl DistroFamily for AptFamily {
         APT_CLEAN
     }
 
+    fn offline_repo_script(&self, packages: &[String]) -> String {
+        apt_offline_repo(packages)
+    }
+
     fn package_archive_dir(&self) -> &'static str {
         "var/cache/apt/archives"
     }
@@ -172,10 +176,65 @@ const UPDATE_INITRAMFS: &str = "update-initramfs -u -k all\n";
 
 /// apt's downloaded archives and lists, and dpkg's and debconf's backups.
 const APT_CLEAN: &str = "apt-get clean
-rm -rf /var/lib/apt/lists/*
+find /var/lib/apt/lists -mindepth 1 -maxdepth 1 ! -name '_var_lib_kiln_offline_*' -exec rm -rf {} +
 mkdir -p /var/lib/apt/lists/partial
 rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old
 ";
+
+/// A flat apt repository (`deb file:DIR ./`): what installing `packages`
+/// would download given what the tree has (apt resolves it), plus the named
+/// packages themselves even when installed; a `Packages` index as
+/// dpkg-scanpackages writes it (each package's control fields, then
+/// `Filename`, `Size`, `SHA256`), an unsigned `Release` with its hash, and
+/// a deb822 source marked trusted, since the files came through the
+/// build's authenticated apt. The lists are refreshed once more so that the
+/// image carries the repository's lists (the cleanup keeps them).
+fn apt_offline_repo(packages: &[String]) -> String {
+    let names = packages.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ");
+    format!(
+        r#"set -eu
+export LC_ALL=C
+repo={repo}
+rm -rf "$repo"
+mkdir -p "$repo/partial"
+apt-get update
+apt-get install -y --no-install-recommends --download-only -o Dir::Cache::archives="$repo" {names}
+cd "$repo"
+apt-get download {names}
+rm -rf "$repo/partial" "$repo/lock"
+: > Packages
+for deb in *.deb; do
+  dpkg-deb --field "$deb" >> Packages
+  printf 'Filename: ./%s
+Size: %s
+SHA256: %s
+
+' "$deb" "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)" >> Packages
+done
+date=$(date -u -R -d "@${{SOURCE_DATE_EPOCH:-$(date +%s)}}")
+{{
+  printf 'Origin: kiln
+Label: kiln offline packages
+Date: %s
+SHA256:
+' "$date"
+  printf ' %s %s Packages
+' "$(sha256sum Packages | cut -d' ' -f1)" "$(stat -c %s Packages)"
+}} > Release
+cat > /etc/apt/sources.list.d/kiln-offline.sources <<'KILN_SOURCE'
+# Written by kiln ([packages] offline): packages carried in the image,
+# installable with apt-get without a network.
+Types: deb
+URIs: file:{repo}
+Suites: ./
+Trusted: yes
+KILN_SOURCE
+apt-get update
+echo "kiln: offline repository: $(ls *.deb | wc -l) packages, $(du -sh . | cut -f1)"
+"#,
+        repo = OFFLINE_REPO,
+    )
+}
 
 /// Installs from the lists the bootstrap kept, refreshing them if they are
 /// stale (a package added long after the cached bootstrap).

@@ -88,6 +88,9 @@ pub struct Bootloader {
     pub mkconfig: &'static str,
 }
 
+/// Where `[packages] offline` puts its local package repository.
+pub const OFFLINE_REPO: &str = "/var/lib/kiln/offline";
+
 /// A distribution family.
 pub trait DistroFamily: Send + Sync + Debug {
     /// The `[base] distro` value.
@@ -119,8 +122,14 @@ pub trait DistroFamily: Send + Sync + Debug {
     /// later `[[run]]` step may install from).
     fn clean_downloads_script(&self) -> &'static str;
     /// Shell that drops downloaded packages, package lists and the package
-    /// manager's backups: the finished image's part of the cleanup.
+    /// manager's backups: the finished image's part of the cleanup. The
+    /// lists of the [`OFFLINE_REPO`] stay, so that its packages install
+    /// without a network and without a refresh.
     fn clean_script(&self) -> &'static str;
+    /// Shell that fills the [`OFFLINE_REPO`] with `packages` and every
+    /// dependency the tree lacks, indexes it and adds a package source for
+    /// it (`[packages] offline`); runs in a chroot with the network.
+    fn offline_repo_script(&self, packages: &[String]) -> String;
     /// Where downloaded package files land in the tree (relative).
     fn package_archive_dir(&self) -> &'static str;
     /// The packages installed in `tree`, sorted by name.

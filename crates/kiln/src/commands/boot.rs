@@ -36,7 +36,11 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     opts.expect = args.expect.clone();
     opts.timeout = Duration::from_secs(args.timeout);
     opts.memory = args.memory;
-    opts.net = if args.net { Network::Open } else { Network::default() };
+    opts.net = match (args.net, args.no_network) {
+        (true, _) => Network::Open,
+        (_, true) => Network::None,
+        _ => Network::default(),
+    };
     opts.disk_size = args.disk_size;
     opts.medium = args.medium();
     let format = ImageFormat::detect(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
