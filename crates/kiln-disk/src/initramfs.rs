@@ -153,7 +153,8 @@ fn read_archive<R: Read>(r: &mut R, keep: &impl Fn(&str) -> bool, out: &mut Init
         }
         let field = |i: usize| -> Result<u64> {
             let text = std::str::from_utf8(&header[6 + 8 * i..14 + 8 * i]).unwrap_or("");
-            u64::from_str_radix(text, 16).map_err(|_| Error::corrupt(format!("a cpio header field is not hex: {text:?}")))
+            u64::from_str_radix(text, 16)
+                .map_err(|_| Error::corrupt(format!("a cpio header field is not hex: {text:?}")))
         };
         let mode = field(1)?;
         let size = field(6)?;
@@ -216,7 +217,21 @@ mod tests {
         let mut out = Vec::new();
         let trailer = (TRAILER, 0, &b""[..]);
         for (i, (name, mode, data)) in entries.iter().copied().chain([trailer]).enumerate() {
-            let fields = [i as u32 + 1, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+            let fields = [
+                i as u32 + 1,
+                mode,
+                0,
+                0,
+                1,
+                0,
+                data.len() as u32,
+                0,
+                0,
+                0,
+                0,
+                name.len() as u32 + 1,
+                0,
+            ];
             out.extend_from_slice(NEWC);
             for f in fields {
                 out.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -242,7 +257,11 @@ mod tests {
         // initramfs-tools pads the early archive to 512 bytes.
         early.resize(early.len().next_multiple_of(512), 0);
         let main = newc(&[
-            ("usr/lib/modules/6.1.0-18-amd64/kernel/drivers/nvme/host/nvme.ko", FILE, b"\x7fELF"),
+            (
+                "usr/lib/modules/6.1.0-18-amd64/kernel/drivers/nvme/host/nvme.ko",
+                FILE,
+                b"\x7fELF",
+            ),
             ("conf/modules", FILE, b"nvme\nena\n"),
             ("usr/lib/modules", DIR, b""),
         ]);

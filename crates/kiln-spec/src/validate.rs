@@ -11,8 +11,8 @@ use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
-    AmiTarget, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, IsoTarget, NetworkData, OvhByolTarget,
-    PartitionFilesystem, PartitionRole, PartitionSize, Spec, Targets,
+    AmiTarget, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, IsoTarget, NetworkData,
+    OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, Spec, Targets,
 };
 use crate::netdata;
 use crate::rules::{self, Problem};
@@ -587,7 +587,12 @@ impl Validator<'_, '_> {
             }
         }
         if let Some(user) = &t.default_user {
-            self.check(&format!("{at}.default_user"), "user name", user, rules::account_name(user));
+            self.check(
+                &format!("{at}.default_user"),
+                "user name",
+                user,
+                rules::account_name(user),
+            );
         }
         // An AMI bakes no passwords: every instance made from it would share them.
         let hashes = std::iter::once(("root".to_owned(), &spec.root.password_hash)).chain(

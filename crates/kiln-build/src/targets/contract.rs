@@ -296,13 +296,18 @@ mod tests {
     #[test]
     fn ifupdown_interfaces_besides_lo() {
         assert_eq!(ifupdown_interfaces("auto lo eth0\niface lo inet loopback\n"), ["eth0"]);
-        assert!(ifupdown_interfaces("source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n").is_empty());
+        assert!(
+            ifupdown_interfaces("source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n").is_empty()
+        );
     }
 
     #[test]
     fn merged_keys_come_from_the_last_file_that_sets_them() {
         let configs: CloudConfigs = [
-            ("a", "system_info:\n  default_user:\n    name: debian\n    groups: [adm]\n"),
+            (
+                "a",
+                "system_info:\n  default_user:\n    name: debian\n    groups: [adm]\n",
+            ),
             ("b", "system_info:\n  default_user:\n    name: admin\n"),
             ("c", "datasource_list: [ Ec2, None ]\n"),
         ]
@@ -310,8 +315,14 @@ mod tests {
         .map(|(p, t)| (p.to_owned(), serde_yaml_ng::from_str(t).unwrap()))
         .collect();
         let get = |path: &[&str]| merged_key(&configs, path).map(|(f, v)| (f, v.as_str().map(str::to_owned)));
-        assert_eq!(get(&["system_info", "default_user", "name"]), Some(("b", Some("admin".into()))));
-        assert_eq!(get(&["system_info", "default_user", "groups"]).map(|(f, _)| f), Some("a"));
+        assert_eq!(
+            get(&["system_info", "default_user", "name"]),
+            Some(("b", Some("admin".into())))
+        );
+        assert_eq!(
+            get(&["system_info", "default_user", "groups"]).map(|(f, _)| f),
+            Some("a")
+        );
         assert_eq!(get(&["system_info", "nope"]), None);
         let list = last_key(&configs, "datasource_list").unwrap().1;
         assert_eq!(datasource_names(list), ["Ec2", "None"]);

@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use kiln_disk::{open_filesystem, DiskImage, ErrorKind, FileKind, Format, FsRead, FsType, Partition};
 
 use crate::targets::contract::{
-    baked_network, chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules, executable, fail,
-    last_key, machine_id_rule, pass, ssh_keys_rule, Verdict,
+    baked_network, chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules,
+    executable, fail, last_key, machine_id_rule, pass, ssh_keys_rule, Verdict,
 };
 pub use crate::targets::contract::{CheckOptions, RuleResult};
 
