@@ -289,6 +289,52 @@ pub(crate) fn baked_network(fs: &mut dyn FsRead) -> kiln_disk::Result<Vec<String
     Ok(baked)
 }
 
+/// The verdict on baked network configuration ([`baked_network`]): `clean`
+/// when there is none, else what there is and `why` it must go.
+pub(crate) fn network_verdict(fs: &mut dyn FsRead, clean: &str, why: &str) -> kiln_disk::Result<Verdict> {
+    let baked = baked_network(fs)?;
+    Ok(if baked.is_empty() {
+        pass(clean)
+    } else {
+        fail(format!(
+            "baked network configuration: {}; {why}: delete it",
+            baked.join(", ")
+        ))
+    })
+}
+
+/// What the tests of every target's check share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::RuleResult;
+
+    /// The rules that failed, with their reasons.
+    pub(crate) fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
+        results
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| (r.id, r.reason.clone()))
+            .collect()
+    }
+
+    /// Why case `name` is wrong, if it is: rule `rule` must fail with a
+    /// reason containing `needle`, and no rule fail but it and `besides`.
+    pub(crate) fn wrong_failures(
+        name: &str,
+        results: &[RuleResult],
+        rule: &str,
+        needle: &str,
+        besides: &[&str],
+    ) -> Option<String> {
+        let fails = failed(results);
+        let caught = fails.iter().any(|(id, reason)| *id == rule && reason.contains(needle));
+        let others_ok = fails.iter().all(|(id, _)| *id == rule || besides.contains(id));
+        (!caught || !others_ok).then(|| {
+            format!("{name}: expected {rule} to fail with {needle:?} (and only {besides:?} besides), got {fails:#?}")
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,8 +28,8 @@ use serde_yaml_ng::Value as Yaml;
 
 use super::{CONSOLE, INITRAMFS_MODULES, NVME_TIMEOUT_ARG, TIME_SERVER};
 use crate::targets::contract::{
-    baked_network, chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules,
-    executable, fail, last_key, merged_key, pass, Verdict,
+    chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules, executable,
+    fail, last_key, merged_key, network_verdict, pass, CloudConfigs, Verdict,
 };
 use crate::targets::disk::check::{check_disk, guarded, DiskCheck, Part};
 use crate::targets::{CheckOptions, RuleResult};
@@ -94,9 +94,19 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
     };
     let fs = fs.as_mut();
     let grub = grub_entries(fs);
+    let configs = match cloud_configs(fs) {
+        Ok(Ok(configs)) => Ok(configs),
+        Ok(Err(why)) => Err(fail(why)),
+        Err(e) => Err(fail(format!("could not read the image: {}", chain(&e)))),
+    };
+    let on_configs =
+        |fs: &mut dyn FsRead, rule: fn(&mut dyn FsRead, &CloudConfigs) -> kiln_disk::Result<Verdict>| match &configs {
+            Ok(c) => rule(fs, c).unwrap_or_else(|e| fail(format!("could not read the image: {}", chain(&e)))),
+            Err(v) => v.clone(),
+        };
     let [cloud, grow, cmdline, initramfs, time, network, passwords, user, ssh] = RULES_ON_ROOT;
-    r.push(cloud.0, cloud.1, guarded(fs, cloud_init_rule));
-    r.push(grow.0, grow.1, guarded(fs, growpart_rule));
+    r.push(cloud.0, cloud.1, on_configs(fs, cloud_init_rule));
+    r.push(grow.0, grow.1, on_configs(fs, growpart_rule));
     r.push(
         cmdline.0,
         cmdline.1,
@@ -116,8 +126,8 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
     r.push(time.0, time.1, guarded(fs, time_rule));
     r.push(network.0, network.1, guarded(fs, network_rule));
     r.push(passwords.0, passwords.1, guarded(fs, passwords_rule));
-    r.push(user.0, user.1, guarded(fs, default_user_rule));
-    r.push(ssh.0, ssh.1, guarded(fs, ssh_passwords_rule));
+    r.push(user.0, user.1, on_configs(fs, |_, c| Ok(default_user_rule(c))));
+    r.push(ssh.0, ssh.1, on_configs(fs, |_, c| Ok(ssh_passwords_rule(c))));
     Ok(results.0)
 }
 
@@ -312,17 +322,13 @@ fn initramfs_rule(fs: &mut dyn FsRead, entries: &[MenuEntry]) -> Verdict {
     }
 }
 
-fn cloud_init_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
+fn cloud_init_rule(fs: &mut dyn FsRead, configs: &CloudConfigs) -> kiln_disk::Result<Verdict> {
     if !cloud_init_installed(fs)? {
         return Ok(fail(
             "cloud-init is not installed: an instance would get neither its key pair nor its network",
         ));
     }
-    let configs = match cloud_configs(fs)? {
-        Ok(c) => c,
-        Err(why) => return Ok(fail(why)),
-    };
-    Ok(match last_key(&configs, "datasource_list") {
+    Ok(match last_key(configs, "datasource_list") {
         None => fail("no datasource_list: cloud-init would probe every datasource before Ec2; set datasource_list: [ Ec2, None ]"),
         Some((path, list)) => {
             let names = datasource_names(list);
@@ -338,17 +344,13 @@ fn cloud_init_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     })
 }
 
-fn growpart_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let configs = match cloud_configs(fs)? {
-        Ok(c) => c,
-        Err(why) => return Ok(fail(why)),
-    };
-    let enabled = enabled_modules(&configs);
+fn growpart_rule(fs: &mut dyn FsRead, configs: &CloudConfigs) -> kiln_disk::Result<Verdict> {
+    let enabled = enabled_modules(configs);
     let mut problems = Vec::new();
     for module in ["growpart", "resizefs"] {
         if !enabled.contains(module) {
             problems.push(format!("{module} is in none of cloud-init's module lists"));
-        } else if disabled_by_config(&configs, module) {
+        } else if disabled_by_config(configs, module) {
             problems.push(format!("{module} is switched off in cloud-init's configuration"));
         }
     }
@@ -488,15 +490,11 @@ fn time_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
 }
 
 fn network_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let baked = baked_network(fs)?;
-    Ok(if baked.is_empty() {
-        pass("no network configuration besides lo: cloud-init renders the instance's")
-    } else {
-        fail(format!(
-            "baked network configuration: {}; instances name their interfaces differently and cloud-init writes theirs from the metadata: delete it",
-            baked.join(", ")
-        ))
-    })
+    network_verdict(
+        fs,
+        "no network configuration besides lo: cloud-init renders the instance's",
+        "instances name their interfaces differently and cloud-init writes theirs from the metadata",
+    )
 }
 
 fn passwords_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
@@ -527,16 +525,10 @@ fn passwords_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     })
 }
 
-fn default_user_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let configs = match cloud_configs(fs)? {
-        Ok(c) => c,
-        Err(why) => return Ok(fail(why)),
-    };
-    let user = |key: &str| merged_key(&configs, &["system_info", "default_user", key]);
+fn default_user_rule(configs: &CloudConfigs) -> Verdict {
+    let user = |key: &str| merged_key(configs, &["system_info", "default_user", key]);
     let Some((file, name)) = user("name") else {
-        return Ok(fail(
-            "no system_info.default_user.name: cloud-init would give the key pair to no one",
-        ));
+        return fail("no system_info.default_user.name: cloud-init would give the key pair to no one");
     };
     let name = yaml_text(name);
     let mut problems = Vec::new();
@@ -548,7 +540,7 @@ fn default_user_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
             problems.push(format!("{f} gives it a password ({key})"));
         }
     }
-    if let Some((f, _)) = last_key(&configs, "password") {
+    if let Some((f, _)) = last_key(configs, "password") {
         problems.push(format!("{f} sets a password (password:)"));
     }
     match user("sudo") {
@@ -556,11 +548,11 @@ fn default_user_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
         Some((f, v)) if v.as_bool() == Some(false) || v.is_null() => problems.push(format!("{f} takes its sudo away")),
         Some(_) => {}
     }
-    Ok(if problems.is_empty() {
+    if problems.is_empty() {
         pass(format!("`{name}` (from {file}): sudo, password locked"))
     } else {
         fail(format!("default user `{name}`: {}", problems.join("; ")))
-    })
+    }
 }
 
 fn yaml_text(v: &Yaml) -> String {
@@ -570,12 +562,8 @@ fn yaml_text(v: &Yaml) -> String {
     }
 }
 
-fn ssh_passwords_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let configs = match cloud_configs(fs)? {
-        Ok(c) => c,
-        Err(why) => return Ok(fail(why)),
-    };
-    Ok(match last_key(&configs, "ssh_pwauth") {
+fn ssh_passwords_rule(configs: &CloudConfigs) -> Verdict {
+    match last_key(configs, "ssh_pwauth") {
         Some((_, Yaml::Bool(false))) => pass("ssh_pwauth: false"),
         Some((_, Yaml::String(s))) if matches!(s.as_str(), "false" | "no" | "off") => {
             pass(format!("ssh_pwauth: {s}"))
@@ -585,7 +573,7 @@ fn ssh_passwords_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
             yaml_text(v)
         )),
         None => fail("ssh_pwauth is not set: cloud-init leaves sshd's password setting as the image has it; set ssh_pwauth: false"),
-    })
+    }
 }
 
 #[cfg(test)]

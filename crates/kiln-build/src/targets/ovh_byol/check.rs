@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use kiln_disk::{open_filesystem, DiskImage, ErrorKind, FileKind, Format, FsRead, FsType, Partition};
 
 use crate::targets::contract::{
-    baked_network, chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules,
-    executable, fail, last_key, machine_id_rule, pass, ssh_keys_rule, Verdict,
+    chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules, executable,
+    fail, last_key, machine_id_rule, network_verdict, pass, ssh_keys_rule, Verdict,
 };
 pub use crate::targets::contract::{CheckOptions, RuleResult};
 
@@ -553,15 +553,11 @@ fn cloud_state_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
 }
 
 fn network_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let baked = baked_network(fs)?;
-    Ok(if baked.is_empty() {
-        pass("no network configuration besides lo")
-    } else {
-        fail(format!(
-            "baked network configuration: {}; interface names differ on each server and cloud-init writes the real one from OVH's config drive: delete it",
-            baked.join(", ")
-        ))
-    })
+    network_verdict(
+        fs,
+        "no network configuration besides lo",
+        "interface names differ on each server and cloud-init writes the real one from OVH's config drive",
+    )
 }
 
 fn partuuid_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
@@ -702,6 +698,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::targets::contract::testing::{failed, wrong_failures};
 
     const SCRIPT_TEXT: &str = "#!/bin/bash\nset -euo pipefail\nreadonly BOOTLOADER_ID='debian'\n\
         grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=\"${BOOTLOADER_ID}\" --no-nvram\n";
@@ -854,14 +851,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let image = build(dir.path(), disk, mutate);
         check_image(&image, opts).unwrap()
-    }
-
-    fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
-        results
-            .iter()
-            .filter(|r| !r.passed)
-            .map(|r| (r.id, r.reason.clone()))
-            .collect()
     }
 
     #[test]
@@ -1105,20 +1094,13 @@ mod tests {
         let mut problems = Vec::new();
         for (name, disk, opts, mutate, rule, needle) in cases {
             let r = results(disk, &opts, mutate);
-            let fails = failed(&r);
             // Rules that cannot hold once the script is gone.
             let consequences: &[&str] = if name == "no script" {
                 &["script-interpreter", "efi-bootloader-id"]
             } else {
                 &[]
             };
-            let caught = fails.iter().any(|(id, reason)| *id == rule && reason.contains(needle));
-            let others_ok = fails.iter().all(|(id, _)| *id == rule || consequences.contains(id));
-            if !caught || !others_ok {
-                problems.push(format!(
-                    "{name}: expected {rule} to fail with {needle:?} (and nothing else), got {fails:#?}"
-                ));
-            }
+            problems.extend(wrong_failures(name, &r, rule, needle, consequences));
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
