@@ -1184,7 +1184,8 @@ compression = "bzip2"
         line: 8,
         column: 15,
         help: "did you mean `gzip`?",
-    },    Case {
+    },
+    Case {
         name: "ami: a size that is not whole GiB",
         spec: r#"[image]
 name = "t"

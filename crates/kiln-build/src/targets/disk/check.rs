@@ -474,4 +474,4 @@ fn grub_cfg_rule(fs: &mut dyn FsRead, cfg_path: &str, root_uuid: &str, place: &s
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

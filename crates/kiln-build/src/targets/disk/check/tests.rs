@@ -73,7 +73,8 @@ fn results(target: &str, mutate: impl FnOnce(&Path), after: impl FnOnce(&Path)) 
     check(&raw, &CheckOptions::default()).unwrap()
 }
 
-const ALL: [&str; 8] = [
+/// The disk contract's rules, in order.
+pub(crate) const ALL: [&str; 8] = [
     "gpt",
     "bios-boot",
     "uefi-boot",
