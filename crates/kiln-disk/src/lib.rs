@@ -9,8 +9,9 @@
 //! [`read_partition_table`] and [`probe_filesystem`] find what is on them,
 //! [`open_filesystem`] gives a [`FsRead`] over ext4 or XFS without mounting,
 //! [`isoread`] reads ISO 9660 images and their El Torito catalog,
-//! [`fatread`] FAT filesystems and [`squashfs`] a live root (through
-//! `unsquashfs`), and [`inspect`] puts it all together.
+//! [`fatread`] FAT filesystems, [`initramfs`] the cpio archives of an
+//! initramfs and [`squashfs`] a live root (through `unsquashfs`), and
+//! [`inspect`] puts it all together.
 //! [`first_difference`] names what differs between two images.
 
 mod compare;
@@ -21,6 +22,7 @@ pub mod fatread;
 mod fsread;
 pub mod grub;
 mod image;
+pub mod initramfs;
 pub mod inspect;
 pub mod iso;
 pub mod iso_inspect;

@@ -417,6 +417,9 @@ pub struct Targets {
     /// moved no existing spec's hash (and no cached stage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso: Option<IsoTarget>,
+    // Left out of the serialised spec when absent, like `iso`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ami: Option<AmiTarget>,
 }
 
 /// A file system type.
@@ -642,6 +645,53 @@ pub struct IsoTarget {
     pub config_drive: Option<ConfigDrive>,
 }
 
+/// An Amazon EC2 machine image (AMI), as the raw disk an EBS snapshot is
+/// made from: GPT with a BIOS boot partition, an EFI system partition and
+/// the root, GRUB for BIOS and UEFI (EC2's `uefi-preferred` boot mode),
+/// cloud-init with the Ec2 datasource first, growpart and resizefs, the NVMe
+/// and ENA drivers in the initramfs, the serial console on ttyS0, time from
+/// the Amazon Time Sync Service, and no baked network configuration, host
+/// keys, machine-id or passwords.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmiTarget {
+    /// Size of the disk and of the EBS volume made from it, in whole GiB
+    /// (EBS sizes volumes in GiB), e.g. "4GiB". Instances may be given a
+    /// larger root volume: cloud-init grows the root at first boot. Default "2GiB".
+    #[serde(default)]
+    #[schemars(extend("default" = "2GiB"))]
+    pub size: Option<Written<u64>>,
+    /// Root filesystem. Default "ext4".
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// The user cloud-init creates at first boot with the instance's key
+    /// pair and passwordless sudo (its password locked). Default: the name
+    /// of `[cloud_init] default_user`, else "admin" (as in Debian's AMIs).
+    #[serde(default)]
+    pub default_user: Option<String>,
+}
+
+impl AmiTarget {
+    /// The default disk size.
+    pub const DEFAULT_SIZE: u64 = 2 * crate::size::GIB;
+    /// The default user when the spec names none.
+    pub const DEFAULT_USER: &'static str = "admin";
+
+    /// The disk size in bytes.
+    pub fn disk_size(&self) -> u64 {
+        self.size.as_ref().map_or(Self::DEFAULT_SIZE, |s| *s.get())
+    }
+
+    /// The default user: `default_user`, the spec's cloud-init default
+    /// user, or "admin".
+    pub fn default_user<'a>(&'a self, cloud_init: &'a CloudInit) -> &'a str {
+        self.default_user
+            .as_deref()
+            .or(cloud_init.default_user.as_ref().map(|u| u.name.as_str()))
+            .unwrap_or(Self::DEFAULT_USER)
+    }
+}
+
 /// Compressors for the squashfs root image (all in Debian's kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -780,12 +830,17 @@ impl Spec {
 
 impl Targets {
     /// Every target kind kiln knows, as written under `[targets.*]`.
-    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk", "iso"];
+    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk", "iso", "ami"];
 
     /// The kinds this spec defines, in [`Targets::KINDS`] order.
     pub fn defined(&self) -> Vec<&'static str> {
-        let Targets { ovh_byol, disk, iso } = self;
-        [ovh_byol.is_some(), disk.is_some(), iso.is_some()]
+        let Targets {
+            ovh_byol,
+            disk,
+            iso,
+            ami,
+        } = self;
+        [ovh_byol.is_some(), disk.is_some(), iso.is_some(), ami.is_some()]
             .into_iter()
             .zip(Self::KINDS)
             .filter_map(|(defined, kind)| defined.then_some(*kind))

@@ -11,8 +11,8 @@ use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
-    DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, IsoTarget, NetworkData, OvhByolTarget,
-    PartitionFilesystem, PartitionRole, PartitionSize, Spec, Targets,
+    AmiTarget, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, IsoTarget, NetworkData,
+    OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, Spec, Targets,
 };
 use crate::netdata;
 use crate::rules::{self, Problem};
@@ -69,7 +69,7 @@ pub(crate) fn validate(
     v.run(spec);
     v.accounts(spec);
     v.system(spec);
-    v.targets(&spec.targets, files_bytes);
+    v.targets(spec, files_bytes);
     v.diagnostics
 }
 
@@ -523,7 +523,8 @@ impl Validator<'_, '_> {
         }
     }
 
-    fn targets(&mut self, targets: &Targets, files_bytes: u64) {
+    fn targets(&mut self, spec: &Spec, files_bytes: u64) {
+        let targets = &spec.targets;
         if targets.defined().is_empty() {
             let known = Targets::KINDS
                 .iter()
@@ -544,6 +545,74 @@ impl Validator<'_, '_> {
         }
         if let Some(t) = &targets.iso {
             self.iso(t);
+        }
+        if let Some(t) = &targets.ami {
+            self.ami(spec, t, files_bytes);
+        }
+    }
+
+    fn ami(&mut self, spec: &Spec, t: &AmiTarget, files_bytes: u64) {
+        let at = "targets.ami";
+        if let Some(written) = &t.size {
+            let text = written.text();
+            let overhead = DiskTarget::DEFAULT_ESP_SIZE + DiskTarget::LAYOUT_OVERHEAD;
+            let min = MIN_BASE_CONTENT
+                .saturating_add(files_bytes)
+                .saturating_add(overhead)
+                .div_ceil(GIB)
+                .saturating_mul(GIB);
+            let problem = match written.parsed().copied() {
+                Err(why) => Some((format!("invalid `size`: {why}"), "write a whole number of GiB such as \"4GiB\"".to_owned())),
+                Ok(b) if !b.is_multiple_of(GIB) => Some((
+                    format!("`size` `{text}` is not a whole number of GiB"),
+                    format!(
+                        "EBS volumes are sized in GiB; write \"{}GiB\"",
+                        b.div_ceil(GIB).max(1)
+                    ),
+                )),
+                Ok(b) if b < min => Some((
+                    format!(
+                        "size `{text}` is smaller than the content: at least {} ({} for a Debian system with kernel, GRUB and cloud-init, plus {} of [[files]] and {} for the ESP, the BIOS boot partition and the GPT)",
+                        format_size(min),
+                        format_size(MIN_BASE_CONTENT),
+                        format_size(files_bytes),
+                        format_size(overhead)
+                    ),
+                    format!("use at least \"{}GiB\"", min / GIB),
+                )),
+                Ok(b) if b > MAX_DISK_SIZE => Some((
+                    format!("size `{text}` is larger than {}", format_size(MAX_DISK_SIZE)),
+                    "cloud-init grows the root to the instance's volume at first boot (growpart), so build small".to_owned(),
+                )),
+                Ok(_) => None,
+            };
+            if let Some((message, help)) = problem {
+                self.report(&format!("{at}.size"), message, Some(help));
+            }
+        }
+        if let Some(user) = &t.default_user {
+            self.check(
+                &format!("{at}.default_user"),
+                "user name",
+                user,
+                rules::account_name(user),
+            );
+        }
+        // An AMI bakes no passwords: every instance made from it would share them.
+        let hashes = std::iter::once(("root".to_owned(), &spec.root.password_hash)).chain(
+            spec.users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("users[{i}]"), &u.password_hash)),
+        );
+        for (owner, hash) in hashes {
+            if hash.is_some() {
+                self.report(
+                    &format!("{owner}.password_hash"),
+                    "[targets.ami] bakes no password into the image, and this sets one".into(),
+                    Some("remove `password_hash`: instances are reached with their EC2 key pair".into()),
+                );
+            }
         }
     }
 

@@ -1112,7 +1112,7 @@ release = "bookworm"
         message: "no target is defined",
         line: 0,
         column: 0,
-        help: "kiln knows [targets.ovh-byol], [targets.disk], [targets.iso]",
+        help: "kiln knows [targets.ovh-byol], [targets.disk], [targets.iso], [targets.ami]",
     },
     Case {
         name: "iso: a config drive with another label",
@@ -1184,6 +1184,92 @@ compression = "bzip2"
         line: 8,
         column: 15,
         help: "did you mean `gzip`?",
+    },
+    Case {
+        name: "ami: a size that is not whole GiB",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ami]
+size = "2500MiB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`size` `2500MiB` is not a whole number of GiB",
+        line: 8,
+        column: 8,
+        help: "EBS volumes are sized in GiB; write \"3GiB\"",
+    },
+    Case {
+        name: "ami: a size too small for the system",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ami]
+size = "1GiB"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "size `1GiB` is smaller than the content: at least 2 GiB (1 GiB for a Debian system with kernel, GRUB and cloud-init, plus 0 B of [[files]] and 131 MiB for the ESP, the BIOS boot partition and the GPT)",
+        line: 8,
+        column: 8,
+        help: "use at least \"2GiB\"",
+    },
+    Case {
+        name: "ami: a misspelt key",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ami]
+default_usr = "ec2-user"
+"#,
+        kind: DiagnosticKind::UnknownKey,
+        message: "unknown key `default_usr` in [targets.ami]",
+        line: 8,
+        column: 1,
+        help: "did you mean `default_user`?",
+    },
+    Case {
+        name: "ami: an invalid default user",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.ami]
+default_user = "Admin"
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "invalid user name `Admin`: it starts with 'A'",
+        line: 8,
+        column: 16,
+        help: "",
+    },
+    Case {
+        name: "ami: a root password",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[root]
+password_hash = "$6$salt$hash"
+[targets.ami]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "[targets.ami] bakes no password into the image, and this sets one",
+        line: 8,
+        column: 17,
+        help: "EC2 key pair",
     },
 ];
 
@@ -1458,6 +1544,38 @@ release = "bookworm"
         ..t
     };
     assert_eq!(headroom.resolved_root_size(1000 * MIB), 1100 * MIB);
+}
+
+#[test]
+fn ami_defaults_and_options() {
+    let base = r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+"#;
+    let loaded = parse(&format!("{base}[targets.ami]\n")).unwrap();
+    assert_eq!(loaded.spec.targets.defined(), vec!["ami"]);
+    let t = loaded.spec.targets.ami.unwrap();
+    assert_eq!(t.disk_size(), 2 * GIB);
+    assert_eq!(t.filesystem, kiln_spec::Filesystem::Ext4);
+    assert_eq!(t.default_user(&loaded.spec.cloud_init), "admin");
+    // The cloud-init default user's name, unless the target names its own.
+    let spec = format!("{base}[cloud_init]\ndefault_user = {{ name = \"debian\" }}\n[targets.ami]\nsize = \"8G\"\nfilesystem = \"xfs\"\n");
+    let loaded = parse(&spec).unwrap();
+    let t = loaded.spec.targets.ami.clone().unwrap();
+    assert_eq!((t.disk_size(), t.filesystem), (8 * GIB, kiln_spec::Filesystem::Xfs));
+    assert_eq!(t.default_user(&loaded.spec.cloud_init), "debian");
+    let loaded = parse(&format!("{spec}default_user = \"ops\"\n")).unwrap();
+    let t = loaded.spec.targets.ami.clone().unwrap();
+    assert_eq!(t.default_user(&loaded.spec.cloud_init), "ops");
+    // Absent, the section leaves the serialised spec (and its hash) as it was.
+    let disk = parse(&format!("{base}[targets.disk]\n")).unwrap();
+    assert_eq!(
+        disk.spec.section_json("targets"),
+        serde_json::json!({"ovh-byol": null, "disk": disk.spec.section_json("targets")["disk"]})
+    );
 }
 
 /// Both targets in one spec, every disk option set: loads, and the model

@@ -74,6 +74,7 @@ fn common_packages(role: Role) -> &'static [&'static str] {
         Role::LiveBoot => &["live-boot"],
         Role::Locales => &["locales"],
         Role::TimeZones => &["tzdata"],
+        Role::TimeSync => &["systemd-timesyncd"],
     }
 }
 
@@ -161,6 +162,10 @@ impl DistroFamily for AptFamily {
         UPDATE_INITRAMFS
     }
 
+    fn initramfs_modules_script(&self, modules: &[&str]) -> String {
+        initramfs_tools_modules(modules)
+    }
+
     fn make_image_bootable(&self, params: &ScriptParams) -> Result<String, ScriptError> {
         script::try_render_debian(params)
     }
@@ -173,6 +178,19 @@ const GRUB: Bootloader = Bootloader {
 };
 
 const UPDATE_INITRAMFS: &str = "update-initramfs -u -k all\n";
+
+/// initramfs-tools copies the modules listed in /etc/initramfs-tools/modules
+/// (with their dependencies) into every initramfs and loads them early.
+fn initramfs_tools_modules(modules: &[&str]) -> String {
+    let mut s = String::from("mkdir -p /etc/initramfs-tools\ntouch /etc/initramfs-tools/modules\n");
+    for m in modules {
+        let m = q(m);
+        s.push_str(&format!(
+            "grep -qx {m} /etc/initramfs-tools/modules || echo {m} >> /etc/initramfs-tools/modules\n"
+        ));
+    }
+    s
+}
 
 /// apt's downloaded archives and lists, and dpkg's and debconf's backups.
 const APT_CLEAN: &str = "apt-get clean

@@ -75,6 +75,9 @@ pub enum Role {
     TimeZones,
     /// Boots the tree as a live system from a squashfs image (the initramfs part).
     LiveBoot,
+    /// An SNTP client that targets point at their cloud's time server:
+    /// systemd-timesyncd (configured in `/etc/systemd/timesyncd.conf.d`).
+    TimeSync,
 }
 
 /// Where and how the family's GRUB lives.
@@ -142,6 +145,9 @@ pub trait DistroFamily: Send + Sync + Debug {
     fn bootloader(&self) -> Bootloader;
     /// Shell that regenerates the initramfs of every installed kernel.
     fn initramfs_script(&self) -> &'static str;
+    /// Shell that makes every initramfs generated after it hold and load
+    /// the kernel modules `modules` (it does not regenerate one).
+    fn initramfs_modules_script(&self, modules: &[&str]) -> String;
     /// `/root/.ovh/make_image_bootable.sh` for this family, or why the
     /// parameters are not acceptable.
     fn make_image_bootable(
@@ -186,6 +192,7 @@ mod tests {
         Role::Locales,
         Role::TimeZones,
         Role::LiveBoot,
+        Role::TimeSync,
     ];
 
     #[test]

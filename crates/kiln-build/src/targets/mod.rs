@@ -12,6 +12,7 @@
 //! partitioned disk, and a target may consume the artifacts of others
 //! ([`Target::consumes`]).
 
+pub mod ami;
 pub mod contract;
 pub mod disk;
 pub mod iso;
@@ -30,7 +31,7 @@ use crate::plan::StageInput;
 
 /// Every target kind kiln knows, in build order. Adding a kind is one line
 /// here (and its module and its `[targets.NAME]` section in kiln-spec).
-pub const REGISTRY: &[TargetKind] = &[ovh_byol::KIND, disk::KIND, iso::KIND];
+pub const REGISTRY: &[TargetKind] = &[ovh_byol::KIND, disk::KIND, iso::KIND, ami::KIND];
 
 /// A target kind: how the spec's section becomes a planned [`Target`], and
 /// the contract its images must meet.
@@ -278,6 +279,7 @@ mod tests {
         );
         assert!(kind("ovh-byol").is_some_and(|k| k.check.is_some()));
         assert!(kind("disk").is_some_and(|k| k.check.is_some()));
+        assert!(kind("ami").is_some_and(|k| k.check.is_some()));
         assert!(kind("nope").is_none());
     }
 }

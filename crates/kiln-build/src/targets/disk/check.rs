@@ -26,9 +26,9 @@ use crate::targets::contract::{chain, fail, machine_id_rule, pass, ssh_keys_rule
 use crate::targets::{CheckOptions, RuleResult};
 
 /// One partition and what is on it.
-struct Part {
-    p: Partition,
-    fs: Option<FsInfo>,
+pub(crate) struct Part {
+    pub p: Partition,
+    pub fs: Option<FsInfo>,
 }
 
 /// One line of fstab.
@@ -41,7 +41,29 @@ struct FstabLine {
 
 /// Checks the disk image at `path` against the disk target's contract.
 pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
+    Ok(check_disk(path)?.results.0)
+}
+
+/// What the disk target's rules found, for the contracts that extend it
+/// (the `ami` target's): the verdicts, the image, its partitions and its
+/// root filesystem, opened.
+pub(crate) struct DiskCheck {
+    pub results: Results,
+    /// `None` when the file is not a disk image kiln reads.
+    pub image: Option<DiskImage>,
+    pub parts: Vec<Part>,
+    pub root: Option<Box<dyn FsRead>>,
+}
+
+/// The disk target's rules on the image at `path`.
+pub(crate) fn check_disk(path: &Path) -> Result<DiskCheck> {
     let mut r = Results::default();
+    let done = |results, image, parts| DiskCheck {
+        results,
+        image,
+        parts,
+        root: None,
+    };
     let io = |e: kiln_disk::Error, what: &str| anyhow::Error::new(e).context(format!("{what} {}", path.display()));
     let mut image = match DiskImage::open(path) {
         Ok(i) => i,
@@ -52,7 +74,7 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
                 "a GPT partition table",
                 fail(format!("the file is not a disk image kiln reads: {}", chain(&e))),
             );
-            return Ok(r.0);
+            return Ok(done(r, None, Vec::new()));
         }
     };
     let table = match kiln_disk::read_partition_table(&mut image) {
@@ -64,7 +86,7 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
                 "a GPT partition table",
                 fail(format!("the partition table is unreadable: {}", chain(&e))),
             );
-            return Ok(r.0);
+            return Ok(done(r, Some(image), Vec::new()));
         }
     };
     r.push(
@@ -81,7 +103,7 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
         },
     );
     if table.kind != Some(TableKind::Gpt) {
-        return Ok(r.0);
+        return Ok(done(r, Some(image), Vec::new()));
     }
     let mut parts = Vec::new();
     for p in table.partitions {
@@ -147,7 +169,7 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
         for (id, title) in RULES_ON_ROOT {
             r.push(id, title, fail("not checked: no root filesystem"));
         }
-        return Ok(r.0);
+        return Ok(done(r, Some(image), parts));
     };
 
     let fstab = {
@@ -192,7 +214,12 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
     let fs = filesystems.get_mut(&root).expect("root is open");
     r.push(mid_id, mid_title, guarded(fs.as_mut(), machine_id_rule));
     r.push(ssh_id, ssh_title, guarded(fs.as_mut(), ssh_keys_rule));
-    Ok(r.0)
+    Ok(DiskCheck {
+        results: r,
+        root: filesystems.remove(&root),
+        image: Some(image),
+        parts,
+    })
 }
 
 /// The rules that need the root filesystem, in order.
@@ -206,7 +233,7 @@ const RULES_ON_ROOT: [(&str, &str); 4] = [
     ("ssh-host-keys", "no baked SSH host keys"),
 ];
 
-fn guarded(fs: &mut dyn FsRead, rule: fn(&mut dyn FsRead) -> kiln_disk::Result<Verdict>) -> Verdict {
+pub(crate) fn guarded(fs: &mut dyn FsRead, rule: fn(&mut dyn FsRead) -> kiln_disk::Result<Verdict>) -> Verdict {
     rule(fs).unwrap_or_else(|e| fail(format!("could not read the image: {}", chain(&e))))
 }
 
@@ -447,4 +474,4 @@ fn grub_cfg_rule(fs: &mut dyn FsRead, cfg_path: &str, root_uuid: &str, place: &s
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,9 +14,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_disk::{open_filesystem, DiskImage, ErrorKind, FileKind, Format, FsRead, FsType, Partition};
-use serde_yaml_ng::Value as Yaml;
 
-use crate::targets::contract::{chain, fail, machine_id_rule, pass, ssh_keys_rule, Verdict};
+use crate::targets::contract::{
+    chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules, executable,
+    fail, last_key, machine_id_rule, network_verdict, pass, ssh_keys_rule, Verdict,
+};
 pub use crate::targets::contract::{CheckOptions, RuleResult};
 
 const GIB: u64 = 1 << 30;
@@ -32,7 +34,6 @@ const PATH_DIRS: &[&str] = &[
     "/sbin",
     "/bin",
 ];
-const MODULE_LISTS: &[&str] = &["cloud_init_modules", "cloud_config_modules", "cloud_final_modules"];
 
 type Rule = fn(&mut Ctx, &CheckOptions) -> Verdict;
 
@@ -340,12 +341,6 @@ fn shebang(script: &[u8]) -> Option<(String, Option<String>)> {
     Some((words.next()?.to_owned(), words.next().map(str::to_owned)))
 }
 
-fn executable(fs: &mut dyn FsRead, path: &str) -> kiln_disk::Result<bool> {
-    Ok(fs
-        .metadata(path)?
-        .is_some_and(|m| m.kind == FileKind::File && m.mode & 0o111 != 0))
-}
-
 fn interpreter_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     let Some(script) = fs.read_file(SCRIPT)? else {
         return Ok(fail(format!("{SCRIPT} is missing")));
@@ -481,45 +476,8 @@ fn grub_debs_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     })
 }
 
-/// cloud.cfg then cloud.cfg.d/*.cfg in name order, as cloud-init reads them.
-fn cloud_configs(fs: &mut dyn FsRead) -> kiln_disk::Result<std::result::Result<Vec<(String, Yaml)>, String>> {
-    let mut paths = vec!["/etc/cloud/cloud.cfg".to_owned()];
-    let mut drop_ins: Vec<String> = fs.read_dir("/etc/cloud/cloud.cfg.d")?.unwrap_or_default();
-    drop_ins.retain(|n| n.ends_with(".cfg"));
-    drop_ins.sort();
-    paths.extend(drop_ins.into_iter().map(|n| format!("/etc/cloud/cloud.cfg.d/{n}")));
-    let mut configs = Vec::new();
-    for path in paths {
-        let Some(bytes) = fs.read_file(&path)? else { continue };
-        match serde_yaml_ng::from_slice::<Yaml>(&bytes) {
-            Ok(Yaml::Null) => {}
-            Ok(v) => configs.push((path, v)),
-            Err(e) => {
-                return Ok(Err(format!(
-                    "{path} is not valid YAML ({e}); cloud-init would ignore it"
-                )))
-            }
-        }
-    }
-    Ok(Ok(configs))
-}
-
-/// The last definition of a top-level key wins, as in cloud-init's merge.
-fn last_key<'a>(configs: &'a [(String, Yaml)], key: &str) -> Option<(&'a str, &'a Yaml)> {
-    configs
-        .iter()
-        .rev()
-        .find_map(|(path, v)| v.get(key).map(|value| (path.as_str(), value)))
-}
-
 fn cloud_init_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let installed = fs.read_file("/var/lib/dpkg/status")?.map(|s| {
-        kiln_disk::installed_packages(&String::from_utf8_lossy(&s))
-            .into_iter()
-            .any(|p| p.name == "cloud-init")
-    });
-    let on_disk = executable(fs, "/usr/bin/cloud-init")?;
-    if installed == Some(false) || (installed.is_none() && !on_disk) {
+    if !cloud_init_installed(fs)? {
         return Ok(fail(
             "cloud-init is not installed: OVH configures hostname, SSH keys and user data through it",
         ));
@@ -531,15 +489,7 @@ fn cloud_init_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     Ok(match last_key(&configs, "datasource_list") {
         None => pass("cloud-init installed; no datasource_list restriction, so ConfigDrive is probed"),
         Some((path, list)) => {
-            let names: Vec<String> = match list {
-                Yaml::Sequence(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
-                Yaml::String(s) => s
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let names = datasource_names(list);
             if names.iter().any(|n| n == "ConfigDrive") {
                 pass(format!(
                     "cloud-init installed; datasource_list in {path}: [{}]",
@@ -555,25 +505,6 @@ fn cloud_init_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     })
 }
 
-/// Canonical module name: `cc_grub_dpkg`, `grub-dpkg` → `grub_dpkg`.
-fn module_name(entry: &Yaml) -> Option<String> {
-    let name = match entry {
-        Yaml::String(s) => s.as_str(),
-        Yaml::Sequence(items) => items.first()?.as_str()?,
-        Yaml::Mapping(_) => entry.get("name")?.as_str()?,
-        _ => return None,
-    };
-    Some(name.trim().trim_start_matches("cc_").replace('-', "_"))
-}
-
-fn is_false(v: Option<&Yaml>) -> bool {
-    match v {
-        Some(Yaml::Bool(b)) => !b,
-        Some(Yaml::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "off" | "false" | "no" | "disabled"),
-        _ => false,
-    }
-}
-
 fn cloud_modules_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     let configs = match cloud_configs(fs)? {
         Ok(c) => c,
@@ -584,26 +515,10 @@ fn cloud_modules_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
             "no /etc/cloud/cloud.cfg: cannot tell which cloud-init modules run",
         ));
     }
-    let mut enabled = BTreeSet::new();
-    for list in MODULE_LISTS {
-        if let Some((_, Yaml::Sequence(entries))) = last_key(&configs, list) {
-            enabled.extend(entries.iter().filter_map(module_name));
-        }
-    }
-    // A listed module can still be switched off by its own configuration.
-    let disabled_by_config = |module: &str| -> bool {
-        match module {
-            "growpart" => last_key(&configs, "growpart").is_some_and(|(_, v)| is_false(v.get("mode"))),
-            "resizefs" => last_key(&configs, "resize_rootfs").is_some_and(|(_, v)| is_false(Some(v))),
-            "grub_dpkg" => ["grub_dpkg", "grub-dpkg"]
-                .iter()
-                .any(|k| last_key(&configs, k).is_some_and(|(_, v)| is_false(v.get("enabled")))),
-            _ => false,
-        }
-    };
+    let enabled = enabled_modules(&configs);
     let active: Vec<&str> = ["growpart", "resizefs", "grub_dpkg"]
         .into_iter()
-        .filter(|m| enabled.contains(*m) && !disabled_by_config(m))
+        .filter(|m| enabled.contains(*m) && !disabled_by_config(&configs, m))
         .collect();
     Ok(if active.is_empty() {
         pass("growpart, resizefs and grub-dpkg are not enabled")
@@ -637,62 +552,12 @@ fn cloud_state_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     })
 }
 
-/// Interfaces other than `lo` that an ifupdown file configures.
-fn ifupdown_interfaces(text: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(keyword) = words.next() else { continue };
-        let names: Vec<&str> = match keyword {
-            "iface" | "mapping" => words.next().into_iter().collect(),
-            "auto" => words.collect(),
-            k if k.starts_with("allow-") => words.collect(),
-            _ => continue,
-        };
-        for n in names {
-            if n != "lo" && !found.iter().any(|f| f == n) {
-                found.push(n.to_owned());
-            }
-        }
-    }
-    found
-}
-
 fn network_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let mut baked = Vec::new();
-    for (dir, suffix) in [("/etc/systemd/network", ".network"), ("/etc/netplan", ".yaml")] {
-        for name in fs.read_dir(dir)?.unwrap_or_default() {
-            if name.ends_with(suffix) {
-                baked.push(format!("{dir}/{name}"));
-            }
-        }
-    }
-    let mut ifupdown = vec!["/etc/network/interfaces".to_owned()];
-    ifupdown.extend(
-        fs.read_dir("/etc/network/interfaces.d")?
-            .unwrap_or_default()
-            .into_iter()
-            .map(|n| format!("/etc/network/interfaces.d/{n}")),
-    );
-    for path in ifupdown {
-        if fs.metadata(&path)?.map(|m| m.kind) != Some(FileKind::File) {
-            continue;
-        }
-        if let Some(text) = fs.read_file(&path)? {
-            let ifaces = ifupdown_interfaces(&String::from_utf8_lossy(&text));
-            if !ifaces.is_empty() {
-                baked.push(format!("{path} (configures {})", ifaces.join(", ")));
-            }
-        }
-    }
-    Ok(if baked.is_empty() {
-        pass("no network configuration besides lo")
-    } else {
-        fail(format!(
-            "baked network configuration: {}; interface names differ on each server and cloud-init writes the real one from OVH's config drive: delete it",
-            baked.join(", ")
-        ))
-    })
+    network_verdict(
+        fs,
+        "no network configuration besides lo",
+        "interface names differ on each server and cloud-init writes the real one from OVH's config drive",
+    )
 }
 
 fn partuuid_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
@@ -833,6 +698,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::targets::contract::testing::{failed, wrong_failures};
 
     const SCRIPT_TEXT: &str = "#!/bin/bash\nset -euo pipefail\nreadonly BOOTLOADER_ID='debian'\n\
         grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=\"${BOOTLOADER_ID}\" --no-nvram\n";
@@ -985,14 +851,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let image = build(dir.path(), disk, mutate);
         check_image(&image, opts).unwrap()
-    }
-
-    fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
-        results
-            .iter()
-            .filter(|r| !r.passed)
-            .map(|r| (r.id, r.reason.clone()))
-            .collect()
     }
 
     #[test]
@@ -1236,20 +1094,13 @@ mod tests {
         let mut problems = Vec::new();
         for (name, disk, opts, mutate, rule, needle) in cases {
             let r = results(disk, &opts, mutate);
-            let fails = failed(&r);
             // Rules that cannot hold once the script is gone.
             let consequences: &[&str] = if name == "no script" {
                 &["script-interpreter", "efi-bootloader-id"]
             } else {
                 &[]
             };
-            let caught = fails.iter().any(|(id, reason)| *id == rule && reason.contains(needle));
-            let others_ok = fails.iter().all(|(id, _)| *id == rule || consequences.contains(id));
-            if !caught || !others_ok {
-                problems.push(format!(
-                    "{name}: expected {rule} to fail with {needle:?} (and nothing else), got {fails:#?}"
-                ));
-            }
+            problems.extend(wrong_failures(name, &r, rule, needle, consequences));
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
@@ -1274,9 +1125,5 @@ mod tests {
             ["arch"]
         );
         assert!(script_bootloader_ids("grub-install --no-nvram").is_empty());
-        assert_eq!(ifupdown_interfaces("auto lo eth0\niface lo inet loopback\n"), ["eth0"]);
-        assert!(
-            ifupdown_interfaces("source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n").is_empty()
-        );
     }
 }

@@ -10,6 +10,7 @@ use kiln_exec::Cmd;
 use uuid::Uuid;
 
 use super::*;
+use crate::targets::contract::testing::{failed, wrong_failures};
 use crate::targets::disk::{assemble, layout, write_grub_cfg, DiskIds, DiskPlan};
 
 fn write(root: &Path, path: &str, text: &str) {
@@ -72,15 +73,8 @@ fn results(target: &str, mutate: impl FnOnce(&Path), after: impl FnOnce(&Path)) 
     check(&raw, &CheckOptions::default()).unwrap()
 }
 
-fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
-    results
-        .iter()
-        .filter(|r| !r.passed)
-        .map(|r| (r.id, r.reason.clone()))
-        .collect()
-}
-
-const ALL: [&str; 8] = [
+/// The disk contract's rules, in order.
+pub(crate) const ALL: [&str; 8] = [
     "gpt",
     "bios-boot",
     "uefi-boot",
@@ -279,14 +273,7 @@ fn each_broken_disk_fails_its_rule() {
     let mut problems = Vec::new();
     for (name, target, mutate, after, rule, needle) in cases {
         let r = results(target, mutate, after);
-        let fails = failed(&r);
-        let caught = fails.iter().any(|(id, reason)| *id == rule && reason.contains(needle));
-        let others_ok = fails.iter().all(|(id, _)| *id == rule);
-        if !caught || !others_ok {
-            problems.push(format!(
-                "{name}: expected {rule} to fail with {needle:?} (and nothing else), got {fails:#?}"
-            ));
-        }
+        problems.extend(wrong_failures(name, &r, rule, needle, &[]));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

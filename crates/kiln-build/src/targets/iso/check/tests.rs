@@ -10,6 +10,7 @@ use kiln_disk::fat::{write_fat_image, FatEntry, FatOptions};
 use kiln_exec::Cmd;
 
 use super::*;
+use crate::targets::contract::testing::{failed, wrong_failures};
 
 fn write(root: &Path, path: &str, bytes: impl AsRef<[u8]>) {
     let p = root.join(path.trim_start_matches('/'));
@@ -156,14 +157,6 @@ fn results(spec: Iso) -> Vec<RuleResult> {
     let dir = tempfile::tempdir().unwrap();
     let iso = build(dir.path(), spec);
     check(&iso, &CheckOptions::default()).unwrap()
-}
-
-fn failed(results: &[RuleResult]) -> Vec<(&'static str, String)> {
-    results
-        .iter()
-        .filter(|r| !r.passed)
-        .map(|r| (r.id, r.reason.clone()))
-        .collect()
 }
 
 /// The tools the fixtures are made with (a skip outside CI, a failure in it).
@@ -436,14 +429,7 @@ fn each_broken_iso_fails_its_rule() {
     let mut problems = Vec::new();
     for (name, spec, rule, needle, consequences) in cases {
         let r = results(spec);
-        let fails = failed(&r);
-        let caught = fails.iter().any(|(id, reason)| *id == rule && reason.contains(needle));
-        let others_ok = fails.iter().all(|(id, _)| *id == rule || consequences.contains(id));
-        if !caught || !others_ok {
-            problems.push(format!(
-                "{name}: expected {rule} to fail with {needle:?} (and only {consequences:?} besides), got {fails:#?}"
-            ));
-        }
+        problems.extend(wrong_failures(name, &r, rule, needle, consequences));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
