@@ -167,7 +167,7 @@ pub fn scan(path: &Path, mut progress: impl FnMut(u64)) -> io::Result<Scan> {
         }
         done += want as u64;
         index += 1;
-        if index % 64 == 0 {
+        if index.is_multiple_of(64) {
             progress(done);
         }
         kiln_exec::check_interrupted().map_err(io::Error::other)?;

@@ -136,11 +136,14 @@ fn expand_home(p: &str, home: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Sections of an INI file, each a map of keys (lower case) to values.
+pub type Ini = BTreeMap<String, BTreeMap<String, String>>;
+
 /// An INI file as the AWS tools write it: `[section]`, `key = value`,
 /// comments with `#` or `;`. Indented lines (nested settings such as
 /// `s3 =`'s) are skipped.
-pub fn parse_ini(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+pub fn parse_ini(text: &str) -> Ini {
+    let mut sections = Ini::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         if line.starts_with([' ', '\t']) {
@@ -165,7 +168,7 @@ pub fn parse_ini(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
 }
 
 /// A file's sections, or what happened when it was looked for.
-fn read_ini(path: &Path) -> Result<Option<BTreeMap<String, BTreeMap<String, String>>>, ConfigError> {
+fn read_ini(path: &Path) -> Result<Option<Ini>, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(parse_ini(&text))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -222,7 +225,7 @@ pub fn credentials(env: &Environment, profile_flag: Option<&str>) -> Result<Cred
     ] {
         let shown = path.display().to_string();
         let Some(sections) = read_ini(&path)? else {
-            looked.push(format!("  - {shown}: no such file"));
+            looked.push(format!("  - {shown} [{section}]: no such file"));
             continue;
         };
         let Some(keys) = sections.get(&section) else {
@@ -465,8 +468,8 @@ sso_session = corp
             err.contains("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set"),
             "{err}"
         );
-        assert!(err.contains(".aws/credentials: no such file"), "{err}");
-        assert!(err.contains(".aws/config: no such file"), "{err}");
+        assert!(err.contains(".aws/credentials [default]: no such file"), "{err}");
+        assert!(err.contains(".aws/config [default]: no such file"), "{err}");
         let home = aws_dir(CREDENTIALS, CONFIG);
         let err = credentials(&env(&[], home.path()), Some("nope"))
             .unwrap_err()
