@@ -39,11 +39,22 @@ apt-get install -y -q --no-install-recommends \
   mmdebstrap debian-archive-keyring arch-test \
   e2fsprogs xfsprogs dosfstools btrfs-progs fdisk gdisk util-linux mount \
   grub-pc-bin grub-efi-amd64-bin grub-common \
-  genisoimage xorriso squashfs-tools mtools shellcheck git ca-certificates curl rsync zstd xz-utils time bc python3 socat \
+  genisoimage xorriso squashfs-tools mtools shellcheck git ca-certificates curl rsync zstd xz-utils time bc python3 python3-venv socat \
   tzdata locales \
   build-essential pkg-config
 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends ovmf
+
+# moto in server mode: the local AWS (EC2, EBS direct APIs, IAM) that the
+# `kiln publish aws` tests and bench/publish-aws.sh talk to on 127.0.0.1.
+# A venv of its own, pinned, so the host's Python stays untouched; skipped
+# when the pinned version is already there.
+moto_version=5.2.1
+venv=/opt/kiln-test/venv
+if [ "$("$venv/bin/python3" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$moto_version" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then

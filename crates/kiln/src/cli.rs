@@ -78,6 +78,9 @@ Examples:
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// Publish an image; `kiln publish aws IMAGE --name NAME` makes an AMI.
+    #[command(subcommand)]
+    Publish(PublishCommand),
     /// Inspect or trim the stage cache shared by builds.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -433,6 +436,60 @@ pub struct OvhDeployArgs {
     /// Keep the virtual disks and logs in this directory (default: a temporary directory, removed).
     #[arg(long)]
     pub keep: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublishCommand {
+    /// Upload a raw disk image as an EBS snapshot (EBS direct APIs: only its
+    /// non-zero 512 KiB blocks, in parallel, each with its SHA-256), register
+    /// it as an AMI (x86_64, ENA, uefi-preferred, IMDSv2 only, gp3 root
+    /// /dev/xvda, tagged with the image's version and SHA-512), and record
+    /// the ids in the build's manifest.json. A failed publish deletes what it
+    /// created.
+    #[command(
+        after_help = "Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), else the profile \
+(--profile, AWS_PROFILE, default) in ~/.aws/credentials or ~/.aws/config. Region: --region, AWS_REGION, \
+AWS_DEFAULT_REGION, the profile's region.
+
+Examples:
+  kiln publish aws out/debian-12-ami-1.0.0-ami.raw --name debian-12-ami-1.0.0 --region eu-west-3
+  kiln publish aws out/disk.raw --name test-1 --profile ci --jobs 32 --json
+  kiln publish aws out/disk.raw --name test-1 --region us-east-1 --endpoint-url http://127.0.0.1:5000"
+    )]
+    Aws(AwsPublishArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AwsPublishArgs {
+    /// The raw disk image (a qcow2 is refused: `qemu-img convert -O raw` it first).
+    pub image: PathBuf,
+    /// The AMI's name (unique in the account and region).
+    #[arg(long)]
+    pub name: String,
+    /// The AWS region [default: AWS_REGION, AWS_DEFAULT_REGION, the profile's region].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Send every request here instead of AWS's endpoints (a test service such as moto; any region name is then accepted) [default: AWS_ENDPOINT_URL].
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// The profile of ~/.aws/credentials and ~/.aws/config to use (overrides the AWS_ACCESS_KEY_ID variables).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// The build's manifest [default: manifest.json beside IMAGE].
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// The AMI's and snapshot's description [default: kiln NAME VERSION (FILE)].
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Blocks uploaded in parallel.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Give up waiting for the snapshot, then the AMI, after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub wait_timeout: u64,
+    /// Print the result as JSON (ids, blocks, bytes sent, upload time).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A value parser for one of kiln-spec's vocabulary types: clap offers,

@@ -233,6 +233,52 @@ impl Reporter for Bars {
     }
 }
 
+/// One bar for a long transfer (`kiln publish aws`): bytes read, then
+/// blocks sent with the rate. Log lines pass above it; with `-q`, or when
+/// stderr is not a terminal, nothing is drawn.
+pub(crate) struct Transfer {
+    multi: MultiProgress,
+    bar: ProgressBar,
+}
+
+impl Transfer {
+    pub(crate) fn new() -> Self {
+        let target = if verbosity() == Verbosity::Quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let bar = multi.add(ProgressBar::new(0));
+        *BARS_ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(multi.clone());
+        Transfer { multi, bar }
+    }
+
+    /// Switches the bar to `template` (indicatif's syntax) from position 0 of `len`.
+    pub(crate) fn start(&self, template: &str, len: u64) {
+        self.bar
+            .set_style(ProgressStyle::with_template(template).expect("valid template"));
+        self.bar.reset();
+        self.bar.set_length(len);
+    }
+
+    pub(crate) fn set(&self, pos: u64, message: String) {
+        self.bar.set_position(pos);
+        self.bar.set_message(message);
+    }
+
+    pub(crate) fn is_hidden(&self) -> bool {
+        self.multi.is_hidden()
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+        BARS_ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 /// `--log-format json`: stage events on stdout, one object per line.
 ///
 /// When the reader goes away (`kiln build --log-format json | head -3`), the

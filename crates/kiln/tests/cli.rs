@@ -631,3 +631,74 @@ fn check_a_disk_without_a_partition_table() {
         "{t}"
     );
 }
+
+/// `kiln publish aws` refuses bad input before sending anything (exit 2),
+/// each time saying what to do. The endpoint is a closed port: a request
+/// would fail differently.
+#[test]
+fn publish_aws_refuses_bad_input_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("x.raw");
+    std::fs::write(&raw, vec![1u8; 4096]).unwrap();
+    let qcow = dir.path().join("x.qcow2");
+    std::fs::write(&qcow, b"QFI\xfb\0\0\0\x03").unwrap();
+    let manifest = serde_json::json!({"name": "x", "version": "1", "artifacts": [
+        {"path": "x.raw", "format": "raw", "size": 4096, "sha512": "00"}]});
+    std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let home = dir.path().to_str().unwrap();
+    let publish = |image: &Path, extra: &[&str], keys: bool| {
+        let mut c = command(&["publish", "aws"]);
+        c.arg(image).args(["--name", "x-1"]).args(extra).env("HOME", home);
+        for v in [
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_CONFIG_FILE",
+        ] {
+            c.env_remove(v);
+        }
+        if keys {
+            c.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+                .env("AWS_SECRET_ACCESS_KEY", "s");
+        } else {
+            c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+        }
+        c.output().unwrap()
+    };
+    for (image, extra, keys, expect) in [
+        (
+            &qcow,
+            &["--region", "us-east-1"][..],
+            true,
+            "qcow2 image, not a raw disk",
+        ),
+        (&qcow, &["--region", "us-east-1"][..], true, "qemu-img convert -O raw"),
+        (&raw, &["--region", "eu-wset-1"][..], true, "did you mean `eu-west-1`?"),
+        (&raw, &[][..], true, "no AWS region: pass --region"),
+        (
+            &raw,
+            &["--region", "us-east-1"][..],
+            false,
+            ".aws/credentials [default]: no such file",
+        ),
+        (
+            &raw,
+            &["--region", "us-east-1", "--profile", "ci"][..],
+            true,
+            ".aws/credentials [ci]: no such file",
+        ),
+        (
+            &raw,
+            &["--region", "us-east-1", "--manifest", "/nonexistent.json"][..],
+            true,
+            "no manifest at /nonexistent.json",
+        ),
+    ] {
+        let out = publish(image, extra, keys);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {t}");
+        assert!(t.contains(expect), "{extra:?}: expected {expect:?} in {t}");
+    }
+}

@@ -15,6 +15,7 @@ mod cache;
 mod deploy;
 mod docs;
 mod doctor;
+mod publish;
 mod reproducible;
 mod seed;
 
@@ -28,6 +29,7 @@ pub(crate) fn run(cli: Cli) -> Result<Exit> {
         Command::Seed(args) => seed::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Deploy(cmd) => deploy::run(cmd),
+        Command::Publish(cmd) => publish::run(cmd),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Schema => {
             outln!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?)?;
