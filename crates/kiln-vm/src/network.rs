@@ -12,6 +12,9 @@
 //! form of `guestfwd` would serve a single connection in all).
 //! [`Network::Open`] is the user network without restriction, for a person
 //! at the console: the guest reaches whatever the host reaches.
+//! An isolated NIC may carry a fixed [`Mac`] (QEMU otherwise gives
+//! 52:54:00:12:34:56), so that a metadata service can describe the
+//! guest's interface as the guest sees it.
 //! Non-goals: TAP, bridges, more than one NIC, UDP forwards.
 
 use std::fmt;
@@ -40,6 +43,14 @@ impl Subnet {
     pub const DEFAULT: Subnet = Subnet {
         addr: Ipv4Addr::new(10, 0, 2, 0),
         prefix: 24,
+    };
+
+    /// 169.254.0.0/16, the link-local subnet in which clouds put their
+    /// metadata services (169.254.169.254): the host is 169.254.0.2, the
+    /// guest 169.254.0.15.
+    pub const LINK_LOCAL: Subnet = Subnet {
+        addr: Ipv4Addr::new(169, 254, 0, 0),
+        prefix: 16,
     };
 
     /// A subnet of at least 256 addresses (prefix 1 to 24, so that QEMU's
@@ -84,6 +95,17 @@ impl Subnet {
         self.nth(3)
     }
 
+    /// The address QEMU's DHCP server gives the first (here: the only)
+    /// guest, the 15th.
+    pub fn guest(&self) -> Ipv4Addr {
+        self.nth(15)
+    }
+
+    /// The netmask, e.g. 255.255.0.0.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+
     /// What QEMU itself answers on at `ip`, if anything: a guest forward
     /// there would be shadowed or would shadow it.
     fn reserved(&self, ip: Ipv4Addr) -> Option<&'static str> {
@@ -122,6 +144,40 @@ impl FromStr for Subnet {
     }
 }
 
+/// The hardware address of the guest's network card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac([u8; 6]);
+
+impl Mac {
+    /// A unicast address (the lowest bit of the first byte clear); QEMU
+    /// refuses a multicast one.
+    pub fn new(bytes: [u8; 6]) -> Result<Mac> {
+        if bytes[0] & 1 != 0 {
+            return Err(VmError::Config(format!(
+                "{} is a multicast address; a network card needs a unicast one",
+                Mac(bytes)
+            )));
+        }
+        Ok(Mac(bytes))
+    }
+
+    pub fn bytes(&self) -> [u8; 6] {
+        self.0
+    }
+}
+
+impl fmt::Display for Mac {
+    /// Lower-case hex bytes with colons, as QEMU, Linux and EC2 write it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
 /// A TCP port on the host's loopback forwarded into the guest
 /// (`hostfwd=tcp:127.0.0.1:HOST-:GUEST`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +204,7 @@ pub struct GuestForward {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Isolated {
     subnet: Subnet,
+    mac: Option<Mac>,
     host_forwards: Vec<HostForward>,
     guest_forwards: Vec<GuestForward>,
 }
@@ -165,6 +222,12 @@ impl Isolated {
             subnet,
             ..Isolated::default()
         }
+    }
+
+    /// Gives the network card this address instead of QEMU's default.
+    pub fn mac(mut self, mac: Mac) -> Self {
+        self.mac = Some(mac);
+        self
     }
 
     pub fn host_forward(mut self, forward: HostForward) -> Self {
@@ -201,6 +264,11 @@ impl Isolated {
 
     pub fn subnet(&self) -> Subnet {
         self.subnet
+    }
+
+    /// The card's address, when set.
+    pub fn nic_mac(&self) -> Option<Mac> {
+        self.mac
     }
 
     pub fn host_forwards(&self) -> &[HostForward] {
@@ -254,6 +322,9 @@ impl Network {
             Network::Open => "user,model=virtio-net-pci".to_owned(),
             Network::Isolated(i) => {
                 let mut nic = String::from("user,model=virtio-net-pci,restrict=on,ipv6=off");
+                if let Some(mac) = i.mac {
+                    nic.push_str(&format!(",mac={mac}"));
+                }
                 if i.subnet != Subnet::DEFAULT {
                     nic.push_str(&format!(",net={}", i.subnet));
                 }
@@ -286,6 +357,9 @@ impl fmt::Display for Network {
                 let mut parts: Vec<String> = Vec::new();
                 if i.subnet != Subnet::DEFAULT {
                     parts.push(format!("subnet {}", i.subnet));
+                }
+                if let Some(mac) = i.mac {
+                    parts.push(format!("MAC {mac}"));
                 }
                 parts.extend(
                     i.host_forwards
@@ -325,7 +399,8 @@ mod tests {
     /// Every kind of network, as the `-nic` value and as reported.
     #[test]
     fn nic_arguments_and_descriptions() {
-        let metadata = Isolated::in_subnet("169.254.0.0/16".parse().unwrap())
+        let metadata = Isolated::in_subnet(Subnet::LINK_LOCAL)
+            .mac(Mac::new([0x02, 0xec, 0x20, 0x12, 0x34, 0x56]).unwrap())
             .guest_forward(GuestForward {
                 addr: ip("169.254.169.254"),
                 port: 80,
@@ -429,5 +504,23 @@ mod tests {
             let err = bad.parse::<Subnet>().unwrap_err().to_string();
             assert!(err.contains(want), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_link_local_subnet_and_its_addresses() {
+        assert_eq!(Subnet::LINK_LOCAL, "169.254.0.0/16".parse().unwrap());
+        assert_eq!(Subnet::LINK_LOCAL.host(), ip("169.254.0.2"));
+        assert_eq!(Subnet::LINK_LOCAL.guest(), ip("169.254.0.15"));
+        assert_eq!(Subnet::LINK_LOCAL.netmask(), ip("255.255.0.0"));
+        assert_eq!(Subnet::DEFAULT.guest(), ip("10.0.2.15"));
+        assert_eq!(Subnet::DEFAULT.netmask(), ip("255.255.255.0"));
+    }
+
+    #[test]
+    fn macs_are_unicast_and_written_in_lower_case() {
+        let mac = Mac::new([0x0a, 0xEC, 0x20, 0, 0x01, 0xff]).unwrap();
+        assert_eq!(mac.to_string(), "0a:ec:20:00:01:ff");
+        let err = Mac::new([0x01, 0, 0, 0, 0, 0]).unwrap_err().to_string();
+        assert!(err.contains("01:00:00:00:00:00 is a multicast address"), "{err}");
     }
 }
