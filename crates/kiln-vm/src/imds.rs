@@ -17,7 +17,7 @@
 //! `2016-09-02`, `2009-04-04`, ...). `network/interfaces/macs/<mac>/`
 //! describes the one NIC (cloud-init renders its network configuration
 //! from it, matching the MAC), so the [`Instance`] gives the guest that MAC
-//! and expects the address QEMU's DHCP server gives (169.254.0.15).
+//! and expects the address QEMU's DHCP server gives (169.254.2.15).
 //!
 //! cloud-init believes it runs on AWS (and only then uses IMDSv2) when the
 //! DMI system UUID starts with `ec2` and equals the system serial number:
@@ -157,7 +157,7 @@ impl Instance {
         self.subnet.guest()
     }
 
-    /// EC2's private DNS name: `ip-169-254-0-15.ec2.internal` in us-east-1,
+    /// EC2's private DNS name: `ip-169-254-2-15.ec2.internal` in us-east-1,
     /// `ip-….REGION.compute.internal` elsewhere.
     pub fn local_hostname(&self) -> String {
         let ip = self.local_ipv4().to_string().replace('.', "-");
@@ -282,7 +282,10 @@ impl Instance {
             ("security-groups", Node::leaf("default")),
             (
                 "services",
-                Node::dir([("domain", Node::leaf("amazonaws.com")), ("partition", Node::leaf("aws"))]),
+                Node::dir([
+                    ("domain", Node::leaf("amazonaws.com")),
+                    ("partition", Node::leaf("aws")),
+                ]),
             ),
         ]);
         if !self.ssh_keys.is_empty() {
@@ -753,15 +756,14 @@ mod tests {
     }
 
     fn put_token(imds: &ImdsServer, ttl: &str, extra: Option<(&str, &str)>) -> (u16, String, Option<String>) {
-        let mut req = agent().put(format!("{}{TOKEN_PATH}", imds.url())).header(TTL_HEADER, ttl);
+        let mut req = agent()
+            .put(format!("{}{TOKEN_PATH}", imds.url()))
+            .header(TTL_HEADER, ttl);
         if let Some((k, v)) = extra {
             req = req.header(k, v);
         }
         let mut resp = req.send_empty().unwrap();
-        let ttl = resp
-            .headers()
-            .get(TTL_HEADER)
-            .map(|v| v.to_str().unwrap().to_owned());
+        let ttl = resp.headers().get(TTL_HEADER).map(|v| v.to_str().unwrap().to_owned());
         (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap(), ttl)
     }
 
@@ -787,11 +789,11 @@ mod tests {
         assert_eq!(i.instance_id, "i-08e6f708192a3b4c5");
         assert_eq!(i.mac.to_string(), "02:81:92:a3:b4:c5");
         assert_eq!(i.region(), "us-east-1");
-        assert_eq!(i.local_ipv4().to_string(), "169.254.0.15");
-        assert_eq!(i.local_hostname(), "ip-169-254-0-15.ec2.internal");
+        assert_eq!(i.local_ipv4().to_string(), "169.254.2.15");
+        assert_eq!(i.local_hostname(), "ip-169-254-2-15.ec2.internal");
         let mut other = i.clone();
         other.availability_zone = "eu-west-3b".to_owned();
-        assert_eq!(other.local_hostname(), "ip-169-254-0-15.eu-west-3.compute.internal");
+        assert_eq!(other.local_hostname(), "ip-169-254-2-15.eu-west-3.compute.internal");
         let fresh = Instance::new(Vec::new(), None).unwrap();
         assert!(fresh.uuid.to_string().starts_with("ec2"), "{}", fresh.uuid);
         assert!(fresh.instance_id.ends_with(&fresh.uuid.simple().to_string()[16..]));
@@ -822,7 +824,10 @@ mod tests {
         assert_eq!(get(&imds, "/latest/meta-data/instance-id", Some("AAAA")).0, 401);
         assert_eq!(get(&imds, "/", None).0, 401);
         let log = imds.stop();
-        assert_eq!(log.summary(), "5 requests, 2 refused (no token), 1 refused (unknown or expired token)");
+        assert_eq!(
+            log.summary(),
+            "5 requests, 2 refused (no token), 1 refused (unknown or expired token)"
+        );
         assert!(log.answered("/latest/meta-data/instance-id", 200));
         assert_eq!(
             log.requests[0].to_string(),
@@ -850,15 +855,9 @@ mod tests {
         ] {
             assert_eq!(put_token(&imds, ttl, None).0, want, "TTL {ttl:?}");
         }
-        let resp = agent()
-            .put(format!("{}{TOKEN_PATH}", imds.url()))
-            .send_empty()
-            .unwrap();
+        let resp = agent().put(format!("{}{TOKEN_PATH}", imds.url())).send_empty().unwrap();
         assert_eq!(resp.status().as_u16(), 400, "no TTL header");
-        assert_eq!(
-            put_token(&imds, "60", Some(("X-Forwarded-For", "203.0.113.7"))).0,
-            403
-        );
+        assert_eq!(put_token(&imds, "60", Some(("X-Forwarded-For", "203.0.113.7"))).0, 403);
         // Only PUT gives a token, and only there.
         let t = token(&imds);
         assert_eq!(get(&imds, TOKEN_PATH, Some(&t)).0, 405);
@@ -897,10 +896,10 @@ mod tests {
             ("/2009-04-04/meta-data/instance-id", 200, "i-08e6f708192a3b4c5"),
             ("/1999-01-01/meta-data/instance-id", 404, ""),
             ("/latest/meta-data/instance-type", 200, "t3.micro"),
-            ("/latest/meta-data/local-ipv4", 200, "169.254.0.15"),
+            ("/latest/meta-data/local-ipv4", 200, "169.254.2.15"),
             ("/latest/meta-data/mac", 200, "02:81:92:a3:b4:c5"),
-            ("/latest/meta-data/hostname", 200, "ip-169-254-0-15.ec2.internal"),
-            ("/latest/meta-data/local-hostname", 200, "ip-169-254-0-15.ec2.internal"),
+            ("/latest/meta-data/hostname", 200, "ip-169-254-2-15.ec2.internal"),
+            ("/latest/meta-data/local-hostname", 200, "ip-169-254-2-15.ec2.internal"),
             ("/latest/meta-data/placement/availability-zone", 200, "us-east-1a"),
             ("/latest/meta-data/placement/", 200, "availability-zone\nregion"),
             ("/latest/meta-data/placement", 200, "availability-zone\nregion"),
@@ -958,10 +957,13 @@ mod tests {
         assert_eq!(doc["instanceId"], "i-08e6f708192a3b4c5");
         assert_eq!(doc["region"], "us-east-1");
         assert_eq!(doc["availabilityZone"], "us-east-1a");
-        assert_eq!(doc["privateIp"], "169.254.0.15");
+        assert_eq!(doc["privateIp"], "169.254.2.15");
         let (status, versions) = get(&imds, "/", Some(&t));
         assert_eq!(status, 200);
-        assert!(versions.ends_with("2021-03-23\n2021-07-15\n2022-09-24\nlatest"), "{versions}");
+        assert!(
+            versions.ends_with("2021-03-23\n2021-07-15\n2022-09-24\nlatest"),
+            "{versions}"
+        );
     }
 
     #[test]

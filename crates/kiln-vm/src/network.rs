@@ -26,8 +26,8 @@ use crate::error::{Result, VmError};
 /// The program QEMU runs for each connection to a [`GuestForward`].
 pub const SOCAT: &str = "socat";
 
-/// QEMU's user network gives out this many DHCP leases, from the 15th
-/// address of the subnet on (libslirp's `NB_BOOTP_CLIENTS`).
+/// QEMU's user network gives out this many DHCP leases, from
+/// [`Subnet::guest`] on (libslirp's `NB_BOOTP_CLIENTS`).
 const DHCP_LEASES: u32 = 16;
 
 /// An IPv4 subnet for QEMU's user network (its `net=` option).
@@ -46,8 +46,8 @@ impl Subnet {
     };
 
     /// 169.254.0.0/16, the link-local subnet in which clouds put their
-    /// metadata services (169.254.169.254): the host is 169.254.0.2, the
-    /// guest 169.254.0.15.
+    /// metadata services (169.254.169.254): the host is 169.254.2.2, DNS
+    /// 169.254.2.3, the guest 169.254.2.15 (see [`Subnet::host`]).
     pub const LINK_LOCAL: Subnet = Subnet {
         addr: Ipv4Addr::new(169, 254, 0, 0),
         prefix: 16,
@@ -80,25 +80,31 @@ impl Subnet {
         u32::from(ip) & self.mask() == u32::from(self.addr)
     }
 
-    /// The `n`th address of the subnet.
-    fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + n)
+    /// QEMU's address for the role that 10.0.2.`offset` plays in its
+    /// default subnet: the subnet's network address with the host bits of
+    /// 0.0.2.`offset` (QEMU's `net/slirp.c`). So 10.0.2.2 is the gateway of
+    /// 10.0.2.0/24 and 10.0.0.0/8 alike, 169.254.2.2 that of
+    /// 169.254.0.0/16 (not 169.254.0.2), 192.168.76.2 that of
+    /// 192.168.76.0/24.
+    fn qemu_addr(&self, offset: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | ((0x0200 | offset) & !self.mask()))
     }
 
-    /// The host as the guest sees it (QEMU's gateway, the 2nd address).
+    /// The host as the guest sees it (QEMU's gateway, x.x.2.2 in any
+    /// subnet of /22 or larger, the 2nd address in a smaller one).
     pub fn host(&self) -> Ipv4Addr {
-        self.nth(2)
+        self.qemu_addr(2)
     }
 
-    /// QEMU's DNS server as the guest sees it (the 3rd address).
+    /// QEMU's DNS server as the guest sees it (beside the gateway).
     pub fn dns(&self) -> Ipv4Addr {
-        self.nth(3)
+        self.qemu_addr(3)
     }
 
     /// The address QEMU's DHCP server gives the first (here: the only)
-    /// guest, the 15th.
+    /// guest, the start of its DHCP range: 10.0.2.15, 169.254.2.15.
     pub fn guest(&self) -> Ipv4Addr {
-        self.nth(15)
+        self.qemu_addr(15)
     }
 
     /// The netmask, e.g. 255.255.0.0.
@@ -109,14 +115,20 @@ impl Subnet {
     /// What QEMU itself answers on at `ip`, if anything: a guest forward
     /// there would be shadowed or would shadow it.
     fn reserved(&self, ip: Ipv4Addr) -> Option<&'static str> {
-        let offset = u32::from(ip) - u32::from(self.addr);
-        match offset {
-            0 => Some("the network address"),
-            2 => Some("QEMU's gateway (the host)"),
-            3 => Some("QEMU's DNS server"),
-            n if (15..15 + DHCP_LEASES).contains(&n) => Some("in QEMU's DHCP range (the guest's own address)"),
-            _ if offset == !self.mask() => Some("the broadcast address"),
-            _ => None,
+        let ip = u32::from(ip);
+        let dhcp = u32::from(self.guest());
+        if ip == u32::from(self.addr) {
+            Some("the network address")
+        } else if ip == u32::from(self.host()) {
+            Some("QEMU's gateway (the host)")
+        } else if ip == u32::from(self.dns()) {
+            Some("QEMU's DNS server")
+        } else if (dhcp..dhcp + DHCP_LEASES).contains(&ip) {
+            Some("in QEMU's DHCP range (the guest's own address)")
+        } else if ip == u32::from(self.addr) | !self.mask() {
+            Some("the broadcast address")
+        } else {
+            None
         }
     }
 }
@@ -455,6 +467,16 @@ mod tests {
             ("10.0.2.0/24", "10.0.2.30", Some("DHCP range")),
             ("10.0.2.0/24", "10.0.2.255", Some("the broadcast address")),
             ("169.254.0.0/16", "169.254.169.254", None),
+            ("169.254.0.0/16", "169.254.0.2", None),
+            ("169.254.0.0/16", "169.254.0.15", None),
+            ("169.254.0.0/16", "169.254.0.0", Some("the network address")),
+            ("169.254.0.0/16", "169.254.2.2", Some("QEMU's gateway")),
+            ("169.254.0.0/16", "169.254.2.3", Some("QEMU's DNS server")),
+            ("169.254.0.0/16", "169.254.2.15", Some("DHCP range")),
+            ("169.254.0.0/16", "169.254.2.30", Some("DHCP range")),
+            ("169.254.0.0/16", "169.254.2.31", None),
+            ("10.0.0.0/8", "10.0.2.2", Some("QEMU's gateway")),
+            ("10.0.0.0/8", "10.0.0.2", None),
             ("169.254.0.0/16", "169.254.255.255", Some("broadcast")),
             (
                 "169.254.0.0/16",
@@ -509,11 +531,26 @@ mod tests {
     #[test]
     fn the_link_local_subnet_and_its_addresses() {
         assert_eq!(Subnet::LINK_LOCAL, "169.254.0.0/16".parse().unwrap());
-        assert_eq!(Subnet::LINK_LOCAL.host(), ip("169.254.0.2"));
-        assert_eq!(Subnet::LINK_LOCAL.guest(), ip("169.254.0.15"));
+        // As QEMU 10.0 gives them, seen from a Debian 12 guest in 169.254.0.0/16.
+        assert_eq!(Subnet::LINK_LOCAL.host(), ip("169.254.2.2"));
+        assert_eq!(Subnet::LINK_LOCAL.dns(), ip("169.254.2.3"));
+        assert_eq!(Subnet::LINK_LOCAL.guest(), ip("169.254.2.15"));
         assert_eq!(Subnet::LINK_LOCAL.netmask(), ip("255.255.0.0"));
-        assert_eq!(Subnet::DEFAULT.guest(), ip("10.0.2.15"));
-        assert_eq!(Subnet::DEFAULT.netmask(), ip("255.255.255.0"));
+        let net = |s: &str| s.parse::<Subnet>().unwrap();
+        for (subnet, host, dns, guest) in [
+            ("10.0.2.0/24", "10.0.2.2", "10.0.2.3", "10.0.2.15"),
+            ("192.168.76.0/24", "192.168.76.2", "192.168.76.3", "192.168.76.15"),
+            ("10.0.4.0/23", "10.0.4.2", "10.0.4.3", "10.0.4.15"),
+            ("10.0.4.0/22", "10.0.6.2", "10.0.6.3", "10.0.6.15"),
+            ("10.0.0.0/8", "10.0.2.2", "10.0.2.3", "10.0.2.15"),
+        ] {
+            let s = net(subnet);
+            assert_eq!(
+                (s.host(), s.dns(), s.guest()),
+                (ip(host), ip(dns), ip(guest)),
+                "{subnet}"
+            );
+        }
     }
 
     #[test]
