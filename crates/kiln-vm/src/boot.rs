@@ -799,9 +799,13 @@ mod tests {
         assert!(err.contains("cannot be combined with another network (open"), "{err}");
         opts.net = Network::default();
         check_imds(&opts).unwrap();
-        let err = boot(&BootOptions { seed: SeedSource::File("/s.iso".into()), ..opts }, &mut |_| {
-            panic!("nothing should happen")
-        })
+        let err = boot(
+            &BootOptions {
+                seed: SeedSource::File("/s.iso".into()),
+                ..opts
+            },
+            &mut |_| panic!("nothing should happen"),
+        )
         .unwrap_err();
         assert!(format!("{err:#}").contains("not from a seed"), "{err:#}");
     }

@@ -528,7 +528,16 @@ mod tests {
             })
         };
         let key = "ssh-ed25519 AAAA k";
-        let b = boot(&["--imds", "--ssh-key", key, "--user-data", "ud.yaml", "--disk-size", "8GiB"]).unwrap();
+        let b = boot(&[
+            "--imds",
+            "--ssh-key",
+            key,
+            "--user-data",
+            "ud.yaml",
+            "--disk-size",
+            "8GiB",
+        ])
+        .unwrap();
         assert!(b.imds);
         assert_eq!(b.ssh_keys, [key]);
         assert_eq!(b.user_data.as_deref(), Some(std::path::Path::new("ud.yaml")));
