@@ -147,6 +147,7 @@ fn imds_json(log: &ImdsLog) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
+        "instance_id": log.instance_id,
         "summary": log.summary(),
         "requests": log.requests.len(),
         "refused": refused,
@@ -271,6 +272,7 @@ mod tests {
         assert!(!verdict_text(&v).contains("imds"));
         assert_eq!(report_json(&v)["imds"], serde_json::Value::Null);
         v.imds = Some(ImdsLog {
+            instance_id: "i-0123456789abcdef0".to_owned(),
             requests: vec![
                 served("/latest/meta-data/instance-id", 401, Some(Refusal::NoToken)),
                 served("/latest/meta-data/instance-id", 200, None),
@@ -284,6 +286,7 @@ mod tests {
         );
         let json = report_json(&v);
         assert_eq!(json["imds"]["summary"], "3 requests, 1 refused (no token)");
+        assert_eq!(json["imds"]["instance_id"], "i-0123456789abcdef0");
         assert_eq!(json["imds"]["requests"], 3);
         assert_eq!(json["imds"]["refused"]["no_token"], 1);
         assert_eq!(json["imds"]["refused"]["bad_token"], 0);

@@ -25,7 +25,9 @@
 //! instance, whose instance id it derives from that UUID.
 //!
 //! Every request is recorded (method, path, status, why it was refused)
-//! for the verdict and logged at debug level.
+//! for the verdict and logged at debug level. [`guest`] has the other
+//! side of a verdict: user data that makes the guest report what it got,
+//! and the check of that report.
 //! Non-goals: IAM credentials, signed identity documents (`pkcs7`,
 //! `signature`), IPv6 (`[fd00:ec2::254]`), the hop limit, spot and
 //! scheduled events, tags.
@@ -44,6 +46,8 @@ use uuid::Uuid;
 use crate::error::{Result, VmError};
 use crate::network::{GuestForward, Isolated, Mac, Network, Subnet};
 use crate::qemu::Smbios;
+
+pub mod guest;
 
 /// Where the guest finds the service, as on EC2.
 pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -457,6 +461,8 @@ impl fmt::Display for Served {
 /// Every request of a boot, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImdsLog {
+    /// The instance served.
+    pub instance_id: String,
     pub requests: Vec<Served>,
 }
 
@@ -549,7 +555,10 @@ impl State {
         State {
             tree: instance.tree(),
             tokens: HashMap::new(),
-            log: ImdsLog::default(),
+            log: ImdsLog {
+                instance_id: instance.instance_id.clone(),
+                requests: Vec::new(),
+            },
         }
     }
 
