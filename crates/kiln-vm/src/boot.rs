@@ -15,6 +15,11 @@
 //! sends its output to `journal+console`, and the final message, written to
 //! stderr, reaches the serial console whenever the kernel's console is
 //! there (`console=ttyS0`), as it must be for the login prompt too.
+//! With an [`Instance`] the guest plays an EC2 instance instead of reading
+//! a seed: kiln serves its metadata ([`crate::imds`]) at 169.254.169.254
+//! for the life of the boot, the guest's network becomes the link-local
+//! subnet with that forward and the instance's MAC, the machine gets
+//! EC2's SMBIOS identity, and the verdict carries the requests served.
 //! Non-goals: logging in, running commands in the guest.
 
 use std::cell::RefCell;
@@ -26,6 +31,7 @@ use anyhow::{Context, Result};
 use crate::accel::{choose_accel, Accel, AccelChoice};
 use crate::console::{self, Console, Expect, Outcome, Pattern, Seen};
 use crate::firmware::Firmware;
+use crate::imds::{ImdsLog, ImdsServer, Instance};
 use crate::network::Network;
 use crate::qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Interface, Vm, VmConfig};
 use crate::seed::{write_seed, Datasource, SeedConfig, SeedFs};
@@ -188,6 +194,11 @@ pub struct BootOptions {
     /// image written to it (cloud-init grows the root into the rest). Not
     /// for a CD-ROM.
     pub disk_size: Option<DiskSize>,
+    /// Play this EC2 instance: serve its metadata (IMDSv2) at
+    /// 169.254.169.254 and give the machine its SMBIOS identity and MAC.
+    /// Needs [`SeedSource::None`] and the default network, which it
+    /// replaces with the link-local subnet and the forward.
+    pub imds: Option<Instance>,
 }
 
 /// How large the guest's disk is, against the image's own virtual size.
@@ -242,6 +253,7 @@ impl BootOptions {
             direct_boot: None,
             accel: None,
             disk_size: None,
+            imds: None,
         }
     }
 }
@@ -290,11 +302,42 @@ fn vm_config(opts: &BootOptions, image: Drive, seed: Option<Drive>, accel: Accel
     cfg
 }
 
+/// Makes `cfg` the machine of `instance` whose metadata service listens
+/// on 127.0.0.1:`port`: its network and SMBIOS identity.
+fn play_instance(cfg: &mut VmConfig, instance: &Instance, port: u16) -> Result<()> {
+    cfg.net = instance.network(port)?;
+    cfg.smbios = Some(instance.smbios());
+    Ok(())
+}
+
+/// Refuses what an EC2 instance cannot have beside its metadata service.
+fn check_imds(opts: &BootOptions) -> Result<()> {
+    if opts.imds.is_none() {
+        return Ok(());
+    }
+    if opts.seed != SeedSource::None {
+        anyhow::bail!(
+            "an EC2 instance reads its user data and keys from the metadata service, not from a seed: \
+             give them to the metadata service and attach no seed"
+        );
+    }
+    if opts.net != Network::default() {
+        anyhow::bail!(
+            "the metadata service sets up the guest's network itself (isolated, 169.254.0.0/16, \
+             169.254.169.254 forwarded to it); it cannot be combined with another network ({})",
+            opts.net
+        );
+    }
+    Ok(())
+}
+
 /// Progress of a boot, for the caller to render.
 #[derive(Debug)]
 pub enum BootEvent<'a> {
     /// The accelerator was chosen.
     Accel(&'a AccelChoice),
+    /// The metadata service is serving this instance on 127.0.0.1:`port`.
+    Imds { instance: &'a Instance, port: u16 },
     /// QEMU was started with this configuration.
     Started { vm: &'a VmConfig, command: &'a str },
     /// A wanted pattern appeared.
@@ -342,6 +385,8 @@ pub struct Verdict {
     pub network: Network,
     /// How the image was attached.
     pub medium: Medium,
+    /// The metadata service's requests, when the guest had one.
+    pub imds: Option<ImdsLog>,
 }
 
 impl Verdict {
@@ -401,6 +446,7 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
     for (name, regex) in FATAL {
         expect = expect.fail_on(Pattern::new(*name, regex)?);
     }
+    check_imds(opts)?;
 
     let format = match opts.format {
         Some(f) => f,
@@ -441,7 +487,20 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
             Some(Drive::new(path, ImageFormat::Raw))
         }
     };
-    let cfg = vm_config(opts, image, seed, accel.accel);
+    let mut cfg = vm_config(opts, image, seed, accel.accel);
+    // Started before QEMU, stopped after it: it serves the whole boot.
+    let imds = match &opts.imds {
+        None => None,
+        Some(instance) => {
+            let server = ImdsServer::start(instance).context("starting the metadata service")?;
+            play_instance(&mut cfg, instance, server.port())?;
+            on_event(BootEvent::Imds {
+                instance,
+                port: server.port(),
+            });
+            Some(server)
+        }
+    };
 
     let mut vm = Vm::start(&cfg).with_context(|| format!("starting QEMU for {}", opts.image.display()))?;
     on_event(BootEvent::Started {
@@ -472,6 +531,7 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
     let elapsed = started.elapsed();
     drop(vm);
     drop(work);
+    let imds = imds.map(ImdsServer::stop);
 
     let checks: Vec<Check> = expect
         .results()
@@ -499,8 +559,9 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
         tail: console.tail(TAIL_LINES),
         console_log: opts.console_log.clone(),
         accel,
-        network: opts.net.clone(),
+        network: cfg.net,
         medium: opts.medium,
+        imds,
     })
 }
 
@@ -683,6 +744,7 @@ mod tests {
             },
             network: Network::default(),
             medium: Medium::Disk,
+            imds: None,
         };
         assert_eq!(v.summary(), "booted in 52 s: seen login prompt, cloud-init finished");
         v.passed = false;
@@ -694,6 +756,58 @@ mod tests {
             v.summary(),
             "the VM stopped after 52 s before showing cloud-init finished: QEMU exited with status 1"
         );
+    }
+
+    /// The QEMU command line of an EC2 instance under both firmwares: the
+    /// image, no seed, the link-local network with the forward and the
+    /// MAC, the SMBIOS identity.
+    #[test]
+    fn qemu_args_of_an_ec2_instance() {
+        let flash = crate::qemu::Flash {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/tmp/kiln-vm-x/OVMF_VARS_4M.fd".into(),
+            format: "raw".into(),
+        };
+        let uuid = "0a1b2c3d-4e5f-4061-8273-8495a6b7c8d9".parse().unwrap();
+        let instance = Instance::from_uuid(uuid, Vec::new(), None);
+        let mut out = String::new();
+        for firmware in Firmware::ALL {
+            let mut opts = BootOptions::new("/out/ami.raw", "/out/ami.raw.console.log");
+            opts.firmware = firmware;
+            opts.seed = SeedSource::None;
+            opts.imds = Some(instance.clone());
+            check_imds(&opts).unwrap();
+            let image = Drive::new("/tmp/kiln-boot-x/disk.qcow2", ImageFormat::Qcow2).mode(DriveMode::Writable);
+            let mut cfg = vm_config(&opts, image, None, Accel::Tcg);
+            play_instance(&mut cfg, &instance, 41234).unwrap();
+            let flash = (firmware == Firmware::Uefi).then_some(&flash);
+            let args = crate::qemu::render(&crate::qemu::qemu_args(&cfg, flash).unwrap());
+            out.push_str(&format!("=== {}\n{args}\n", firmware.name()));
+        }
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn an_ec2_instance_takes_no_seed_and_no_other_network() {
+        let mut opts = BootOptions::new("/out/ami.raw", "/out/c.log");
+        opts.imds = Some(Instance::from_uuid(uuid::Uuid::nil(), Vec::new(), None));
+        let err = check_imds(&opts).unwrap_err().to_string();
+        assert!(err.contains("not from a seed"), "{err}");
+        opts.seed = SeedSource::None;
+        opts.net = Network::Open;
+        let err = check_imds(&opts).unwrap_err().to_string();
+        assert!(err.contains("cannot be combined with another network (open"), "{err}");
+        opts.net = Network::default();
+        check_imds(&opts).unwrap();
+        let err = boot(
+            &BootOptions {
+                seed: SeedSource::File("/s.iso".into()),
+                ..opts
+            },
+            &mut |_| panic!("nothing should happen"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not from a seed"), "{err:#}");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Booting images: the QEMU runner, firmware selection, serial console
-//! capture and verdicts, and cloud-init seeds (NoCloud, ConfigDrive). This
-//! crate knows nothing about specs.
+//! capture and verdicts, cloud-init seeds (NoCloud, ConfigDrive) and a
+//! local EC2 metadata service. This crate knows nothing about specs.
 
 pub mod accel;
 pub mod boot;
 pub mod console;
 pub mod error;
 pub mod firmware;
+pub mod imds;
 pub mod network;
 pub mod qemu;
 pub mod seed;
@@ -14,5 +15,6 @@ pub mod seed;
 pub use accel::{choose_accel, Accel, AccelChoice};
 pub use error::VmError;
 pub use firmware::Firmware;
-pub use network::{GuestForward, HostForward, Isolated, Network, Subnet};
-pub use qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Interface, Vm, VmConfig, VmExit};
+pub use imds::{ImdsLog, ImdsServer, Instance};
+pub use network::{GuestForward, HostForward, Isolated, Mac, Network, Subnet};
+pub use qemu::{DirectBoot, Drive, DriveMode, ImageFormat, Interface, Smbios, Vm, VmConfig, VmExit};

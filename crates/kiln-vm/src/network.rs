@@ -12,6 +12,9 @@
 //! form of `guestfwd` would serve a single connection in all).
 //! [`Network::Open`] is the user network without restriction, for a person
 //! at the console: the guest reaches whatever the host reaches.
+//! An isolated NIC may carry a fixed [`Mac`] (QEMU otherwise gives
+//! 52:54:00:12:34:56), so that a metadata service can describe the
+//! guest's interface as the guest sees it.
 //! Non-goals: TAP, bridges, more than one NIC, UDP forwards.
 
 use std::fmt;
@@ -23,8 +26,8 @@ use crate::error::{Result, VmError};
 /// The program QEMU runs for each connection to a [`GuestForward`].
 pub const SOCAT: &str = "socat";
 
-/// QEMU's user network gives out this many DHCP leases, from the 15th
-/// address of the subnet on (libslirp's `NB_BOOTP_CLIENTS`).
+/// QEMU's user network gives out this many DHCP leases, from
+/// [`Subnet::guest`] on (libslirp's `NB_BOOTP_CLIENTS`).
 const DHCP_LEASES: u32 = 16;
 
 /// An IPv4 subnet for QEMU's user network (its `net=` option).
@@ -40,6 +43,14 @@ impl Subnet {
     pub const DEFAULT: Subnet = Subnet {
         addr: Ipv4Addr::new(10, 0, 2, 0),
         prefix: 24,
+    };
+
+    /// 169.254.0.0/16, the link-local subnet in which clouds put their
+    /// metadata services (169.254.169.254): the host is 169.254.2.2, DNS
+    /// 169.254.2.3, the guest 169.254.2.15 (see [`Subnet::host`]).
+    pub const LINK_LOCAL: Subnet = Subnet {
+        addr: Ipv4Addr::new(169, 254, 0, 0),
+        prefix: 16,
     };
 
     /// A subnet of at least 256 addresses (prefix 1 to 24, so that QEMU's
@@ -69,32 +80,55 @@ impl Subnet {
         u32::from(ip) & self.mask() == u32::from(self.addr)
     }
 
-    /// The `n`th address of the subnet.
-    fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + n)
+    /// QEMU's address for the role that 10.0.2.`offset` plays in its
+    /// default subnet: the subnet's network address with the host bits of
+    /// 0.0.2.`offset` (QEMU's `net/slirp.c`). So 10.0.2.2 is the gateway of
+    /// 10.0.2.0/24 and 10.0.0.0/8 alike, 169.254.2.2 that of
+    /// 169.254.0.0/16 (not 169.254.0.2), 192.168.76.2 that of
+    /// 192.168.76.0/24.
+    fn qemu_addr(&self, offset: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | ((0x0200 | offset) & !self.mask()))
     }
 
-    /// The host as the guest sees it (QEMU's gateway, the 2nd address).
+    /// The host as the guest sees it (QEMU's gateway, x.x.2.2 in any
+    /// subnet of /22 or larger, the 2nd address in a smaller one).
     pub fn host(&self) -> Ipv4Addr {
-        self.nth(2)
+        self.qemu_addr(2)
     }
 
-    /// QEMU's DNS server as the guest sees it (the 3rd address).
+    /// QEMU's DNS server as the guest sees it (beside the gateway).
     pub fn dns(&self) -> Ipv4Addr {
-        self.nth(3)
+        self.qemu_addr(3)
+    }
+
+    /// The address QEMU's DHCP server gives the first (here: the only)
+    /// guest, the start of its DHCP range: 10.0.2.15, 169.254.2.15.
+    pub fn guest(&self) -> Ipv4Addr {
+        self.qemu_addr(15)
+    }
+
+    /// The netmask, e.g. 255.255.0.0.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
     }
 
     /// What QEMU itself answers on at `ip`, if anything: a guest forward
     /// there would be shadowed or would shadow it.
     fn reserved(&self, ip: Ipv4Addr) -> Option<&'static str> {
-        let offset = u32::from(ip) - u32::from(self.addr);
-        match offset {
-            0 => Some("the network address"),
-            2 => Some("QEMU's gateway (the host)"),
-            3 => Some("QEMU's DNS server"),
-            n if (15..15 + DHCP_LEASES).contains(&n) => Some("in QEMU's DHCP range (the guest's own address)"),
-            _ if offset == !self.mask() => Some("the broadcast address"),
-            _ => None,
+        let ip = u32::from(ip);
+        let dhcp = u32::from(self.guest());
+        if ip == u32::from(self.addr) {
+            Some("the network address")
+        } else if ip == u32::from(self.host()) {
+            Some("QEMU's gateway (the host)")
+        } else if ip == u32::from(self.dns()) {
+            Some("QEMU's DNS server")
+        } else if (dhcp..dhcp + DHCP_LEASES).contains(&ip) {
+            Some("in QEMU's DHCP range (the guest's own address)")
+        } else if ip == u32::from(self.addr) | !self.mask() {
+            Some("the broadcast address")
+        } else {
+            None
         }
     }
 }
@@ -119,6 +153,40 @@ impl FromStr for Subnet {
         let bad = || VmError::Config(format!("{s:?} is not a subnet like 169.254.0.0/16"));
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         Subnet::new(addr.parse().map_err(|_| bad())?, prefix.parse().map_err(|_| bad())?)
+    }
+}
+
+/// The hardware address of the guest's network card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac([u8; 6]);
+
+impl Mac {
+    /// A unicast address (the lowest bit of the first byte clear); QEMU
+    /// refuses a multicast one.
+    pub fn new(bytes: [u8; 6]) -> Result<Mac> {
+        if bytes[0] & 1 != 0 {
+            return Err(VmError::Config(format!(
+                "{} is a multicast address; a network card needs a unicast one",
+                Mac(bytes)
+            )));
+        }
+        Ok(Mac(bytes))
+    }
+
+    pub fn bytes(&self) -> [u8; 6] {
+        self.0
+    }
+}
+
+impl fmt::Display for Mac {
+    /// Lower-case hex bytes with colons, as QEMU, Linux and EC2 write it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -148,6 +216,7 @@ pub struct GuestForward {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Isolated {
     subnet: Subnet,
+    mac: Option<Mac>,
     host_forwards: Vec<HostForward>,
     guest_forwards: Vec<GuestForward>,
 }
@@ -165,6 +234,12 @@ impl Isolated {
             subnet,
             ..Isolated::default()
         }
+    }
+
+    /// Gives the network card this address instead of QEMU's default.
+    pub fn mac(mut self, mac: Mac) -> Self {
+        self.mac = Some(mac);
+        self
     }
 
     pub fn host_forward(mut self, forward: HostForward) -> Self {
@@ -201,6 +276,11 @@ impl Isolated {
 
     pub fn subnet(&self) -> Subnet {
         self.subnet
+    }
+
+    /// The card's address, when set.
+    pub fn nic_mac(&self) -> Option<Mac> {
+        self.mac
     }
 
     pub fn host_forwards(&self) -> &[HostForward] {
@@ -254,6 +334,9 @@ impl Network {
             Network::Open => "user,model=virtio-net-pci".to_owned(),
             Network::Isolated(i) => {
                 let mut nic = String::from("user,model=virtio-net-pci,restrict=on,ipv6=off");
+                if let Some(mac) = i.mac {
+                    nic.push_str(&format!(",mac={mac}"));
+                }
                 if i.subnet != Subnet::DEFAULT {
                     nic.push_str(&format!(",net={}", i.subnet));
                 }
@@ -286,6 +369,9 @@ impl fmt::Display for Network {
                 let mut parts: Vec<String> = Vec::new();
                 if i.subnet != Subnet::DEFAULT {
                     parts.push(format!("subnet {}", i.subnet));
+                }
+                if let Some(mac) = i.mac {
+                    parts.push(format!("MAC {mac}"));
                 }
                 parts.extend(
                     i.host_forwards
@@ -325,7 +411,8 @@ mod tests {
     /// Every kind of network, as the `-nic` value and as reported.
     #[test]
     fn nic_arguments_and_descriptions() {
-        let metadata = Isolated::in_subnet("169.254.0.0/16".parse().unwrap())
+        let metadata = Isolated::in_subnet(Subnet::LINK_LOCAL)
+            .mac(Mac::new([0x02, 0xec, 0x20, 0x12, 0x34, 0x56]).unwrap())
             .guest_forward(GuestForward {
                 addr: ip("169.254.169.254"),
                 port: 80,
@@ -380,6 +467,16 @@ mod tests {
             ("10.0.2.0/24", "10.0.2.30", Some("DHCP range")),
             ("10.0.2.0/24", "10.0.2.255", Some("the broadcast address")),
             ("169.254.0.0/16", "169.254.169.254", None),
+            ("169.254.0.0/16", "169.254.0.2", None),
+            ("169.254.0.0/16", "169.254.0.15", None),
+            ("169.254.0.0/16", "169.254.0.0", Some("the network address")),
+            ("169.254.0.0/16", "169.254.2.2", Some("QEMU's gateway")),
+            ("169.254.0.0/16", "169.254.2.3", Some("QEMU's DNS server")),
+            ("169.254.0.0/16", "169.254.2.15", Some("DHCP range")),
+            ("169.254.0.0/16", "169.254.2.30", Some("DHCP range")),
+            ("169.254.0.0/16", "169.254.2.31", None),
+            ("10.0.0.0/8", "10.0.2.2", Some("QEMU's gateway")),
+            ("10.0.0.0/8", "10.0.0.2", None),
             ("169.254.0.0/16", "169.254.255.255", Some("broadcast")),
             (
                 "169.254.0.0/16",
@@ -429,5 +526,38 @@ mod tests {
             let err = bad.parse::<Subnet>().unwrap_err().to_string();
             assert!(err.contains(want), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_link_local_subnet_and_its_addresses() {
+        assert_eq!(Subnet::LINK_LOCAL, "169.254.0.0/16".parse().unwrap());
+        // As QEMU 10.0 gives them, seen from a Debian 12 guest in 169.254.0.0/16.
+        assert_eq!(Subnet::LINK_LOCAL.host(), ip("169.254.2.2"));
+        assert_eq!(Subnet::LINK_LOCAL.dns(), ip("169.254.2.3"));
+        assert_eq!(Subnet::LINK_LOCAL.guest(), ip("169.254.2.15"));
+        assert_eq!(Subnet::LINK_LOCAL.netmask(), ip("255.255.0.0"));
+        let net = |s: &str| s.parse::<Subnet>().unwrap();
+        for (subnet, host, dns, guest) in [
+            ("10.0.2.0/24", "10.0.2.2", "10.0.2.3", "10.0.2.15"),
+            ("192.168.76.0/24", "192.168.76.2", "192.168.76.3", "192.168.76.15"),
+            ("10.0.4.0/23", "10.0.4.2", "10.0.4.3", "10.0.4.15"),
+            ("10.0.4.0/22", "10.0.6.2", "10.0.6.3", "10.0.6.15"),
+            ("10.0.0.0/8", "10.0.2.2", "10.0.2.3", "10.0.2.15"),
+        ] {
+            let s = net(subnet);
+            assert_eq!(
+                (s.host(), s.dns(), s.guest()),
+                (ip(host), ip(dns), ip(guest)),
+                "{subnet}"
+            );
+        }
+    }
+
+    #[test]
+    fn macs_are_unicast_and_written_in_lower_case() {
+        let mac = Mac::new([0x0a, 0xEC, 0x20, 0, 0x01, 0xff]).unwrap();
+        assert_eq!(mac.to_string(), "0a:ec:20:00:01:ff");
+        let err = Mac::new([0x01, 0, 0, 0, 0, 0]).unwrap_err().to_string();
+        assert!(err.contains("01:00:00:00:00:00 is a multicast address"), "{err}");
     }
 }

@@ -13,7 +13,9 @@
 //! private copy of the OVMF variable store in a temporary directory that
 //! dies with the VM. The network is a [`Network`], isolated (QEMU's
 //! restricted user network, nothing but explicit forwards) unless the
-//! caller asks otherwise. Non-goals: a monitor/QMP client, live migration,
+//! caller asks otherwise. The machine's SMBIOS identity (vendor, product,
+//! serial, UUID, asset tags) is QEMU's unless an [`Smbios`] says otherwise,
+//! as a cloud's hypervisor does for cloud-init to recognise it. Non-goals: a monitor/QMP client, live migration,
 //! graphics, architectures other than x86_64.
 
 use std::ffi::{OsStr, OsString};
@@ -211,6 +213,52 @@ pub struct VmConfig {
     /// End the run when the guest reboots (on by default: a panic or a
     /// reboot loop ends the run instead of repeating).
     pub no_reboot: bool,
+    /// The machine's identity in its SMBIOS tables; QEMU's own when `None`.
+    pub smbios: Option<Smbios>,
+}
+
+/// What the firmware tells the guest about the machine (SMBIOS, read by
+/// Linux into `/sys/class/dmi/id`), as a cloud's hypervisor sets it so
+/// that cloud-init's ds-identify and datasources know where they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smbios {
+    /// BIOS vendor (type 0), system, board and chassis manufacturer
+    /// (types 1, 2, 3): `sys_vendor`, `bios_vendor`, `board_vendor`,
+    /// `chassis_vendor`.
+    pub vendor: String,
+    /// System product name (type 1, `product_name`).
+    pub product: String,
+    /// System serial number (type 1, `product_serial`).
+    pub serial: String,
+    /// System UUID (type 1, `product_uuid`), also QEMU's VM UUID.
+    pub uuid: uuid::Uuid,
+    /// Board asset tag (type 2, `board_asset_tag`).
+    pub board_asset_tag: String,
+    /// Chassis asset tag (type 3, `chassis_asset_tag`).
+    pub chassis_asset_tag: String,
+}
+
+impl Smbios {
+    /// The `-smbios` options: types 0, 1, 2 and 3.
+    fn qemu_args(&self) -> Vec<OsString> {
+        let v = |s: &str| opt_value(OsStr::new(s)).to_string_lossy().into_owned();
+        let vendor = v(&self.vendor);
+        let tables = [
+            format!("type=0,vendor={vendor}"),
+            format!(
+                "type=1,manufacturer={vendor},product={},serial={},uuid={}",
+                v(&self.product),
+                v(&self.serial),
+                self.uuid
+            ),
+            format!("type=2,manufacturer={vendor},asset={}", v(&self.board_asset_tag)),
+            format!("type=3,manufacturer={vendor},asset={}", v(&self.chassis_asset_tag)),
+        ];
+        tables
+            .into_iter()
+            .flat_map(|t| [OsString::from("-smbios"), OsString::from(t)])
+            .collect()
+    }
 }
 
 impl VmConfig {
@@ -227,6 +275,7 @@ impl VmConfig {
             net: Network::default(),
             direct_boot: None,
             no_reboot: true,
+            smbios: None,
         }
     }
 }
@@ -282,6 +331,9 @@ pub(crate) fn qemu_args(cfg: &VmConfig, flash: Option<&Flash>) -> Result<Vec<OsS
     a.push("-chardev".into());
     a.push(opt("file,id=console,path=", &cfg.console_log, ""));
     a.extend(["-serial", "chardev:console"].map(OsString::from));
+    if let Some(smbios) = &cfg.smbios {
+        a.extend(smbios.qemu_args());
+    }
 
     match (cfg.firmware, flash) {
         (Firmware::Bios, _) => {} // SeaBIOS is QEMU's default
@@ -604,6 +656,33 @@ mod tests {
         cfg.direct_boot = None;
         let err = qemu_args(&cfg, None).unwrap_err();
         assert!(err.to_string().contains("OVMF"), "{err}");
+    }
+
+    /// A cloud's identity, with a comma in a value (doubled for QEMU).
+    #[test]
+    fn smbios_tables() {
+        let mut cfg = VmConfig::new("/c.log");
+        cfg.smbios = Some(Smbios {
+            vendor: "Amazon EC2".into(),
+            product: "t3.micro".into(),
+            serial: "ec2a1b2c-0000-4000-8000-0123456789ab".into(),
+            uuid: "ec2a1b2c-0000-4000-8000-0123456789ab".parse().unwrap(),
+            board_asset_tag: "i-0123456789abcdef0".into(),
+            chassis_asset_tag: "Amazon EC2, rack 1".into(),
+        });
+        let args = render(&qemu_args(&cfg, None).unwrap());
+        let smbios: Vec<&str> = args.lines().filter_map(|l| l.strip_prefix("-smbios ")).collect();
+        assert_eq!(
+            smbios,
+            [
+                "type=0,vendor=Amazon EC2",
+                "type=1,manufacturer=Amazon EC2,product=t3.micro,serial=ec2a1b2c-0000-4000-8000-0123456789ab,uuid=ec2a1b2c-0000-4000-8000-0123456789ab",
+                "type=2,manufacturer=Amazon EC2,asset=i-0123456789abcdef0",
+                "type=3,manufacturer=Amazon EC2,asset=Amazon EC2,, rack 1",
+            ]
+        );
+        cfg.smbios = None;
+        assert!(!render(&qemu_args(&cfg, None).unwrap()).contains("-smbios"));
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! File times come from `SOURCE_DATE_EPOCH` when it is set, so a seed with
 //! an explicit instance id is reproducible; the default instance id is a
 //! fresh UUID, so that cloud-init treats every boot of a new seed as a first
-//! boot. Non-goals: vendor data, EC2 metadata, `openstack/content/` files.
+//! boot. Non-goals: vendor data, EC2 metadata (that is [`crate::imds`]),
+//! `openstack/content/` files.
 
 use std::path::Path;
 
@@ -380,7 +381,7 @@ const SSH_KEY_TYPES: &[&str] = &[
 
 /// An OpenSSH public key line: `TYPE BASE64 [COMMENT]`, whose decoded blob
 /// starts with the same type name (catches truncated or mangled pastes).
-fn check_ssh_key(key: &str) -> Result<()> {
+pub(crate) fn check_ssh_key(key: &str) -> Result<()> {
     let key = key.trim();
     let shown: String = key.chars().take(40).collect();
     ensure!(

@@ -281,7 +281,7 @@ fn boot_debian(firmware: Firmware, probe_isolation: bool) {
         BootEvent::Started { command, .. } => eprintln!("started: {command}"),
         BootEvent::Seen(s) => eprintln!("[{:5.1} s] seen {}: {}", s.at.as_secs_f64(), s.name, s.line.trim()),
         BootEvent::Waiting { elapsed } => eprintln!("[{:5.1} s] waiting", elapsed.as_secs_f64()),
-        BootEvent::Accel(_) => {}
+        BootEvent::Accel(_) | BootEvent::Imds { .. } => {}
     })
     .unwrap();
     eprintln!(

@@ -64,6 +64,13 @@ pub enum Command {
 address by DHCP, but reaches neither the host, nor DNS, nor anything beyond. \
 --net opens it: the guest can then reach whatever the host reaches.
 
+EC2: --imds makes the guest an EC2 instance: kiln serves EC2's instance metadata \
+service (IMDSv2 only: a token from PUT /latest/api/token, required on every GET) at \
+169.254.169.254 from 127.0.0.1, with --ssh-key as public-keys/0/openssh-key and \
+--user-data as user-data; the machine gets a Nitro instance's SMBIOS identity \
+(Amazon EC2, a UUID starting with ec2), so cloud-init's Ec2 datasource runs. \
+No seed is attached. The report counts the requests and those refused.
+
 Medium: the image is a virtio disk by default; --cdrom makes it a CD-ROM and --usb \
 a USB stick, each booted from, as a hybrid live ISO is booted from a disc or a stick.
 
@@ -71,6 +78,7 @@ Examples:
   kiln boot out/debian-12-disk-1.0.0-disk.qcow2
   kiln boot --firmware uefi --expect 'Debian GNU/Linux 12' --json out/disk.qcow2
   kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/disk.qcow2
+  kiln boot --imds --ssh-key \"$(cat ~/.ssh/id_ed25519.pub)\" --user-data user-data.yaml --disk-size 8GiB out/ami.raw
   kiln boot --cdrom --firmware uefi out/debian-12-live-1.0.0.iso
   kiln boot --usb --firmware bios out/debian-12-live-1.0.0.iso"
     )]
@@ -312,12 +320,18 @@ pub struct BootArgs {
     /// A ready seed image to attach (default: kiln generates a NoCloud seed).
     #[arg(long, conflicts_with_all = ["user_data", "ssh_keys"])]
     pub seed: Option<PathBuf>,
-    /// User data for the generated seed.
+    /// User data for the generated seed (or, with --imds, the metadata service's user-data).
     #[arg(long)]
     pub user_data: Option<PathBuf>,
-    /// SSH public key for the generated seed; repeatable.
+    /// SSH public key for the generated seed (or, with --imds, the metadata
+    /// service's public-keys); repeatable.
     #[arg(long = "ssh-key")]
     pub ssh_keys: Vec<String>,
+    /// Boot the image as an EC2 instance: serve EC2's instance metadata
+    /// (IMDSv2 only) at 169.254.169.254, give the machine EC2's SMBIOS
+    /// identity, and attach no seed.
+    #[arg(long, conflicts_with_all = ["seed", "net"])]
+    pub imds: bool,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -578,6 +592,36 @@ mod tests {
         );
         let err = deploy(&["--checksum-type", "crc32"]).unwrap_err();
         assert!(err.contains("[possible values: md5, sha1, sha256, sha512]"), "{err}");
+    }
+
+    #[test]
+    fn imds_takes_keys_and_user_data_but_no_seed_nor_open_network() {
+        let boot = |extra: &[&str]| {
+            Cli::try_parse_from([&["kiln", "boot", "ami.raw"], extra].concat()).map(|c| match c.command {
+                Command::Boot(b) => b,
+                other => panic!("{other:?}"),
+            })
+        };
+        let key = "ssh-ed25519 AAAA k";
+        let b = boot(&[
+            "--imds",
+            "--ssh-key",
+            key,
+            "--user-data",
+            "ud.yaml",
+            "--disk-size",
+            "8GiB",
+        ])
+        .unwrap();
+        assert!(b.imds);
+        assert_eq!(b.ssh_keys, [key]);
+        assert_eq!(b.user_data.as_deref(), Some(std::path::Path::new("ud.yaml")));
+        assert!(!boot(&[]).unwrap().imds);
+        for conflicting in [&["--seed", "seed.iso"][..], &["--net"]] {
+            let err = boot(&[&["--imds"], conflicting].concat()).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{conflicting:?}");
+            assert!(err.to_string().contains("--imds"), "{err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_vm::boot::{boot, BootEvent, BootOptions, Ending, SeedSource, Verdict};
-use kiln_vm::{ImageFormat, Network};
+use kiln_vm::{ImageFormat, ImdsLog, Instance, Network};
 
 use crate::cli::BootArgs;
 use crate::exit::{usage, Exit};
@@ -21,18 +21,23 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
         .unwrap_or_else(|| default_console_log(&args.image));
     let mut opts = BootOptions::new(&args.image, &console_log);
     opts.firmware = args.firmware;
-    opts.seed = match &args.seed {
-        Some(path) => SeedSource::File(path.clone()),
-        None => SeedSource::Generate {
-            user_data: args
-                .user_data
-                .as_deref()
-                .map(|p| std::fs::read(p).with_context(|| format!("reading user data from {}", p.display())))
-                .transpose()
-                .map_err(usage)?,
+    let user_data = args
+        .user_data
+        .as_deref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading user data from {}", p.display())))
+        .transpose()
+        .map_err(usage)?;
+    opts.seed = match (&args.seed, args.imds) {
+        (_, true) => SeedSource::None,
+        (Some(path), false) => SeedSource::File(path.clone()),
+        (None, false) => SeedSource::Generate {
+            user_data: user_data.clone(),
             ssh_keys: args.ssh_keys.clone(),
         },
     };
+    if args.imds {
+        opts.imds = Some(Instance::new(args.ssh_keys.clone(), user_data).map_err(usage)?);
+    }
     opts.expect = args.expect.clone();
     opts.timeout = Duration::from_secs(args.timeout);
     opts.memory = args.memory;
@@ -49,6 +54,13 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
 
     let verdict = boot(&opts, &mut |event| match event {
         BootEvent::Accel(choice) => tracing::info!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
+        BootEvent::Imds { instance, port } => tracing::info!(
+            "kiln: EC2 instance {} ({}, {}, {}): metadata service at 169.254.169.254, served from 127.0.0.1:{port}",
+            instance.instance_id,
+            instance.instance_type,
+            instance.availability_zone,
+            instance.local_ipv4()
+        ),
         BootEvent::Started { vm, command } => {
             tracing::debug!("QEMU: {command}");
             tracing::info!(
@@ -104,15 +116,47 @@ fn report(v: &Verdict) -> Result<()> {
 }
 
 /// The verdict on stdout: PASS or FAIL with the summary, then how the
-/// image was attached and the network the guest had.
+/// image was attached, the network the guest had and, with `--imds`,
+/// the requests the metadata service answered.
 fn verdict_text(v: &Verdict) -> String {
-    format!(
+    let mut text = format!(
         "{} {}\nmedium: {}\nnetwork: {}\n",
         if v.passed { "PASS" } else { "FAIL" },
         v.summary(),
         v.medium,
         v.network
-    )
+    );
+    if let Some(log) = &v.imds {
+        text.push_str(&format!("imds: {}\n", log.summary()));
+    }
+    text
+}
+
+/// The metadata service's requests for `--json`: counts and every request.
+fn imds_json(log: &ImdsLog) -> serde_json::Value {
+    let refused: serde_json::Map<String, serde_json::Value> = kiln_vm::imds::Refusal::ALL
+        .iter()
+        .map(|&r| (r.key().to_owned(), log.refused(r).into()))
+        .collect();
+    let requests: Vec<serde_json::Value> = log
+        .requests
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "method": r.method,
+                "path": r.path,
+                "status": r.status,
+                "refused": r.refusal.map(|why| why.key()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "instance_id": log.instance_id,
+        "summary": log.summary(),
+        "requests": log.requests.len(),
+        "refused": refused,
+        "log": requests,
+    })
 }
 
 /// The verdict for `--json`.
@@ -143,6 +187,7 @@ fn report_json(v: &Verdict) -> serde_json::Value {
         "accel": v.accel.accel.name(),
         "medium": v.medium.name(),
         "network": { "kind": v.network.kind(), "description": v.network.to_string() },
+        "imds": v.imds.as_ref().map(imds_json),
         "console_log": v.console_log,
         "console_tail": v.tail,
     })
@@ -171,6 +216,7 @@ mod tests {
             },
             network,
             medium: Medium::Disk,
+            imds: None,
         }
     }
 
@@ -215,6 +261,42 @@ mod tests {
             ["disk", "cdrom", "usb"],
             "scripts read these names from --json"
         );
+    }
+
+    #[test]
+    fn reports_count_the_metadata_service_requests() {
+        use kiln_vm::imds::{Refusal, Served};
+        let served = |path: &str, status, refusal| Served {
+            method: "GET".to_owned(),
+            path: path.to_owned(),
+            status,
+            refusal,
+        };
+        let mut v = verdict(Network::default());
+        assert!(!verdict_text(&v).contains("imds"));
+        assert_eq!(report_json(&v)["imds"], serde_json::Value::Null);
+        v.imds = Some(ImdsLog {
+            instance_id: "i-0123456789abcdef0".to_owned(),
+            requests: vec![
+                served("/latest/meta-data/instance-id", 401, Some(Refusal::NoToken)),
+                served("/latest/meta-data/instance-id", 200, None),
+                served("/latest/user-data", 404, None),
+            ],
+        });
+        assert!(
+            verdict_text(&v).ends_with("\nimds: 3 requests, 1 refused (no token)\n"),
+            "{}",
+            verdict_text(&v)
+        );
+        let json = report_json(&v);
+        assert_eq!(json["imds"]["summary"], "3 requests, 1 refused (no token)");
+        assert_eq!(json["imds"]["instance_id"], "i-0123456789abcdef0");
+        assert_eq!(json["imds"]["requests"], 3);
+        assert_eq!(json["imds"]["refused"]["no_token"], 1);
+        assert_eq!(json["imds"]["refused"]["bad_token"], 0);
+        assert_eq!(json["imds"]["log"][0]["refused"], "no_token");
+        assert_eq!(json["imds"]["log"][2]["status"], 404);
+        assert_eq!(json["imds"]["log"][2]["refused"], serde_json::Value::Null);
     }
 
     #[test]
