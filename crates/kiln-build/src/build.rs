@@ -602,41 +602,59 @@ impl Run<'_> {
             .to_hex()
     }
 
-    /// When the spec only added packages since the last bootstrap of this
-    /// spec, installs just those on top of it (an overlay increment)
-    /// instead of bootstrapping again: a rebuild after adding one package
-    /// downloads and installs one package. `--no-cache` never takes this
-    /// path, so the reproducible result is always a full bootstrap.
+    /// When a cached bootstrap of the same release, sources and options
+    /// holds a subset of the packages this one needs, installs just the
+    /// missing ones on top of it (an overlay increment) instead of
+    /// bootstrapping again: a rebuild after adding one package downloads
+    /// and installs one package, and a second spec that needs a few more
+    /// packages than a first builds on the first's bootstrap. The spec's
+    /// own last bootstrap is preferred, then the one that lacks the fewest
+    /// packages. `--no-cache` never takes this path, so the reproducible
+    /// result is always a full bootstrap.
     fn grow_bootstrap(&self, stage: &Stage, key: Hash) -> Result<Option<Layer>> {
-        let Some(record) = self.cache.read_record(&self.plan.name, &stage.id) else {
-            return Ok(None);
-        };
-        let Some(prev_key) = record.entry.as_deref().and_then(Hash::from_hex) else {
-            return Ok(None);
-        };
-        let Lookup::Hit(prev_hit) = self.cache.lookup(&prev_key)? else {
-            return Ok(None);
-        };
-        let Some(prev) = Layer::from_hit(&self.cache, prev_hit, prev_key)? else {
-            return Ok(None);
-        };
-        let before = &prev.state.include;
         let base_hash = self.bootstrap_base_hash();
         let now = &self.plan.bootstrap.include;
-        if before.is_empty()
-            || prev.state.base_hash.as_deref() != Some(base_hash.as_str())
-            || !before.iter().all(|p| now.contains(p))
-        {
-            return Ok(None);
+        let mut best: Option<(String, Layer, usize)> = None;
+        for (spec, record) in self.cache.records_of_stage(&self.plan.name, &stage.id) {
+            let Some(prev_key) = record.entry.as_deref().and_then(Hash::from_hex) else {
+                continue;
+            };
+            if best.as_ref().is_some_and(|(_, layer, _)| layer.key == prev_key) {
+                continue;
+            }
+            let Lookup::Hit(prev_hit) = self.cache.lookup(&prev_key)? else {
+                continue;
+            };
+            let Some(prev) = Layer::from_hit(&self.cache, prev_hit, prev_key)? else {
+                continue;
+            };
+            let before = &prev.state.include;
+            if before.is_empty()
+                || prev.state.base_hash.as_deref() != Some(base_hash.as_str())
+                || !before.iter().all(|p| now.contains(p))
+            {
+                continue;
+            }
+            let missing = now.len() - before.len();
+            if missing > 0 && best.as_ref().is_none_or(|(_, _, m)| missing < *m) {
+                best = Some((spec, prev, missing));
+            }
         }
+        let Some((base_spec, prev, _)) = best else {
+            return Ok(None);
+        };
+        let prev_key = prev.key;
+        let before = &prev.state.include;
         let added: Vec<&str> = now.iter().filter(|p| !before.contains(p)).map(String::as_str).collect();
-        if added.is_empty() {
-            return Ok(None);
-        }
         let names = added.join(" ");
+        let whose = if base_spec == self.plan.name {
+            "the cached bootstrap".to_owned()
+        } else {
+            format!("the cached bootstrap of {base_spec}")
+        };
         self.reporter.event(Event::StageRebuilt {
             id: stage.id.clone(),
-            reason: format!("packages added: {names}; installing them on top of the cached bootstrap"),
+            reason: format!("packages added: {names}; installing them on top of {whose}"),
         });
         let Some(lock) = self.builder_lock(&key)? else {
             return Ok(None);

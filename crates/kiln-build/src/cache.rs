@@ -263,6 +263,24 @@ impl Cache {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// The records of `stage` of every spec that has one, `spec`'s own
+    /// first, then the others by name.
+    pub fn records_of_stage(&self, spec: &str, stage: &str) -> Vec<(String, Record)> {
+        let clean = |s: &str| s.replace(['/', '\\'], "_");
+        let mut others: Vec<String> = fs::read_dir(self.root.join("records"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| *name != clean(spec))
+            .collect();
+        others.sort();
+        std::iter::once(spec.to_owned())
+            .chain(others)
+            .filter_map(|name| self.read_record(&name, stage).map(|r| (name, r)))
+            .collect()
+    }
+
     fn record_path(&self, spec: &str, stage: &str) -> PathBuf {
         let clean = |s: &str| s.replace(['/', '\\'], "_");
         self.root

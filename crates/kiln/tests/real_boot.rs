@@ -361,3 +361,101 @@ fn airship_live_iso_boots_as_a_usb_stick_with_bios() {
 fn airship_live_iso_boots_as_a_usb_stick_with_uefi() {
     live_iso_boots("--usb", "uefi");
 }
+
+/// The AMI example, built once, checked against the `ami` contract.
+fn ami_image() -> std::path::PathBuf {
+    let image = example_image("debian-12-ami.toml", "debian-12-ami-1.0.0-ami.raw");
+    let check = run(kiln().arg("check").arg(&image).args(["--target", "ami"]));
+    assert!(check.status.success(), "kiln check --target ami:\n{}", text(&check));
+    image
+}
+
+/// Boots the AMI example as EC2 boots it: on an 8 GiB volume, with the
+/// local metadata service (`kiln boot --imds`) giving it a fresh key pair
+/// and user data that reports from inside the guest; every fact of
+/// `kiln_vm::imds::guest` must hold (user data ran, the key in admin's
+/// authorized_keys, a request without a token refused, cloud-init on the
+/// `aws` platform, the root partition and filesystem grown), and the time
+/// server must be Amazon's.
+fn ami_boots_as_an_ec2_instance(firmware: &str) {
+    let image = ami_image();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("id_ed25519");
+    let keygen = run(tool("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-imds-test", "-f"])
+        .arg(&key_file));
+    assert!(keygen.status.success(), "ssh-keygen: {}", text(&keygen));
+    let key = std::fs::read_to_string(key_file.with_extension("pub")).unwrap();
+    let user_data = dir.path().join("user-data");
+    std::fs::write(
+        &user_data,
+        kiln_vm::imds::guest::user_data(
+            "admin",
+            &[(
+                "NTP",
+                "systemd-analyze cat-config systemd/timesyncd.conf | sed -n 's/^NTP=//p' | tail -n 1",
+            )],
+        ),
+    )
+    .unwrap();
+    let modified = std::fs::metadata(&image).unwrap().modified().unwrap();
+    let console = image.with_extension(format!("{firmware}.console.log"));
+    let out = run(kiln()
+        .args([
+            "boot",
+            "--firmware",
+            firmware,
+            "--timeout",
+            "900",
+            "--imds",
+            "--ssh-key",
+        ])
+        .arg(key.trim())
+        .arg("--user-data")
+        .arg(&user_data)
+        .args(["--disk-size", "8GiB", "--expect", kiln_vm::imds::guest::END, "--json"])
+        .arg("--console-log")
+        .arg(&console)
+        .arg(&image));
+    let t = text(&out);
+    eprintln!("{t}");
+    assert!(
+        out.status.success(),
+        "kiln boot --imds --firmware {firmware} failed:\n{t}"
+    );
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().modified().unwrap(),
+        modified,
+        "the boot changed the image file"
+    );
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instance = verdict["imds"]["instance_id"]
+        .as_str()
+        .expect("the verdict names the instance");
+    assert!(
+        verdict["imds"]["refused"]["no_token"].as_u64().unwrap_or(0) >= 1,
+        "the metadata service refused no request without a token: {}",
+        verdict["imds"]
+    );
+    let console = String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned();
+    let report = kiln_vm::imds::guest::Report::read(&console);
+    let problems = report.problems(&key, instance, 8 << 30);
+    assert!(problems.is_empty(), "{firmware}: {}", problems.join("\n"));
+    assert_eq!(
+        report.get("NTP"),
+        Some("169.254.169.123"),
+        "{firmware}: the time server"
+    );
+}
+
+#[test]
+#[ignore = "slow: builds the AMI example and boots it under TCG with the local metadata service"]
+fn ami_boots_as_an_ec2_instance_with_bios() {
+    ami_boots_as_an_ec2_instance("bios");
+}
+
+#[test]
+#[ignore = "slow: builds the AMI example and boots it under TCG with the local metadata service"]
+fn ami_boots_as_an_ec2_instance_with_uefi() {
+    ami_boots_as_an_ec2_instance("uefi");
+}

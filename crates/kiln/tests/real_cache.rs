@@ -171,19 +171,29 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     );
     assert_eq!(motd_in(&out_a), "changed by the cache test\n");
 
-    // One package added: installed on top of the cached bootstrap, not a
-    // new bootstrap, and in the image.
+    // Another spec (another image name) with one package more: it is
+    // installed on top of the first spec's cached bootstrap, not a new
+    // bootstrap, and is in the image.
     let text_before = std::fs::read_to_string(&spec).unwrap();
-    std::fs::write(&spec, text_before.replacen("install = [", "install = [\"tree\", ", 1)).unwrap();
-    let grown = events(&build(&spec, &cache, &out_a, &[]));
+    let grown_spec = spec.with_file_name("grown.toml");
+    std::fs::write(
+        &grown_spec,
+        text_before
+            .replacen("install = [", "install = [\"tree\", ", 1)
+            .replacen("name = \"debian-12-byol\"", "name = \"debian-12-byol-tree\"", 1),
+    )
+    .unwrap();
+    let out_grown = dir.path().join("grown");
+    let grown = events(&build(&grown_spec, &cache, &out_grown, &[]));
     assert_eq!(status_of(&grown, "bootstrap"), "ok");
     assert!(
-        rebuild_reason(&grown, "bootstrap").contains("packages added: tree"),
+        rebuild_reason(&grown, "bootstrap")
+            .contains("packages added: tree; installing them on top of the cached bootstrap of debian-12-byol"),
         "{:?}",
         rebuild_reason(&grown, "bootstrap")
     );
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_a.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out_grown.join("manifest.json")).unwrap()).unwrap();
     assert!(
         manifest["packages"]
             .as_array()
@@ -192,7 +202,10 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
             .any(|p| p["name"] == "tree"),
         "tree not installed"
     );
-    assert_eq!(motd_in(&out_a), "changed by the cache test\n");
+    assert!(
+        out_grown.join("debian-12-byol-tree-1.0.0.qcow2").is_file(),
+        "the grown spec's image is missing"
+    );
 
     // kiln cache ls shows the entries; rm --all empties the cache.
     let ls = run(kiln().args(["cache", "ls", "--cache-dir"]).arg(&cache));

@@ -571,3 +571,62 @@ fn signatures_are_accepted_and_invalid_credentials_refused_with_nothing_made() {
     assert!(out.status.success(), "{}", common::text(&out));
     assert!(!moto.snapshots().is_empty());
 }
+
+/// The AMI example as built by `kiln build` (shared with the boot tests)
+/// publishes as it is: exactly its non-zero 512 KiB blocks go out, and its
+/// manifest gains the `published` entry with the AMI and snapshot ids.
+#[test]
+#[ignore = "slow: builds the AMI example and starts moto_server"]
+fn the_ami_example_publishes_its_nonzero_blocks() {
+    let Some(server) = require_moto() else { return };
+    let image = common::example_image("debian-12-ami.toml", "debian-12-ami-1.0.0-ami.raw");
+    let nonzero = {
+        let mut f = std::fs::File::open(&image).unwrap();
+        let mut block = vec![0u8; BLOCK as usize];
+        let mut count = 0u64;
+        loop {
+            let n = f.read(&mut block).unwrap();
+            if n == 0 {
+                break;
+            }
+            // A short read is completed before the block is judged.
+            let mut len = n;
+            while len < block.len() {
+                let m = f.read(&mut block[len..]).unwrap();
+                if m == 0 {
+                    break;
+                }
+                len += m;
+            }
+            count += u64::from(block[..len].iter().any(|&b| b != 0));
+        }
+        count
+    };
+    let moto = Moto::start(&server, false);
+    let out = publish(
+        &image,
+        &moto.url(),
+        &moto.key,
+        &["--name", "debian-12-ami-1.0.0", "--json"],
+    );
+    let t = common::text(&out);
+    assert!(out.status.success(), "{t}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["blocks_sent"], nonzero, "{result}");
+    assert_eq!(
+        result["blocks_total"],
+        std::fs::metadata(&image).unwrap().len().div_ceil(BLOCK)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.with_file_name("manifest.json")).unwrap()).unwrap();
+    let published = manifest["published"]
+        .as_array()
+        .expect("a published list in the manifest");
+    let entry = published.last().unwrap();
+    assert_eq!(entry["ami"], result["ami"]);
+    assert_eq!(entry["snapshot"], result["snapshot"]);
+    assert_eq!(
+        entry["artifact_id"],
+        format!("us-east-1:{}", result["ami"].as_str().unwrap()).as_str()
+    );
+}
