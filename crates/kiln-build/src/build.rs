@@ -1041,7 +1041,7 @@ impl Run<'_> {
                 );
             }
             // Assembled as the final file: moved, or copied across filesystems.
-            ImageFormat::Iso => {
+            ImageFormat::Iso | ImageFormat::Tar => {
                 if std::fs::rename(&raw, &image).is_err() {
                     std::fs::copy(&raw, &image).with_context(|| format!("copying {file_name} into the cache"))?;
                 }

@@ -206,7 +206,32 @@ impl Cmd {
         Ok((status, output))
     }
 
+    /// Runs to completion, streaming stdout into `sink` as it comes (for
+    /// output too large to hold, like an archive on its way to a
+    /// compressor); a non-zero exit is an error. When `sink` fails, the
+    /// child's stdout is closed, so a writer child stops on a broken pipe,
+    /// and the sink's error is returned.
+    pub fn run_into(self, sink: &mut (dyn Write + Send)) -> Result<Output, ExecError> {
+        let (status, output, command) = self.run_inner_with(Some(sink))?;
+        if status.success() {
+            Ok(output)
+        } else {
+            Err(ExecError::Failed {
+                command,
+                status: describe(status),
+                tail: output.tail,
+            })
+        }
+    }
+
     fn run_inner(self) -> Result<(ExitStatus, Output, String), ExecError> {
+        self.run_inner_with(None)
+    }
+
+    fn run_inner_with(
+        self,
+        stdout_sink: Option<&mut (dyn Write + Send)>,
+    ) -> Result<(ExitStatus, Output, String), ExecError> {
         let command = self.display();
         let path = self.resolve()?;
         if interrupted() {
@@ -261,6 +286,45 @@ impl Cmd {
 
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        if let Some(sink) = stdout_sink {
+            // Scoped: the sink is borrowed. It is fed on its own thread so
+            // that this one can watch for an interruption meanwhile.
+            let (tail2, program) = (Arc::clone(&tail), self.program.clone());
+            let (status, copied, pumped) = std::thread::scope(|s| {
+                let copier = s.spawn(move || {
+                    let mut stdout = stdout;
+                    std::io::copy(&mut stdout, sink).and_then(|_| sink.flush())
+                    // stdout drops here: a child still writing gets EPIPE.
+                });
+                let pump = s.spawn(move || pump_lines(&program, stderr, log, tail2, None));
+                let status = wait_interruptibly(&mut child, &command);
+                (
+                    status,
+                    copier.join().expect("stdout copier panicked"),
+                    pump.join().expect("stderr reader panicked"),
+                )
+            });
+            let status = status?;
+            let io = |source| ExecError::Io {
+                command: command.clone(),
+                source,
+            };
+            pumped.map_err(io)?;
+            let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+            if interrupted() {
+                return Err(ExecError::Interrupted { command });
+            }
+            // First: a failing sink leaves the child a broken pipe to die of.
+            copied.map_err(io)?;
+            return Ok((
+                status,
+                Output {
+                    stdout: Vec::new(),
+                    tail: tail.join("\n"),
+                },
+                command,
+            ));
+        }
         let out_reader = if self.capture_stdout {
             let (log, program) = (log.clone(), self.program.clone());
             std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
@@ -646,6 +710,43 @@ mod tests {
         assert!(out.stdout.is_empty());
         let out = Cmd::new("sh").args(["-c", "cat"]).stdin_bytes("fed").run().unwrap();
         assert_eq!(out.stdout_string(), "fed");
+    }
+
+    #[test]
+    fn streams_stdout_into_a_sink() {
+        let mut sink = Vec::new();
+        let out = Cmd::new("sh")
+            .args(["-c", "head -c 300000 /dev/zero; echo done >&2"])
+            .run_into(&mut sink)
+            .unwrap();
+        assert_eq!(sink.len(), 300_000);
+        assert_eq!(out.tail, "done");
+        let err = Cmd::new("sh")
+            .args(["-c", "echo partial; echo broken >&2; exit 4"])
+            .run_into(&mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("exited with status 4"), "{err}");
+
+        /// Takes 10 bytes, then fails.
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.0 >= 10 {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = Cmd::new("sh")
+            .args(["-c", "while :; do echo yes; done"])
+            .run_into(&mut Full(0))
+            .unwrap_err();
+        let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(msg.contains("disk full"), "{msg}");
     }
 
     #[test]

@@ -113,6 +113,22 @@ pub const TOOLS: &[Tool] = &[
         "xorriso",
         "write the iso target's hybrid ISO: El Torito for BIOS and UEFI, MBR and GPT for USB",
     ),
+    tool(
+        "tar",
+        "tar",
+        "write the tar target's archive (PAX, sorted, xattrs and ACLs kept, mtimes clamped)",
+    ),
+    test_tool("setfacl", "acl", "tests: give files of a synthetic tree POSIX ACLs"),
+    test_tool(
+        "setfattr",
+        "attr",
+        "tests: give files of a synthetic tree extended attributes",
+    ),
+    test_tool(
+        "setcap",
+        "libcap2-bin",
+        "tests: give a file of a synthetic tree a file capability",
+    ),
     test_tool("fsck.vfat", "dosfstools", "oracle: verify FAT filesystems"),
     test_tool("isoinfo", "genisoimage", "oracle: read ISO 9660 images"),
     test_tool("isovfy", "genisoimage", "oracle: verify ISO 9660 images"),

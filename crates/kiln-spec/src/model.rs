@@ -420,6 +420,9 @@ pub struct Targets {
     // Left out of the serialised spec when absent, like `iso`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ami: Option<AmiTarget>,
+    // Left out of the serialised spec when absent, like `iso`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar: Option<TarTarget>,
 }
 
 /// A file system type.
@@ -692,6 +695,79 @@ impl AmiTarget {
     }
 }
 
+/// The finalised root tree as one reproducible tarball (PAX, names sorted,
+/// numeric owners, mtimes clamped to SOURCE_DATE_EPOCH), extended
+/// attributes (file capabilities, SELinux labels) and POSIX ACLs kept: a
+/// container root filesystem (`docker import`, `podman import`) or the root
+/// of a PXE-booted machine (an NFS export or a tmpfs it is unpacked into).
+/// Nothing is booted from it as it is, so the target installs nothing and
+/// writes no boot loader; `/boot` stays in it for a PXE server to take the
+/// kernel and initramfs from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TarTarget {
+    /// Compression of the archive. Default "zstd" (on every core).
+    #[serde(default)]
+    pub compression: TarCompression,
+    /// Compression level: zstd 1 to 19 (default 3), gzip 1 to 9 (default 6);
+    /// not with "none".
+    #[serde(default)]
+    pub level: Option<u32>,
+}
+
+impl TarTarget {
+    /// The compression level: the spec's or the compressor's default
+    /// (`None` without compression).
+    pub fn level(&self) -> Option<u32> {
+        self.compression
+            .levels()
+            .map(|(default, _)| self.level.unwrap_or(default))
+    }
+}
+
+/// Compressors for the tar target's archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TarCompression {
+    /// Fast on every core; read by docker (23 and later), podman, GNU tar.
+    #[default]
+    Zstd,
+    /// One core; for tools without zstd (busybox, older docker).
+    Gzip,
+    /// A plain tar.
+    None,
+}
+
+impl TarCompression {
+    pub fn name(self) -> &'static str {
+        match self {
+            TarCompression::Zstd => "zstd",
+            TarCompression::Gzip => "gzip",
+            TarCompression::None => "none",
+        }
+    }
+
+    /// The file name's extension, e.g. `tar.zst`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            TarCompression::Zstd => "tar.zst",
+            TarCompression::Gzip => "tar.gz",
+            TarCompression::None => "tar",
+        }
+    }
+
+    /// The default level and the allowed range; `None` for no compression.
+    /// zstd's default is its own (3): on a 900 MiB Debian tree, 275 MB in
+    /// 4.5 s on 2 cores, where level 9 gives 242 MB in 20 s.
+    pub fn levels(self) -> Option<(u32, std::ops::RangeInclusive<u32>)> {
+        match self {
+            TarCompression::Zstd => Some((3, 1..=19)),
+            TarCompression::Gzip => Some((6, 1..=9)),
+            TarCompression::None => None,
+        }
+    }
+}
+
 /// Compressors for the squashfs root image (all in Debian's kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -830,7 +906,7 @@ impl Spec {
 
 impl Targets {
     /// Every target kind kiln knows, as written under `[targets.*]`.
-    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk", "iso", "ami"];
+    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk", "iso", "ami", "tar"];
 
     /// The kinds this spec defines, in [`Targets::KINDS`] order.
     pub fn defined(&self) -> Vec<&'static str> {
@@ -839,12 +915,19 @@ impl Targets {
             disk,
             iso,
             ami,
+            tar,
         } = self;
-        [ovh_byol.is_some(), disk.is_some(), iso.is_some(), ami.is_some()]
-            .into_iter()
-            .zip(Self::KINDS)
-            .filter_map(|(defined, kind)| defined.then_some(*kind))
-            .collect()
+        [
+            ovh_byol.is_some(),
+            disk.is_some(),
+            iso.is_some(),
+            ami.is_some(),
+            tar.is_some(),
+        ]
+        .into_iter()
+        .zip(Self::KINDS)
+        .filter_map(|(defined, kind)| defined.then_some(*kind))
+        .collect()
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Component, Path};
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
     AmiTarget, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, IsoTarget, NetworkData,
-    OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, Spec, Targets,
+    OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, Spec, TarTarget, Targets,
 };
 use crate::netdata;
 use crate::rules::{self, Problem};
@@ -548,6 +548,32 @@ impl Validator<'_, '_> {
         }
         if let Some(t) = &targets.ami {
             self.ami(spec, t, files_bytes);
+        }
+        if let Some(t) = &targets.tar {
+            self.tar(t);
+        }
+    }
+
+    fn tar(&mut self, t: &TarTarget) {
+        let Some(level) = t.level else { return };
+        let at = "targets.tar.level";
+        match t.compression.levels() {
+            None => self.report(
+                at,
+                "`level` is set but `compression` is \"none\"".into(),
+                Some("remove `level`, or choose a compression".into()),
+            ),
+            Some((default, range)) if !range.contains(&level) => self.report(
+                at,
+                format!(
+                    "{} has no level {level}: it takes {} to {}",
+                    t.compression.name(),
+                    range.start(),
+                    range.end()
+                ),
+                Some(format!("use {default}, the default, or remove `level`")),
+            ),
+            Some(_) => {}
         }
     }
 

@@ -1112,7 +1112,7 @@ release = "bookworm"
         message: "no target is defined",
         line: 0,
         column: 0,
-        help: "kiln knows [targets.ovh-byol], [targets.disk], [targets.iso], [targets.ami]",
+        help: "kiln knows [targets.ovh-byol], [targets.disk], [targets.iso], [targets.ami], [targets.tar]",
     },
     Case {
         name: "iso: a config drive with another label",
@@ -1270,6 +1270,76 @@ password_hash = "$6$salt$hash"
         line: 8,
         column: 17,
         help: "EC2 key pair",
+    },
+    Case {
+        name: "tar: a misspelt key",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.tar]
+compresion = "gzip"
+"#,
+        kind: DiagnosticKind::UnknownKey,
+        message: "unknown key `compresion` in [targets.tar]",
+        line: 8,
+        column: 1,
+        help: "did you mean `compression`?",
+    },
+    Case {
+        name: "tar: an unknown compressor",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.tar]
+compression = "zstandard"
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "unknown value `zstandard` for `compression` in [targets.tar]",
+        line: 8,
+        column: 15,
+        help: "zstd",
+    },
+    Case {
+        name: "tar: a level the compressor does not have",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.tar]
+compression = "gzip"
+level = 12
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "gzip has no level 12: it takes 1 to 9",
+        line: 9,
+        column: 9,
+        help: "use 6, the default",
+    },
+    Case {
+        name: "tar: a level without compression",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+[targets.tar]
+compression = "none"
+level = 3
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`level` is set but `compression` is \"none\"",
+        line: 9,
+        column: 9,
+        help: "remove `level`",
     },
 ];
 
@@ -1544,6 +1614,30 @@ release = "bookworm"
         ..t
     };
     assert_eq!(headroom.resolved_root_size(1000 * MIB), 1100 * MIB);
+}
+
+#[test]
+fn tar_defaults_and_options() {
+    let base = r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "debian"
+release = "bookworm"
+"#;
+    let loaded = parse(&format!("{base}[targets.tar]\n")).unwrap();
+    assert_eq!(loaded.spec.targets.defined(), vec!["tar"]);
+    let t = loaded.spec.targets.tar.unwrap();
+    assert_eq!((t.compression, t.level()), (kiln_spec::TarCompression::Zstd, Some(3)));
+    assert_eq!(t.compression.extension(), "tar.zst");
+    let loaded = parse(&format!("{base}[targets.tar]\ncompression = \"gzip\"\nlevel = 9\n")).unwrap();
+    let t = loaded.spec.targets.tar.unwrap();
+    assert_eq!((t.compression.extension(), t.level()), ("tar.gz", Some(9)));
+    let loaded = parse(&format!("{base}[targets.tar]\ncompression = \"none\"\n")).unwrap();
+    assert_eq!(loaded.spec.targets.tar.unwrap().level(), None);
+    // Absent, the section leaves the serialised spec (and its hash) as it was.
+    let disk = parse(&format!("{base}[targets.disk]\n")).unwrap();
+    assert!(disk.spec.section_json("targets").get("tar").is_none());
 }
 
 #[test]

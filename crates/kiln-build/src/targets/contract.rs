@@ -70,43 +70,58 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Where a machine-id may be baked in.
+pub(crate) const MACHINE_ID_PATHS: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
 /// No machine-id baked into the tree.
 pub(crate) fn machine_id_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
     let mut baked = Vec::new();
-    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
-        if fs
-            .read_file(path)?
-            .is_some_and(|c| !c.iter().all(u8::is_ascii_whitespace))
-        {
+    for path in MACHINE_ID_PATHS {
+        if fs.read_file(path)?.is_some_and(|c| machine_id_baked(&c)) {
             baked.push(path);
         }
     }
-    Ok(if baked.is_empty() {
+    Ok(machine_id_verdict(&baked))
+}
+
+/// Whether a machine-id file's content is an id (not empty or blank).
+pub(crate) fn machine_id_baked(content: &[u8]) -> bool {
+    !content.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The machine-id verdict on the files of [`MACHINE_ID_PATHS`] that have content.
+pub(crate) fn machine_id_verdict(baked: &[&str]) -> Verdict {
+    if baked.is_empty() {
         pass("no machine-id content")
     } else {
         fail(format!(
             "{} has content: every machine made from the image would share one machine-id (DHCP client ids, journald); empty /etc/machine-id and delete /var/lib/dbus/machine-id",
             baked.join(" and ")
         ))
-    })
+    }
 }
 
 /// No SSH host keys baked into the tree.
 pub(crate) fn ssh_keys_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let keys: Vec<String> = fs
-        .read_dir("/etc/ssh")?
-        .unwrap_or_default()
-        .into_iter()
+    let names = fs.read_dir("/etc/ssh")?.unwrap_or_default();
+    Ok(ssh_keys_verdict(&names))
+}
+
+/// The host-key verdict on the names in `/etc/ssh`.
+pub(crate) fn ssh_keys_verdict(names: &[String]) -> Verdict {
+    let keys: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
         .filter(|n| n.starts_with("ssh_host_"))
         .collect();
-    Ok(if keys.is_empty() {
+    if keys.is_empty() {
         pass("no /etc/ssh/ssh_host_* keys")
     } else {
         fail(format!(
             "baked host keys /etc/ssh/{}: every machine made from the image would share them; delete them (they are generated at first boot)",
             keys.join(", /etc/ssh/")
         ))
-    })
+    }
 }
 
 /// Whether `path` is an executable regular file.

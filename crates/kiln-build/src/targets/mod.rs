@@ -17,6 +17,7 @@ pub mod contract;
 pub mod disk;
 pub mod iso;
 pub mod ovh_byol;
+pub mod tar;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -31,7 +32,7 @@ use crate::plan::StageInput;
 
 /// Every target kind kiln knows, in build order. Adding a kind is one line
 /// here (and its module and its `[targets.NAME]` section in kiln-spec).
-pub const REGISTRY: &[TargetKind] = &[ovh_byol::KIND, disk::KIND, iso::KIND, ami::KIND];
+pub const REGISTRY: &[TargetKind] = &[ovh_byol::KIND, disk::KIND, iso::KIND, ami::KIND, tar::KIND];
 
 /// A target kind: how the spec's section becomes a planned [`Target`], and
 /// the contract its images must meet.
@@ -118,6 +119,8 @@ pub enum ImageFormat {
     Vhd,
     /// An ISO 9660 image, written as assembled.
     Iso,
+    /// A tarball of the root tree (compressed or not), written as assembled.
+    Tar,
 }
 
 impl ImageFormat {
@@ -128,13 +131,14 @@ impl ImageFormat {
             ImageFormat::Vmdk => "vmdk",
             ImageFormat::Vhd => "vhd",
             ImageFormat::Iso => "iso",
+            ImageFormat::Tar => "tar",
         }
     }
 
     /// qemu-img's `-O` format and `-o` options for this format.
     fn qemu_img(self) -> (&'static str, Option<&'static str>) {
         match self {
-            ImageFormat::Raw | ImageFormat::Iso => ("raw", None),
+            ImageFormat::Raw | ImageFormat::Iso | ImageFormat::Tar => ("raw", None),
             ImageFormat::Qcow2 => ("qcow2", None),
             ImageFormat::Vmdk => ("vmdk", Some("subformat=streamOptimized")),
             // force_size: the disk's own size, not one rounded to a CHS
@@ -280,6 +284,7 @@ mod tests {
         assert!(kind("ovh-byol").is_some_and(|k| k.check.is_some()));
         assert!(kind("disk").is_some_and(|k| k.check.is_some()));
         assert!(kind("ami").is_some_and(|k| k.check.is_some()));
+        assert!(kind("tar").is_some_and(|k| k.check.is_some()));
         assert!(kind("nope").is_none());
     }
 }
