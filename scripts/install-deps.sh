@@ -42,6 +42,11 @@ apt-get install -y -q --no-install-recommends \
   genisoimage xorriso squashfs-tools mtools shellcheck git ca-certificates curl rsync zstd xz-utils time bc python3 python3-venv socat \
   tzdata locales \
   build-essential pkg-config
+# The Arch and RHEL-family backends (pacstrap/pacman, dnf/rpm) and what their
+# tests build local repositories with (makepkg, repo-add, rpmbuild, createrepo_c).
+apt-get install -y -q --no-install-recommends \
+  arch-install-scripts pacman-package-manager archlinux-keyring makepkg \
+  dnf rpm createrepo-c rpm2cpio gpg busybox-static
 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends ovmf
 
