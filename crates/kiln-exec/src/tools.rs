@@ -173,6 +173,13 @@ pub const TOOLS: &[Tool] = &[
         "gpg",
         "tests: sign the local test repositories with a throwaway key",
     ),
+    test_tool("rpmsign", "rpm", "tests: sign the local RPM test packages"),
+    test_tool(
+        "setpriv",
+        "util-linux",
+        "tests: run makepkg, which refuses root, as nobody",
+    ),
+    test_tool("chown", "coreutils", "tests: give makepkg's build directory to nobody"),
 ];
 
 /// Looks a program up in [`TOOLS`].
