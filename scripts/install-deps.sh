@@ -43,6 +43,11 @@ apt-get install -y -q --no-install-recommends \
   tar acl attr libcap2-bin \
   tzdata locales \
   build-essential pkg-config
+# The Arch and RHEL-family backends (pacstrap/pacman, dnf/rpm) and what their
+# tests build local repositories with (makepkg, repo-add, rpmbuild, createrepo_c).
+apt-get install -y -q --no-install-recommends \
+  arch-install-scripts pacman-package-manager archlinux-keyring makepkg \
+  dnf rpm createrepo-c rpm2cpio gpg libarchive-tools
 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends ovmf
 

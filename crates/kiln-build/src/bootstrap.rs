@@ -113,7 +113,12 @@ fn parse_deb822_sources(text: &str) -> Vec<HostSource> {
 /// mirror for the release; plus `-updates` and `-security`.
 pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLine>> {
     let distro = base.distro();
-    let base = base.apt();
+    let Some(base) = base.apt() else {
+        bail!(
+            "[base] distro = \"{}\" has no apt sources",
+            serde_json::to_value(distro)?.as_str().unwrap_or("?")
+        );
+    };
     let components = base.components.clone().unwrap_or_else(|| vec!["main".to_owned()]);
     let release = base.release.as_str();
     let serves = |s: &HostSource, suite: &str| s.suites.iter().any(|x| x == suite);
@@ -145,6 +150,7 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
             Distro::Ubuntu => {
                 bail!("[base] distro = \"ubuntu\" needs an explicit `mirror` (the host's apt sources are Debian's)")
             }
+            Distro::Arch | Distro::Rhel => unreachable!("not an apt family"),
         },
     };
     let line = |uri: &str, suite: String| SourceLine {
@@ -158,7 +164,7 @@ pub fn resolve_sources(base: &Base, host: &[HostSource]) -> Result<Vec<SourceLin
     ];
     let security_suite = format!("{release}-security");
     let security = match distro {
-        Distro::Ubuntu => mirror.clone(),
+        Distro::Ubuntu | Distro::Arch | Distro::Rhel => mirror.clone(),
         // snapshot.debian.org keeps debian-security beside debian.
         Distro::Debian if snapshot.is_some() => match mirror.rsplit_once("/debian/") {
             Some((head, stamp)) if head.ends_with("/archive") => format!("{head}/debian-security/{stamp}"),
@@ -195,6 +201,37 @@ pub struct BootstrapRequest {
     pub extra_sources: Vec<ExtraSource>,
     /// The sources are a dated snapshot: their Release files have expired.
     pub snapshot: bool,
+    /// The package repositories of a family that does not use apt sources
+    /// (pacman, dnf); empty for apt, and then left out of the request's
+    /// JSON so that apt plans keep their hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repos: Vec<Repo>,
+    /// A tree that bootstraps the real one from inside (Arch's bootstrap
+    /// tarball), downloaded and verified first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<BootstrapImage>,
+}
+
+/// A package repository of pacman or dnf.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Repo {
+    /// pacman.conf section or dnf repo id.
+    pub name: String,
+    /// The URL, with the package manager's own variables (`$repo`, `$arch`,
+    /// `$releasever`, `$basearch`).
+    pub url: String,
+    /// The OpenPGP key: a file on the host (absolute) or a URL.
+    pub key: Option<String>,
+    /// Check package signatures.
+    pub gpgcheck: bool,
+}
+
+/// A downloaded tree that the bootstrap runs in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BootstrapImage {
+    pub url: String,
+    pub sha256: String,
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -383,6 +420,8 @@ mod tests {
             download_dir: "/root/.ovh/debs".into(),
             extra_sources: vec![],
             snapshot: true,
+            repos: vec![],
+            image: None,
         };
         let args = mmdebstrap_args(&req, Path::new("/t"), Path::new("/s"), Some(Path::new("/c/packages")));
         let all = args.join("\n");

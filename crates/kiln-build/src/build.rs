@@ -669,8 +669,8 @@ impl Run<'_> {
                 Some((&layer_dir, &base.join("overlay-work"))),
                 &base.join("tree"),
             )?;
-            let script = self.plan.family.install_script(&added);
-            self.chroot(stage, view.path(), "installing the added packages", &script)?;
+            let added_owned: Vec<String> = added.iter().map(|p| (*p).to_owned()).collect();
+            self.install_packages(stage, view.path(), &added_owned)?;
             // New package files go to the package cache, as the bootstrap's do.
             let archives = view.path().join(self.plan.family.package_archive_dir());
             for e in std::fs::read_dir(&archives)?.filter_map(|e| e.ok()) {
@@ -717,6 +717,50 @@ impl Run<'_> {
         Ok(Some(layer))
     }
 
+    /// Installs `packages` into `tree`: from the host for a family whose
+    /// package manager works on a root from outside, else in a chroot.
+    fn install_packages(&self, stage: &Stage, tree: &Path, packages: &[String]) -> Result<()> {
+        let family = self.plan.family;
+        let scratch = self.work.join("sources");
+        family.prepare_packages(&self.plan.bootstrap, &scratch)?;
+        match family.host_install(&self.plan.bootstrap, tree, &scratch, packages) {
+            Some((program, args)) => Cmd::in_mount_namespace(program)
+                .args(&args)
+                .log_to(&self.log)
+                .on_line(self.sink(&stage.id))
+                .run()
+                .map(drop)
+                .with_context(|| format!("installing {} with {program}", packages.join(" "))),
+            None => {
+                let names: Vec<&str> = packages.iter().map(String::as_str).collect();
+                self.chroot(
+                    stage,
+                    tree,
+                    "installing the added packages",
+                    &family.install_script(&names),
+                )
+            }
+        }
+    }
+
+    /// `[packages] remove` for a family that removes from the host (the
+    /// others remove at the end of the customisation script).
+    fn remove_packages(&self, stage: &Stage, tree: &Path, packages: &[String]) -> Result<()> {
+        let family = self.plan.family;
+        let scratch = self.work.join("sources");
+        family.prepare_packages(&self.plan.bootstrap, &scratch)?;
+        if let Some((program, args)) = family.host_remove(&self.plan.bootstrap, tree, &scratch, packages) {
+            Cmd::in_mount_namespace(program)
+                .args(&args)
+                .log_to(&self.log)
+                .on_line(self.sink(&stage.id))
+                .run()
+                .map(drop)
+                .with_context(|| format!("removing {} with {program}", packages.join(" ")))?;
+        }
+        Ok(())
+    }
+
     fn bootstrap(&self, stage: &Stage, tree: &Path) -> Result<(String, LayerState)> {
         let plan = self.plan;
         let scratch = self.work.join("sources");
@@ -724,6 +768,9 @@ impl Run<'_> {
         for extra in &plan.bootstrap.extra_sources {
             std::fs::write(scratch.join(format!("{}.sources", extra.name)), &extra.deb822)?;
         }
+        plan.family
+            .prepare_packages(&plan.bootstrap, &scratch)
+            .context("writing the package manager's configuration")?;
         let packages = self.cache.packages_dir();
         let (program, args) = plan
             .family
@@ -762,6 +809,7 @@ impl Run<'_> {
         customise::stage_files(&plan.spec, &plan.spec_dir, tree)?;
         let script = customise::configure_script(&plan.spec, &plan.datasources, plan.family);
         self.chroot(stage, tree, "the spec's customisations", &script)?;
+        self.remove_packages(stage, tree, &plan.spec.packages.remove)?;
         for (i, step) in plan.spec.run.iter().enumerate() {
             let name = format!("[[run]] {}", run_name(step, i));
             let body = match (&step.script, &step.file) {

@@ -97,6 +97,9 @@ fn known_releases(distro: Distro) -> Vec<String> {
         Distro::Ubuntu => &[
             "bionic", "focal", "jammy", "noble", "oracular", "plucky", "questing", "devel",
         ],
+        // Arch has no releases; the RHEL family's are checked by the spec's validation.
+        Distro::Arch => &[],
+        Distro::Rhel => kiln_spec::RHEL_RELEASES,
     };
     names.iter().map(|n| (*n).to_owned()).collect()
 }
@@ -146,7 +149,8 @@ fn archive_names(
         .iter()
         .map(|l| (l.uri.clone(), l.suite.clone(), l.components.clone()))
         .collect();
-    for s in &base.apt().sources {
+    let apt_sources = base.apt().map(|a| a.sources.as_slice()).unwrap_or_default();
+    for s in apt_sources {
         if s.components.is_empty() {
             warnings.push(format!(
                 "[[base.sources]] `{}` is a flat repository; package names were not checked",
@@ -158,7 +162,7 @@ fn archive_names(
             suites.push((s.uri.clone(), suite.clone(), s.components.clone()));
         }
     }
-    let arch = base.apt().architecture.as_deref().unwrap_or("amd64");
+    let arch = base.architecture();
     let mut names = HashSet::new();
     for (uri, suite, components) in &suites {
         let release = if uri == &main.uri && suite == &main.suite {
@@ -179,7 +183,7 @@ fn archive_names(
         }
     }
     let mut source = format!("{} ({}) at {}", main.suite, main.components.join(", "), main.uri);
-    if !base.apt().sources.is_empty() {
+    if !apt_sources.is_empty() {
         source.push_str(" or the spec's [[base.sources]]");
     }
     (Some(found), Some(Names::new(names, source)))

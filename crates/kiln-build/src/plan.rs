@@ -212,6 +212,7 @@ fn plan_with_targets(
     // The package set: the spec's, the kernel, and what targets and
     // customisations need.
     let mut include: Vec<String> = spec.packages.install.clone();
+    include.extend(distro::packages_for(family, &[Role::Base]));
     match &spec.kernel.package {
         Some(kernel) => include.push(kernel.clone()),
         None => include.extend(distro::packages_for(family, &[Role::Kernel])),
@@ -242,10 +243,10 @@ fn plan_with_targets(
     include.sort();
     include.dedup();
 
-    let extra_sources = spec
-        .base
-        .apt()
-        .sources
+    let apt = spec.base.apt();
+    let extra_sources = apt
+        .map(|a| a.sources.as_slice())
+        .unwrap_or_default()
         .iter()
         .map(|s| ExtraSource {
             name: s.name.clone(),
@@ -275,25 +276,24 @@ fn plan_with_targets(
 
     let bootstrap = BootstrapRequest {
         distro: spec.base.distro(),
-        release: spec.base.apt().release.clone(),
-        variant: spec
-            .base
-            .apt()
-            .variant
-            .clone()
-            .unwrap_or_else(|| "important".to_owned()),
-        architecture: spec
-            .base
-            .apt()
-            .architecture
-            .clone()
-            .unwrap_or_else(|| "amd64".to_owned()),
+        release: spec.base.release().unwrap_or("rolling").to_owned(),
+        variant: match (&spec.base, apt) {
+            (_, Some(a)) => a.variant.clone().unwrap_or_else(|| "important".to_owned()),
+            (kiln_spec::Base::Rhel(r), None) => serde_json::to_value(r.distribution)?
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            _ => String::new(),
+        },
+        architecture: spec.base.architecture().to_owned(),
         sources,
         include,
         download,
         download_dir,
         extra_sources,
-        snapshot: spec.base.apt().snapshot.is_some(),
+        snapshot: apt.is_some_and(|a| a.snapshot.is_some()),
+        repos: family.repositories(&spec.base, dir),
+        image: family.bootstrap_image(&spec.base),
     };
 
     let datasources = if !spec.cloud_init.datasources.is_empty() {
@@ -328,11 +328,22 @@ fn plan_with_targets(
             });
         }
     }
-    for s in &spec.base.apt().sources {
+    for s in apt.map(|a| a.sources.as_slice()).unwrap_or_default() {
         if let Some(k) = &s.key {
             let h = file_hash(&dir.join(k)).with_context(|| format!("reading apt key {k}"))?;
             file_inputs.push(StageInput {
                 name: format!("apt key {k}"),
+                hash: h,
+            });
+        }
+    }
+
+    for r in &bootstrap.repos {
+        if let Some(k) = r.key.as_deref().filter(|k| !k.contains("://")) {
+            let h =
+                file_hash(Path::new(k)).with_context(|| format!("reading the key of repository {}: {k}", r.name))?;
+            file_inputs.push(StageInput {
+                name: format!("repository key {}", r.name),
                 hash: h,
             });
         }
@@ -392,18 +403,7 @@ fn plan_with_targets(
         StageKind::Bootstrap,
         None,
         vec![
-            format!(
-                "mmdebstrap {} {} (variant {}, {})",
-                bootstrap.release,
-                bootstrap.architecture,
-                bootstrap.variant,
-                bootstrap
-                    .sources
-                    .iter()
-                    .map(|s| s.suite.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            family.bootstrap_summary(&bootstrap),
             format!(
                 "install {} packages: {}",
                 bootstrap.include.len(),
@@ -422,11 +422,16 @@ fn plan_with_targets(
         vec![
             json_input("[base]", &spec.base),
             json_input("bootstrap request", &bootstrap),
-            StageInput::text("mmdebstrap", &tool("mmdebstrap")),
+            StageInput::text(family.bootstrap_tool(), &tool(family.bootstrap_tool())),
             json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
         ]
         .into_iter()
-        .chain(file_inputs.iter().filter(|i| i.name.starts_with("apt key")).cloned())
+        .chain(
+            file_inputs
+                .iter()
+                .filter(|i| i.name.starts_with("apt key") || i.name.starts_with("repository key"))
+                .cloned(),
+        )
         .collect(),
         &[],
     );

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-use kiln_build::targets::ovh_byol::script::{render_debian, ScriptParams};
+use kiln_build::targets::ovh_byol::script::{render_debian, try_render_arch, try_render_rhel, ScriptParams};
 use kiln_exec::Cmd;
 
 const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/targets/ovh_byol/testdata");
@@ -34,11 +34,16 @@ struct Run {
 
 impl Sandbox {
     fn new() -> Self {
+        Self::with_script(&render_debian(&ScriptParams::debian()))
+    }
+
+    /// A sandbox for another family's script.
+    fn with_script(script: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = Sandbox { dir };
         fs::create_dir_all(sandbox.root()).unwrap();
         fs::create_dir_all(sandbox.bin()).unwrap();
-        fs::write(sandbox.path("script.sh"), render_debian(&ScriptParams::debian())).unwrap();
+        fs::write(sandbox.path("script.sh"), script).unwrap();
         fs::write(sandbox.path("calls"), "").unwrap();
         sandbox.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/ram0 quiet\n");
         sandbox
@@ -586,6 +591,170 @@ fn sourcing_runs_nothing_and_steps_are_timestamped() {
         assert!(
             stamp.as_bytes()[10] == b'T' && rest.starts_with("==> step quiet_step: "),
             "{line}"
+        );
+    }
+}
+
+/// The Arch and RHEL-family scripts, with recording stubs of GRUB's
+/// installer, the initramfs generator and efibootmgr: BIOS and UEFI, with
+/// and without RAID. (The chroot run of `ovh_script_chroot.rs` is Debian's
+/// only: these families' trees cannot be built here.)
+fn family_sandbox(family: &str) -> Sandbox {
+    let script = match family {
+        "arch" => try_render_arch(&ScriptParams::new("arch")).unwrap(),
+        _ => try_render_rhel(&ScriptParams::new("rocky")).unwrap(),
+    };
+    let s = Sandbox::with_script(&script);
+    let install = if family == "arch" {
+        "grub-install"
+    } else {
+        "grub2-install"
+    };
+    s.stub(
+        install,
+        r#"for a in "$@"; do case $a in --bootloader-id=*) id=${a#*=} ;; esac; done
+if [ -n "${id:-}" ]; then mkdir -p "$KILN_ROOT/boot/efi/EFI/$id" && : > "$KILN_ROOT/boot/efi/EFI/$id/grubx64.efi"; fi"#,
+    );
+    s.stub("efibootmgr", "exit 1");
+    s.stub("grub2-probe", "echo 1234-abcd");
+    s.write("boot/.keep", "");
+    s
+}
+
+fn family_calls(s: &Sandbox) -> Vec<String> {
+    s.calls()
+        .lines()
+        .filter(|l| !l.starts_with("findmnt") && !l.starts_with("lsblk") && !l.starts_with("grub2-probe"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn arch_and_rhel_bios_install_on_every_raid_member() {
+    for (family, install) in [("arch", "grub-install"), ("rhel", "grub2-install")] {
+        let s = family_sandbox(family);
+        s.replay("findmnt", "findmnt-md-raid1.txt");
+        s.replay("lsblk", "lsblk-md-raid1.txt");
+        s.by_id_from("ls-by-id-md-raid1.txt");
+        s.ok("run_step install_grub");
+        assert_eq!(
+            family_calls(&s),
+            [
+                format!("{install} --target=i386-pc /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_S4EWNX0R123456A"),
+                format!("{install} --target=i386-pc /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_S4EWNX0R654321B"),
+            ],
+            "{family}"
+        );
+    }
+}
+
+#[test]
+fn arch_and_rhel_bios_install_on_a_single_disk() {
+    for (family, install) in [("arch", "grub-install"), ("rhel", "grub2-install")] {
+        let s = family_sandbox(family);
+        s.replay("findmnt", "findmnt-loop.txt");
+        s.replay("lsblk", "lsblk-loop.txt");
+        s.ok("run_step install_grub");
+        let calls = family_calls(&s);
+        assert_eq!(calls.len(), 1, "{family}: {calls:?}");
+        assert!(
+            calls[0].starts_with(&format!("{install} --target=i386-pc /dev/loop")),
+            "{calls:?}"
+        );
+    }
+}
+
+#[test]
+fn arch_and_rhel_efi_install_never_touches_nvram() {
+    // Arch installs GRUB; the RHEL family keeps the packaged shim and GRUB
+    // when they are on the ESP and only installs when they are missing.
+    for (family, expected) in [
+        (
+            "arch",
+            vec!["grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=arch --no-nvram"],
+        ),
+        ("rhel", vec![]),
+        (
+            "rhel-bare",
+            vec![
+                "grub2-install --force --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=rocky --no-nvram",
+            ],
+        ),
+    ] {
+        let s = family_sandbox(family.trim_end_matches("-bare"));
+        s.enable_efi();
+        s.stub("findmnt", "echo /");
+        if family == "rhel" {
+            s.write("boot/efi/EFI/rocky/grubx64.efi", "");
+            s.write("boot/efi/EFI/rocky/shimx64.efi", "");
+        }
+        s.ok("run_step install_grub");
+        assert_eq!(family_calls(&s), expected, "{family}");
+        if family.starts_with("rhel") {
+            let cfg = s.read("boot/efi/EFI/rocky/grub.cfg");
+            assert!(
+                cfg.contains("--set=dev 1234-abcd") && cfg.contains("set prefix=($dev)/boot/grub2"),
+                "{cfg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn arch_and_rhel_regenerate_the_initramfs_of_the_image_kernels() {
+    let s = family_sandbox("arch");
+    s.write("usr/lib/modules/6.12.1-arch1-1/vmlinuz", "");
+    s.write("usr/lib/modules/6.12.1-arch1-1/pkgbase", "linux\n");
+    s.stub(
+        "mkinitcpio",
+        ": > \"$KILN_ROOT/boot/initramfs-linux.img.tmp\"; echo x > \"$KILN_ROOT/boot/initramfs-linux.img\"",
+    );
+    s.ok("run_step regenerate_initramfs");
+    assert_eq!(family_calls(&s), ["mkinitcpio -P"]);
+
+    let s = family_sandbox("rhel");
+    s.write("lib/modules/5.14.0-503.el9.x86_64/vmlinuz", "");
+    s.write("boot/loader/entries/old-5.14.0-503.el9.x86_64.conf", "");
+    s.stub("dracut", "echo x > \"$KILN_ROOT$4\"");
+    s.stub(
+        "kernel-install",
+        "mkdir -p \"$KILN_ROOT/boot/loader/entries\" && : > \"$KILN_ROOT/boot/loader/entries/new-$2.conf\"",
+    );
+    s.ok("run_step regenerate_initramfs");
+    assert_eq!(
+        family_calls(&s),
+        [
+            "dracut --force --kver 5.14.0-503.el9.x86_64 /boot/initramfs-5.14.0-503.el9.x86_64.img",
+            "kernel-install add 5.14.0-503.el9.x86_64 /lib/modules/5.14.0-503.el9.x86_64/vmlinuz",
+        ]
+    );
+    assert!(!s
+        .root()
+        .join("boot/loader/entries/old-5.14.0-503.el9.x86_64.conf")
+        .exists());
+}
+
+#[test]
+fn arch_and_rhel_mdadm_conf_comes_from_the_live_arrays() {
+    for family in ["arch", "rhel"] {
+        let s = family_sandbox(family);
+        s.stub("mdadm", "echo 'ARRAY /dev/md/md2 metadata=1.2 UUID=0a:1b:2c:3d'");
+        s.stub("grep", "exit 0");
+        s.write("etc/.keep", "");
+        s.ok("run_step configure_mdadm");
+        assert!(
+            s.read("etc/mdadm.conf")
+                .contains("ARRAY /dev/md/md2 metadata=1.2 UUID=0a:1b:2c:3d"),
+            "{family}"
+        );
+        assert_eq!(
+            family_calls(&s),
+            ["mdadm --detail --scan", "grep -q ^md /proc/mdstat"]
+                .iter()
+                .rev()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>(),
+            "{family}"
         );
     }
 }

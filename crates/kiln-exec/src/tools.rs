@@ -87,7 +87,11 @@ pub const TOOLS: &[Tool] = &[
     test_tool("blkid", "util-linux", "oracle: read filesystem labels and UUIDs"),
     test_tool("partx", "util-linux", "tests: create partition nodes for loop devices"),
     test_tool("shellcheck", "shellcheck", "tests: lint generated shell scripts"),
-    test_tool("bash", "bash", "tests: run functions of generated bash scripts"),
+    tool(
+        "bash",
+        "bash",
+        "run the Arch and RHEL-family bootstrap scripts; tests: run functions of generated bash scripts",
+    ),
     tool(
         "cp",
         "coreutils",
@@ -116,7 +120,7 @@ pub const TOOLS: &[Tool] = &[
     tool(
         "tar",
         "tar",
-        "write the tar target's archive (PAX, sorted, xattrs and ACLs kept, mtimes clamped)",
+        "write the tar target's archive (PAX, sorted, xattrs and ACLs kept, mtimes clamped); extract the Arch bootstrap tarball",
     ),
     test_tool("setfacl", "acl", "tests: give files of a synthetic tree POSIX ACLs"),
     test_tool(
@@ -143,6 +147,54 @@ pub const TOOLS: &[Tool] = &[
         "tests: assemble the KVM probe's boot sector from its source",
     ),
     test_tool("ld", "binutils", "tests: link the KVM probe's boot sector"),
+    tool("pacstrap", "arch-install-scripts", "bootstrap Arch Linux root trees"),
+    tool(
+        "arch-chroot",
+        "arch-install-scripts",
+        "run pacstrap inside the Arch bootstrap tarball",
+    ),
+    tool(
+        "pacman",
+        "pacman-package-manager",
+        "install and remove packages in Arch trees (--root)",
+    ),
+    tool(
+        "pacman-key",
+        "pacman-package-manager",
+        "Arch package signatures, with archlinux-keyring's keys",
+    ),
+    tool("curl", "curl", "download the Arch bootstrap tarball"),
+    tool("sha256sum", "coreutils", "verify the Arch bootstrap tarball"),
+    tool(
+        "dnf",
+        "dnf",
+        "bootstrap, install and remove packages in RHEL-family trees (--installroot)",
+    ),
+    tool("rpm", "rpm", "list the packages installed in RHEL-family trees"),
+    test_tool("makepkg", "makepkg", "tests: build the local Arch test packages"),
+    test_tool(
+        "repo-add",
+        "pacman-package-manager",
+        "tests: index the local Arch test repository",
+    ),
+    test_tool("rpmbuild", "rpm", "tests: build the local RPM test packages"),
+    test_tool(
+        "createrepo_c",
+        "createrepo-c",
+        "tests: index the local RPM test repository",
+    ),
+    test_tool(
+        "gpg",
+        "gpg",
+        "tests: sign the local test repositories with a throwaway key",
+    ),
+    test_tool("rpmsign", "rpm", "tests: sign the local RPM test packages"),
+    test_tool(
+        "setpriv",
+        "util-linux",
+        "tests: run makepkg, which refuses root, as nobody",
+    ),
+    test_tool("chown", "coreutils", "tests: give makepkg's build directory to nobody"),
 ];
 
 /// Looks a program up in [`TOOLS`].

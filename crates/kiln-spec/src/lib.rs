@@ -30,5 +30,7 @@ pub use names::{package_name, spec_packages, Catalog, Names, Release};
 pub use rules::parse_mode;
 pub use schema::json_schema;
 pub use size::{format_size, parse_size, FromSpecText, Headroom, Size, Written, GIB, KIB, MIB, TIB};
-pub use validate::{MAX_DISK_SIZE, MAX_ESP_SIZE, MAX_PARTITION_SIZE, MIN_BASE_CONTENT, MIN_ESP_SIZE, MIN_XFS_SIZE};
+pub use validate::{
+    MAX_DISK_SIZE, MAX_ESP_SIZE, MAX_PARTITION_SIZE, MIN_BASE_CONTENT, MIN_ESP_SIZE, MIN_XFS_SIZE, RHEL_RELEASES,
+};
 pub use vocab::{ChecksumType, UnknownName};

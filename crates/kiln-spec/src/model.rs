@@ -81,6 +81,8 @@ pub struct Image {
 pub enum Distro {
     Debian,
     Ubuntu,
+    Arch,
+    Rhel,
 }
 
 /// Where the root file system comes from: a table tagged by `distro`, whose
@@ -92,6 +94,11 @@ pub enum Base {
     Debian(AptBase),
     /// Ubuntu, bootstrapped with mmdebstrap and ubuntu-keyring from an Ubuntu archive.
     Ubuntu(AptBase),
+    /// Arch Linux, bootstrapped with pacstrap from a pacman mirror.
+    Arch(ArchBase),
+    /// The RHEL family (Rocky Linux, AlmaLinux, RHEL 8 and 9), bootstrapped
+    /// with `dnf --installroot` from the repositories the spec lists.
+    Rhel(RhelBase),
 }
 
 impl Base {
@@ -100,6 +107,32 @@ impl Base {
         match self {
             Base::Debian(_) => Distro::Debian,
             Base::Ubuntu(_) => Distro::Ubuntu,
+            Base::Arch(_) => Distro::Arch,
+            Base::Rhel(_) => Distro::Rhel,
+        }
+    }
+
+    /// The release the table names; Arch is rolling and has none.
+    pub fn release(&self) -> Option<&str> {
+        match self {
+            Base::Debian(apt) | Base::Ubuntu(apt) => Some(&apt.release),
+            Base::Arch(_) => None,
+            Base::Rhel(rhel) => Some(&rhel.release),
+        }
+    }
+
+    /// The architecture in Debian's spelling ("amd64", "arm64"), which is
+    /// how kiln names it everywhere else; default "amd64".
+    pub fn architecture(&self) -> &str {
+        let given = match self {
+            Base::Debian(apt) | Base::Ubuntu(apt) => apt.architecture.as_deref(),
+            Base::Arch(arch) => arch.architecture.as_deref(),
+            Base::Rhel(rhel) => rhel.architecture.as_deref(),
+        };
+        match given {
+            None | Some("x86_64") => "amd64",
+            Some("aarch64") => "arm64",
+            Some(other) => other,
         }
     }
 
@@ -108,15 +141,121 @@ impl Base {
     pub(crate) fn decode_family<'de, D: serde::Deserializer<'de>>(distro: Distro, keys: D) -> Result<(), D::Error> {
         match distro {
             Distro::Debian | Distro::Ubuntu => AptBase::deserialize(keys).map(drop),
+            Distro::Arch => ArchBase::deserialize(keys).map(drop),
+            Distro::Rhel => RhelBase::deserialize(keys).map(drop),
         }
     }
 
-    /// The settings of an apt-based family (Debian and Ubuntu share them).
-    pub fn apt(&self) -> &AptBase {
+    /// The settings of an apt-based family (Debian and Ubuntu share them),
+    /// or `None` for another family.
+    pub fn apt(&self) -> Option<&AptBase> {
         match self {
-            Base::Debian(apt) | Base::Ubuntu(apt) => apt,
+            Base::Debian(apt) | Base::Ubuntu(apt) => Some(apt),
+            Base::Arch(_) | Base::Rhel(_) => None,
         }
     }
+}
+
+/// The `[base]` keys of Arch Linux (`distro = "arch"`). Arch is rolling:
+/// there is no release; what the mirror serves on the day is what is built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchBase {
+    /// pacman `Server` URL, with pacman's `$repo` and `$arch` variables.
+    /// Default "https://geo.mirror.pkgbuild.com/$repo/os/$arch".
+    #[serde(default)]
+    #[schemars(extend("default" = "https://geo.mirror.pkgbuild.com/$repo/os/$arch"))]
+    pub mirror: Option<String>,
+    /// The repositories enabled from the mirror, in order. Default ["core", "extra"].
+    #[serde(default)]
+    #[schemars(extend("default" = ["core", "extra"]))]
+    pub repos: Option<Vec<String>>,
+    /// How the tree is bootstrapped: "pacstrap" runs the host's pacstrap
+    /// (Debian's arch-install-scripts) with a pacman.conf kiln writes;
+    /// "tarball" downloads the Arch bootstrap tarball (`tarball`), verifies
+    /// it, and runs pacstrap inside it as a chroot. Default "pacstrap".
+    #[serde(default)]
+    #[schemars(extend("default" = "pacstrap"))]
+    pub bootstrap: Option<ArchBootstrap>,
+    /// The Arch bootstrap tarball, for `bootstrap = "tarball"`.
+    #[serde(default)]
+    pub tarball: Option<ArchTarball>,
+    /// Verify package signatures against the Arch Linux keyring (Debian's
+    /// archlinux-keyring). Default true; false writes `SigLevel = Never`.
+    #[serde(default)]
+    #[schemars(extend("default" = true))]
+    pub gpgcheck: Option<bool>,
+    /// Architecture: "x86_64" (the only one Arch Linux builds). Default "x86_64".
+    #[serde(default)]
+    #[schemars(extend("default" = "x86_64"))]
+    pub architecture: Option<String>,
+}
+
+/// How an Arch tree is bootstrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchBootstrap {
+    /// The host's pacstrap.
+    Pacstrap,
+    /// pacstrap inside the Arch bootstrap tarball, as a chroot.
+    Tarball,
+}
+
+/// The Arch bootstrap tarball (archlinux-bootstrap-x86_64.tar.zst).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchTarball {
+    /// Where to download it (https, http or file).
+    pub url: String,
+    /// Its SHA-256, 64 hex digits; checked before it is extracted.
+    pub sha256: String,
+    /// Its detached OpenPGP signature (`.sig`), verified against the Arch
+    /// Linux keyring when given.
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+/// The `[base]` keys of the RHEL family (`distro = "rhel"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RhelBase {
+    /// Which distribution of the family: "rocky", "almalinux" or "rhel".
+    pub distribution: RhelDistribution,
+    /// Major release, "8" or "9" (dnf's `--releasever`, `$releasever` in URLs).
+    pub release: String,
+    /// The repositories packages come from, each with its GPG key.
+    pub repos: Vec<RhelRepo>,
+    /// Architecture: "x86_64" or "aarch64". Default "x86_64".
+    #[serde(default)]
+    #[schemars(extend("default" = "x86_64"))]
+    pub architecture: Option<String>,
+}
+
+/// A distribution of the RHEL family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RhelDistribution {
+    Rocky,
+    Almalinux,
+    Rhel,
+}
+
+/// A dnf repository, written to /etc/yum.repos.d/<name>.repo in the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RhelRepo {
+    /// Repository id: letters, digits, '.', '_' and '-'.
+    pub name: String,
+    /// Base URL (http, https or file), may use `$releasever` and `$basearch`.
+    pub baseurl: String,
+    /// The repository's OpenPGP key: a file relative to the spec file.
+    /// Required unless `gpgcheck = false`.
+    #[serde(default)]
+    pub gpgkey: Option<String>,
+    /// Check package signatures. Default true; false must be explicit.
+    #[serde(default)]
+    #[schemars(extend("default" = true))]
+    pub gpgcheck: Option<bool>,
 }
 
 /// The `[base]` keys of an apt-based family (Debian, Ubuntu).

@@ -96,7 +96,7 @@ impl LoadedSpec {
         };
         let spec = &self.spec;
         if let Some(release) = catalog.release.as_ref().filter(|r| !r.exists) {
-            let name = &spec.base.apt().release;
+            let name = spec.base.release().unwrap_or_default();
             let suggestion = closest(name, release.known.iter().map(String::as_str))
                 .map(|c| format!("did you mean `{c}`? "))
                 .unwrap_or_default();

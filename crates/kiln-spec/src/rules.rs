@@ -317,6 +317,29 @@ pub(crate) fn apt_source_name(s: &str) -> Rule {
     }
 }
 
+/// A pacman or dnf repository name (a section of pacman.conf, a dnf repo id).
+pub(crate) fn repo_name(s: &str) -> Rule {
+    if s.is_empty() {
+        return Err(Problem::new("it is empty"));
+    }
+    if s.starts_with(['.', '-']) {
+        return Err(Problem::new("it starts with `.` or `-`"));
+    }
+    match first_bad_char(s, |c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        Some(c) => Err(Problem::new(format!("{c:?} is not allowed")).help("use letters, digits, `.`, `_` and `-`")),
+        None => Ok(()),
+    }
+}
+
+/// A SHA-256 as 64 hexadecimal digits.
+pub(crate) fn sha256_hex(s: &str) -> Rule {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(Problem::new("it is not 64 hexadecimal digits").help("write the tarball's `sha256sum`"))
+    }
+}
+
 /// A directory name under the ESP's `\EFI\`, as `grub-install --bootloader-id`.
 pub(crate) fn bootloader_id(s: &str) -> Rule {
     if s.is_empty() {

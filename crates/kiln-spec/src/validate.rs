@@ -11,9 +11,13 @@ use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
-    AmiTarget, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware, IsoTarget, NetworkData,
-    OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, Spec, TarTarget, Targets,
+    AmiTarget, ArchBase, ArchBootstrap, Base, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware,
+    IsoTarget, NetworkData, OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, RhelBase, Spec,
+    TarTarget, Targets,
 };
+
+/// The major releases of the RHEL family that kiln knows how to build.
+pub const RHEL_RELEASES: &[&str] = &["8", "9"];
 use crate::netdata;
 use crate::rules::{self, Problem};
 use crate::size::{format_size, Headroom, Size, Written, GIB, MIB, TIB};
@@ -142,7 +146,12 @@ impl Validator<'_, '_> {
     }
 
     fn base(&mut self, spec: &Spec) {
-        let base = spec.base.apt();
+        match &spec.base {
+            Base::Debian(_) | Base::Ubuntu(_) => {}
+            Base::Arch(arch) => return self.arch_base(arch),
+            Base::Rhel(rhel) => return self.rhel_base(rhel),
+        }
+        let Some(base) = spec.base.apt() else { return };
         if spec.base.distro() == Distro::Ubuntu && base.mirror.is_none() && base.snapshot.is_none() {
             self.report(
                 "base.distro",
@@ -206,6 +215,145 @@ impl Validator<'_, '_> {
             }
             if let Some(key) = &source.key {
                 self.source_file(&format!("{at}.key"), "key file", key);
+            }
+        }
+    }
+
+    fn arch_base(&mut self, base: &ArchBase) {
+        if let Some(mirror) = &base.mirror {
+            // pacman's variables are part of the URL.
+            let plain = mirror.replace("$repo", "repo").replace("$arch", "arch");
+            self.check("base.mirror", "mirror", mirror, rules::archive_url(&plain));
+        }
+        if let Some(repos) = &base.repos {
+            if repos.is_empty() {
+                self.report(
+                    "base.repos",
+                    "`repos` is empty".into(),
+                    Some("list at least one repository, e.g. [\"core\", \"extra\"]".into()),
+                );
+            }
+            for (i, repo) in repos.iter().enumerate() {
+                self.check(
+                    &format!("base.repos[{i}]"),
+                    "repository name",
+                    repo,
+                    rules::repo_name(repo),
+                );
+            }
+        }
+        if let Some(arch) = &base.architecture {
+            if arch != "x86_64" {
+                self.report(
+                    "base.architecture",
+                    format!("Arch Linux has no architecture `{arch}`"),
+                    Some("Arch Linux builds x86_64 only; write \"x86_64\" or leave it out".into()),
+                );
+            }
+        }
+        match (base.bootstrap, &base.tarball) {
+            (Some(ArchBootstrap::Tarball), None) => self.report(
+                "base.bootstrap",
+                "`bootstrap = \"tarball\"` needs a `tarball`".into(),
+                Some("add e.g. `tarball = { url = \"https://geo.mirror.pkgbuild.com/iso/latest/archlinux-bootstrap-x86_64.tar.zst\", sha256 = \"...\" }`".into()),
+            ),
+            (None | Some(ArchBootstrap::Pacstrap), Some(_)) => self.report(
+                "base.tarball",
+                "`tarball` is only used with `bootstrap = \"tarball\"`".into(),
+                Some("add `bootstrap = \"tarball\"` or remove `tarball`".into()),
+            ),
+            _ => {}
+        }
+        if let Some(t) = &base.tarball {
+            self.check("base.tarball.url", "tarball URL", &t.url, rules::archive_url(&t.url));
+            self.check(
+                "base.tarball.sha256",
+                "SHA-256",
+                &t.sha256,
+                rules::sha256_hex(&t.sha256),
+            );
+            if let Some(sig) = &t.signature {
+                self.check("base.tarball.signature", "signature URL", sig, rules::archive_url(sig));
+            }
+        }
+    }
+
+    fn rhel_base(&mut self, base: &RhelBase) {
+        let major = base.release.split('.').next().unwrap_or("");
+        let minor_ok = base
+            .release
+            .split_once('.')
+            .is_none_or(|(_, m)| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()));
+        if !RHEL_RELEASES.contains(&major) || !minor_ok {
+            self.report(
+                "base.release",
+                format!("release `{}` is not one the rhel family knows", base.release),
+                Some(format!(
+                    "kiln builds releases {} (a major release, or major.minor like \"8.10\")",
+                    RHEL_RELEASES.join(", ")
+                )),
+            );
+        }
+        if let Some(arch) = &base.architecture {
+            if !matches!(arch.as_str(), "x86_64" | "aarch64") {
+                self.report(
+                    "base.architecture",
+                    format!("unknown architecture `{arch}`"),
+                    Some("write \"x86_64\" or \"aarch64\"".into()),
+                );
+            }
+        }
+        if base.repos.is_empty() {
+            self.report(
+                "base.repos",
+                "`repos` is empty: dnf has nothing to install from".into(),
+                Some(
+                    "add [[base.repos]] tables with `name`, `baseurl` and `gpgkey`, e.g. Rocky's BaseOS and AppStream"
+                        .into(),
+                ),
+            );
+        }
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, repo) in base.repos.iter().enumerate() {
+            let at = format!("base.repos[{i}]");
+            self.check(
+                &format!("{at}.name"),
+                "repository name",
+                &repo.name,
+                rules::repo_name(&repo.name),
+            );
+            if let Some(first) = names.insert(&repo.name, i) {
+                let help = format!(
+                    "the first is {}{}",
+                    table_name(&format!("base.repos[{first}]")),
+                    self.line_of(&format!("base.repos[{first}].name"))
+                );
+                self.report(
+                    &format!("{at}.name"),
+                    format!("duplicate repository `{}`", repo.name),
+                    Some(help),
+                );
+            }
+            let plain = repo.baseurl.replace("$releasever", "8").replace("$basearch", "x86_64");
+            self.check(
+                &format!("{at}.baseurl"),
+                "baseurl",
+                &repo.baseurl,
+                rules::archive_url(&plain),
+            );
+            match (&repo.gpgkey, repo.gpgcheck) {
+                (None, Some(false)) => {}
+                (None, _) => self.report(
+                    &format!("{at}.name"),
+                    format!("repository `{}` has no `gpgkey`", repo.name),
+                    Some("name its key (a file beside the spec, or a URL dnf fetches), or write `gpgcheck = false` to install unsigned packages".into()),
+                ),
+                (Some(key), _) if key.contains("://") => {
+                    self.check(&format!("{at}.gpgkey"), "gpgkey URL", key, rules::archive_url(key));
+                }
+                (Some(key), _) => {
+                    self.source_file(&format!("{at}.gpgkey"), "key file", key);
+                }
             }
         }
     }

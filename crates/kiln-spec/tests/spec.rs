@@ -298,6 +298,92 @@ release = "noble"
         help: "mirror = \"http://archive.ubuntu.com/ubuntu\"",
     },
     Case {
+        name: "unknown family",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "gentoo"
+release = "x"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::WrongType,
+        message: "unknown value `gentoo` for `distro` in [base]",
+        line: 5,
+        column: 10,
+        help: "`debian`, `ubuntu`, `arch`, `rhel`",
+    },
+    Case {
+        name: "a release the rhel family does not know",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "rhel"
+distribution = "rocky"
+release = "7"
+repos = [{ name = "baseos", baseurl = "https://m.example/8/BaseOS/x86_64/os/", gpgcheck = false }]
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "release `7` is not one the rhel family knows",
+        line: 7,
+        column: 11,
+        help: "kiln builds releases 8, 9",
+    },
+    Case {
+        name: "a repository without a key",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "rhel"
+distribution = "almalinux"
+release = "9"
+[[base.repos]]
+name = "baseos"
+baseurl = "https://m.example/9/BaseOS/x86_64/os/"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "repository `baseos` has no `gpgkey`",
+        line: 9,
+        column: 8,
+        help: "gpgcheck = false",
+    },
+    Case {
+        name: "an arch release",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "arch"
+release = "2026.01"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::UnknownKey,
+        message: "unknown key `release` in [base]",
+        line: 6,
+        column: 1,
+        help: "",
+    },
+    Case {
+        name: "an arch tarball without its table",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "arch"
+bootstrap = "tarball"
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`bootstrap = \"tarball\"` needs a `tarball`",
+        line: 6,
+        column: 13,
+        help: "sha256",
+    },
+    Case {
         name: "missing key",
         spec: r#"[image]
 name = "t"

@@ -51,7 +51,7 @@ const UBUNTU_KEYRING: &str = "/usr/share/keyrings/ubuntu-archive-keyring.gpg";
 /// Roles both families fill with the same packages.
 fn common_packages(role: Role) -> &'static [&'static str] {
     match role {
-        Role::Kernel | Role::Network => &[],
+        Role::Kernel | Role::Network | Role::Base => &[],
         // zstd keeps update-initramfs from falling back to gzip.
         Role::Initramfs => &["initramfs-tools", "zstd"],
         Role::GrubCommon => &["grub2-common"],
@@ -116,6 +116,24 @@ impl DistroFamily for AptFamily {
             .chain(bootstrap::mmdebstrap_args(req, tree, scratch, packages))
             .collect();
         ("mmdebstrap", args)
+    }
+
+    fn bootstrap_tool(&self) -> &'static str {
+        "mmdebstrap"
+    }
+
+    fn bootstrap_summary(&self, req: &BootstrapRequest) -> String {
+        format!(
+            "mmdebstrap {} {} (variant {}, {})",
+            req.release,
+            req.architecture,
+            req.variant,
+            req.sources
+                .iter()
+                .map(|s| s.suite.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 
     fn install_script(&self, packages: &[&str]) -> String {
@@ -363,6 +381,8 @@ mod tests {
             download_dir: String::new(),
             extra_sources: vec![],
             snapshot: false,
+            repos: vec![],
+            image: None,
         };
         let (program, args) = UBUNTU.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
         assert_eq!(program, "mmdebstrap");

@@ -7,7 +7,9 @@
 //! names a package manager. Adding a family is its module and one line of
 //! [`family`] (plus its value of `[base] distro` in kiln-spec).
 
+mod arch;
 mod debian;
+mod rhel;
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -15,22 +17,29 @@ use std::path::Path;
 use anyhow::Result;
 use kiln_spec::{Base, Distro};
 
-use crate::bootstrap::{BootstrapRequest, SourceLine};
+use crate::bootstrap::{BootstrapImage, BootstrapRequest, Repo, SourceLine};
 use crate::manifest::Package;
 
+pub use arch::{ArchFamily, ARCH};
 pub use debian::{AptFamily, DEBIAN, UBUNTU};
+pub use rhel::{RhelFamily, RHEL};
 
 /// The family that builds `[base] distro`.
 pub fn family(distro: Distro) -> &'static dyn DistroFamily {
     match distro {
         Distro::Debian => &DEBIAN,
         Distro::Ubuntu => &UBUNTU,
+        Distro::Arch => &ARCH,
+        Distro::Rhel => &RHEL,
     }
 }
 
 /// What a package is needed for; each family names its own packages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// What every tree of the family needs beyond its bootstrap's own
+    /// minimum (Arch's `base`); nothing for apt, whose variant decides it.
+    Base,
     /// The kernel, when the spec names none.
     Kernel,
     /// Builds the initramfs, with its preferred compressor.
@@ -104,6 +113,59 @@ pub trait DistroFamily: Send + Sync + Debug {
     fn packages(&self, role: Role) -> &'static [&'static str];
     /// The EFI directory name (`grub-install --bootloader-id`) by default.
     fn bootloader_id(&self) -> &'static str;
+    /// The EFI directory name for `base`, where the family's distributions
+    /// differ (Rocky's `rocky`, AlmaLinux's `almalinux`).
+    fn bootloader_id_for(&self, base: &Base) -> String {
+        let _ = base;
+        self.bootloader_id().to_owned()
+    }
+    /// The program whose version is an input of the bootstrap stage.
+    fn bootstrap_tool(&self) -> &'static str;
+    /// One line saying what the bootstrap does, for the plan.
+    fn bootstrap_summary(&self, req: &BootstrapRequest) -> String;
+    /// The package repositories of a family without apt sources; keys
+    /// named by file are resolved against `spec_dir`.
+    fn repositories(&self, base: &Base, spec_dir: &Path) -> Vec<Repo> {
+        let _ = (base, spec_dir);
+        Vec::new()
+    }
+    /// A tree the bootstrap runs inside, if `base` asks for one.
+    fn bootstrap_image(&self, base: &Base) -> Option<BootstrapImage> {
+        let _ = base;
+        None
+    }
+    /// Writes what the bootstrap and the host-side package commands read
+    /// (a pacman.conf, dnf repository files and keys) into `scratch`.
+    fn prepare_packages(&self, req: &BootstrapRequest, scratch: &Path) -> Result<()> {
+        let _ = (req, scratch);
+        Ok(())
+    }
+    /// For a family whose package manager works on a root from outside
+    /// (pacman `--root`, `dnf --installroot`): the program and arguments
+    /// that install `packages` into `tree` from the host. `None`: the
+    /// build runs [`DistroFamily::install_script`] in a chroot.
+    fn host_install(
+        &self,
+        req: &BootstrapRequest,
+        tree: &Path,
+        scratch: &Path,
+        packages: &[String],
+    ) -> Option<(&'static str, Vec<String>)> {
+        let _ = (req, tree, scratch, packages);
+        None
+    }
+    /// Like [`DistroFamily::host_install`], removing `packages`; `None`:
+    /// the removal is [`DistroFamily::remove_script`], in the chroot.
+    fn host_remove(
+        &self,
+        req: &BootstrapRequest,
+        tree: &Path,
+        scratch: &Path,
+        packages: &[String],
+    ) -> Option<(&'static str, Vec<String>)> {
+        let _ = (req, tree, scratch, packages);
+        None
+    }
     /// The package sources of a build: the spec's mirror or snapshot, else
     /// the host's own mirror from `etc_apt` (or the family's equivalent).
     fn sources(&self, base: &Base, etc_apt: &Path) -> Result<Vec<SourceLine>>;
@@ -170,6 +232,7 @@ mod tests {
     use super::*;
 
     const ROLES: &[Role] = &[
+        Role::Base,
         Role::Kernel,
         Role::Initramfs,
         Role::GrubCommon,
@@ -195,15 +258,45 @@ mod tests {
         Role::TimeSync,
     ];
 
+    /// The roles a family fills with nothing, on purpose (see each
+    /// family's `packages`).
+    fn without_packages(distro: Distro) -> &'static [Role] {
+        use Role::*;
+        match distro {
+            Distro::Debian | Distro::Ubuntu => &[Base],
+            Distro::Arch => &[
+                GrubBiosModules,
+                GrubEfiModules,
+                GrubBiosInstaller,
+                GrubEfiInstaller,
+                GrubInstallerDeps,
+                Network,
+                Locales,
+                LiveBoot,
+                TimeSync,
+            ],
+            Distro::Rhel => &[
+                GrubBiosInstaller,
+                GrubEfiInstaller,
+                GrubInstallerDeps,
+                LiveBoot,
+                TimeSync,
+            ],
+        }
+    }
+
     #[test]
-    fn every_family_names_a_package_for_every_role() {
-        for distro in [Distro::Debian, Distro::Ubuntu] {
+    fn every_family_names_a_package_for_every_role_it_has() {
+        for distro in [Distro::Debian, Distro::Ubuntu, Distro::Arch, Distro::Rhel] {
             let f = family(distro);
             for role in ROLES {
-                assert!(
-                    !f.packages(*role).is_empty(),
-                    "{} has no package for {role:?}",
-                    f.name()
+                let empty = without_packages(distro).contains(role);
+                assert_eq!(
+                    f.packages(*role).is_empty(),
+                    empty,
+                    "{}: {role:?} should {}have packages",
+                    f.name(),
+                    if empty { "not " } else { "" }
                 );
             }
             assert_eq!(serde_json::to_value(distro).unwrap(), f.name());

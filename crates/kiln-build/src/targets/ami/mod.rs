@@ -114,7 +114,7 @@ impl AmiPlan {
     /// Resolves the spec's `[targets.ami]` (already validated by `load`).
     pub fn resolve(inputs: &TargetInputs, t: &AmiTarget) -> Result<AmiPlan> {
         let spec = inputs.spec;
-        let arch = spec.base.apt().architecture.as_deref().unwrap_or("amd64");
+        let arch = spec.base.architecture();
         if arch != "amd64" {
             bail!("the ami target makes x86_64 images, and [base] architecture is {arch}");
         }

@@ -128,7 +128,7 @@ impl DiskPlan {
         let bootloader_id = t
             .bootloader_id
             .clone()
-            .unwrap_or_else(|| distro::family(spec.base.distro()).bootloader_id().to_owned());
+            .unwrap_or_else(|| distro::family(spec.base.distro()).bootloader_id_for(&spec.base));
         let console = t.console().to_owned();
         // tty0 first, the serial console last: the last console= becomes
         // /dev/console, which is where boot messages and the login prompt

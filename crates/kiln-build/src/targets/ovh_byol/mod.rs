@@ -95,7 +95,7 @@ fn resolve(inputs: &TargetInputs) -> Result<Option<Arc<dyn Target>>> {
     let bootloader_id = t
         .bootloader_id
         .clone()
-        .unwrap_or_else(|| inputs.family.bootloader_id().to_owned());
+        .unwrap_or_else(|| inputs.family.bootloader_id_for(&spec.base));
     let mut cmdline: Vec<String> = DEFAULT_CMDLINE.iter().map(|s| s.to_string()).collect();
     cmdline.extend(spec.kernel.cmdline.iter().cloned());
     Ok(Some(Arc::new(OvhByol {

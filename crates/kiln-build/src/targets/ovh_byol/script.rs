@@ -23,6 +23,8 @@ pub const SCRIPT_MODE: u32 = 0o755;
 pub const OVH_DIR: &str = "/root/.ovh";
 
 const DEBIAN_TEMPLATE: &str = include_str!("make_image_bootable_debian.sh");
+const ARCH_TEMPLATE: &str = include_str!("make_image_bootable_arch.sh");
+const RHEL_TEMPLATE: &str = include_str!("make_image_bootable_rhel.sh");
 
 /// What the generated script is parameterised by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +157,33 @@ pub fn try_render_debian(params: &ScriptParams) -> Result<String, ScriptError> {
             if params.efi_removable_fallback { "true" } else { "false" },
         );
     debug_assert!(!script.contains("@BOOTLOADER_ID@") && !script.contains("@DEBS_DIR@"));
+    Ok(script)
+}
+
+/// The Arch `make_image_bootable.sh` (`make_image_bootable_arch.sh`):
+/// GRUB from the image's own `grub` package (no kept packages), mdadm's
+/// `/etc/mdadm.conf`, `mkinitcpio -P`, `grub-mkconfig`.
+pub fn try_render_arch(params: &ScriptParams) -> Result<String, ScriptError> {
+    render_template(ARCH_TEMPLATE, params)
+}
+
+/// The RHEL-family `make_image_bootable.sh` (`make_image_bootable_rhel.sh`):
+/// `grub2-install` for BIOS (the packaged shim and GRUB for UEFI), dracut
+/// and a BLS entry per kernel, `grub2-mkconfig`, `/.autorelabel`.
+pub fn try_render_rhel(params: &ScriptParams) -> Result<String, ScriptError> {
+    render_template(RHEL_TEMPLATE, params)
+}
+
+fn render_template(template: &str, params: &ScriptParams) -> Result<String, ScriptError> {
+    params.validate()?;
+    let script = template
+        .replace("@BOOTLOADER_ID@", &params.bootloader_id)
+        .replace("@LOG_PATH@", &params.log_path)
+        .replace(
+            "@EFI_REMOVABLE_FALLBACK@",
+            if params.efi_removable_fallback { "true" } else { "false" },
+        );
+    debug_assert!(!script.contains("@BOOTLOADER_ID@") && !script.contains("@LOG_PATH@"));
     Ok(script)
 }
 
@@ -384,9 +413,31 @@ mod tests {
     /// CI installs shellcheck; a missing one fails the test instead of
     /// silently skipping the lint.
     #[test]
+    fn snapshot_arch_and_rhel_default() {
+        let arch = try_render_arch(&ScriptParams::new("arch")).unwrap();
+        let rhel = try_render_rhel(&ScriptParams::new("rocky")).unwrap();
+        insta::with_settings!({ snapshot_path => "testdata/snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!("make_image_bootable_arch", arch);
+            insta::assert_snapshot!("make_image_bootable_rhel", rhel);
+        });
+    }
+
+    #[test]
+    fn every_family_refuses_bad_parameters() {
+        for render in [try_render_debian, try_render_arch, try_render_rhel] {
+            assert!(render(&ScriptParams::new("x;y")).is_err());
+        }
+    }
+
+    #[test]
     fn shellcheck_is_clean() {
+        let mut scripts = Vec::new();
         for p in [ScriptParams::debian(), params(|p| p.efi_removable_fallback = true)] {
-            let script = render_debian(&p);
+            scripts.push(render_debian(&p));
+            scripts.push(try_render_arch(&p).unwrap());
+            scripts.push(try_render_rhel(&p).unwrap());
+        }
+        for script in scripts {
             // Optional checks too; the one disabled check is justified in the script.
             let (status, out) = Cmd::new("shellcheck")
                 .args(["--shell=bash", "--severity=style", "--enable=all", "--format=gcc", "-"])

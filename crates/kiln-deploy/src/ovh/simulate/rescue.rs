@@ -108,6 +108,8 @@ pub fn rescue_request(etc: &Path) -> Result<BootstrapRequest> {
         download_dir: String::new(),
         extra_sources: Vec::new(),
         snapshot: false,
+        repos: Vec::new(),
+        image: None,
     })
 }
 
