@@ -29,7 +29,9 @@ if [ -f /etc/resolv.conf ]; then
     fi
     mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
 fi
-exec chroot "$root" /bin/sh -c '. /etc/profile >/dev/null 2>&1 || true; exec "$0"' "$script"
+# `.` of a missing file ends a non-interactive POSIX shell before `|| true`
+# can help: a tree without /etc/profile (a minimal one) must still run.
+exec chroot "$root" /bin/sh -c 'if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi; exec "$0"' "$script"
 "#;
 
 const POLICY_RC_D: &str =

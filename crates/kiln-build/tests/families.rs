@@ -20,6 +20,9 @@ use kiln_build::bootstrap::{BootstrapRequest, Repo};
 use kiln_build::distro::{DistroFamily, ARCH, RHEL};
 use kiln_exec::{Cmd, WorkDir};
 
+#[path = "fixtures/repos.rs"]
+mod repos;
+
 fn assert_root() {
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
@@ -101,82 +104,18 @@ fn exercise(family: &dyn DistroFamily, req: &BootstrapRequest, work: &Path) -> P
     tree
 }
 
-/// (name, dependencies, file under /usr/share/<name>/, its content)
-const PACKAGES: &[(&str, &[&str], &str, &str)] = &[
-    ("kiln-base", &[], "", ""),
-    ("kiln-libgreet", &[], "greet", "greetings\n"),
-    ("hello", &["kiln-libgreet"], "hello", "hello from kiln\n"),
-    ("kiln-extra", &[], "extra", "to be removed\n"),
-];
-
 #[test]
 #[ignore = "slow: root, pacstrap; see the module docs"]
 fn arch_bootstrap_install_remove_list_against_a_local_repository() {
     assert_root();
     let work = WorkDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "families-arch-").unwrap();
-    let build = work.path().join("build");
-    // The directory is the repository's name: the URL uses pacman's `$repo`.
-    let repo = work.path().join("kilntest");
-    fs::create_dir_all(&repo).unwrap();
-    for (name, deps, file, text) in PACKAGES {
-        let dir = build.join(name);
-        fs::create_dir_all(&dir).unwrap();
-        let body = if name == &"kiln-base" {
-            "install -Dm644 /dev/stdin \"$pkgdir/etc/os-release\" <<<'ID=kilntest'".to_owned()
-        } else {
-            format!(
-                "install -Dm644 /dev/stdin \"$pkgdir/usr/share/{name}/{file}\" <<<'{}'",
-                text.trim_end()
-            )
-        };
-        let pkgbuild = format!(
-            "pkgname={name}\npkgver=1.0\npkgrel=1\narch=(any)\npkgdesc='kiln test package'\nlicense=(MIT)\n\
-             depends=({})\npackage() {{\n  {body}\n}}\n",
-            deps.join(" ")
-        );
-        fs::write(dir.join("PKGBUILD"), pkgbuild).unwrap();
-    }
-    // makepkg refuses root: build as nobody.
-    Cmd::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(work.path())
-        .run()
-        .unwrap();
-    for (name, ..) in PACKAGES {
-        Cmd::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "makepkg",
-                "--nodeps",
-                "--noconfirm",
-            ])
-            .current_dir(build.join(name))
-            .env("HOME", work.path())
-            .env("PKGDEST", &repo)
-            .env("PKGEXT", ".pkg.tar.gz")
-            .run()
-            .unwrap_or_else(|e| panic!("makepkg {name}: {e}"));
-    }
-    let pkgs: Vec<String> = fs::read_dir(&repo)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".pkg.tar.gz"))
-        .collect();
-    Cmd::new("repo-add")
-        .args(["-q", "kilntest.db.tar.gz"])
-        .args(&pkgs)
-        .current_dir(&repo)
-        .run()
-        .unwrap();
+    let mirror = repos::arch_repo(work.path());
     let req = request(
         kiln_spec::Distro::Arch,
         "rolling",
         Repo {
             name: "kilntest".into(),
-            // pacman's own variable, as in a real mirror URL.
-            url: format!("file://{}/$repo", work.path().display()),
+            url: mirror,
             key: None,
             gpgcheck: false,
         },
@@ -191,95 +130,7 @@ fn arch_bootstrap_install_remove_list_against_a_local_repository() {
 fn rhel_bootstrap_install_remove_list_against_a_local_signed_repository() {
     assert_root();
     let work = WorkDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "families-rhel-").unwrap();
-    let top = work.path().join("rpmbuild");
-    let repo = work.path().join("repo");
-    let gnupg = work.path().join("gnupg");
-    fs::create_dir_all(top.join("SPECS")).unwrap();
-    fs::create_dir_all(&repo).unwrap();
-    fs::create_dir_all(&gnupg).unwrap();
-    // A throwaway signing key, made here and trusted only through the spec's
-    // `gpgkey`.
-    Cmd::new("gpg")
-        .arg("--homedir")
-        .arg(&gnupg)
-        .args([
-            "--batch",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            "kiln test <test@kiln.invalid>",
-            "rsa2048",
-            "sign",
-            "never",
-        ])
-        .run()
-        .unwrap();
-    let key = work.path().join("RPM-GPG-KEY-kilntest");
-    let armored = Cmd::new("gpg")
-        .arg("--homedir")
-        .arg(&gnupg)
-        .args(["--armor", "--export", "test@kiln.invalid"])
-        .run_string()
-        .unwrap();
-    fs::write(&key, armored).unwrap();
-
-    for (name, deps, file, text) in PACKAGES {
-        let (install, files) = if name == &"kiln-base" {
-            (
-                "mkdir -p %{buildroot}/etc && echo ID=kilntest > %{buildroot}/etc/os-release".to_owned(),
-                "/etc/os-release".to_owned(),
-            )
-        } else {
-            (
-                format!(
-                    "mkdir -p %{{buildroot}}/usr/share/{name} && printf '%s\\n' '{}' > %{{buildroot}}/usr/share/{name}/{file}",
-                    text.trim_end()
-                ),
-                format!("/usr/share/{name}"),
-            )
-        };
-        let requires = deps.iter().map(|d| format!("Requires: {d}\n")).collect::<String>();
-        let provides = if name == &"kiln-base" {
-            "Provides: system-release\n"
-        } else {
-            ""
-        };
-        let spec = format!(
-            "Name: {name}\nVersion: 1.0\nRelease: 1\nSummary: kiln test package\nLicense: MIT\nBuildArch: noarch\n\
-             {requires}{provides}\n%description\nkiln test package\n\n%install\n{install}\n\n%files\n{files}\n"
-        );
-        let path = top.join("SPECS").join(format!("{name}.spec"));
-        fs::write(&path, spec).unwrap();
-        Cmd::new("rpmbuild")
-            .arg("--define")
-            .arg(format!("_topdir {}", top.display()))
-            .args(["--define", "_rpmdir %{_topdir}/RPMS", "-bb"])
-            .arg(&path)
-            .run()
-            .unwrap_or_else(|e| panic!("rpmbuild {name}: {e}"));
-    }
-    let rpms: Vec<PathBuf> = fs::read_dir(top.join("RPMS/noarch"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    Cmd::new("rpmsign")
-        .arg("--define")
-        .arg(format!("_gpg_path {}", gnupg.display()))
-        .args([
-            "--define",
-            "_gpg_name test@kiln.invalid",
-            "--define",
-            "__gpg /usr/bin/gpg",
-            "--addsign",
-        ])
-        .args(&rpms)
-        .run()
-        .unwrap_or_else(|e| panic!("rpmsign: {e}"));
-    for rpm in &rpms {
-        fs::copy(rpm, repo.join(rpm.file_name().unwrap())).unwrap();
-    }
-    Cmd::new("createrepo_c").arg("--quiet").arg(&repo).run().unwrap();
-
+    let repos::RpmRepo { dir: repo, key, top } = repos::rpm_repo(work.path());
     let req = request(
         kiln_spec::Distro::Rhel,
         "9",
