@@ -47,7 +47,7 @@ apt-get install -y -q --no-install-recommends \
 # tests build local repositories with (makepkg, repo-add, rpmbuild, createrepo_c).
 apt-get install -y -q --no-install-recommends \
   arch-install-scripts pacman-package-manager archlinux-keyring makepkg \
-  dnf rpm createrepo-c rpm2cpio gpg libarchive-tools
+  dnf rpm createrepo-c rpm2cpio gpg libarchive-tools busybox-static
 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends ovmf
 
