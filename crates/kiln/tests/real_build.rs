@@ -358,3 +358,32 @@ fn a_build_whose_json_reader_is_gone_stops_as_if_interrupted() {
     assert!(mounts_below(dir.path()).is_empty(), "{:?}", mounts_below(dir.path()));
     assert_eq!(loop_devices(), loops_before);
 }
+
+/// The rootfs example: a zstd tarball of the tree that `kiln check
+/// --target tar` passes and GNU tar lists with ping's file capability.
+#[test]
+#[ignore = "slow: real Debian build of the rootfs example (root; its bootstrap is shared with the disk example's)"]
+fn builds_and_checks_the_rootfs_tarball() {
+    let tarball = example_image("debian-12-rootfs.toml", "debian-12-rootfs-1.0.0-rootfs.tar.zst");
+    let check = run(kiln().arg("check").arg(&tarball).args(["--target", "tar"]));
+    assert!(check.status.success(), "kiln check --target tar:\n{}", text(&check));
+    let listing = run(tool("tar")
+        .args(["--zstd", "--xattrs", "--xattrs-include=*", "-tvvf"])
+        .arg(&tarball));
+    assert!(listing.status.success(), "{}", text(&listing));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let ping = listing
+        .lines()
+        .skip_while(|l| !l.ends_with("./usr/bin/ping"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        ping.contains("security.capability"),
+        "ping lost its file capability in the tarball: {ping:?}"
+    );
+    assert!(
+        // A symlink to ../usr/lib/os-release in Debian.
+        listing.lines().any(|l| l.contains(" ./etc/os-release")),
+        "no /etc/os-release in the tarball"
+    );
+}
