@@ -7,10 +7,12 @@
 //! kernel. Everything it prints goes to a log file in the image, because OVH
 //! shows none of it.
 //!
-//! The script is a real shell file (`make_image_bootable_debian.sh`, linted
-//! and tested as such) with a few `@NAME@` placeholders; [`render_debian`]
-//! validates the parameters so that no value can break out of its quotes.
-//! Non-goals: ZFS layouts (refused loudly by the script), other families.
+//! The script is a real shell file per family (`make_image_bootable_debian.sh`,
+//! `_arch.sh`, `_rhel.sh`, linted and tested as rendered) around the part
+//! they share (`make_image_bootable_common.sh`), with a few `@NAME@`
+//! placeholders; rendering validates the parameters so that no value can
+//! break out of its quotes. Non-goals: ZFS layouts (refused loudly by the
+//! script).
 
 use std::fmt;
 
@@ -18,13 +20,23 @@ use std::fmt;
 pub const SCRIPT_PATH: &str = "/root/.ovh/make_image_bootable.sh";
 /// The mode the script must have in the image.
 pub const SCRIPT_MODE: u32 = 0o755;
-/// The directory the script deletes when it succeeds.
 /// What the script deletes when it succeeds.
 pub const OVH_DIR: &str = "/root/.ovh";
 
 const DEBIAN_TEMPLATE: &str = include_str!("make_image_bootable_debian.sh");
 const ARCH_TEMPLATE: &str = include_str!("make_image_bootable_arch.sh");
 const RHEL_TEMPLATE: &str = include_str!("make_image_bootable_rhel.sh");
+/// What every family's script shares (the constants after the family's
+/// own, logging, the rescue system's facts, the disks of the install, the
+/// ESP, the kernel console): a fragment that each template names with a
+/// line `@COMMON@`, so that a fix to it reaches every family.
+const COMMON: &str = include_str!("make_image_bootable_common.sh");
+
+/// A family's template with the shared fragment in place.
+fn with_common(template: &str) -> String {
+    debug_assert_eq!(template.matches("@COMMON@\n").count(), 1);
+    template.replacen("@COMMON@\n", COMMON, 1)
+}
 
 /// What the generated script is parameterised by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +160,7 @@ pub fn try_render_debian(params: &ScriptParams) -> Result<String, ScriptError> {
     params.validate()?;
     // Every value is checked to hold only [A-Za-z0-9._/+-], and each
     // placeholder sits inside single quotes in the template.
-    let script = DEBIAN_TEMPLATE
+    let script = with_common(DEBIAN_TEMPLATE)
         .replace("@BOOTLOADER_ID@", &params.bootloader_id)
         .replace("@LOG_PATH@", &params.log_path)
         .replace("@DEBS_DIR@", &params.debs_dir)
@@ -176,7 +188,7 @@ pub fn try_render_rhel(params: &ScriptParams) -> Result<String, ScriptError> {
 
 fn render_template(template: &str, params: &ScriptParams) -> Result<String, ScriptError> {
     params.validate()?;
-    let script = template
+    let script = with_common(template)
         .replace("@BOOTLOADER_ID@", &params.bootloader_id)
         .replace("@LOG_PATH@", &params.log_path)
         .replace(
