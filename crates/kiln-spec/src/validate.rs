@@ -368,6 +368,16 @@ impl Validator<'_, '_> {
                 self.check(&format!("packages.{list}[{i}]"), "package", name, rules::package(name));
             }
         }
+        if !spec.packages.offline.is_empty() && !matches!(spec.base.distro(), Distro::Debian | Distro::Ubuntu) {
+            self.report(
+                "packages.offline",
+                format!(
+                    "`offline` is not supported for distro = \"{}\" yet: kiln builds its local repository with apt",
+                    format!("{:?}", spec.base.distro()).to_lowercase()
+                ),
+                Some("remove `offline`, or carry the packages with a [[run]] step".into()),
+            );
+        }
     }
 
     /// Returns the total size of the source files, which the image must hold.

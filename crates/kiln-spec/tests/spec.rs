@@ -368,6 +368,23 @@ release = "2026.01"
         help: "",
     },
     Case {
+        name: "offline packages for arch",
+        spec: r#"[image]
+name = "t"
+version = "1"
+[base]
+distro = "arch"
+[packages]
+offline = ["jq"]
+[targets.ovh-byol]
+"#,
+        kind: DiagnosticKind::Invalid,
+        message: "`offline` is not supported for distro = \"arch\" yet: kiln builds its local repository with apt",
+        line: 7,
+        column: 11,
+        help: "[[run]]",
+    },
+    Case {
         name: "an arch tarball without its table",
         spec: r#"[image]
 name = "t"
