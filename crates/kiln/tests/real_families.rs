@@ -50,9 +50,14 @@ fn build_and_check(work: &Path, name: &str, spec: &str) -> Vec<String> {
     fs::write(&spec_path, spec).unwrap();
     let out = work.join("out");
     let started = Instant::now();
+    // A stage cache of its own, deleted with `work`: the repository's
+    // path, new at every run, is part of the stage keys, so the shared
+    // cache would only gather entries no later run can use.
     let res = run(kiln()
         .args(["build", "--out"])
         .arg(&out)
+        .arg("--cache-dir")
+        .arg(work.join("cache"))
         .arg("--work-dir")
         .arg(work.join("build-work"))
         .arg(&spec_path));
