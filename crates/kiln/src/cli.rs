@@ -391,64 +391,110 @@ impl BootArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DeployCommand {
-    /// OVHcloud Bring Your Own Linux. With --simulate, replays the installer
-    /// locally: partitioning (RAID, LVM), config drive, image download with
-    /// headers and checksum, rsync, make_image_bootable.sh in a chroot, then
-    /// the first boot with the server's firmware and no NVRAM entry.
-    #[command(after_help = "Examples:
+    /// OVHcloud Bring Your Own Linux. With SERVICE_NAME, reinstalls that
+    /// dedicated server through OVH's API: the body is the build manifest's
+    /// ovhReinstall plus the options, checked against OVH's schema before
+    /// anything is sent, signed, posted, and followed step by step. With
+    /// --simulate, replays the installer locally instead: partitioning (RAID,
+    /// LVM), config drive, image download with headers and checksum, rsync,
+    /// make_image_bootable.sh in a chroot, then the first boot with the
+    /// server's firmware and no NVRAM entry.
+    #[command(
+        after_help = "Credentials (API): OVH_ENDPOINT, OVH_APPLICATION_KEY, OVH_APPLICATION_SECRET, \
+OVH_CONSUMER_KEY, else ovh.conf in the current directory, ~/.ovh.conf or /etc/ovh.conf \
+([default] endpoint=ovh-eu, then application_key=... in the [ovh-eu] section), as OVH's own \
+clients read them. Endpoints: ovh-eu, ovh-ca, ovh-us, kimsufi-eu, kimsufi-ca, soyoustart-eu, \
+soyoustart-ca, or a URL. The consumer key needs GET /dedicated/server/* and \
+POST /dedicated/server/*/reinstall (make one at https://eu.api.ovh.com/createToken/).
+
+Examples:
+  kiln deploy ovh ns1234567.ip-1-2-3.eu --image-url https://images.example.com/debian-12-byol-1.0.0.qcow2 \\
+      --manifest out/manifest.json --hostname web1 --ssh-key \"$(cat ~/.ssh/id_ed25519.pub)\" --dry-run
+  kiln deploy ovh ns1234567.ip-1-2-3.eu --image-url https://images.example.com/debian-12-byol-1.0.0.qcow2 \\
+      --http-header 'Authorization: Basic dXNlcjpwYXNz' --user-data cloud-config.yaml
   kiln deploy ovh --simulate out/debian-12-byol-1.0.0.qcow2
   kiln deploy ovh --simulate out/debian-12-byol-1.0.0.qcow2 --firmware uefi --disks 2 \\
-      --hostname web1 --ssh-key \"$(cat ~/.ssh/id_ed25519.pub)\" --header 'Authorization: Basic dXNlcjpwYXNz'")]
+      --hostname web1 --ssh-key \"$(cat ~/.ssh/id_ed25519.pub)\" --http-header 'Authorization: Basic dXNlcjpwYXNz'"
+    )]
     Ovh(OvhDeployArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct OvhDeployArgs {
+    /// The dedicated server to reinstall through OVH's API (its service name, e.g. ns1234567.ip-1-2-3.eu).
+    #[arg(
+        value_name = "SERVICE_NAME",
+        required_unless_present = "simulate",
+        conflicts_with = "simulate"
+    )]
+    pub service_name: Option<String>,
     /// Replay the installer locally against this image instead of calling the OVH API.
-    #[arg(long, value_name = "IMAGE", required = true)]
-    pub simulate: PathBuf,
+    #[arg(long, value_name = "IMAGE")]
+    pub simulate: Option<PathBuf>,
+    /// customizations.imageURL: where OVH's installer downloads the image (http or https, reachable from the internet).
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "simulate",
+        conflicts_with = "simulate"
+    )]
+    pub image_url: Option<String>,
+    /// The build's manifest.json, whose ovhReinstall body (checksum, efiBootloaderPath) is the base of the request.
+    #[arg(long, default_value = "out/manifest.json", conflicts_with = "simulate")]
+    pub manifest: PathBuf,
+    /// Print the signed request (consumer key, signature and header values masked) and send nothing.
+    #[arg(long, conflicts_with = "simulate")]
+    pub dry_run: bool,
+    /// Return once OVH has accepted the reinstall, printing the task id, instead of following the install.
+    #[arg(long, conflicts_with = "simulate")]
+    pub no_wait: bool,
+    /// Seconds between two looks at the task and the install status.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "simulate")]
+    pub poll_interval: u64,
     /// Boot mode of the simulated server.
-    #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios)]
+    #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios, conflicts_with = "service_name")]
     pub firmware: Firmware,
     /// Number of disks of the simulated server.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "service_name")]
     pub disks: u32,
     /// Size of each virtual disk (sparse).
-    #[arg(long, value_parser = parse_size, default_value = "8GiB")]
+    #[arg(long, value_parser = parse_size, default_value = "8GiB", conflicts_with = "service_name")]
     pub disk_size: u64,
     /// The API's `storage` JSON (partitioning.layout with fileSystem, mountPoint, raidLevel, size, extras.lv).
-    /// Default: swap on every disk and / in ext4 on RAID1 filling the disks.
+    /// Default: the server's default layout (simulated: swap on every disk and / in ext4 on RAID1 filling the disks).
     #[arg(long)]
     pub storage: Option<PathBuf>,
-    /// customizations.hostname.
-    #[arg(long, default_value = "kiln-replay")]
-    pub hostname: String,
+    /// customizations.hostname [default with --simulate: kiln-replay].
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// customizations.sshKey.
     #[arg(long)]
     pub ssh_key: Option<String>,
-    /// customizations.configDriveUserData, from a file.
+    /// customizations.configDriveUserData, from a file (sent base64-encoded to the API).
     #[arg(long)]
     pub user_data: Option<PathBuf>,
-    /// customizations.configDriveMetadata entry KEY=VALUE; repeatable.
-    #[arg(long = "metadata", value_parser = parse_key_value)]
+    /// customizations.configDriveMetadata entry KEY=VALUE; repeatable (replay only: OVH's published schema lacks it).
+    #[arg(long = "metadata", value_parser = parse_key_value, conflicts_with = "service_name")]
     pub metadata: Vec<(String, String)>,
-    /// customizations.httpHeaders entry, 'Name: value'; repeatable. The replay's server refuses downloads without them.
-    #[arg(long = "header", value_parser = parse_header)]
+    /// customizations.httpHeaders entry, 'Name: value'; repeatable. OVH's installer sends them when it downloads
+    /// the image (the replay's server refuses downloads without them).
+    #[arg(long = "http-header", visible_alias = "header", value_name = "'NAME: VALUE'", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
     /// customizations.imageCheckSumType.
-    #[arg(long, value_parser = vocabulary(ChecksumType::ALL, ChecksumType::name), default_value_t = ChecksumType::Sha512)]
+    #[arg(long, value_parser = vocabulary(ChecksumType::ALL, ChecksumType::name), default_value_t = ChecksumType::Sha512, conflicts_with = "service_name")]
     pub checksum_type: ChecksumType,
-    /// customizations.efiBootloaderPath (default: from the image's embedded manifest).
+    /// customizations.efiBootloaderPath (default: from the manifest, or the image's embedded one); must be the image's.
     #[arg(long)]
     pub efi_bootloader_path: Option<String>,
     /// Skip the contract check and replay even an image that will fail (the faithful, slow way).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "service_name")]
     pub no_preflight: bool,
-    /// Give up on the installer or the first boot after this many seconds each.
-    #[arg(long, default_value_t = 1800)]
-    pub timeout: u64,
-    /// Keep the virtual disks and logs in this directory (default: a temporary directory, removed).
+    /// Give up after this many seconds: on the installer or the first boot each with --simulate [default: 1800],
+    /// on the whole install through the API [default: 7200].
     #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Keep the virtual disks and logs in this directory (default: a temporary directory, removed).
+    #[arg(long, conflicts_with = "service_name")]
     pub keep: Option<PathBuf>,
 }
 
@@ -592,6 +638,50 @@ mod tests {
         );
         let err = deploy(&["--checksum-type", "crc32"]).unwrap_err();
         assert!(err.contains("[possible values: md5, sha1, sha256, sha512]"), "{err}");
+    }
+
+    #[test]
+    fn deploy_ovh_is_the_api_with_a_service_name_and_the_replay_with_simulate() {
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from([&["kiln", "deploy", "ovh"], argv].concat()).map(|c| match c.command {
+                Command::Deploy(DeployCommand::Ovh(o)) => o,
+                other => panic!("{other:?}"),
+            })
+        };
+        let o = parse(&[
+            "ns1.ip-1-2-3.eu",
+            "--image-url",
+            "https://x/i.qcow2",
+            "--http-header",
+            "Authorization: Basic abc",
+            "--header",
+            "X-Token: t",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert_eq!(o.service_name.as_deref(), Some("ns1.ip-1-2-3.eu"));
+        assert_eq!(o.manifest, PathBuf::from("out/manifest.json"));
+        assert_eq!(o.headers.len(), 2);
+        assert!(o.dry_run && o.simulate.is_none() && o.hostname.is_none());
+        let o = parse(&["--simulate", "i.qcow2", "--firmware", "uefi"]).unwrap();
+        assert_eq!(o.firmware, Firmware::Uefi);
+        let err = |argv: &[&str]| parse(argv).unwrap_err().kind();
+        use clap::error::ErrorKind;
+        assert_eq!(err(&[]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(err(&["ns1"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            err(&["ns1", "--image-url", "u", "--simulate", "i.qcow2"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            err(&["--simulate", "i.qcow2", "--dry-run"]),
+            ErrorKind::ArgumentConflict
+        );
+        // Options of the replay alone do not go with the API.
+        assert_eq!(
+            err(&["ns1", "--image-url", "u", "--disks", "4"]),
+            ErrorKind::ArgumentConflict
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! OVHcloud: the `storage` layout of the reinstall API and the local replay
-//! of the BYOLinux installer.
+//! OVHcloud: the reinstall API (`api`), the `storage` layout it takes, and
+//! the local replay of the BYOLinux installer.
 
+pub mod api;
 pub mod simulate;
 pub mod storage;

@@ -1,4 +1,5 @@
-//! `kiln deploy ovh --simulate`.
+//! `kiln deploy ovh --simulate` (the local replay) and `kiln deploy ovh
+//! SERVICE_NAME` (OVH's API, in `ovh_api`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use crate::exit::{usage, Exit};
 use crate::output::outln;
 use crate::progress::{self, Verbosity};
 
+mod ovh_api;
+
 pub(crate) fn run(cmd: DeployCommand) -> Result<Exit> {
     match cmd {
         DeployCommand::Ovh(args) => ovh(args),
@@ -18,7 +21,9 @@ pub(crate) fn run(cmd: DeployCommand) -> Result<Exit> {
 }
 
 fn ovh(args: OvhDeployArgs) -> Result<Exit> {
-    let image = args.simulate.clone();
+    let Some(image) = args.simulate.clone() else {
+        return ovh_api::run(&args);
+    };
     super::require_input(&image)?;
     if !args.no_preflight {
         tracing::info!(
@@ -73,7 +78,7 @@ fn ovh(args: OvhDeployArgs) -> Result<Exit> {
             .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
             .transpose()
             .map_err(usage)?,
-        hostname: args.hostname.clone(),
+        hostname: args.hostname.clone().unwrap_or_else(|| "kiln-replay".to_owned()),
         ssh_key: args.ssh_key.clone(),
         user_data: args
             .user_data
@@ -88,7 +93,7 @@ fn ovh(args: OvhDeployArgs) -> Result<Exit> {
         rescue: kiln_deploy::ovh::simulate::rescue::rescue_request(std::path::Path::new("/etc"))?,
         cache_dir: kiln_build::cache::default_dir(),
         work_dir: work_dir.clone(),
-        timeout: Duration::from_secs(args.timeout),
+        timeout: Duration::from_secs(args.timeout.unwrap_or(1800)),
         accel: accel.accel,
     };
     tracing::info!(
