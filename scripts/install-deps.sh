@@ -61,6 +61,13 @@ if [ "$("$venv/bin/python3" -c 'import moto; print(moto.__version__)' 2>/dev/nul
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi
+# OVHcloud's official Python client (PyPI `ovh`): kiln-deploy's signature
+# tests run its own signing code as the oracle for kiln's.
+ovh_version=1.2.0
+if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("ovh"))' 2>/dev/null)" != "$ovh_version" ]; then
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "ovh==$ovh_version"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then

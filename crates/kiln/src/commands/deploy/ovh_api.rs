@@ -80,15 +80,15 @@ pub(super) fn run(args: &OvhDeployArgs) -> Result<Exit> {
     let offset = client.clock_offset();
     if offset.abs() > CLOCK_WARNING_SECONDS {
         tracing::warn!(
-            "warning: this machine's clock is {offset} s off the API's; kiln signs with the API's time, \
+            "this machine's clock is {offset} s off the API's; kiln signs with the API's time, \
              but fix the clock (NTP: `timedatectl set-ntp true`)"
         );
     }
     if let Some(warning) = install::check_byolinux(&client, &service, &os)? {
-        tracing::warn!("warning: {warning}");
+        tracing::warn!("{warning}");
     }
     tracing::debug!(
-        "kiln: POST {path}: {}",
+        "POST {path}: {}",
         serde_json::to_string(&reinstall::masked(&body)).unwrap_or_default()
     );
     let task = install::start(&client, &service, &body)?;
