@@ -453,7 +453,7 @@ fn server_errors_are_retried_and_no_wait_prints_the_task() {
 }
 
 #[test]
-fn missing_rights_bad_credentials_and_a_server_without_byolinux_are_explained() {
+fn missing_rights_bad_credentials_unknown_servers_and_servers_without_byolinux_are_explained() {
     let dir = tempfile::tempdir().unwrap();
     manifest(dir.path());
 
@@ -472,6 +472,19 @@ fn missing_rights_bad_credentials_and_a_server_without_byolinux_are_explained() 
     assert_eq!(out.status.code(), Some(3), "{all}");
     assert!(all.contains("cannot install BYOLinux"), "{all}");
     assert!(all.contains("debian12_64, byoi_64"), "{all}");
+    assert_eq!(fake.state().posts, 0);
+
+    // A server not in the account.
+    let fake = Fake::start(Scenario::Success);
+    let mut argv = deploy(&["--manifest", "manifest.json"]);
+    argv[2] = "ns9999999.ip-9-9-9.eu";
+    let out = kiln(dir.path(), &fake.base, &argv);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert!(
+        all.contains("no dedicated server ns9999999.ip-9-9-9.eu in this account"),
+        "{all}"
+    );
     assert_eq!(fake.state().posts, 0);
 
     // A wrong secret: the fake finds the signature wrong, kiln says why.
