@@ -62,11 +62,13 @@ if [ "$("$venv/bin/python3" -c 'import moto; print(moto.__version__)' 2>/dev/nul
   "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi
 # OVHcloud's official Python client (PyPI `ovh`): kiln-deploy's signature
-# tests run its own signing code as the oracle for kiln's.
+# tests run its own signing code as the oracle for kiln's; and `jsonschema`
+# (which moto brings already), the independent judge of kiln's validation
+# of reinstall bodies against OVH's schema.
 ovh_version=1.2.0
-if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("ovh"))' 2>/dev/null)" != "$ovh_version" ]; then
+if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m, jsonschema; print(m.version("ovh"))' 2>/dev/null)" != "$ovh_version" ]; then
   [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "ovh==$ovh_version"
+  "$venv/bin/pip" install -q --disable-pip-version-check "ovh==$ovh_version" jsonschema
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

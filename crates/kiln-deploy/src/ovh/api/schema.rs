@@ -292,9 +292,8 @@ mod tests {
         assert_eq!(errors(body), Vec::<String>::new());
     }
 
-    #[test]
-    fn violations_name_the_path_and_the_rule() {
-        let cases = [
+    fn violation_cases() -> Vec<(Value, &'static str)> {
+        vec![
             (json!({}), "operatingSystem: is required and missing"),
             (
                 json!({"operatingSystem": 64}),
@@ -332,11 +331,101 @@ mod tests {
                 json!({"operatingSystem": "b", "storage": {"partitioning": {}}}),
                 "storage: must be an array, got an object",
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn violations_name_the_path_and_the_rule() {
+        let cases = violation_cases();
         for (body, want) in cases {
             let got = errors(body.clone());
             assert!(got.len() == 1 && got[0].starts_with(want), "{body}: {got:?}");
         }
+    }
+
+    /// Bodies valid and invalid in every way the schema can tell.
+    fn sample_bodies() -> Vec<Value> {
+        let mut bodies = vec![
+            json!({"operatingSystem": "byolinux_64"}),
+            json!({"operatingSystem": "byolinux_64", "customizations": {"imageURL": "https://x/i.qcow2",
+                "imageCheckSum": "ab", "imageCheckSumType": "sha256", "imageType": "qcow2", "language": "fr-fr",
+                "postInstallationScriptExtension": "ps1", "httpHeaders": {}}, "properties": {"role": "web"}}),
+            json!({"operatingSystem": "byolinux_64", "customizations": {"imageType": "vmdk"}}),
+            json!({"operatingSystem": "byolinux_64", "properties": {"essential": false}}),
+            json!({"operatingSystem": "b", "storage": [{"diskGroupId": 1, "hardwareRaid": [{"raidLevel": 50, "arrays": 2}]}]}),
+            json!({"operatingSystem": "b", "storage": [{"hardwareRaid": [{"raidLevel": 7}]}]}),
+            json!({"operatingSystem": "b", "storage": [{"partitioning": {"layout": [{"fileSystem": "zfs", "mountPoint": "/data", "raidLevel": 7, "extras": {"zp": {"name": "p"}}}]}}]}),
+            json!({"operatingSystem": "b", "storage": [{"partitioning": {"layout": [{"fileSystem": "ext4", "mountPoint": "/", "raidLevel": 2}]}}]}),
+            json!({"operatingSystem": "b", "storage": [{"partitioning": {"layout": [{"fileSystem": "ext4", "mountPoint": "/", "extras": {"lv": {"name": 1}}}]}}]}),
+            json!({"operatingSystem": "b", "storage": [{"partitioning": {"schemeName": "default", "disks": 2.5}}]}),
+            json!({"operatingSystem": "b", "storage": [{"partitioning": {"layout": [{"fileSystem": "ext4", "mountPoint": "/", "extras": {"md": {}}}]}}]}),
+            json!([]),
+            json!({"operatingSystem": null}),
+        ];
+        bodies.extend(violation_cases().into_iter().map(|(b, _)| b));
+        bodies
+    }
+
+    /// kiln's validator and an independent one (Python's `jsonschema` on
+    /// the same schema translated to JSON Schema by
+    /// testdata/schema_oracle.py) agree on which bodies are valid.
+    #[test]
+    fn verdicts_match_pythons_jsonschema() {
+        let python = std::env::var_os("KILN_OVH_PYTHON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/opt/kiln-test/venv/bin/python3".into());
+        #[allow(clippy::disallowed_methods)] // the oracle, outside kiln's tool registry
+        let has = std::process::Command::new(&python)
+            .args(["-c", "import jsonschema"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !kiln_exec::testing::require_or_skip(
+            has,
+            &format!(
+                "{} cannot import `jsonschema` (scripts/install-deps.sh installs it into /opt/kiln-test/venv; or set KILN_OVH_PYTHON)",
+                python.display()
+            ),
+        ) {
+            return;
+        }
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let bodies = sample_bodies();
+        #[allow(clippy::disallowed_methods)] // the oracle, outside kiln's tool registry
+        let mut child = std::process::Command::new(&python)
+            .arg(format!("{dir}/src/ovh/api/testdata/schema_oracle.py"))
+            .arg(format!("{dir}/src/ovh/api/reinstall-schema.json"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&serde_json::to_vec(&bodies).unwrap())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "schema_oracle.py failed");
+        let verdicts: Vec<Vec<String>> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(verdicts.len(), bodies.len());
+        let schemas = Schemas::reinstall();
+        let (mut valid, mut invalid) = (0, 0);
+        for (body, theirs) in bodies.iter().zip(&verdicts) {
+            let ours = schemas.validate(REINSTALL, body);
+            assert_eq!(
+                ours.is_empty(),
+                theirs.is_empty(),
+                "{body}: kiln {ours:?}, jsonschema {theirs:?}"
+            );
+            if ours.is_empty() {
+                valid += 1
+            } else {
+                invalid += 1
+            }
+        }
+        assert!(valid >= 3 && invalid >= 10, "{valid} valid, {invalid} invalid");
     }
 
     #[test]
