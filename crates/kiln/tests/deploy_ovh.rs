@@ -6,8 +6,10 @@
 //! URL, body and timestamp), validates every reinstall body against OVH's
 //! schema, and plays an install through OVH's step list: a success, a
 //! failure at step 15/17 (make_image_bootable.sh), a task already running
-//! (409), flaky 5xx answers, missing rights, bad credentials and a server
-//! without BYOLinux. Nothing here needs root or the network.
+//! (409), flaky 5xx answers, missing rights, bad or expired credentials,
+//! a server not in the account and one without BYOLinux. The bodies are
+//! checked by kiln-deploy's validator, whose verdicts its own tests hold
+//! to Python's `jsonschema`. Nothing here needs root or the network.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -59,6 +61,8 @@ enum Scenario {
     Flaky(usize),
     /// byolinux_64 is not among the server's templates.
     NotByolinux,
+    /// The consumer key has expired: every signed call is refused.
+    Expired,
 }
 
 #[derive(Default)]
@@ -183,6 +187,12 @@ fn answer(scenario: Scenario, base: &str, req: &tiny_http::Request, body: &str, 
         return (
             400,
             json!({"errorCode": "INVALID_SIGNATURE", "message": "Invalid signature"}),
+        );
+    }
+    if scenario == Scenario::Expired {
+        return (
+            403,
+            json!({"errorCode": "INVALID_CREDENTIAL", "httpCode": "403 Forbidden", "message": "This credential is not valid"}),
         );
     }
     let server = format!("/1.0/dedicated/server/{SERVICE}");
@@ -453,7 +463,7 @@ fn server_errors_are_retried_and_no_wait_prints_the_task() {
 }
 
 #[test]
-fn missing_rights_bad_credentials_unknown_servers_and_servers_without_byolinux_are_explained() {
+fn missing_rights_bad_or_expired_credentials_unknown_servers_and_servers_without_byolinux_are_explained() {
     let dir = tempfile::tempdir().unwrap();
     manifest(dir.path());
 
@@ -472,6 +482,17 @@ fn missing_rights_bad_credentials_unknown_servers_and_servers_without_byolinux_a
     assert_eq!(out.status.code(), Some(3), "{all}");
     assert!(all.contains("cannot install BYOLinux"), "{all}");
     assert!(all.contains("debian12_64, byoi_64"), "{all}");
+    assert_eq!(fake.state().posts, 0);
+
+    let fake = Fake::start(Scenario::Expired);
+    let out = kiln(dir.path(), &fake.base, &deploy(&["--manifest", "manifest.json"]));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert!(
+        all.contains("OVH refused the credentials (HTTP 403 INVALID_CREDENTIAL"),
+        "{all}"
+    );
+    assert!(all.contains("revoked or expired"), "{all}");
     assert_eq!(fake.state().posts, 0);
 
     // A server not in the account.
