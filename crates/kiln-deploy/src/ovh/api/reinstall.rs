@@ -168,9 +168,14 @@ pub fn validate(body: &Value, image_efi_path: Option<&str>) -> Vec<String> {
     problems
 }
 
-/// A copy of `body` fit to print or log: header values masked.
+/// A copy of `body` fit to print or log: header values masked, and the
+/// user data (which may hold passwords or tokens) reduced to its size.
 pub fn masked(body: &Value) -> Value {
     let mut b = body.clone();
+    if let Some(ud) = b["customizations"].get_mut("configDriveUserData") {
+        let len = ud.as_str().map(str::len).unwrap_or_default();
+        *ud = Value::String(format!("({len} characters of base64, not shown)"));
+    }
     if let Some(headers) = b["customizations"]
         .get_mut("httpHeaders")
         .and_then(Value::as_object_mut)
