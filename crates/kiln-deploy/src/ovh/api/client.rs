@@ -314,12 +314,25 @@ impl Client {
                 }
                 Err(e) => {
                     tracing::debug!("ovh: {method} {}: {e}", prepared.url);
-                    if attempt >= self.retry.max_attempts {
+                    // A name that does not resolve will not resolve on a retry.
+                    // ureq reports getaddrinfo's failure as an I/O error whose
+                    // only mark is std's message.
+                    let unresolved = matches!(e, ureq::Error::HostNotFound)
+                        || matches!(&e, ureq::Error::Io(io) if io.to_string().contains("failed to lookup address"));
+                    if attempt >= self.retry.max_attempts || unresolved {
+                        let detail = if unresolved {
+                            format!(
+                                "{e}: is the endpoint ({}) right, and is the network up?",
+                                self.creds.endpoint
+                            )
+                        } else {
+                            e.to_string()
+                        };
                         return Err(ApiError::Connection {
                             call,
                             base: self.creds.base_url.clone(),
                             attempts: attempt,
-                            detail: e.to_string(),
+                            detail,
                         });
                     }
                     tracing::warn!("ovh: {call}: {e}; retrying");

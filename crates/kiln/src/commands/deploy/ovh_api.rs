@@ -57,12 +57,12 @@ pub(super) fn run(args: &OvhDeployArgs) -> Result<Exit> {
     let body = reinstall::build_body(&manifest, &opts).map_err(usage)?;
     let os = body["operatingSystem"].as_str().unwrap_or("byolinux_64").to_owned();
     let creds = config::load(&Environment::from_process()).map_err(usage)?;
-    tracing::info!(
-        "kiln: OVH API {} ({}), application key {}",
-        creds.endpoint,
-        creds.base_url,
-        creds.application_key
-    );
+    let endpoint = if creds.endpoint == creds.base_url {
+        creds.base_url.clone()
+    } else {
+        format!("{} ({})", creds.endpoint, creds.base_url)
+    };
+    tracing::info!("kiln: OVH API {endpoint}, application key {}", creds.application_key);
     let path = format!("/dedicated/server/{service}/reinstall");
 
     if args.dry_run {
