@@ -113,7 +113,10 @@ pub struct FileServer {
 
 impl fmt::Debug for FileServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileServer").field("addr", &self.addr).field("root", &self.root).finish()
+        f.debug_struct("FileServer")
+            .field("addr", &self.addr)
+            .field("root", &self.root)
+            .finish()
     }
 }
 
@@ -549,10 +552,7 @@ mod tests {
         ] {
             assert_eq!(resolve(&root, bad), Err(Refusal::NotFound), "{bad}");
         }
-        assert_eq!(
-            artifacts(&root).unwrap(),
-            ["a b.qcow2", "a.qcow2", "inside", "sub/b"]
-        );
+        assert_eq!(artifacts(&root).unwrap(), ["a b.qcow2", "a.qcow2", "inside", "sub/b"]);
     }
 
     #[test]

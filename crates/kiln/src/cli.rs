@@ -493,7 +493,8 @@ Examples:
     Oci(OciPublishArgs),
 }
 
-const OCI_HELP: &str = "Credentials: --username with the password (or token) on stdin (--password-stdin), else the registry's \
+const OCI_HELP: &str =
+    "Credentials: --username with the password (or token) on stdin (--password-stdin), else the registry's \
 entry in $DOCKER_CONFIG/config.json or ~/.docker/config.json (what `docker login` and `oras login` write: \
 \"auths\" with a base64 \"auth\"; credential helpers are not called). Both Basic and Bearer-token \
 registries are handled.

@@ -98,13 +98,14 @@ fn curl(args: &[&str]) -> (u16, String, i32) {
     if !args.contains(&"-o") {
         cmd.args(["-o", "/dev/null"]);
     }
-    let out = cmd
-        .args(args)
-        .output()
-        .unwrap();
+    let out = cmd.args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     let (headers, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap_or(0), headers.to_owned(), out.status.code().unwrap_or(-1))
+    (
+        code.trim().parse().unwrap_or(0),
+        headers.to_owned(),
+        out.status.code().unwrap_or(-1),
+    )
 }
 
 fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
@@ -113,7 +114,7 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.trim())
-        .last()
+        .next_back()
 }
 
 /// A directory with an image of pseudo-random bytes and its sidecar.
@@ -130,7 +131,11 @@ fn artifacts() -> (tempfile::TempDir, Vec<u8>) {
         .collect();
     std::fs::write(dir.path().join("img-1.0.qcow2"), &bytes).unwrap();
     let sha = hex::encode(Sha512::digest(&bytes));
-    std::fs::write(dir.path().join("img-1.0.qcow2.sha512"), format!("{sha}  img-1.0.qcow2\n")).unwrap();
+    std::fs::write(
+        dir.path().join("img-1.0.qcow2.sha512"),
+        format!("{sha}  img-1.0.qcow2\n"),
+    )
+    .unwrap();
     (dir, bytes)
 }
 
@@ -151,7 +156,11 @@ fn serves_files_heads_and_ranges_and_refuses_escapes() {
     let log = outside.path().join("serve.log");
     let s = Served::start(dir.path(), &[], &log);
     assert!(s.stdout.iter().any(|l| l.ends_with("/img-1.0.qcow2")), "{:?}", s.stdout);
-    assert!(!s.stdout.iter().any(|l| l.contains("escape") || l.contains(".part")), "{:?}", s.stdout);
+    assert!(
+        !s.stdout.iter().any(|l| l.contains("escape") || l.contains(".part")),
+        "{:?}",
+        s.stdout
+    );
 
     // The whole file, byte for byte.
     let got = outside.path().join("got");
@@ -180,7 +189,10 @@ fn serves_files_heads_and_ranges_and_refuses_escapes() {
             Some(format!("bytes {first}-{last}/{SIZE}").as_str()),
             "{range}"
         );
-        assert_eq!(header(&h, "content-length"), Some((last - first + 1).to_string().as_str()));
+        assert_eq!(
+            header(&h, "content-length"),
+            Some((last - first + 1).to_string().as_str())
+        );
         assert!(std::fs::read(&part).unwrap() == bytes[first..=last], "{range}");
     }
     let (code, h, _) = curl(&["-r", &format!("{SIZE}-"), &s.url("/img-1.0.qcow2")]);
@@ -246,7 +258,10 @@ fn a_cut_download_resumes_with_curl_and_matches_the_sidecar() {
     let got = hex::encode(Sha512::digest(std::fs::read(&target).unwrap()));
     assert_eq!(sidecar.split_whitespace().next(), Some(got.as_str()));
     let log = s.stop();
-    assert!(log.contains(&format!("206 {} bytes {partial}-", SIZE as u64 - partial)), "{log}");
+    assert!(
+        log.contains(&format!("206 {} bytes {partial}-", SIZE as u64 - partial)),
+        "{log}"
+    );
 }
 
 #[test]
@@ -256,12 +271,20 @@ fn auth_refuses_requests_without_the_header() {
     }
     let (dir, bytes) = artifacts();
     let work = tempfile::tempdir().unwrap();
-    let s = Served::start(dir.path(), &["--auth", "ovh:Zq9-secret"], &work.path().join("serve.log"));
+    let s = Served::start(
+        dir.path(),
+        &["--auth", "ovh:Zq9-secret"],
+        &work.path().join("serve.log"),
+    );
     // The header printed for `kiln deploy ovh --http-header` is the one that works.
     let printed = s
         .stdout
         .iter()
-        .find_map(|l| l.trim().strip_prefix("'Authorization: ").map(|v| v.trim_end_matches('\'').to_owned()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("'Authorization: ")
+                .map(|v| v.trim_end_matches('\'').to_owned())
+        })
         .unwrap_or_else(|| panic!("no header printed: {:?}", s.stdout));
     for args in [
         vec![],
@@ -271,7 +294,10 @@ fn auth_refuses_requests_without_the_header() {
     ] {
         let (code, h, _) = curl(&[&args[..], &[s.url("/img-1.0.qcow2").as_str()]].concat());
         assert_eq!(code, 401, "{args:?}");
-        assert!(header(&h, "www-authenticate").unwrap().starts_with("Basic realm="), "{h}");
+        assert!(
+            header(&h, "www-authenticate").unwrap().starts_with("Basic realm="),
+            "{h}"
+        );
     }
     // Even a 404 is not told to a stranger.
     let (code, _, _) = curl(&[&s.url("/nope")]);
@@ -290,5 +316,8 @@ fn auth_refuses_requests_without_the_header() {
     assert_eq!(code, 200);
     let log = s.stop();
     assert_eq!(log.matches(" 401 ").count(), 5, "{log}");
-    assert!(!log.contains("Zq9-secret") && !log.contains(&printed), "the log shows a secret: {log}");
+    assert!(
+        !log.contains("Zq9-secret") && !log.contains(&printed),
+        "the log shows a secret: {log}"
+    );
 }

@@ -31,7 +31,10 @@ impl fmt::Debug for Credentials {
 
 impl Credentials {
     fn basic(&self) -> String {
-        format!("Basic {}", BASE64.encode(format!("{}:{}", self.username, self.password)))
+        format!(
+            "Basic {}",
+            BASE64.encode(format!("{}:{}", self.username, self.password))
+        )
     }
 }
 
@@ -188,7 +191,12 @@ impl Registry {
     }
 
     /// Sends a request and hands back the answer with its body unread.
-    pub fn open(&self, what: &str, url: &str, headers: &[(&str, &str)]) -> Result<ureq::http::Response<ureq::Body>, CallError> {
+    pub fn open(
+        &self,
+        what: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<ureq::http::Response<ureq::Body>, CallError> {
         self.send(what, "GET", url, headers, &[], Retry::Yes)
     }
 
@@ -247,7 +255,12 @@ impl Registry {
                         continue;
                     }
                     if status == 401 || status == 403 {
-                        let body = response.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap_or_default();
+                        let body = response
+                            .body_mut()
+                            .with_config()
+                            .limit(1 << 20)
+                            .read_to_vec()
+                            .unwrap_or_default();
                         let how = if self.credentials.is_some() {
                             "the registry refused these credentials (check the user name and password, and that the user may push to this repository)"
                         } else {
@@ -267,7 +280,10 @@ impl Registry {
                 }
                 Err(e) => {
                     let unsent = matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound);
-                    if matches!(e, ureq::Error::HostNotFound) || !(retry == Retry::Yes || unsent) || attempt >= self.attempts {
+                    if matches!(e, ureq::Error::HostNotFound)
+                        || !(retry == Retry::Yes || unsent)
+                        || attempt >= self.attempts
+                    {
                         return Err(self.connection(what, &e));
                     }
                     tracing::debug!("oci: {what}: {e}; retrying");
@@ -329,7 +345,12 @@ impl Registry {
                     .run(request)
                     .map_err(|e| auth_error(format!("fetching a token from {realm}: {e}")))?;
                 let status = response.status().as_u16();
-                let body = response.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap_or_default();
+                let body = response
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_vec()
+                    .unwrap_or_default();
                 if status == 401 || status == 403 {
                     return Err(match &self.credentials {
                         Some(_) => auth_error(format!(
@@ -344,8 +365,9 @@ impl Registry {
                         error_message(&body)
                     )));
                 }
-                let doc: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|_| auth_error(format!("the token service {realm} answered something that is not JSON")))?;
+                let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+                    auth_error(format!("the token service {realm} answered something that is not JSON"))
+                })?;
                 let token = doc
                     .get("token")
                     .or_else(|| doc.get("access_token"))
@@ -461,7 +483,10 @@ mod tests {
         assert_eq!((s.as_str(), p["realm"].as_str()), ("Basic", "basic-realm"));
         let (_, p) = parse_challenge(r#"Bearer realm=plain, error="x\"y""#);
         assert_eq!((p["realm"].as_str(), p["error"].as_str()), ("plain", "x\"y"));
-        assert_eq!(encode_query("repository:a/b:pull,push"), "repository%3Aa%2Fb%3Apull%2Cpush");
+        assert_eq!(
+            encode_query("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
     }
 
     #[test]

@@ -110,7 +110,9 @@ impl Reference {
         if !reference.starts_with("sha256:") {
             let tag_ok = !reference.is_empty()
                 && reference.len() <= 128
-                && reference.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+                && reference
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
                 && !reference.starts_with(['.', '-']);
             if !tag_ok {
                 return Err(format!(
@@ -309,7 +311,10 @@ mod tests {
         let r = Reference::parse(&d).unwrap();
         assert!(r.is_digest());
         assert_eq!(r.to_string(), d);
-        assert_eq!(Reference::parse("docker.io/x/y:1").unwrap().api_host(), "registry-1.docker.io");
+        assert_eq!(
+            Reference::parse("docker.io/x/y:1").unwrap().api_host(),
+            "registry-1.docker.io"
+        );
         assert_eq!(Reference::parse("localhost/x:1").unwrap().registry, "localhost");
         for bad in [
             "debian:12",
@@ -373,7 +378,10 @@ mod tests {
     #[test]
     fn sidecars() {
         let hex = "ab".repeat(64);
-        assert_eq!(sidecar_sha512(&format!("{hex}  x.qcow2\n"), Path::new("s")).unwrap(), hex);
+        assert_eq!(
+            sidecar_sha512(&format!("{hex}  x.qcow2\n"), Path::new("s")).unwrap(),
+            hex
+        );
         assert!(sidecar_sha512("abc  x", Path::new("s")).is_err());
     }
 }

@@ -131,7 +131,9 @@ pub fn pull(opts: &PullOptions, on: &dyn Fn(Progress)) -> Result<Pulled> {
     // Sidecars: `NAME.sha512` vouches for the layer NAME.
     let mut verified = Vec::new();
     for (title, part) in &parts {
-        let Some(of) = title.strip_suffix(".sha512") else { continue };
+        let Some(of) = title.strip_suffix(".sha512") else {
+            continue;
+        };
         let Some(j) = parts.iter().position(|(t, _)| t == of) else {
             continue;
         };
@@ -174,14 +176,23 @@ fn download(
 ) -> Result<String, DownloadError> {
     let fail = |error: anyhow::Error, retryable: bool| DownloadError { error, retryable };
     let mut response = registry
-        .open("downloading a blob", &registry.url(&format!("blobs/{}", layer.digest)), &[])
+        .open(
+            "downloading a blob",
+            &registry.url(&format!("blobs/{}", layer.digest)),
+            &[],
+        )
         .map_err(|e| {
             let retryable = matches!(e, CallError::Connection { .. });
             fail(e.into(), retryable)
         })?;
     let status = response.status().as_u16();
     if status != 200 {
-        let body = response.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap_or_default();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .unwrap_or_default();
         return Err(fail(
             anyhow::anyhow!("the registry answered HTTP {status}{}", error_message(&body)),
             status >= 500,
@@ -207,7 +218,10 @@ fn download(
         received += n as u64;
         if received > layer.size {
             return Err(fail(
-                anyhow::anyhow!("the registry sent more than the {} bytes the manifest gives", layer.size),
+                anyhow::anyhow!(
+                    "the registry sent more than the {} bytes the manifest gives",
+                    layer.size
+                ),
                 false,
             ));
         }

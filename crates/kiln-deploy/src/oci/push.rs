@@ -15,8 +15,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 use super::client::{CallError, Registry, Retry};
 use super::{
     digest_of, empty_config, sidecar_sha512, Descriptor, Manifest, Reference, RegistryOptions, ARTIFACT_TYPE,
-    BUILD_MANIFEST_MEDIA_TYPE, CREATED, EMPTY_CONFIG, IMAGE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, SIDECAR_MEDIA_TYPE,
-    TITLE,
+    BUILD_MANIFEST_MEDIA_TYPE, CREATED, EMPTY_CONFIG, IMAGE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, SIDECAR_MEDIA_TYPE, TITLE,
 };
 
 /// What to push where.
@@ -37,12 +36,25 @@ pub struct PushOptions {
 #[derive(Debug, Clone)]
 pub enum Progress {
     /// Hashing the local files.
-    Hashing { file: String },
+    Hashing {
+        file: String,
+    },
     /// A blob the registry already has.
-    Skipped { title: String, size: u64 },
-    Uploading { title: String, sent: u64, total: u64 },
+    Skipped {
+        title: String,
+        size: u64,
+    },
+    Uploading {
+        title: String,
+        sent: u64,
+        total: u64,
+    },
     /// An upload broke and goes on from `offset` (0: started over).
-    Recovering { title: String, offset: u64, why: String },
+    Recovering {
+        title: String,
+        offset: u64,
+        why: String,
+    },
     Verifying,
     PushingManifest,
 }
@@ -289,7 +301,9 @@ fn hash_file(path: &Path) -> Result<(String, String, u64)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -367,7 +381,9 @@ fn upload(registry: &Registry, blob: &Blob, chunk: u64, stats: &mut Stats, on: &
         let result = if offset < d.size {
             let n = chunk.min(d.size - offset);
             buf.resize(n as usize, 0);
-            source.read_exact_at(&mut buf, offset).with_context(|| format!("reading {}", blob.path.display()))?;
+            source
+                .read_exact_at(&mut buf, offset)
+                .with_context(|| format!("reading {}", blob.path.display()))?;
             patch(registry, &location, offset, &buf).map(|next| {
                 location = next;
                 offset += n;
@@ -429,10 +445,7 @@ fn patch(registry: &Registry, location: &str, offset: u64, data: &[u8]) -> Resul
         "uploading a chunk",
         "PATCH",
         location,
-        &[
-            ("Content-Type", "application/octet-stream"),
-            ("Content-Range", &range),
-        ],
+        &[("Content-Type", "application/octet-stream"), ("Content-Range", &range)],
         data,
         Retry::No,
     )?;

@@ -68,8 +68,9 @@ pub(crate) fn publish(args: OciPublishArgs) -> Result<Exit> {
                 }
                 transfer.set(sent, String::new());
             }
+            Progress::Recovering { title, offset: 0, why } => tracing::warn!("{title}: {why}"),
             Progress::Recovering { title, offset, why } => {
-                tracing::warn!("{title}: {why}; going on from byte {offset}")
+                tracing::warn!("{title}: {why}; resuming the upload at byte {offset}")
             }
             Progress::Verifying => tracing::info!("verifying every blob is in the registry"),
             Progress::PushingManifest => tracing::info!("pushing the manifest"),

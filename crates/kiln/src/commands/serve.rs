@@ -46,7 +46,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<Exit> {
         outln!("  'Authorization: {}'", auth.header_value())?;
     }
     if addr.ip().is_loopback() {
-        tracing::info!("note: {addr} is reachable from this machine only; --bind 0.0.0.0:{} exposes it", addr.port());
+        tracing::info!(
+            "note: {addr} is reachable from this machine only; --bind 0.0.0.0:{} exposes it",
+            addr.port()
+        );
     }
     server.wait_for_interrupt();
     eprintln!("kiln: stopped serving");

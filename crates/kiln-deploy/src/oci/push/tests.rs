@@ -123,9 +123,11 @@ fn handle(state: &Mutex<State>, auth: AuthMode, port: u16, mut rq: tiny_http::Re
     };
     if let Some(c) = challenge {
         let _ = rq.respond(
-            tiny_http::Response::from_string(r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#)
-                .with_status_code(401)
-                .with_header(h("WWW-Authenticate", &c)),
+            tiny_http::Response::from_string(
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+            )
+            .with_status_code(401)
+            .with_header(h("WWW-Authenticate", &c)),
         );
         return;
     }
@@ -136,8 +138,10 @@ fn handle(state: &Mutex<State>, auth: AuthMode, port: u16, mut rq: tiny_http::Re
         st.patches += 1;
         if st.deny_patch {
             let _ = rq.respond(
-                tiny_http::Response::from_string(r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#)
-                    .with_status_code(403),
+                tiny_http::Response::from_string(
+                    r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+                )
+                .with_status_code(403),
             );
             return;
         }
@@ -254,8 +258,16 @@ fn artifact(size: usize) -> (tempfile::TempDir, PathBuf) {
     let image = dir.path().join("test-1.0.0.qcow2");
     std::fs::write(&image, &bytes).unwrap();
     let sha = hex::encode(Sha512::digest(&bytes));
-    std::fs::write(dir.path().join("test-1.0.0.qcow2.sha512"), format!("{sha}  test-1.0.0.qcow2\n")).unwrap();
-    std::fs::write(dir.path().join("manifest.json"), br#"{"name":"test","version":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("test-1.0.0.qcow2.sha512"),
+        format!("{sha}  test-1.0.0.qcow2\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        br#"{"name":"test","version":"1.0.0"}"#,
+    )
+    .unwrap();
     (dir, image)
 }
 
@@ -304,7 +316,11 @@ fn pushes_an_oras_artifact_in_chunks_and_pulls_it_back() {
     assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
     assert_eq!(m.media_type.as_deref(), Some(MANIFEST_MEDIA_TYPE));
     assert_eq!(m.config.media_type, "application/vnd.oci.empty.v1+json");
-    let layers: Vec<(&str, &str)> = m.layers.iter().map(|l| (l.media_type.as_str(), l.title().unwrap())).collect();
+    let layers: Vec<(&str, &str)> = m
+        .layers
+        .iter()
+        .map(|l| (l.media_type.as_str(), l.title().unwrap()))
+        .collect();
     assert_eq!(
         layers,
         [
@@ -315,8 +331,16 @@ fn pushes_an_oras_artifact_in_chunks_and_pulls_it_back() {
     );
     assert_eq!(st.blobs[&m.layers[0].digest], std::fs::read(&image).unwrap());
     // The manifest came last, after every blob was checked.
-    let last = st.requests.iter().rposition(|r| r.starts_with("HEAD /v2/kiln/test/blobs/")).unwrap();
-    let put = st.requests.iter().position(|r| r.starts_with("PUT /v2/kiln/test/manifests/")).unwrap();
+    let last = st
+        .requests
+        .iter()
+        .rposition(|r| r.starts_with("HEAD /v2/kiln/test/blobs/"))
+        .unwrap();
+    let put = st
+        .requests
+        .iter()
+        .position(|r| r.starts_with("PUT /v2/kiln/test/manifests/"))
+        .unwrap();
     assert!(last < put, "{:?}", st.requests);
     drop(st);
 
@@ -379,9 +403,17 @@ fn an_existing_tag_is_refused_unless_forced() {
     let before = fake.state.lock().unwrap().requests.len();
     let err = push(&opts(&image, fake.reference("1"), None), &|_| {}).unwrap_err();
     assert!(err.downcast_ref::<Refused>().is_some(), "{err:#}");
-    assert!(err.to_string().contains("already exists") && err.to_string().contains("--force"), "{err}");
+    assert!(
+        err.to_string().contains("already exists") && err.to_string().contains("--force"),
+        "{err}"
+    );
     let st = fake.state.lock().unwrap();
-    assert_eq!(st.requests.len(), before + 1, "only the tag was checked: {:?}", &st.requests[before..]);
+    assert_eq!(
+        st.requests.len(),
+        before + 1,
+        "only the tag was checked: {:?}",
+        &st.requests[before..]
+    );
     drop(st);
     let mut forced = opts(&image, fake.reference("1"), None);
     forced.force = true;
@@ -431,7 +463,10 @@ fn basic_and_bearer_challenges_are_answered() {
         assert!(format!("{err:#}").contains("--password-stdin"), "{mode:?}: {err:#}");
         let err = push(&opts(&image, fake.reference("1"), Some(bad.clone())), &|_| {}).unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("refused these credentials") && !text.contains("wrong"), "{mode:?}: {text}");
+        assert!(
+            text.contains("refused these credentials") && !text.contains("wrong"),
+            "{mode:?}: {text}"
+        );
         push(&opts(&image, fake.reference("1"), Some(good.clone())), &|_| {}).unwrap();
         let out = dir.path().join("out");
         pull(&pull_opts(fake.reference("1"), &out, Some(good.clone())), &|_| {}).unwrap();
