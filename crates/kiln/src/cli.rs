@@ -39,6 +39,9 @@ const EXAMPLES: &str = "Examples:
   kiln cache ls                                    what the stage cache holds
   kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
   kiln inspect out/debian-12-byol-1.0.0.qcow2
+  kiln serve out --bind 0.0.0.0:8080 --auth ovh:SECRET   host the image for OVH's imageURL
+  kiln publish oci out/debian-12-byol-1.0.0.qcow2 registry.example.com/images/debian-12-byol:1.0.0
+  kiln pull registry.example.com/images/debian-12-byol:1.0.0 -o images
   kiln doctor                                      what is missing, and the apt-get line for it
   kiln completion bash > /etc/bash_completion.d/kiln
   kiln man --out /usr/local/share/man/man1";
