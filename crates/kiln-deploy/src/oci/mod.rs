@@ -38,6 +38,11 @@ pub use push::{push, PushOptions, Pushed};
 /// The artifact type of OVHcloud's BYOLinux images.
 pub const ARTIFACT_TYPE: &str = "application/vnd.ovh.byolinux.image.v1";
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// What a tag may point to: asked for all, so that a tag holding an image
+/// (not an artifact) is still seen to exist.
+pub const ACCEPT_ANY_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json";
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The empty config's content, `{}`.
 pub const EMPTY_CONFIG: &[u8] = b"{}";

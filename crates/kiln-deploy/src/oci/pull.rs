@@ -53,7 +53,7 @@ pub fn pull(opts: &PullOptions, on: &dyn Fn(Progress)) -> Result<Pulled> {
         "fetching the manifest",
         "GET",
         &registry.url(&format!("manifests/{}", r.reference)),
-        &[("Accept", MANIFEST_MEDIA_TYPE)],
+        &[("Accept", super::ACCEPT_ANY_MANIFEST)],
         &[],
         Retry::Yes,
     )?;
@@ -77,18 +77,22 @@ pub fn pull(opts: &PullOptions, on: &dyn Fn(Progress)) -> Result<Pulled> {
             bail!("{r}: the manifest received has digest {digest}, not {claimed}");
         }
     }
-    let manifest: Manifest = serde_json::from_slice(&reply.body).with_context(|| {
-        format!(
-            "{r}: not an OCI image manifest (Content-Type {})",
-            reply.header("content-type").unwrap_or("unknown")
-        )
-    })?;
-    if manifest.media_type.as_deref().is_some_and(|m| m != MANIFEST_MEDIA_TYPE) {
+    let content_type = reply.header("content-type").unwrap_or_default();
+    let declared: Option<String> = serde_json::from_slice::<serde_json::Value>(&reply.body)
+        .ok()
+        .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned));
+    let kind = match declared.as_deref().unwrap_or(content_type) {
+        "" => "manifest of unknown type",
+        k => k,
+    };
+    if kind != MANIFEST_MEDIA_TYPE {
         bail!(
-            "{r}: a {} is not an artifact kiln can pull",
-            manifest.media_type.as_deref().unwrap_or_default()
+            "{r}: it is a {kind}, not an OCI artifact (an OCI image manifest); kiln pulls what \
+             `kiln publish oci` or `oras push` pushed (for container images, use skopeo or docker)"
         );
     }
+    let manifest: Manifest =
+        serde_json::from_slice(&reply.body).with_context(|| format!("{r}: the OCI image manifest does not parse"))?;
     let mut titles = BTreeSet::new();
     for layer in &manifest.layers {
         let title = layer.title().unwrap_or_default();

@@ -109,7 +109,7 @@ pub fn push(opts: &PushOptions, on: &dyn Fn(Progress)) -> Result<Pushed> {
 
     // 1. The tag: refused if it exists, unless --force.
     let tag_url = registry.url(&format!("manifests/{}", target.reference));
-    let accept = [("Accept", MANIFEST_MEDIA_TYPE)];
+    let accept = [("Accept", super::ACCEPT_ANY_MANIFEST)];
     let existing = registry.call("checking the tag", "HEAD", &tag_url, &accept, &[], Retry::Yes)?;
     let replaced = match existing.status {
         200 if !opts.force => bail!(Refused(format!(

@@ -503,3 +503,22 @@ fn range_headers() {
     assert_eq!(range_end("5-9"), None);
     assert_eq!(range_end("junk"), None);
 }
+
+#[test]
+fn a_tag_holding_an_image_is_seen_and_not_pulled_as_an_artifact() {
+    let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":1},"layers":[]}"#;
+    let fake = Fake::start(AuthMode::None, |s| {
+        s.manifests.insert("app".into(), docker.to_vec());
+    });
+    let (dir, image) = artifact(1000);
+    let err = push(&opts(&image, fake.reference("app"), None), &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    let out = dir.path().join("out");
+    let err = pull(&pull_opts(fake.reference("app"), &out, None), &|_| {}).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("application/vnd.docker.distribution.manifest.v2+json") && text.contains("not an OCI artifact"),
+        "{text}"
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
+}
