@@ -72,6 +72,14 @@ if [ "$("$venv/bin/python3" -c 'import moto; print(moto.__version__)' 2>/dev/nul
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi
+# oras-py, the ORAS Python SDK: the independent client that pulls what
+# `kiln publish oci` pushed (and pushes what `kiln pull` fetches) in the
+# OCI tests. Same venv, pinned.
+oras_version=0.2.43
+if [ "$("$venv/bin/python3" -c 'import oras; print(oras.__version__)' 2>/dev/null)" != "$oras_version" ]; then
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "oras==$oras_version"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
