@@ -80,10 +80,20 @@ struct Registry {
 impl Registry {
     /// With `auth`, Basic authentication from an htpasswd file (bcrypt).
     fn start(auth: bool) -> Registry {
+        Registry::start_with(auth, false)
+    }
+
+    /// With `read_only`, in distribution's read-only maintenance mode.
+    fn start_with(auth: bool, read_only: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let maintenance = if read_only {
+            "  maintenance:\n    readonly:\n      enabled: true\n"
+        } else {
+            ""
+        };
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n{maintenance}  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n",
             dir.path().join("data").display()
         );
         if auth {
@@ -442,6 +452,24 @@ fn a_registry_that_goes_away_mid_push_leaves_no_tag() {
     assert!(
         text(&out).contains(IMAGE),
         "the error names what failed: {}",
+        text(&out)
+    );
+    let out = skopeo_manifest(&registry.reference("1.0.0"), None);
+    assert!(!out.status.success(), "a tag was published: {}", text(&out));
+}
+
+#[test]
+fn a_registry_that_refuses_pushes_says_so() {
+    if !tools_present() {
+        return;
+    }
+    let registry = Registry::start_with(false, true);
+    let (_dir, image) = artifact();
+    let out = publish(&image, &registry.reference("1.0.0"), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("HTTP 405") && text(&out).contains("takes no pushes"),
+        "{}",
         text(&out)
     );
     let out = skopeo_manifest(&registry.reference("1.0.0"), None);

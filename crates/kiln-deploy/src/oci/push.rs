@@ -350,8 +350,12 @@ fn start_upload(registry: &Registry) -> Result<String> {
         Retry::Yes,
     )?;
     if reply.status != 202 {
+        let hint = match reply.status {
+            405 => "; the registry takes no pushes (read-only, or a pull-through mirror)",
+            _ => "",
+        };
         bail!(
-            "the registry refused to start an upload: HTTP {}{}",
+            "the registry refused to start an upload: HTTP {}{}{hint}",
             reply.status,
             super::client::error_message(&reply.body)
         );
