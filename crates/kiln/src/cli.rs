@@ -506,7 +506,7 @@ An existing tag is refused unless --force. The image's .sha512 must match the im
 
 Examples:
   kiln publish oci out/debian-12-byol-1.0.0.qcow2 registry.example.com/images/debian-12-byol:1.0.0
-  echo \"$TOKEN\" | kiln publish oci out/debian-12-byol-1.0.0.qcow2 ghcr.io/acme/debian-12-byol:1.0.0 \\
+  echo \"$TOKEN\" | kiln publish oci out/debian-12-byol-1.0.0.qcow2 ghcr.io/acme/byol:1.0.0 \\
       --username acme --password-stdin
   kiln publish oci out/disk.qcow2 127.0.0.1:5000/test/disk:dev --plain-http --force --json";
 
@@ -539,7 +539,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = kiln_deploy::serve::DEFAULT_BIND, value_name = "ADDR:PORT")]
     pub bind: String,
     /// Require HTTP Basic authentication with this user and password
-    /// (requests without it get 401).
+    /// (requests without it get 401). Other local users can see it in `ps`:
+    /// use a random password per install.
     #[arg(long, value_name = "USER:PASS", value_parser = parse_auth)]
     pub auth: Option<kiln_deploy::serve::Auth>,
 }
