@@ -50,6 +50,17 @@ apt-get install -y -q --no-install-recommends \
   dnf rpm createrepo-c rpm2cpio gpg libarchive-tools busybox-static
 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
 apt-get install -y -q --no-install-recommends ovmf
+# The `kiln publish oci` / `kiln pull` tests: a real registry (CNCF
+# distribution) that each test starts on 127.0.0.1 with its own config,
+# skopeo to read pushed artifacts back, and htpasswd (bcrypt) for the
+# registry's Basic authentication. `kiln serve`'s tests use curl (above).
+apt-get install -y -q --no-install-recommends docker-registry skopeo apache2-utils
+# The package enables a registry service on :5000; the tests need none.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/docker-registry ]; then
+  /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+fi
 
 # moto in server mode: the local AWS (EC2, EBS direct APIs, IAM) that the
 # `kiln publish aws` tests and bench/publish-aws.sh talk to on 127.0.0.1.
@@ -69,6 +80,14 @@ ovh_version=1.2.0
 if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m, jsonschema; print(m.version("ovh"))' 2>/dev/null)" != "$ovh_version" ]; then
   [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "ovh==$ovh_version" jsonschema
+fi
+# oras-py, the ORAS Python SDK: the independent client that pulls what
+# `kiln publish oci` pushed (and pushes what `kiln pull` fetches) in the
+# OCI tests. Same venv, pinned.
+oras_version=0.2.43
+if [ "$("$venv/bin/python3" -c 'import oras; print(oras.__version__)' 2>/dev/null)" != "$oras_version" ]; then
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "oras==$oras_version"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

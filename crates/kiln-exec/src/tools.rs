@@ -195,6 +195,21 @@ pub const TOOLS: &[Tool] = &[
         "tests: run makepkg, which refuses root, as nobody",
     ),
     test_tool("chown", "coreutils", "tests: give makepkg's build directory to nobody"),
+    test_tool(
+        "docker-registry",
+        "docker-registry",
+        "tests: the OCI registry on 127.0.0.1 that `kiln publish oci` pushes to",
+    ),
+    test_tool(
+        "skopeo",
+        "skopeo",
+        "tests: read pushed OCI artifacts back, independently of kiln",
+    ),
+    test_tool(
+        "htpasswd",
+        "apache2-utils",
+        "tests: the bcrypt password file of the test registry's Basic authentication",
+    ),
 ];
 
 /// Looks a program up in [`TOOLS`].

@@ -39,6 +39,9 @@ const EXAMPLES: &str = "Examples:
   kiln cache ls                                    what the stage cache holds
   kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
   kiln inspect out/debian-12-byol-1.0.0.qcow2
+  kiln serve out --bind 0.0.0.0:8080 --auth ovh:SECRET   host the image for OVH's imageURL
+  kiln publish oci out/debian-12-byol-1.0.0.qcow2 registry.example.com/images/debian-12-byol:1.0.0
+  kiln pull registry.example.com/images/debian-12-byol:1.0.0 -o images
   kiln doctor                                      what is missing, and the apt-get line for it
   kiln completion bash > /etc/bash_completion.d/kiln
   kiln man --out /usr/local/share/man/man1";
@@ -86,9 +89,18 @@ Examples:
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
     #[command(subcommand)]
     Deploy(DeployCommand),
-    /// Publish an image; `kiln publish aws IMAGE --name NAME` makes an AMI.
+    /// Publish an image: `kiln publish aws IMAGE --name NAME` makes an AMI,
+    /// `kiln publish oci IMAGE REGISTRY/REPO:TAG` pushes it to an OCI registry.
     #[command(subcommand)]
     Publish(PublishCommand),
+    /// Serve a directory of artifacts over HTTP (GET, HEAD, byte ranges), for
+    /// OVHcloud's imageURL or any downloader; optional Basic authentication.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// Fetch an artifact pushed by `kiln publish oci` (or `oras push`) into a
+    /// directory, verifying every layer's digest and the image's SHA-512.
+    #[command(after_help = PULL_HELP)]
+    Pull(PullArgs),
     /// Inspect or trim the stage cache shared by builds.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -517,6 +529,121 @@ Examples:
   kiln publish aws out/disk.raw --name test-1 --region us-east-1 --endpoint-url http://127.0.0.1:5000"
     )]
     Aws(AwsPublishArgs),
+    /// Push an image to an OCI registry as OVHcloud's image CI does with
+    /// `oras push`: an OCI artifact of type application/vnd.ovh.byolinux.image.v1
+    /// whose layers are the image (application/octet-stream), its .sha512
+    /// (text/plain) and the build's manifest.json, each named by its
+    /// org.opencontainers.image.title annotation so that `oras pull` and
+    /// `kiln pull` restore the files. Blobs go up in chunks, are skipped when
+    /// the registry has them, and a broken upload is resumed; the tag is set
+    /// only once every blob is verified present, so a failed push publishes
+    /// nothing.
+    #[command(after_help = OCI_HELP)]
+    Oci(OciPublishArgs),
+}
+
+const OCI_HELP: &str =
+    "Credentials: --username with the password (or token) on stdin (--password-stdin), else the registry's \
+entry in $DOCKER_CONFIG/config.json or ~/.docker/config.json (what `docker login` and `oras login` write: \
+\"auths\" with a base64 \"auth\"; credential helpers are not called). Both Basic and Bearer-token \
+registries are handled.
+
+An existing tag is refused unless --force. The image's .sha512 must match the image.
+
+Examples:
+  kiln publish oci out/debian-12-byol-1.0.0.qcow2 registry.example.com/images/debian-12-byol:1.0.0
+  echo \"$TOKEN\" | kiln publish oci out/debian-12-byol-1.0.0.qcow2 ghcr.io/acme/byol:1.0.0 \\
+      --username acme --password-stdin
+  kiln publish oci out/disk.qcow2 127.0.0.1:5000/test/disk:dev --plain-http --force --json";
+
+const PULL_HELP: &str = "Files are written as FILE.part and renamed only once every layer is verified: a \
+failed pull leaves nothing behind. Credentials as for `kiln publish oci`.
+
+Examples:
+  kiln pull registry.example.com/images/debian-12-byol:1.0.0 -o images/
+  kiln pull 127.0.0.1:5000/test/disk:dev --plain-http -o /tmp/disk";
+
+const SERVE_HELP: &str = "Exposing it: the default --bind 127.0.0.1:8080 serves this machine only. For \
+OVHcloud's installer to download the image, bind a public address (--bind 0.0.0.0:8080) on a machine it can \
+reach, with --auth, or put it behind a TLS reverse proxy (kiln serves plain HTTP). On start kiln prints each \
+artifact's URL (the imageURL) and, with --auth, the header to pass as `kiln deploy ovh --http-header`.
+
+Served: the regular files of DIR and its subdirectories, read-only; never a hidden file, a *.part file, or \
+anything outside DIR (.. and symlinks that leave DIR get 404). GET and HEAD, one byte range per request \
+(206, or 416 when out of range), Content-Length always. One access-log line per request on stderr.
+
+Examples:
+  kiln serve out
+  kiln serve out --bind 0.0.0.0:8080 --auth ovh:\"$(openssl rand -hex 16)\"
+  curl -C - -O http://127.0.0.1:8080/debian-12-byol-1.0.0.qcow2";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The directory to serve (a build's --out directory).
+    pub dir: PathBuf,
+    /// Address and port to listen on; 0.0.0.0:PORT for every interface.
+    #[arg(long, default_value = kiln_deploy::serve::DEFAULT_BIND, value_name = "ADDR:PORT")]
+    pub bind: String,
+    /// Require HTTP Basic authentication with this user and password
+    /// (requests without it get 401). Other local users can see it in `ps`:
+    /// use a random password per install.
+    #[arg(long, value_name = "USER:PASS", value_parser = parse_auth)]
+    pub auth: Option<kiln_deploy::serve::Auth>,
+}
+
+/// How to reach a registry and log in to it.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// The registry user name; the password or token is read from stdin (--password-stdin).
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the password or token from stdin (one line).
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Talk plain HTTP instead of HTTPS (a test registry on 127.0.0.1).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Accept any TLS certificate (a registry with a self-signed one).
+    #[arg(long, conflicts_with = "plain_http")]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OciPublishArgs {
+    /// The image (its IMAGE.sha512 is pushed with it).
+    pub artifact: PathBuf,
+    /// Where to: REGISTRY/REPOSITORY:TAG, e.g. registry.example.com/images/debian-12-byol:1.0.0.
+    #[arg(value_name = "REGISTRY/REPO:TAG", value_parser = parse_reference)]
+    pub reference: kiln_deploy::oci::Reference,
+    /// The build's manifest, pushed as a layer [default: manifest.json beside ARTIFACT].
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Replace the tag if it already exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Bytes per upload request (PATCH).
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    pub chunk_size: u64,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print the result as JSON (digest, layers, blobs uploaded and skipped, resumed uploads).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// What to fetch: REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST.
+    #[arg(value_name = "REGISTRY/REPO:TAG", value_parser = parse_reference)]
+    pub reference: kiln_deploy::oci::Reference,
+    /// The directory to write the files into (made if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -568,6 +695,14 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("expected 'Name: value', got {s:?}")),
     }
+}
+
+fn parse_auth(s: &str) -> Result<kiln_deploy::serve::Auth, String> {
+    kiln_deploy::serve::Auth::parse(s)
+}
+
+fn parse_reference(s: &str) -> Result<kiln_deploy::oci::Reference, String> {
+    kiln_deploy::oci::Reference::parse(s)
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -15,9 +15,11 @@ mod cache;
 mod deploy;
 mod docs;
 mod doctor;
+mod oci;
 mod publish;
 mod reproducible;
 mod seed;
+mod serve;
 
 pub(crate) fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
@@ -30,6 +32,8 @@ pub(crate) fn run(cli: Cli) -> Result<Exit> {
         Command::Boot(args) => boot::run(args),
         Command::Deploy(cmd) => deploy::run(cmd),
         Command::Publish(cmd) => publish::run(cmd),
+        Command::Serve(args) => serve::run(args),
+        Command::Pull(args) => oci::pull(args),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Schema => {
             outln!("{}", serde_json::to_string_pretty(&kiln_spec::json_schema())?)?;

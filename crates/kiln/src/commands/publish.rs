@@ -1,4 +1,4 @@
-//! `kiln publish aws`.
+//! `kiln publish aws` and `kiln publish oci`.
 
 use anyhow::Result;
 
@@ -8,6 +8,7 @@ use crate::exit::Exit;
 pub(crate) fn run(cmd: PublishCommand) -> Result<Exit> {
     match cmd {
         PublishCommand::Aws(args) => aws::run(args),
+        PublishCommand::Oci(args) => super::oci::publish(args),
     }
 }
 
