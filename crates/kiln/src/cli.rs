@@ -36,6 +36,8 @@ const EXAMPLES: &str = "Examples:
   kiln build examples/debian-12-ovh-byol.toml --out out
   kiln build examples/debian-12-ovh-byol.toml --explain   why each stage is reused or rebuilt
   kiln build examples/debian-12-ovh-byol.toml --verify-reproducible
+  kiln build examples/debian-12-ovh-byol.toml --on-error=shell   a shell where a stage failed
+  kiln shell examples/debian-12-ovh-byol.toml -- dpkg -l         a command in the customised tree
   kiln cache ls                                    what the stage cache holds
   kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
   kiln inspect out/debian-12-byol-1.0.0.qcow2
@@ -49,6 +51,28 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the stages a build would run, with their input hashes; runs nothing.
     Plan(PlanArgs),
+    /// Open a shell (or run a command) in a chroot of the tree a stage left,
+    /// from the stage cache (built first if missing); changes go to a
+    /// throwaway overlay, never into the cache (needs root).
+    #[command(
+        after_help = "The tree has /proc, /sys, /dev, a tmpfs /run and the host's resolv.conf, as \
+a build step has them, in private mount, PID, UTS and IPC namespaces: whatever the session \
+starts ends with it, and services do not start. Changes are lost on exit; to make one \
+permanent, put it in the spec ([[files]] for a file, [[run]] for a command, [packages] \
+install for a package) and build again: the cache rebuilds only what follows.
+
+The shell is $KILN_SHELL if set (a path in the tree such as /bin/bash, or a script on the \
+host, which appears in the tree at /run/kiln/shell), else /bin/sh. With -- COMMAND, kiln \
+exits with COMMAND's status.
+
+Examples:
+  kiln shell examples/debian-12-ovh-byol.toml
+  kiln shell examples/debian-12-ovh-byol.toml --stage ovh-byol/finalise
+  kiln shell examples/debian-12-ovh-byol.toml -- dpkg -l
+  kiln shell examples/debian-12-ovh-byol.toml --no-build -- cat /etc/os-release
+  kiln shell fail.toml --stage customise --kept out/.kiln-work-Ab12Cd   (the line --on-error=keep prints)"
+    )]
+    Shell(ShellArgs),
     /// Check a spec without planning: its syntax and values, and its release,
     /// package, time zone and locale names (exit 2 if any is wrong).
     Validate(ValidateArgs),
@@ -167,6 +191,61 @@ pub struct BuildArgs {
     /// version becomes VERSION-dirty.
     #[arg(long, requires = "release")]
     pub allow_dirty: bool,
+    /// What to do when a stage fails.
+    #[arg(long, value_enum, default_value_t = OnError::Abort, conflicts_with = "verify_reproducible")]
+    pub on_error: OnError,
+    /// Pause before each stage that runs (not those the cache provides) and
+    /// wait for a line on stdin: Enter runs the stage, `c` runs the rest
+    /// without pausing, `q` stops the build there (cleanly).
+    #[arg(long, conflicts_with = "verify_reproducible")]
+    pub step: bool,
+}
+
+/// `--on-error`: what a build does when a stage fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Clean up and report the error.
+    Abort,
+    /// Print the failing command, its exit status and the end of its output, then open a
+    /// shell in the failed stage's tree ($KILN_SHELL, else /bin/sh); clean up when it exits.
+    Shell,
+    /// Keep the work directory and print the `kiln shell` line that reopens the failed tree.
+    Keep,
+}
+
+impl From<OnError> for kiln_build::OnError {
+    fn from(o: OnError) -> Self {
+        match o {
+            OnError::Abort => kiln_build::OnError::Abort,
+            OnError::Shell => kiln_build::OnError::Shell,
+            OnError::Keep => kiln_build::OnError::Keep,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The spec file (TOML).
+    pub spec: PathBuf,
+    /// The stage whose tree to enter: bootstrap, customise, or TARGET/finalise.
+    #[arg(long, default_value = "customise")]
+    pub stage: String,
+    /// The stage cache [default: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Where to put the throwaway overlay, and stages built for the shell [default: $TMPDIR, else /tmp].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Fail when the stage cache lacks the stage's tree, instead of building it.
+    #[arg(long)]
+    pub no_build: bool,
+    /// The work directory that `kiln build --on-error=keep` kept: enter the failed
+    /// stage's tree from there (on the cached stages below it).
+    #[arg(long, value_name = "WORK_DIR")]
+    pub kept: Option<PathBuf>,
+    /// The command to run instead of a shell (after --).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,11 +18,13 @@ mod doctor;
 mod publish;
 mod reproducible;
 mod seed;
+mod shell;
 
 pub(crate) fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Build(args) => build(args),
         Command::Plan(args) => plan(args),
+        Command::Shell(args) => shell::run(args),
         Command::Validate(args) => validate(args),
         Command::Check(args) => check(args),
         Command::Inspect(args) => inspect(args),
@@ -71,6 +73,9 @@ fn build(args: BuildArgs) -> Result<Exit> {
         cache_dir: args.cache_dir.clone().unwrap_or_else(kiln_build::cache::default_dir),
         no_cache: args.no_cache || args.verify_reproducible,
         threads: args.threads.unwrap_or(0),
+        on_error: args.on_error.into(),
+        debugger: (args.step || args.on_error == crate::cli::OnError::Shell)
+            .then(|| Arc::new(shell::Console::new(args.step)) as Arc<dyn kiln_build::Debugger>),
     };
     if plan.source_date_epoch.is_none() && args.log_format == LogFormat::Human {
         tracing::info!("note: SOURCE_DATE_EPOCH: {}", plan.source_date_epoch_origin);
