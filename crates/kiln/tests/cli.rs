@@ -702,3 +702,71 @@ fn publish_aws_refuses_bad_input_before_sending() {
         assert!(t.contains(expect), "{extra:?}: expected {expect:?} in {t}");
     }
 }
+
+#[test]
+fn shell_refuses_a_stage_the_spec_lacks_and_lists_the_valid_ones() {
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    let spec = spec.to_str().unwrap();
+    for (stage, hint) in [
+        ("finalise", ""),
+        ("ovh-byol", "did you mean ovh-byol/finalise?"),
+        ("ovh-byol/disk", "makes an artifact, not a tree"),
+        ("disk/finalise", ""),
+    ] {
+        let out = kiln(&["shell", spec, "--stage", stage, "--", "true"]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stage}: {t}");
+        assert!(t.contains(&format!("no stage \"{stage}\"")), "{t}");
+        assert!(
+            t.contains("its stages with a tree: bootstrap, customise, ovh-byol/finalise"),
+            "{t}"
+        );
+        assert!(t.contains(hint), "{stage}: {t}");
+    }
+    let out = kiln(&["shell", spec, "--kept", "/nonexistent/kiln-work", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--kept /nonexistent/kiln-work: no such directory"),
+        "{}",
+        text(&out)
+    );
+    let out = kiln(&["shell", "/nonexistent/spec.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn shell_help_says_where_changes_go_and_how_to_keep_them() {
+    let out = kiln(&["shell", "--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for needle in [
+        "throwaway overlay",
+        "[[files]]",
+        "[[run]]",
+        "KILN_SHELL",
+        "-- dpkg -l",
+        "--kept",
+    ] {
+        assert!(t.contains(needle), "kiln shell --help lacks {needle}: {t}");
+    }
+}
+
+#[test]
+fn on_error_takes_abort_shell_or_keep_and_not_with_verify_reproducible() {
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    let spec = spec.to_str().unwrap();
+    let out = kiln(&["build", "--on-error=ask", spec]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("[possible values: abort, shell, keep]"),
+        "{}",
+        text(&out)
+    );
+    for flag in ["--on-error=shell", "--step"] {
+        let out = kiln(&["build", flag, "--verify-reproducible", spec]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out));
+        assert!(text(&out).contains("cannot be used with"), "{flag}: {}", text(&out));
+    }
+    let help = text(&kiln(&["build", "--help"]));
+    assert!(help.contains("--on-error") && help.contains("--step"), "{help}");
+}

@@ -1,7 +1,7 @@
 //! `kiln shell` and the terminal side of `kiln build --step` and
 //! `--on-error=shell`: prompts and shells, with the spinners off the screen.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
@@ -105,6 +105,10 @@ impl Debugger for Console {
             let _ = std::io::stderr().flush();
             let mut line = String::new();
             let read = std::io::stdin().lock().read_line(&mut line)?;
+            if !std::io::stdin().is_terminal() {
+                // Nobody typed a newline after the prompt: end its line.
+                say("");
+            }
             if kiln_exec::interrupted() {
                 kiln_exec::check_interrupted()?;
             }
