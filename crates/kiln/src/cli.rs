@@ -104,9 +104,25 @@ Examples:
   kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/disk.qcow2
   kiln boot --imds --ssh-key \"$(cat ~/.ssh/id_ed25519.pub)\" --user-data user-data.yaml --disk-size 8GiB out/ami.raw
   kiln boot --cdrom --firmware uefi out/debian-12-live-1.0.0.iso
-  kiln boot --usb --firmware bios out/debian-12-live-1.0.0.iso"
+  kiln boot --usb --firmware bios out/debian-12-live-1.0.0.iso
+  kiln boot --interactive out/debian-12-disk-1.0.0-disk.qcow2   (the console on this terminal; Ctrl-] quits)"
     )]
     Boot(BootArgs),
+    /// Boot an image in the background and log in to it over SSH (or run a
+    /// command), then power it off.
+    #[command(after_help = "kiln generates an ed25519 key for this session only, puts it in the \
+NoCloud seed (with --hostname, and user data that lets root log in with it), forwards a free port \
+of 127.0.0.1 to the guest's port 22 (the guest reaches nothing else), waits for SSH, runs the \
+session, then powers the guest off; the key, the seed and QEMU are gone afterwards and the image \
+is not changed. With -- COMMAND, kiln exits with COMMAND's status (255: ssh's own failure).
+An image without an SSH server is reported once the guest has shown its login prompt and \
+--ssh-wait seconds have passed.
+
+Examples:
+  kiln ssh out/debian-12-disk-1.0.0-disk.qcow2
+  kiln ssh out/debian-12-disk-1.0.0-disk.qcow2 -- cat /etc/hostname
+  kiln ssh --firmware uefi --disk-size +4GiB --user debian out/disk.qcow2 -- df -h /")]
+    Ssh(SshArgs),
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
     #[command(subcommand)]
     Deploy(DeployCommand),
@@ -454,6 +470,45 @@ pub struct BootArgs {
     /// go to a temporary overlay.
     #[arg(long)]
     pub usb: bool,
+    /// Attach the serial console to this terminal instead of judging the
+    /// boot: log in and look around; Ctrl-] quits and stops the VM (the
+    /// image is not changed). Needs a terminal on stdin.
+    #[arg(long, conflicts_with_all = ["json", "expect", "imds"])]
+    pub interactive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The image file (qcow2 or raw); never modified (QEMU snapshot mode).
+    pub image: PathBuf,
+    /// Firmware to boot with.
+    #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios)]
+    pub firmware: Firmware,
+    /// Who to log in as (the seed lets root in with the key).
+    #[arg(long, default_value = "root")]
+    pub user: String,
+    /// The guest's hostname, given in the seed.
+    #[arg(long, default_value = "kiln-ssh")]
+    pub hostname: String,
+    /// Give up when SSH does not answer after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// How long SSH may stay silent after the login prompt showed before
+    /// kiln decides the image has no SSH server (seconds).
+    #[arg(long, default_value_t = 90)]
+    pub ssh_wait: u64,
+    /// Memory for the guest, e.g. 2GiB.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub memory: u64,
+    /// Give the guest a disk larger than the image ("8GiB", or "+4GiB").
+    #[arg(long, value_parser = parse_disk_size, value_name = "SIZE")]
+    pub disk_size: Option<kiln_vm::boot::DiskSize>,
+    /// Where to write the serial console log (default: next to the image).
+    #[arg(long)]
+    pub console_log: Option<PathBuf>,
+    /// The command to run in the guest instead of a login shell (after --).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 impl BootArgs {

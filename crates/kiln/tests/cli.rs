@@ -770,3 +770,52 @@ fn on_error_takes_abort_shell_or_keep_and_not_with_verify_reproducible() {
     let help = text(&kiln(&["build", "--help"]));
     assert!(help.contains("--on-error") && help.contains("--step"), "{help}");
 }
+
+#[test]
+fn interactive_boot_needs_a_terminal_and_starts_nothing_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    // stdin is /dev/null here: not a terminal.
+    let out = command(&["boot", "--interactive", image.to_str().unwrap()])
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("stdin is not one"), "{t}");
+    assert!(
+        t.contains("kiln ssh IMAGE -- COMMAND"),
+        "the error offers no way for scripts: {t}"
+    );
+    // Nothing was prepared: no VM directory, no console log.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("disk.raw")], "{left:?}");
+    let out = kiln(&["boot", "--interactive", "--json", image.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn ssh_refuses_a_missing_image_and_its_help_says_what_it_does() {
+    let out = kiln(&["ssh", "/nonexistent/disk.qcow2", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/disk.qcow2: no such file"),
+        "{}",
+        text(&out)
+    );
+    let help = text(&kiln(&["ssh", "--help"]));
+    for needle in [
+        "ed25519",
+        "127.0.0.1",
+        "powers the guest off",
+        "-- cat /etc/hostname",
+        "COMMAND's status",
+    ] {
+        assert!(help.contains(needle), "kiln ssh --help lacks {needle}: {help}");
+    }
+}

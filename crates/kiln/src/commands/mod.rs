@@ -30,6 +30,7 @@ pub(crate) fn run(cli: Cli) -> Result<Exit> {
         Command::Inspect(args) => inspect(args),
         Command::Seed(args) => seed::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Ssh(args) => boot::ssh(args),
         Command::Deploy(cmd) => deploy::run(cmd),
         Command::Publish(cmd) => publish::run(cmd),
         Command::Cache(cmd) => cache::run(cmd),
