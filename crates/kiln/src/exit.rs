@@ -76,7 +76,8 @@ pub(crate) const HELP: &str = "Exit status:
   2    usage or spec error; nothing was run
   3    a run failed
   130  interrupted (Ctrl-C, SIGTERM, or the reader of --log-format json went away)
-  kiln shell SPEC -- COMMAND exits with COMMAND's status (128+N if signal N killed it).";
+  kiln shell SPEC -- COMMAND and kiln ssh IMAGE -- COMMAND exit with COMMAND's status
+       (128+N if signal N killed it).";
 
 /// An error found before anything ran (exit 2): a bad argument, an input
 /// file that does not exist or does not make sense. It prints as the error
