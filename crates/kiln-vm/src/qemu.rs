@@ -635,6 +635,21 @@ mod tests {
     }
 
     #[test]
+    fn an_interactive_console_is_a_socket_that_still_logs() {
+        let mut cfg = base();
+        cfg.console_socket = Some("/run/kiln,vm/console.sock".into());
+        let args = render(&qemu_args(&cfg, None).unwrap());
+        assert!(
+            args.contains(
+                "-chardev socket,id=console,server=on,wait=off,path=/run/kiln,,vm/console.sock,logfile=/run/console.log"
+            ),
+            "{args}"
+        );
+        assert!(args.contains("-serial chardev:console"), "{args}");
+        assert!(!args.contains("file,id=console"), "{args}");
+    }
+
+    #[test]
     fn bios_snapshot_argv() {
         insta::assert_snapshot!(render(&qemu_args(&base(), None).unwrap()));
     }
