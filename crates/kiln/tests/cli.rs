@@ -819,3 +819,62 @@ fn ssh_refuses_a_missing_image_and_its_help_says_what_it_does() {
         assert!(help.contains(needle), "kiln ssh --help lacks {needle}: {help}");
     }
 }
+
+/// `kiln ssh` of an image whose guest shows a login prompt but never
+/// answers SSH (a stand-in QEMU on PATH prints the prompt into the console
+/// log and sleeps): a clear message, and the stand-in is stopped.
+#[test]
+fn ssh_to_an_image_without_an_ssh_server_says_so_and_leaves_nothing_running() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let qemu = bin.join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        "#!/bin/sh\n\
+         for a in \"$@\"; do case \"$a\" in file,id=console,path=*) log=\"${a#file,id=console,path=}\";; esac; done\n\
+         echo $$ > \"$FAKE_QEMU_PID\"\n\
+         printf 'Debian GNU/Linux 12 kiln-ssh ttyS0\\n\\nkiln-ssh login: ' >> \"$log\"\n\
+         exec sleep 300\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = dir.path().join("no-sshd.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let pid_file = dir.path().join("qemu.pid");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let started = std::time::Instant::now();
+    let out = command(&["ssh", "--ssh-wait", "2", image.to_str().unwrap(), "--", "true"])
+        .env("PATH", path)
+        .env("FAKE_QEMU_PID", &pid_file)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(
+        t.contains("nothing answers SSH on port 22 2 s after the guest's login prompt"),
+        "{t}"
+    );
+    assert!(t.contains("has no SSH server"), "{t}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    let pid = std::fs::read_to_string(&pid_file).expect("the stand-in QEMU ran");
+    assert!(
+        !Path::new("/proc").join(pid.trim()).exists(),
+        "the stand-in QEMU (pid {}) is still running",
+        pid.trim()
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
