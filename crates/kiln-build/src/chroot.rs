@@ -131,6 +131,10 @@ if [ -n "${KILN_HOST_SHELL:-}" ]; then
     mount --bind "$KILN_HOST_SHELL" "$root/run/kiln/shell"
 fi
 unset KILN_HOST_SHELL
+# Caught, not ignored: a Ctrl-C for the session must not end PID 1 (and
+# with it the session) once the command returns, and the command must
+# still get the signal's default action.
+trap : INT QUIT
 set +e
 chroot "$root" "$@"
 status=$?
@@ -171,7 +175,15 @@ pub fn run_session(tree: &Path, session: &Session<'_>) -> Result<std::process::E
     let mut host_shell: Option<PathBuf> = None;
     let command: Vec<String> = if session.command.is_empty() {
         let shell = session.shell.filter(|s| !s.trim().is_empty()).unwrap_or("/bin/sh");
-        vec![resolve_shell(tree, shell, &mut host_shell)?]
+        let mut command = vec![resolve_shell(tree, shell, &mut host_shell)?];
+        // dash's job control gives the terminal back, on exit, to the
+        // process group it found, which lies outside the PID namespace:
+        // that fails and turns every exit status into 2. Without job
+        // control it never takes the terminal. bash copes, and keeps it.
+        if matches!(shell.rsplit('/').next(), Some("sh" | "dash")) {
+            command.push("+m".to_owned());
+        }
+        command
     } else {
         session.command.to_vec()
     };
