@@ -1,7 +1,8 @@
 //! Slow, real tests of kiln's debugging: `kiln shell` in the example's
 //! cached tree, and `kiln build --on-error=shell|keep` and `--step` on a
 //! spec that fails in a `[[run]]` step, driven without a terminal (a
-//! `KILN_SHELL` script that prints what it sees, newlines on stdin).
+//! `KILN_SHELL` script that prints what it sees, newlines on stdin), and
+//! `kiln shell` on a terminal that util-linux `script` provides.
 //!
 //! The failing spec has the ovh-byol example's packages, target and
 //! SOURCE_DATE_EPOCH, so its bootstrap is the example's cached one: once the
@@ -296,4 +297,56 @@ fn step_waits_for_a_line_before_each_stage_that_runs() {
     assert!(msg.contains("--step: next stage customise"), "{msg}");
     assert!(msg.contains("stage customise failed"), "{msg}");
     assert!(work_dirs(&dir.path().join("out")).is_empty());
+}
+
+#[test]
+#[ignore = "slow: real Debian build of the example's bootstrap and customisation (root; cached once built)"]
+fn shell_on_a_terminal_survives_ctrl_c_and_passes_the_exit_status_on() {
+    use std::time::{Duration, Instant};
+    // util-linux script gives kiln a terminal; what the test writes is typed into it.
+    let line = format!(
+        "KILN_CACHE_DIR={} {} shell {}",
+        repo_root().join("target/tmp/cache").display(),
+        env!("CARGO_BIN_EXE_kiln"),
+        example(EXAMPLE).display()
+    );
+    let mut child = tool("script")
+        .args(["-q", "-e", "-f", "-c", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = child.stdin.take().unwrap();
+    let started = Instant::now();
+    let mut type_in = |text: &[u8], wait: u64| {
+        keys.write_all(text).unwrap();
+        keys.flush().unwrap();
+        std::thread::sleep(Duration::from_secs(wait));
+    };
+    // The tree may have to be verified (or built) first.
+    std::thread::sleep(Duration::from_secs(15));
+    type_in(b"sleep 60\n", 2);
+    type_in(b"\x03", 2);
+    type_in(b"echo alive-$((40+2)); test -t 0 && echo on-a-tty\n", 2);
+    type_in(b"exit 4\n", 3);
+    drop(keys);
+    let out = child.wait_with_output().unwrap();
+    let screen = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "the shell's exit status is not kiln's:\n{screen}"
+    );
+    assert!(
+        screen.contains("alive-42"),
+        "the shell did not survive Ctrl-C:\n{screen}"
+    );
+    assert!(screen.contains("on-a-tty"), "{screen}");
+    assert!(screen.contains("(kiln customise) #"), "{screen}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "Ctrl-C did not stop sleep 60: {:?}",
+        started.elapsed()
+    );
 }
