@@ -93,15 +93,47 @@ pub fn run_in_tree(
 
 /// A script that failed in the tree: which one, its text and how it
 /// ended, for `kiln build --on-error` to show before it opens a shell.
-#[derive(Debug, thiserror::Error)]
-#[error("running {name} in the image tree (full log: {})", log.display())]
+/// It reads as the script's failure: the command line that ran it (the
+/// chroot wrapper) says nothing the step's name does not.
+#[derive(Debug)]
 pub struct StepFailed {
     pub name: String,
     /// The script as it ran (with its `#!` line).
     pub script: String,
     pub log: PathBuf,
-    #[source]
     pub source: kiln_exec::ExecError,
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "running {} in the image tree (full log: {})",
+            self.name,
+            self.log.display()
+        )?;
+        match &self.source {
+            kiln_exec::ExecError::Failed { status, tail, .. } => {
+                write!(f, ": the script {status}")?;
+                if !tail.trim().is_empty() {
+                    write!(f, "; last lines of its output:\n{}", tail.trim_end())?;
+                }
+                Ok(())
+            }
+            other => write!(f, ": {other}"),
+        }
+    }
+}
+
+impl std::error::Error for StepFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The failure is in the message already; an interruption stays
+        // visible to those who look for it down the chain.
+        match &self.source {
+            kiln_exec::ExecError::Failed { .. } => None,
+            other => Some(other),
+        }
+    }
 }
 
 /// The wrapper of a session for a person (`kiln shell`, `--on-error=shell`),

@@ -68,9 +68,11 @@ impl StageFailure<'_> {
     }
 
     fn exec(&self) -> Option<&kiln_exec::ExecError> {
-        self.error
-            .chain()
-            .find_map(|c| c.downcast_ref::<kiln_exec::ExecError>())
+        self.step().map(|s| &s.source).or_else(|| {
+            self.error
+                .chain()
+                .find_map(|c| c.downcast_ref::<kiln_exec::ExecError>())
+        })
     }
 
     /// What failed: the step's name, or the command line of the tool.
@@ -210,6 +212,13 @@ mod tests {
             error: &error,
             log: &log,
         };
+        // The error reads as the script's failure, not the chroot wrapper's.
+        let shown = format!("{error:#}");
+        assert!(
+            shown.ends_with(": the script exited with status 3; last lines of its output:\nthe-reason"),
+            "{shown}"
+        );
+        assert!(!shown.contains("sh -c"), "{shown}");
         assert_eq!(f.command(), "[[run]] break");
         assert_eq!(f.status(), "exited with status 3");
         assert_eq!(f.exit_code(), Some(3));
