@@ -26,6 +26,7 @@ use sha2::{Digest, Sha512};
 
 use crate::cache::{self, Cache, Hit, Lookup, Record};
 use crate::chroot::{run_in_tree, write_mode, ChrootScript};
+use crate::debug::{self, Debugger, OnError, ShellOptions, StageFailure};
 use crate::hash::{Hash, Hasher};
 use crate::layers::{self, Overlay};
 use crate::manifest::{self, Artifact, Manifest, PartitionInfo};
@@ -84,7 +85,7 @@ impl Reporter for Quiet {
 }
 
 /// Options of `kiln build`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// Parent of the scratch directory; default: the output directory, so
@@ -98,6 +99,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Threads for image compression (0: one per CPU).
     pub threads: usize,
+    /// What to do when a stage fails.
+    pub on_error: OnError,
+    /// The user interface's hooks (`--step`, `--on-error=shell`).
+    pub debugger: Option<Arc<dyn Debugger>>,
 }
 
 /// What a build produced.
@@ -147,8 +152,17 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
         out_dir,
         git: manifest::git_info(&plan.spec_dir),
         reused: std::sync::Mutex::new(Vec::new()),
+        cached_only: false,
+        failed: std::sync::Mutex::new(None),
     };
-    let result = run.all().map_err(|e| anyhow!("{e:#}\n(build log: {})", log.display()));
+    let result = run.all().map_err(|e| {
+        let mut msg = format!("{e:#}\n(build log: {})", log.display());
+        if opts.on_error == OnError::Keep {
+            work.keep();
+            msg.push_str(&run.kept_message());
+        }
+        anyhow!(msg)
+    });
     let artifacts = result?;
     Ok(BuildOutput {
         artifacts,
@@ -301,11 +315,25 @@ struct Run<'a> {
     out_dir: PathBuf,
     git: Option<manifest::GitInfo>,
     reused: std::sync::Mutex<Vec<String>>,
+    /// `kiln shell --no-build`: a stage the cache lacks is an error.
+    cached_only: bool,
+    /// The first stage that failed with a tree, and the stage (and
+    /// whether its layer is in the work directory) that reopens it.
+    failed: std::sync::Mutex<Option<(String, String, bool)>>,
 }
 
-/// Runs `f` as stage `id`, reporting start, end and failure.
-fn timed<T>(reporter: &Arc<dyn Reporter>, stage: &Stage, f: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
+/// Runs `f` as stage `id`, reporting start, end and failure; the
+/// debugger (`--step`) is asked first.
+fn timed<T>(
+    reporter: &Arc<dyn Reporter>,
+    debugger: Option<&Arc<dyn Debugger>>,
+    stage: &Stage,
+    f: impl FnOnce() -> Result<(T, String)>,
+) -> Result<T> {
     kiln_exec::check_interrupted()?;
+    if let Some(d) = debugger {
+        d.before_stage(stage)?;
+    }
     let started = Instant::now();
     reporter.event(Event::StageStarted {
         id: stage.id.clone(),
@@ -402,11 +430,146 @@ impl Run<'_> {
             }
             pending = rest;
         }
-        timed(&self.reporter, self.stage("checksums")?, || {
-            let artifacts = self.checksums(done)?;
-            let n = artifacts.len();
-            Ok((artifacts, format!("{n} artifacts")))
-        })
+        timed(
+            &self.reporter,
+            self.opts.debugger.as_ref(),
+            self.stage("checksums")?,
+            || {
+                let artifacts = self.checksums(done)?;
+                let n = artifacts.len();
+                Ok((artifacts, format!("{n} artifacts")))
+            },
+        )
+    }
+
+    /// What `--on-error` does with a stage that failed while its tree is
+    /// mounted at `tree`: nothing (abort), remember how to reopen it
+    /// (`reopen`: the stage whose tree it is, and whether its layer is in
+    /// the work directory) for the final message (keep), or hand it to the
+    /// debugger (shell). A failed script is left in the tree at
+    /// [`debug::FAILED_STEP_PATH`] for both. `result` is passed on.
+    fn on_stage_error<T>(
+        &self,
+        stage: &Stage,
+        tree: &Path,
+        reopen: Option<(&str, bool)>,
+        result: Result<T>,
+    ) -> Result<T> {
+        let Err(error) = result else {
+            return result;
+        };
+        if self.opts.on_error == OnError::Abort || kiln_exec::interrupted() {
+            return Err(error);
+        }
+        let failure = StageFailure {
+            stage,
+            tree,
+            error: &error,
+            log: &self.log,
+        };
+        if let Some(step) = failure.step() {
+            let _ = write_mode(
+                &tree.join(debug::FAILED_STEP_PATH.trim_start_matches('/')),
+                &step.script,
+                0o755,
+            );
+        }
+        match self.opts.on_error {
+            OnError::Keep => {
+                let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                if failed.is_none() {
+                    *failed = Some(match reopen {
+                        Some((id, kept)) => (stage.id.clone(), id.to_owned(), kept),
+                        None => (stage.id.clone(), String::new(), false),
+                    });
+                }
+            }
+            OnError::Shell => {
+                if let Some(d) = &self.opts.debugger {
+                    d.stage_failed(&failure);
+                }
+            }
+            OnError::Abort => {}
+        }
+        Err(error)
+    }
+
+    /// The lines `--on-error=keep` adds to the build's error.
+    fn kept_message(&self) -> String {
+        let mut msg = format!("\nthe work directory is kept: {}", self.work.display());
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((stage, reopen, kept)) = failed.filter(|(_, reopen, _)| !reopen.is_empty()) {
+            let kept_arg = if kept {
+                format!(" --kept {}", kiln_exec::cmd::shell_quote(&self.work.to_string_lossy()))
+            } else {
+                String::new()
+            };
+            msg.push_str(&format!(
+                "\nreopen the tree of the failed stage {stage} (changes go to a throwaway overlay):\n  kiln shell {} --stage {reopen}{kept_arg}",
+                kiln_exec::cmd::shell_quote(&self.plan.spec_path.to_string_lossy())
+            ));
+            if stage != reopen {
+                let target = stage.split('/').next().unwrap_or(&stage);
+                msg.push_str(&format!(
+                    "\n{target}'s scratch files (raw disk, filesystem) are in {}",
+                    self.work.join("targets").join(target).display()
+                ));
+            }
+        }
+        msg
+    }
+
+    /// The layers of tree stage `stage_id` (top first), from the cache or
+    /// built; with `kept`, the stage's own layer is the one a kept work
+    /// directory holds.
+    fn layers_for(&self, stage_id: &str, kept: Option<&Path>) -> Result<Vec<Layer>> {
+        let kept_layer = |id: &str| -> Result<Option<Layer>> {
+            let Some(work) = kept else { return Ok(None) };
+            let dir = debug::kept_layer(work, id);
+            if !dir.is_dir() {
+                bail!(
+                    "{} holds no tree of stage {id} (no {}); pass the --stage that the build's message names",
+                    work.display(),
+                    dir.display()
+                );
+            }
+            let key = Hasher::new("kept layer").str("dir", &dir.to_string_lossy()).finish();
+            Ok(Some(Layer::local(&dir, key, String::new(), LayerState::default())))
+        };
+        if stage_id == "bootstrap" {
+            if let Some(top) = kept_layer(stage_id)? {
+                return Ok(vec![top]);
+            }
+        }
+        let boot = self.tree_stage(self.stage("bootstrap")?, &[], |stage, tree| self.bootstrap(stage, tree))?;
+        if stage_id == "bootstrap" {
+            return Ok(vec![boot]);
+        }
+        if stage_id == "customise" {
+            if let Some(top) = kept_layer(stage_id)? {
+                return Ok(vec![top, boot]);
+            }
+        }
+        let cust = self.tree_stage(self.stage("customise")?, &[&boot], |stage, tree| {
+            self.customise(stage, tree)
+        })?;
+        if stage_id == "customise" {
+            return Ok(vec![cust, boot]);
+        }
+        let stage = self.stage(stage_id)?;
+        let target = stage
+            .target
+            .as_deref()
+            .and_then(|t| self.plan.target(t))
+            .filter(|_| stage.kind == StageKind::Finalise)
+            .with_context(|| format!("stage {stage_id} has no tree"))?;
+        if let Some(top) = kept_layer(stage_id)? {
+            return Ok(vec![top, cust, boot]);
+        }
+        let fin = self.tree_stage(stage, &[&cust, &boot], |stage, tree| {
+            self.finalise(stage, target.as_ref(), tree)
+        })?;
+        Ok(vec![fin, cust, boot])
     }
 
     /// The cache key of a stage's output: its stage hash and the content of
@@ -494,10 +657,19 @@ impl Run<'_> {
                 .write_record(&self.plan.name, &stage.id, &self.record_entry(stage, lowers, &key));
             return Ok(layer);
         }
-        if stage.kind == StageKind::Bootstrap && !self.opts.no_cache {
+        if stage.kind == StageKind::Bootstrap && !self.opts.no_cache && !self.cached_only {
             if let Some(layer) = self.grow_bootstrap(stage, key)? {
                 return Ok(layer);
             }
+        }
+        if self.cached_only {
+            bail!(
+                "stage {} of {} is not in the stage cache ({}); build it with `kiln build {}`, or leave out --no-build",
+                stage.id,
+                self.plan.spec_path.display(),
+                self.cache.root().display(),
+                self.plan.spec_path.display()
+            );
         }
         let reason = self.why_rebuilt(stage, lowers, miss.as_ref());
         self.reporter.event(Event::StageRebuilt {
@@ -518,9 +690,10 @@ impl Run<'_> {
         let base = self.work.join("layers").join(stage.id.replace('/', "_"));
         std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
         let layer_dir = base.join("layer");
-        let state = timed(&self.reporter, stage, || {
+        let state = timed(&self.reporter, self.opts.debugger.as_ref(), stage, || {
             let (summary, state) = if lowers.is_empty() {
-                run(stage, &layer_dir)?
+                let out = run(stage, &layer_dir);
+                self.on_stage_error(stage, &layer_dir, Some((&stage.id, true)), out)?
             } else {
                 let lower_dirs = stack(lowers);
                 let view = Overlay::mount(
@@ -528,7 +701,8 @@ impl Run<'_> {
                     Some((&layer_dir, &base.join("overlay-work"))),
                     &base.join("tree"),
                 )?;
-                let out = run(stage, view.path())?;
+                let out = run(stage, view.path());
+                let out = self.on_stage_error(stage, view.path(), Some((&stage.id, true)), out)?;
                 view.unmount()?;
                 cache::remove_tree(&base.join("overlay-work"))?;
                 out
@@ -663,30 +837,34 @@ impl Run<'_> {
         std::fs::create_dir_all(&base)?;
         let layer_dir = base.join("layer");
         let packages = self.cache.packages_dir();
-        timed(&self.reporter, stage, || {
+        timed(&self.reporter, self.opts.debugger.as_ref(), stage, || {
             let view = Overlay::mount(
                 &stack(&[&prev]),
                 Some((&layer_dir, &base.join("overlay-work"))),
                 &base.join("tree"),
             )?;
             let added_owned: Vec<String> = added.iter().map(|p| (*p).to_owned()).collect();
-            self.install_packages(stage, view.path(), &added_owned)?;
-            // New package files go to the package cache, as the bootstrap's do.
-            let archives = view.path().join(self.plan.family.package_archive_dir());
-            for e in std::fs::read_dir(&archives)?.filter_map(|e| e.ok()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".deb") && !packages.join(&name).exists() {
-                    let tmp = packages.join(format!(".{name}.{}", std::process::id()));
-                    std::fs::copy(e.path(), &tmp)?;
-                    std::fs::rename(&tmp, packages.join(&name))?;
+            let grow = || -> Result<()> {
+                self.install_packages(stage, view.path(), &added_owned)?;
+                // New package files go to the package cache, as the bootstrap's do.
+                let archives = view.path().join(self.plan.family.package_archive_dir());
+                for e in std::fs::read_dir(&archives)?.filter_map(|e| e.ok()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".deb") && !packages.join(&name).exists() {
+                        let tmp = packages.join(format!(".{name}.{}", std::process::id()));
+                        std::fs::copy(e.path(), &tmp)?;
+                        std::fs::rename(&tmp, packages.join(&name))?;
+                    }
                 }
-            }
-            self.chroot(
-                stage,
-                view.path(),
-                "cleaning the package archive",
-                self.plan.family.clean_downloads_script(),
-            )?;
+                self.chroot(
+                    stage,
+                    view.path(),
+                    "cleaning the package archive",
+                    self.plan.family.clean_downloads_script(),
+                )
+            };
+            // Stacked on a cache entry no plan names: no line reopens it.
+            self.on_stage_error(stage, view.path(), None, grow())?;
             view.unmount()?;
             cache::remove_tree(&base.join("overlay-work"))?;
             if let Some(epoch) = self.plan.source_date_epoch {
@@ -987,17 +1165,19 @@ impl Run<'_> {
         }
         let mut assembly = Assembly::default();
         for s in &image_stages {
-            timed(&self.reporter, s, || {
+            timed(&self.reporter, self.opts.debugger.as_ref(), s, || {
                 let summary = self.with_context(s, target, consumed, |cx| {
                     target.assemble(cx, s.kind.title(), view.path(), &base, &mut assembly)
-                })?;
+                });
+                // Its tree is the finalised one, which the cache holds.
+                let summary = self.on_stage_error(s, view.path(), Some((&fin_stage.id, false)), summary)?;
                 Ok(((), summary))
             })?;
         }
         view.unmount()?;
 
         let previous = self.previous_image(&output.id);
-        let (image, state) = timed(&self.reporter, output, || {
+        let (image, state) = timed(&self.reporter, self.opts.debugger.as_ref(), output, || {
             let (image, state, stats) = self.write_artifact(target, &base, &assembly, &embedded, previous.as_ref())?;
             let summary = format!("{}, {} MiB{stats}", state.file_name, state.size >> 20);
             Ok(((image, state), summary))
@@ -1208,6 +1388,90 @@ impl Run<'_> {
         }
         Ok(artifacts)
     }
+}
+
+/// A stage's tree entered through a throwaway overlay (`kiln shell`): the
+/// layers stay read-only, every change lands in a temporary upper
+/// directory. Unmounted, released and deleted on drop.
+pub struct StageTree {
+    overlay: Overlay,
+    _layers: Vec<Layer>,
+    _work: WorkDir,
+}
+
+impl StageTree {
+    /// Where the tree is mounted (in kiln's private mount namespace).
+    pub fn path(&self) -> &Path {
+        self.overlay.path()
+    }
+}
+
+/// Mounts the tree of `stage_id` (`bootstrap`, `customise` or
+/// `<target>/finalise`) as the stage cache holds it, building the stages
+/// it lacks first (reported to `reporter`, unless `--no-build`), under a
+/// throwaway overlay. Call from the thread that will start the session:
+/// the mount lives in the private mount namespace this enters.
+pub fn stage_tree(plan: &Plan, stage_id: &str, opts: &ShellOptions, reporter: Arc<dyn Reporter>) -> Result<StageTree> {
+    debug::check_tree_stage(plan, stage_id).map_err(anyhow::Error::msg)?;
+    if !is_root() {
+        bail!("kiln shell needs root: mounting the stage's layers and chroot need it; run it with sudo");
+    }
+    let mut tools = vec!["unshare", "chroot", "sh"];
+    if !opts.no_build {
+        tools.extend(plan.family.host_tools());
+    }
+    let missing: Vec<&str> = tools.into_iter().filter(|t| kiln_exec::which(t).is_none()).collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing tools: {}; install them (see `kiln doctor`) and try again",
+            missing.join(", ")
+        );
+    }
+    layers::enter_private_mount_namespace()?;
+    let cache = Cache::open(&opts.cache_dir)
+        .with_context(|| format!("opening the stage cache {}", opts.cache_dir.display()))?;
+    let work = WorkDir::new_in(&opts.work_dir, "kiln-shell-").context("creating the shell's work directory")?;
+    let log = work.path().join("build.log");
+    std::fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
+    let build_opts = BuildOptions {
+        out_dir: work.path().to_owned(),
+        cache_dir: opts.cache_dir.clone(),
+        ..BuildOptions::default()
+    };
+    let run = Run {
+        plan,
+        opts: &build_opts,
+        cache,
+        reporter,
+        log: log.clone(),
+        work: work.path().to_owned(),
+        out_dir: work.path().to_owned(),
+        git: None,
+        reused: std::sync::Mutex::new(Vec::new()),
+        cached_only: opts.no_build,
+        failed: std::sync::Mutex::new(None),
+    };
+    let layers = run.layers_for(stage_id, opts.kept.as_deref()).map_err(|e| {
+        // The work directory goes: keep what the stages printed.
+        let kept_log = opts.work_dir.join(format!("kiln-shell-{}.build.log", plan.name));
+        let logged = std::fs::metadata(&log).map(|m| m.len() > 0).unwrap_or(false);
+        if logged && std::fs::copy(&log, &kept_log).is_ok() {
+            anyhow!("{e:#}\n(build log: {})", kept_log.display())
+        } else {
+            e
+        }
+    })?;
+    let base = work.path();
+    let overlay = Overlay::mount(
+        &stack(&layers.iter().collect::<Vec<_>>()),
+        Some((&base.join("upper"), &base.join("overlay-work"))),
+        &base.join("tree"),
+    )?;
+    Ok(StageTree {
+        overlay,
+        _layers: layers,
+        _work: work,
+    })
 }
 
 /// The directories of `layers`, top first, for an overlay's lowerdir.

@@ -6,9 +6,11 @@
 //! in a private mount namespace that dies with the wrapper, so a failure,
 //! Ctrl-C or even SIGKILL of kiln leaves no mount behind: nothing needs to be
 //! unmounted by hand. Services are kept from starting by a policy-rc.d that is
-//! removed again afterwards.
+//! removed again afterwards. [`run_session`] does the same for a person
+//! (`kiln shell`, `kiln build --on-error=shell`): a shell or a command on
+//! kiln's terminal, in private PID, UTS and IPC namespaces as well.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_exec::Cmd;
@@ -80,14 +82,199 @@ pub fn run_in_tree(
     let result = cmd.run();
     let _ = std::fs::remove_file(tree.join(inside.trim_start_matches('/')));
     drop(guard);
-    result.with_context(|| {
-        format!(
-            "running {} in the image tree (full log: {})",
-            script.name,
-            log.display()
-        )
+    result.map_err(|source| StepFailed {
+        name: script.name.to_owned(),
+        script: body,
+        log: log.to_owned(),
+        source,
     })?;
     Ok(())
+}
+
+/// A script that failed in the tree: which one, its text and how it
+/// ended, for `kiln build --on-error` to show before it opens a shell.
+/// It reads as the script's failure: the command line that ran it (the
+/// chroot wrapper) says nothing the step's name does not.
+#[derive(Debug)]
+pub struct StepFailed {
+    pub name: String,
+    /// The script as it ran (with its `#!` line).
+    pub script: String,
+    pub log: PathBuf,
+    pub source: kiln_exec::ExecError,
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "running {} in the image tree (full log: {})",
+            self.name,
+            self.log.display()
+        )?;
+        match &self.source {
+            kiln_exec::ExecError::Failed { status, tail, .. } => {
+                write!(f, ": the script {status}")?;
+                if !tail.trim().is_empty() {
+                    write!(f, "; last lines of its output:\n{}", tail.trim_end())?;
+                }
+                Ok(())
+            }
+            other => write!(f, ": {other}"),
+        }
+    }
+}
+
+impl std::error::Error for StepFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The failure is in the message already; an interruption stays
+        // visible to those who look for it down the chain.
+        match &self.source {
+            kiln_exec::ExecError::Failed { .. } => None,
+            other => Some(other),
+        }
+    }
+}
+
+/// The wrapper of a session for a person (`kiln shell`, `--on-error=shell`),
+/// run by `sh` as PID 1 of new mount, PID, UTS and IPC namespaces: the
+/// same mounts as a build step's, the host shell script (if any) bound at
+/// /run/kiln/shell, then the command in a chroot. Not `exec`: when PID 1
+/// exits, the kernel kills whatever the session left running, and PID 1
+/// would ignore the Ctrl-C meant for the command. `$1` is the tree, the
+/// rest the command.
+const SESSION_WRAPPER: &str = r#"set -eu
+root=$1
+shift
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs tmpfs "$root/run"
+if [ -f /etc/resolv.conf ]; then
+    if [ -L "$root/etc/resolv.conf" ] || [ ! -e "$root/etc/resolv.conf" ]; then
+        rm -f "$root/etc/resolv.conf"
+        : > "$root/etc/resolv.conf"
+    fi
+    mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+fi
+if [ -n "${KILN_HOST_SHELL:-}" ]; then
+    mkdir -p "$root/run/kiln"
+    : > "$root/run/kiln/shell"
+    mount --bind "$KILN_HOST_SHELL" "$root/run/kiln/shell"
+fi
+unset KILN_HOST_SHELL
+# Caught, not ignored: a Ctrl-C for the session must not end PID 1 (and
+# with it the session) once the command returns, and the command must
+# still get the signal's default action.
+trap : INT QUIT
+set +e
+chroot "$root" "$@"
+status=$?
+exit "$status"
+"#;
+
+/// Where a host script named by `KILN_SHELL` appears inside the tree.
+pub const HOST_SHELL_PATH: &str = "/run/kiln/shell";
+
+/// A session in a tree for a person: a shell, or one command.
+#[derive(Debug, Clone, Default)]
+pub struct Session<'a> {
+    /// The program and its arguments (looked up on the tree's `PATH`);
+    /// empty: the shell.
+    pub command: &'a [String],
+    /// The shell for an empty `command` (`$KILN_SHELL`): a path in the
+    /// tree, a program name on the tree's `PATH`, or a script on the host
+    /// (bound into the tree at [`HOST_SHELL_PATH`]); default `/bin/sh`.
+    pub shell: Option<&'a str>,
+    /// The stage whose tree this is: in the prompt and `$KILN_STAGE`.
+    pub stage: &'a str,
+    /// More environment for the session.
+    pub env: Vec<(String, String)>,
+}
+
+/// Runs `session` in `tree` attached to kiln's terminal (or whatever its
+/// stdin and stdout are), with /proc, /sys, /dev, /run and resolv.conf as
+/// a build step has them, in private mount, PID, UTS and IPC namespaces;
+/// services are kept from starting as in the build. Returns the exit
+/// status of the command or shell. Nothing it started outlives it.
+pub fn run_session(tree: &Path, session: &Session<'_>) -> Result<std::process::ExitStatus> {
+    if !tree.join("bin/sh").exists() && !tree.join("usr/bin/sh").exists() {
+        anyhow::bail!(
+            "{} has no /bin/sh: the tree is not complete enough to enter (did its bootstrap fail early?)",
+            tree.display()
+        );
+    }
+    let mut host_shell: Option<PathBuf> = None;
+    let command: Vec<String> = if session.command.is_empty() {
+        let shell = session.shell.filter(|s| !s.trim().is_empty()).unwrap_or("/bin/sh");
+        let mut command = vec![resolve_shell(tree, shell, &mut host_shell)?];
+        // dash's job control gives the terminal back, on exit, to the
+        // process group it found, which lies outside the PID namespace:
+        // that fails and turns every exit status into 2. Without job
+        // control it never takes the terminal. bash copes, and keeps it.
+        if matches!(shell.rsplit('/').next(), Some("sh" | "dash")) {
+            command.push("+m".to_owned());
+        }
+        command
+    } else {
+        session.command.to_vec()
+    };
+    let guard = TreeSetup::prepare(tree)?;
+    let mut cmd = Cmd::new("unshare")
+        .args([
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            SESSION_WRAPPER,
+            "kiln-session",
+        ])
+        .arg(tree)
+        .args(&command)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("LC_ALL", "C.UTF-8")
+        .env("KILN_STAGE", session.stage)
+        .env("PS1", format!("(kiln {}) # ", session.stage))
+        // Debian's bash.bashrc shows it in the prompt.
+        .env("debian_chroot", format!("kiln {}", session.stage))
+        .env("KILN_HOST_SHELL", host_shell.as_deref().unwrap_or(Path::new("")));
+    for (k, v) in &session.env {
+        cmd = cmd.env(k, v);
+    }
+    let status = cmd
+        .run_interactive()
+        .with_context(|| format!("running {} in {}", command.join(" "), tree.display()));
+    drop(guard);
+    status
+}
+
+/// The program that runs as the shell: `shell` itself when the tree has it
+/// (or it is a bare name for the tree's `PATH`), else a host script bound
+/// into the tree.
+fn resolve_shell(tree: &Path, shell: &str, host_shell: &mut Option<PathBuf>) -> Result<String> {
+    if !shell.contains('/') {
+        return Ok(shell.to_owned());
+    }
+    if shell.starts_with('/') && tree.join(shell.trim_start_matches('/')).exists() {
+        return Ok(shell.to_owned());
+    }
+    let on_host = Path::new(shell);
+    if on_host.is_file() {
+        *host_shell = Some(std::fs::canonicalize(on_host).with_context(|| format!("resolving {shell}"))?);
+        return Ok(HOST_SHELL_PATH.to_owned());
+    }
+    anyhow::bail!(
+        "KILN_SHELL={shell}: no such file in the image tree nor on the host; \
+         name a shell of the image (/bin/bash) or a script on the host"
+    )
 }
 
 /// Host-side preparation that the namespace cannot undo by itself: the

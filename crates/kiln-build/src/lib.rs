@@ -9,6 +9,7 @@ pub mod cache;
 pub mod chroot;
 pub mod cleanup;
 pub mod customise;
+pub mod debug;
 pub mod distro;
 pub mod hash;
 pub mod layers;
@@ -18,5 +19,6 @@ pub mod plan;
 pub mod release;
 pub mod targets;
 
-pub use build::{build, BuildOptions, BuildOutput, Event, Quiet, Reporter};
+pub use build::{build, stage_tree, BuildOptions, BuildOutput, Event, Quiet, Reporter, StageTree};
+pub use debug::{Debugger, OnError, ShellOptions, StageFailure};
 pub use plan::{plan, tool_versions, Plan, Stage, StageKind};

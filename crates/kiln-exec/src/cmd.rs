@@ -442,6 +442,66 @@ impl Cmd {
         })
     }
 
+    /// Runs the program attached to kiln's own stdin, stdout and stderr, in
+    /// kiln's process group (so that, on a terminal, it is in the
+    /// foreground and reads the keyboard), and returns its exit status
+    /// whatever it is: a shell or a command a person asked for. While it
+    /// runs, Ctrl-C is the child's, not kiln's ([`crate::InteractiveWindow`]);
+    /// SIGTERM or SIGHUP still stop it (SIGTERM, then SIGKILL). It dies with
+    /// kiln (`PR_SET_PDEATHSIG`). Captured output, `log_to` and `on_line` do
+    /// not apply.
+    pub fn run_interactive(self) -> Result<ExitStatus, ExecError> {
+        let command = self.display();
+        let path = self.resolve()?;
+        if interrupted() {
+            return Err(ExecError::Interrupted { command });
+        }
+        tracing::debug!(target: "kiln::exec", "running {command} (interactive)");
+        let _window = crate::InteractiveWindow::open();
+        #[allow(clippy::disallowed_methods)] // this is the one sanctioned call site
+        let mut std_cmd = std::process::Command::new(&path);
+        std_cmd
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if let Some(cwd) = &self.cwd {
+            std_cmd.current_dir(cwd);
+        }
+        sys::die_with_parent(&mut std_cmd);
+        let mut child = std_cmd.spawn().map_err(|source| ExecError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        let io = |source| ExecError::Io {
+            command: command.clone(),
+            source,
+        };
+        let mut signalled: Option<Instant> = None;
+        loop {
+            if let Some(status) = child.try_wait().map_err(io)? {
+                if signalled.is_some() {
+                    return Err(ExecError::Interrupted { command });
+                }
+                return Ok(status);
+            }
+            match signalled {
+                None if interrupted() => {
+                    sys::signal_pid(child.id(), libc::SIGTERM);
+                    signalled = Some(Instant::now());
+                }
+                Some(at) if at.elapsed() > DROP_GRACE => {
+                    sys::signal_pid(child.id(), libc::SIGKILL);
+                    let _ = child.wait();
+                    return Err(ExecError::Interrupted { command });
+                }
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Checks the registry and finds the program on `PATH`.
     fn resolve(&self) -> Result<PathBuf, ExecError> {
         locate(&self.program)
@@ -670,6 +730,27 @@ mod sys {
         }
     }
 
+    /// Only `PR_SET_PDEATHSIG`: an interactive child stays in kiln's
+    /// process group, which owns the terminal.
+    pub(super) fn die_with_parent(cmd: &mut std::process::Command) {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    pub(super) fn signal_pid(pid: u32, sig: libc::c_int) {
+        // SAFETY: plain syscall on a child not yet reaped (its pid cannot be reused).
+        unsafe {
+            libc::kill(pid as libc::pid_t, sig);
+        }
+    }
+
     pub(super) fn signal_group(pid: u32, sig: libc::c_int) {
         // SAFETY: plain syscall; a stale pid group only yields ESRCH.
         unsafe {
@@ -681,6 +762,16 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interactive_returns_the_childs_status_and_keeps_sigint_for_it() {
+        let st = Cmd::new("sh").args(["-c", "exit 7"]).run_interactive().unwrap();
+        assert_eq!(st.code(), Some(7));
+        // A window is open while the child runs: kiln is not interrupted.
+        let window = crate::InteractiveWindow::open();
+        assert!(!interrupted());
+        drop(window);
+    }
 
     #[test]
     fn captures_stdout() {

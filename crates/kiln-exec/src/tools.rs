@@ -76,6 +76,12 @@ pub const TOOLS: &[Tool] = &[
         "socat",
         "connect a booted guest's forwarded address to a service on the host's loopback (QEMU runs it)",
     ),
+    tool("ssh", "openssh-client", "log in to a booted guest (kiln ssh)"),
+    tool(
+        "ssh-keygen",
+        "openssh-client",
+        "make the throwaway key kiln ssh puts in the guest's seed",
+    ),
     tool(
         "git",
         "git",

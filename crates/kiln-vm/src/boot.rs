@@ -49,7 +49,7 @@ pub const LOGIN_PROMPT: &str = r"(?m)^\S+ login: ";
 pub const CLOUD_INIT_DONE: &str = r"Cloud-init v\. \S+ finished at|Finished cloud-final\.service";
 
 /// Console lines that mean the boot has failed, whatever comes next.
-const FATAL: &[(&str, &str)] = &[
+pub(crate) const FATAL: &[(&str, &str)] = &[
     ("kernel panic", r"Kernel panic - not syncing"),
     (
         "emergency shell",
@@ -80,6 +80,8 @@ pub enum SeedSource {
     Generate {
         user_data: Option<Vec<u8>>,
         ssh_keys: Vec<String>,
+        /// The guest's hostname (`local-hostname`); default: cloud-init's.
+        hostname: Option<String>,
     },
 }
 
@@ -241,6 +243,7 @@ impl BootOptions {
             seed: SeedSource::Generate {
                 user_data: None,
                 ssh_keys: Vec::new(),
+                hostname: None,
             },
             wait_for_login: true,
             wait_for_cloud_init: true,
@@ -446,61 +449,7 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
     for (name, regex) in FATAL {
         expect = expect.fail_on(Pattern::new(*name, regex)?);
     }
-    check_imds(opts)?;
-
-    let format = match opts.format {
-        Some(f) => f,
-        None => ImageFormat::detect(&opts.image).with_context(|| format!("reading {}", opts.image.display()))?,
-    };
-    opts.medium.check(&opts.image, format, opts.disk_size)?;
-    let accel = match opts.accel {
-        Some(accel) => AccelChoice {
-            accel,
-            reason: "chosen by the caller".to_owned(),
-        },
-        None => choose_accel().context("choosing the accelerator")?,
-    };
-    on_event(BootEvent::Accel(&accel));
-
-    let work = kiln_exec::WorkDir::new_in(&std::env::temp_dir(), "kiln-boot-")
-        .context("creating a temporary directory for the boot")?;
-    let image = match opts.disk_size {
-        None => Drive::new(&opts.image, format).mode(DriveMode::Snapshot),
-        Some(size) => {
-            let overlay = work.path().join("disk.qcow2");
-            grown_overlay(&opts.image, format, size, &overlay)?;
-            Drive::new(overlay, ImageFormat::Qcow2).mode(DriveMode::Writable)
-        }
-    };
-    let seed = match &opts.seed {
-        SeedSource::None => None,
-        SeedSource::File(path) => {
-            let f = ImageFormat::detect(path).with_context(|| format!("reading seed {}", path.display()))?;
-            Some(Drive::new(path, f))
-        }
-        SeedSource::Generate { user_data, ssh_keys } => {
-            let path = work.path().join("seed.iso");
-            let mut seed = SeedConfig::new(Datasource::NoCloud, SeedFs::Iso);
-            seed.user_data = user_data.clone();
-            seed.ssh_keys = ssh_keys.clone();
-            write_seed(&seed, &path).context("generating the NoCloud seed")?;
-            Some(Drive::new(path, ImageFormat::Raw))
-        }
-    };
-    let mut cfg = vm_config(opts, image, seed, accel.accel);
-    // Started before QEMU, stopped after it: it serves the whole boot.
-    let imds = match &opts.imds {
-        None => None,
-        Some(instance) => {
-            let server = ImdsServer::start(instance).context("starting the metadata service")?;
-            play_instance(&mut cfg, instance, server.port())?;
-            on_event(BootEvent::Imds {
-                instance,
-                port: server.port(),
-            });
-            Some(server)
-        }
-    };
+    let Prepared { cfg, work, accel, imds } = prepare(opts, on_event)?;
 
     let mut vm = Vm::start(&cfg).with_context(|| format!("starting QEMU for {}", opts.image.display()))?;
     on_event(BootEvent::Started {
@@ -563,6 +512,81 @@ pub fn boot(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Resu
         medium: opts.medium,
         imds,
     })
+}
+
+/// A machine ready to start: its configuration, its temporary files (the
+/// generated seed, a grown disk's overlay), the accelerator, and the
+/// metadata service when it plays an EC2 instance.
+pub(crate) struct Prepared {
+    pub(crate) cfg: VmConfig,
+    pub(crate) work: kiln_exec::WorkDir,
+    pub(crate) accel: AccelChoice,
+    pub(crate) imds: Option<ImdsServer>,
+}
+
+/// Everything a boot of `opts` needs before QEMU starts.
+pub(crate) fn prepare(opts: &BootOptions, on_event: &mut dyn FnMut(BootEvent<'_>)) -> Result<Prepared> {
+    check_imds(opts)?;
+
+    let format = match opts.format {
+        Some(f) => f,
+        None => ImageFormat::detect(&opts.image).with_context(|| format!("reading {}", opts.image.display()))?,
+    };
+    opts.medium.check(&opts.image, format, opts.disk_size)?;
+    let accel = match opts.accel {
+        Some(accel) => AccelChoice {
+            accel,
+            reason: "chosen by the caller".to_owned(),
+        },
+        None => choose_accel().context("choosing the accelerator")?,
+    };
+    on_event(BootEvent::Accel(&accel));
+
+    let work = kiln_exec::WorkDir::new_in(&std::env::temp_dir(), "kiln-boot-")
+        .context("creating a temporary directory for the boot")?;
+    let image = match opts.disk_size {
+        None => Drive::new(&opts.image, format).mode(DriveMode::Snapshot),
+        Some(size) => {
+            let overlay = work.path().join("disk.qcow2");
+            grown_overlay(&opts.image, format, size, &overlay)?;
+            Drive::new(overlay, ImageFormat::Qcow2).mode(DriveMode::Writable)
+        }
+    };
+    let seed = match &opts.seed {
+        SeedSource::None => None,
+        SeedSource::File(path) => {
+            let f = ImageFormat::detect(path).with_context(|| format!("reading seed {}", path.display()))?;
+            Some(Drive::new(path, f))
+        }
+        SeedSource::Generate {
+            user_data,
+            ssh_keys,
+            hostname,
+        } => {
+            let path = work.path().join("seed.iso");
+            let mut seed = SeedConfig::new(Datasource::NoCloud, SeedFs::Iso);
+            seed.user_data = user_data.clone();
+            seed.ssh_keys = ssh_keys.clone();
+            seed.hostname = hostname.clone();
+            write_seed(&seed, &path).context("generating the NoCloud seed")?;
+            Some(Drive::new(path, ImageFormat::Raw))
+        }
+    };
+    let mut cfg = vm_config(opts, image, seed, accel.accel);
+    // Started before QEMU, stopped after it: it serves the whole boot.
+    let imds = match &opts.imds {
+        None => None,
+        Some(instance) => {
+            let server = ImdsServer::start(instance).context("starting the metadata service")?;
+            play_instance(&mut cfg, instance, server.port())?;
+            on_event(BootEvent::Imds {
+                instance,
+                port: server.port(),
+            });
+            Some(server)
+        }
+    };
+    Ok(Prepared { cfg, work, accel, imds })
 }
 
 #[cfg(test)]

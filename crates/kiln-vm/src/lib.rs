@@ -1,6 +1,7 @@
 //! Booting images: the QEMU runner, firmware selection, serial console
 //! capture and verdicts, cloud-init seeds (NoCloud, ConfigDrive) and a
-//! local EC2 metadata service. This crate knows nothing about specs.
+//! local EC2 metadata service, and sessions for a person (the console on
+//! the terminal, SSH). This crate knows nothing about specs.
 
 pub mod accel;
 pub mod boot;
@@ -11,6 +12,7 @@ pub mod imds;
 pub mod network;
 pub mod qemu;
 pub mod seed;
+pub mod session;
 
 pub use accel::{choose_accel, Accel, AccelChoice};
 pub use error::VmError;

@@ -215,6 +215,10 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// The machine's identity in its SMBIOS tables; QEMU's own when `None`.
     pub smbios: Option<Smbios>,
+    /// Serve the serial console on this Unix socket as well (QEMU listens;
+    /// `console_log` still gets everything the guest prints): for a person
+    /// at the console (`kiln boot --interactive`).
+    pub console_socket: Option<PathBuf>,
 }
 
 /// What the firmware tells the guest about the machine (SMBIOS, read by
@@ -276,6 +280,7 @@ impl VmConfig {
             direct_boot: None,
             no_reboot: true,
             smbios: None,
+            console_socket: None,
         }
     }
 }
@@ -329,7 +334,14 @@ pub(crate) fn qemu_args(cfg: &VmConfig, flash: Option<&Flash>) -> Result<Vec<OsS
         push(&mut a, &["-no-reboot"]);
     }
     a.push("-chardev".into());
-    a.push(opt("file,id=console,path=", &cfg.console_log, ""));
+    match &cfg.console_socket {
+        None => a.push(opt("file,id=console,path=", &cfg.console_log, "")),
+        Some(socket) => {
+            let mut chardev = opt("socket,id=console,server=on,wait=off,path=", socket, "");
+            chardev.push(opt(",logfile=", &cfg.console_log, ""));
+            a.push(chardev);
+        }
+    }
     a.extend(["-serial", "chardev:console"].map(OsString::from));
     if let Some(smbios) = &cfg.smbios {
         a.extend(smbios.qemu_args());
@@ -620,6 +632,21 @@ mod tests {
                 .serial("cidata"),
         );
         cfg
+    }
+
+    #[test]
+    fn an_interactive_console_is_a_socket_that_still_logs() {
+        let mut cfg = base();
+        cfg.console_socket = Some("/run/kiln,vm/console.sock".into());
+        let args = render(&qemu_args(&cfg, None).unwrap());
+        assert!(
+            args.contains(
+                "-chardev socket,id=console,server=on,wait=off,path=/run/kiln,,vm/console.sock,logfile=/run/console.log"
+            ),
+            "{args}"
+        );
+        assert!(args.contains("-serial chardev:console"), "{args}");
+        assert!(!args.contains("file,id=console"), "{args}");
     }
 
     #[test]

@@ -269,6 +269,7 @@ fn boot_debian(firmware: Firmware, probe_isolation: bool) {
         opts.seed = SeedSource::Generate {
             user_data: Some(p.user_data().into_bytes()),
             ssh_keys: Vec::new(),
+            hostname: None,
         };
         opts.expect.extend(p.expect());
     }

@@ -36,6 +36,8 @@ const EXAMPLES: &str = "Examples:
   kiln build examples/debian-12-ovh-byol.toml --out out
   kiln build examples/debian-12-ovh-byol.toml --explain   why each stage is reused or rebuilt
   kiln build examples/debian-12-ovh-byol.toml --verify-reproducible
+  kiln build examples/debian-12-ovh-byol.toml --on-error=shell   a shell where a stage failed
+  kiln shell examples/debian-12-ovh-byol.toml -- dpkg -l         a command in the customised tree
   kiln cache ls                                    what the stage cache holds
   kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
   kiln inspect out/debian-12-byol-1.0.0.qcow2
@@ -52,6 +54,28 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the stages a build would run, with their input hashes; runs nothing.
     Plan(PlanArgs),
+    /// Open a shell (or run a command) in a chroot of the tree a stage left,
+    /// from the stage cache (built first if missing); changes go to a
+    /// throwaway overlay, never into the cache (needs root).
+    #[command(
+        after_help = "The tree has /proc, /sys, /dev, a tmpfs /run and the host's resolv.conf, as \
+a build step has them, in private mount, PID, UTS and IPC namespaces: whatever the session \
+starts ends with it, and services do not start. Changes are lost on exit; to make one \
+permanent, put it in the spec ([[files]] for a file, [[run]] for a command, [packages] \
+install for a package) and build again: the cache rebuilds only what follows.
+
+The shell is $KILN_SHELL if set (a path in the tree such as /bin/bash, or a script on the \
+host, which appears in the tree at /run/kiln/shell), else /bin/sh. With -- COMMAND, kiln \
+exits with COMMAND's status.
+
+Examples:
+  kiln shell examples/debian-12-ovh-byol.toml
+  kiln shell examples/debian-12-ovh-byol.toml --stage ovh-byol/finalise
+  kiln shell examples/debian-12-ovh-byol.toml -- dpkg -l
+  kiln shell examples/debian-12-ovh-byol.toml --no-build -- cat /etc/os-release
+  kiln shell fail.toml --stage customise --kept out/.kiln-work-Ab12Cd   (the line --on-error=keep prints)"
+    )]
+    Shell(ShellArgs),
     /// Check a spec without planning: its syntax and values, and its release,
     /// package, time zone and locale names (exit 2 if any is wrong).
     Validate(ValidateArgs),
@@ -83,9 +107,25 @@ Examples:
   kiln boot --net --user-data apt-update.yaml --expect 'KILN-APT-OK' out/disk.qcow2
   kiln boot --imds --ssh-key \"$(cat ~/.ssh/id_ed25519.pub)\" --user-data user-data.yaml --disk-size 8GiB out/ami.raw
   kiln boot --cdrom --firmware uefi out/debian-12-live-1.0.0.iso
-  kiln boot --usb --firmware bios out/debian-12-live-1.0.0.iso"
+  kiln boot --usb --firmware bios out/debian-12-live-1.0.0.iso
+  kiln boot --interactive out/debian-12-disk-1.0.0-disk.qcow2   (the console on this terminal; Ctrl-] quits)"
     )]
     Boot(BootArgs),
+    /// Boot an image in the background and log in to it over SSH (or run a
+    /// command), then power it off.
+    #[command(after_help = "kiln generates an ed25519 key for this session only, puts it in the \
+NoCloud seed (with --hostname, and user data that lets root log in with it), forwards a free port \
+of 127.0.0.1 to the guest's port 22 (the guest reaches nothing else), waits for SSH, runs the \
+session, then powers the guest off; the key, the seed and QEMU are gone afterwards and the image \
+is not changed. With -- COMMAND, kiln exits with COMMAND's status (255: ssh's own failure).
+An image without an SSH server is reported once the guest has shown its login prompt and \
+--ssh-wait seconds have passed.
+
+Examples:
+  kiln ssh out/debian-12-disk-1.0.0-disk.qcow2
+  kiln ssh out/debian-12-disk-1.0.0-disk.qcow2 -- cat /etc/hostname
+  kiln ssh --firmware uefi --disk-size +4GiB --user debian out/disk.qcow2 -- df -h /")]
+    Ssh(SshArgs),
     /// Deploy an image; `kiln deploy ovh --simulate IMAGE` replays OVHcloud's installer locally.
     #[command(subcommand)]
     Deploy(DeployCommand),
@@ -179,6 +219,61 @@ pub struct BuildArgs {
     /// version becomes VERSION-dirty.
     #[arg(long, requires = "release")]
     pub allow_dirty: bool,
+    /// What to do when a stage fails.
+    #[arg(long, value_enum, default_value_t = OnError::Abort, conflicts_with = "verify_reproducible")]
+    pub on_error: OnError,
+    /// Pause before each stage that runs (not those the cache provides) and
+    /// wait for a line on stdin: Enter runs the stage, `c` runs the rest
+    /// without pausing, `q` stops the build there (cleanly).
+    #[arg(long, conflicts_with = "verify_reproducible")]
+    pub step: bool,
+}
+
+/// `--on-error`: what a build does when a stage fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Clean up and report the error.
+    Abort,
+    /// Print the failing command, its exit status and the end of its output, then open a
+    /// shell in the failed stage's tree ($KILN_SHELL, else /bin/sh); clean up when it exits.
+    Shell,
+    /// Keep the work directory and print the `kiln shell` line that reopens the failed tree.
+    Keep,
+}
+
+impl From<OnError> for kiln_build::OnError {
+    fn from(o: OnError) -> Self {
+        match o {
+            OnError::Abort => kiln_build::OnError::Abort,
+            OnError::Shell => kiln_build::OnError::Shell,
+            OnError::Keep => kiln_build::OnError::Keep,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The spec file (TOML).
+    pub spec: PathBuf,
+    /// The stage whose tree to enter: bootstrap, customise, or TARGET/finalise.
+    #[arg(long, default_value = "customise")]
+    pub stage: String,
+    /// The stage cache [default: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Where to put the throwaway overlay, and stages built for the shell [default: $TMPDIR, else /tmp].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Fail when the stage cache lacks the stage's tree, instead of building it.
+    #[arg(long)]
+    pub no_build: bool,
+    /// The work directory that `kiln build --on-error=keep` kept: enter the failed
+    /// stage's tree from there (on the cached stages below it).
+    #[arg(long, value_name = "WORK_DIR")]
+    pub kept: Option<PathBuf>,
+    /// The command to run instead of a shell (after --).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,6 +482,45 @@ pub struct BootArgs {
     /// go to a temporary overlay.
     #[arg(long)]
     pub usb: bool,
+    /// Attach the serial console to this terminal instead of judging the
+    /// boot: log in and look around; Ctrl-] quits and stops the VM (the
+    /// image is not changed). Needs a terminal on stdin.
+    #[arg(long, conflicts_with_all = ["json", "expect", "imds"])]
+    pub interactive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The image file (qcow2 or raw); never modified (QEMU snapshot mode).
+    pub image: PathBuf,
+    /// Firmware to boot with.
+    #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios)]
+    pub firmware: Firmware,
+    /// Who to log in as (the seed lets root in with the key).
+    #[arg(long, default_value = "root")]
+    pub user: String,
+    /// The guest's hostname, given in the seed.
+    #[arg(long, default_value = "kiln-ssh")]
+    pub hostname: String,
+    /// Give up when SSH does not answer after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// How long SSH may stay silent after the login prompt showed before
+    /// kiln decides the image has no SSH server (seconds).
+    #[arg(long, default_value_t = 90)]
+    pub ssh_wait: u64,
+    /// Memory for the guest, e.g. 2GiB.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub memory: u64,
+    /// Give the guest a disk larger than the image ("8GiB", or "+4GiB").
+    #[arg(long, value_parser = parse_disk_size, value_name = "SIZE")]
+    pub disk_size: Option<kiln_vm::boot::DiskSize>,
+    /// Where to write the serial console log (default: next to the image).
+    #[arg(long)]
+    pub console_log: Option<PathBuf>,
+    /// The command to run in the guest instead of a login shell (after --).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 impl BootArgs {

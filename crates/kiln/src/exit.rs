@@ -22,6 +22,9 @@ pub enum Exit {
     /// Interrupted (SIGINT, SIGTERM, SIGHUP, or the reader of `--log-format
     /// json` went away); every guard cleaned up.
     Interrupted,
+    /// The exit status of the command kiln ran for the user (`kiln shell
+    /// SPEC -- COMMAND`), passed on; 128+N when a signal N killed it.
+    Command(u8),
 }
 
 impl Exit {
@@ -33,6 +36,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Failed => 3,
             Exit::Interrupted => 130,
+            Exit::Command(code) => code,
         }
     }
 
@@ -42,6 +46,18 @@ impl Exit {
             Exit::Success
         } else {
             Exit::Negative
+        }
+    }
+}
+
+impl Exit {
+    /// The status of a command run for the user, passed on.
+    pub fn of_command(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Command(code.clamp(0, 255) as u8),
+            (None, Some(sig)) => Exit::Command(128u8.saturating_add(sig.clamp(0, 127) as u8)),
+            _ => Exit::Failed,
         }
     }
 }
@@ -59,7 +75,9 @@ pub(crate) const HELP: &str = "Exit status:
        doctor found something missing, cache rm matched nothing
   2    usage or spec error; nothing was run
   3    a run failed
-  130  interrupted (Ctrl-C, SIGTERM, or the reader of --log-format json went away)";
+  130  interrupted (Ctrl-C, SIGTERM, or the reader of --log-format json went away)
+  kiln shell SPEC -- COMMAND and kiln ssh IMAGE -- COMMAND exit with COMMAND's status
+       (128+N if signal N killed it).";
 
 /// An error found before anything ran (exit 2): a bad argument, an input
 /// file that does not exist or does not make sense. It prints as the error

@@ -131,6 +131,24 @@ impl Write for Stderr {
     }
 }
 
+/// Runs `f` with the spinners (if any) off the screen, for a prompt or a
+/// shell on the terminal; they come back afterwards. Hidden rather than
+/// suspended: a suspension holds indicatif's lock, and a log line written
+/// meanwhile would wait for it forever.
+pub(crate) fn off_screen<T>(f: impl FnOnce() -> T) -> T {
+    let bars = BARS_ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match bars {
+        Some(multi) if !multi.is_hidden() => {
+            let _ = multi.clear();
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+            let out = f();
+            multi.set_draw_target(ProgressDrawTarget::stderr());
+            out
+        }
+        _ => f(),
+    }
+}
+
 /// A reporter that shows nothing (`-q`): failures reach the user as the
 /// build's error.
 pub(crate) struct Silent;

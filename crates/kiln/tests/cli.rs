@@ -702,3 +702,179 @@ fn publish_aws_refuses_bad_input_before_sending() {
         assert!(t.contains(expect), "{extra:?}: expected {expect:?} in {t}");
     }
 }
+
+#[test]
+fn shell_refuses_a_stage_the_spec_lacks_and_lists_the_valid_ones() {
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    let spec = spec.to_str().unwrap();
+    for (stage, hint) in [
+        ("finalise", ""),
+        ("ovh-byol", "did you mean ovh-byol/finalise?"),
+        ("ovh-byol/disk", "makes an artifact, not a tree"),
+        ("disk/finalise", ""),
+    ] {
+        let out = kiln(&["shell", spec, "--stage", stage, "--", "true"]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stage}: {t}");
+        assert!(t.contains(&format!("no stage \"{stage}\"")), "{t}");
+        assert!(
+            t.contains("its stages with a tree: bootstrap, customise, ovh-byol/finalise"),
+            "{t}"
+        );
+        assert!(t.contains(hint), "{stage}: {t}");
+    }
+    let out = kiln(&["shell", spec, "--kept", "/nonexistent/kiln-work", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--kept /nonexistent/kiln-work: no such directory"),
+        "{}",
+        text(&out)
+    );
+    let out = kiln(&["shell", "/nonexistent/spec.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn shell_help_says_where_changes_go_and_how_to_keep_them() {
+    let out = kiln(&["shell", "--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for needle in [
+        "throwaway overlay",
+        "[[files]]",
+        "[[run]]",
+        "KILN_SHELL",
+        "-- dpkg -l",
+        "--kept",
+    ] {
+        assert!(t.contains(needle), "kiln shell --help lacks {needle}: {t}");
+    }
+}
+
+#[test]
+fn on_error_takes_abort_shell_or_keep_and_not_with_verify_reproducible() {
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    let spec = spec.to_str().unwrap();
+    let out = kiln(&["build", "--on-error=ask", spec]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("[possible values: abort, shell, keep]"),
+        "{}",
+        text(&out)
+    );
+    for flag in ["--on-error=shell", "--step"] {
+        let out = kiln(&["build", flag, "--verify-reproducible", spec]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out));
+        assert!(text(&out).contains("cannot be used with"), "{flag}: {}", text(&out));
+    }
+    let help = text(&kiln(&["build", "--help"]));
+    assert!(help.contains("--on-error") && help.contains("--step"), "{help}");
+}
+
+#[test]
+fn interactive_boot_needs_a_terminal_and_starts_nothing_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    // stdin is /dev/null here: not a terminal.
+    let out = command(&["boot", "--interactive", image.to_str().unwrap()])
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("stdin is not one"), "{t}");
+    assert!(
+        t.contains("kiln ssh IMAGE -- COMMAND"),
+        "the error offers no way for scripts: {t}"
+    );
+    // Nothing was prepared: no VM directory, no console log.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("disk.raw")], "{left:?}");
+    let out = kiln(&["boot", "--interactive", "--json", image.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn ssh_refuses_a_missing_image_and_its_help_says_what_it_does() {
+    let out = kiln(&["ssh", "/nonexistent/disk.qcow2", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/disk.qcow2: no such file"),
+        "{}",
+        text(&out)
+    );
+    let help = text(&kiln(&["ssh", "--help"]));
+    for needle in [
+        "ed25519",
+        "127.0.0.1",
+        "powers the guest off",
+        "-- cat /etc/hostname",
+        "COMMAND's status",
+    ] {
+        assert!(help.contains(needle), "kiln ssh --help lacks {needle}: {help}");
+    }
+}
+
+/// `kiln ssh` of an image whose guest shows a login prompt but never
+/// answers SSH (a stand-in QEMU on PATH prints the prompt into the console
+/// log and sleeps): a clear message, and the stand-in is stopped.
+#[test]
+fn ssh_to_an_image_without_an_ssh_server_says_so_and_leaves_nothing_running() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let qemu = bin.join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        "#!/bin/sh\n\
+         for a in \"$@\"; do case \"$a\" in file,id=console,path=*) log=\"${a#file,id=console,path=}\";; esac; done\n\
+         echo $$ > \"$FAKE_QEMU_PID\"\n\
+         printf 'Debian GNU/Linux 12 kiln-ssh ttyS0\\n\\nkiln-ssh login: ' >> \"$log\"\n\
+         exec sleep 300\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = dir.path().join("no-sshd.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let pid_file = dir.path().join("qemu.pid");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let started = std::time::Instant::now();
+    let out = command(&["ssh", "--ssh-wait", "2", image.to_str().unwrap(), "--", "true"])
+        .env("PATH", path)
+        .env("FAKE_QEMU_PID", &pid_file)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(
+        t.contains("nothing answers SSH on port 22 2 s after the guest's login prompt"),
+        "{t}"
+    );
+    assert!(t.contains("has no SSH server"), "{t}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    let pid = std::fs::read_to_string(&pid_file).expect("the stand-in QEMU ran");
+    assert!(
+        !Path::new("/proc").join(pid.trim()).exists(),
+        "the stand-in QEMU (pid {}) is still running",
+        pid.trim()
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}

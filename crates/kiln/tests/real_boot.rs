@@ -19,7 +19,9 @@
 //! with UEFI, and the guest reports the hostname from the config drive's
 //! meta_data.json, the static address from its network_data.json on the
 //! NIC, the overlay root and the medium live-boot found. (How a failed
-//! verdict is reported is covered by kiln-vm's fast tests.)
+//! verdict is reported is covered by kiln-vm's fast tests.) `kiln ssh` logs
+//! in to the disk example with its throwaway key: the command sees the
+//! seed's hostname and its exit status is kiln's.
 
 mod common;
 use common::*;
@@ -124,6 +126,56 @@ fn disk_example_boots_with_uefi_and_grows_into_a_larger_disk() {
         "cloud-init did not grow the root into the disk: root partition {root} of a {disk}-byte disk"
     );
     assert_eq!(fact(&console, "ESP"), "vfat", "the ESP is not mounted from fstab");
+}
+
+#[test]
+#[ignore = "slow: builds the disk example and boots it under TCG"]
+fn disk_example_answers_kiln_ssh_with_the_seeds_hostname() {
+    let image = disk_image();
+    let modified = std::fs::metadata(&image).unwrap().modified().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let console = image.with_extension("ssh.console.log");
+    // One argument: ssh hands it to the guest's shell as it is.
+    let out = run(kiln()
+        .env("TMPDIR", tmp.path())
+        .args(["ssh", "--hostname", "kiln-ssh-test", "--console-log"])
+        .arg(&console)
+        .arg(&image)
+        .args(["--", "cat /etc/hostname; exit 7"]));
+    let t = text(&out);
+    eprintln!("{t}");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "kiln ssh does not pass the command's status on:\n{t}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kiln-ssh-test",
+        "the guest's hostname is not the seed's:\n{t}"
+    );
+    assert!(t.contains("powered off"), "{t}");
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().modified().unwrap(),
+        modified,
+        "the session changed the image file"
+    );
+    // The key, the seed, QEMU's files: all gone, and no QEMU left.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    let needle = console.to_string_lossy().into_owned();
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("qemu-system") && c.contains(&needle))
+        .collect();
+    assert!(running.is_empty(), "QEMU still runs: {running:?}");
 }
 
 /// The virtual size of a disk image, as `qemu-img` reads it.

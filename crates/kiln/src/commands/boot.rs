@@ -2,11 +2,13 @@
 //! stderr, prints the verdict and maps it to the exit status (0 pass, 1 fail;
 //! errors and interruptions are mapped in `main`, see `crate::exit`).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_vm::boot::{boot, BootEvent, BootOptions, Ending, SeedSource, Verdict};
+use kiln_vm::session::ConsoleEnd;
 use kiln_vm::{ImageFormat, ImdsLog, Instance, Network};
 
 use crate::cli::BootArgs;
@@ -15,6 +17,9 @@ use crate::output::{out, outln};
 
 pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     super::require_input(&args.image)?;
+    if args.interactive && !std::io::stdin().is_terminal() {
+        return Err(usage(kiln_vm::session::NotATerminal));
+    }
     let console_log = args
         .console_log
         .clone()
@@ -33,6 +38,7 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
         (None, false) => SeedSource::Generate {
             user_data: user_data.clone(),
             ssh_keys: args.ssh_keys.clone(),
+            hostname: None,
         },
     };
     if args.imds {
@@ -52,7 +58,67 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
     opts.medium.check(&args.image, format, args.disk_size).map_err(usage)?;
     opts.format = Some(format);
 
-    let verdict = boot(&opts, &mut |event| match event {
+    if args.interactive {
+        tracing::info!(
+            "kiln: the serial console of {} is on this terminal; Ctrl-] quits (and stops the VM)",
+            args.image.display()
+        );
+        let end =
+            kiln_vm::session::interactive(&opts, &mut |event| log_event(&args.image, &opts, args.timeout, event))?;
+        let why = match end {
+            ConsoleEnd::Escaped => "Ctrl-]".to_owned(),
+            ConsoleEnd::VmExited(how) => format!("the VM stopped: {how}"),
+            ConsoleEnd::Interrupted => return Err(kiln_exec::ExecError::Interrupted { command: String::new() }.into()),
+        };
+        tracing::info!(
+            "\r\nkiln: console closed ({why}); QEMU is stopped; the console log is {}",
+            console_log.display()
+        );
+        return Ok(Exit::Success);
+    }
+    let verdict = boot(&opts, &mut |event| log_event(&args.image, &opts, args.timeout, event))?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report_json(&verdict))?)?;
+        if !verdict.passed {
+            eprintln!("FAIL {}", verdict.summary());
+        }
+    } else {
+        report(&verdict)?;
+    }
+    Ok(Exit::verdict(verdict.passed))
+}
+
+/// Boots for `kiln ssh`: the session's status is kiln's.
+pub(crate) fn ssh(args: crate::cli::SshArgs) -> Result<Exit> {
+    super::require_input(&args.image)?;
+    let console_log = args
+        .console_log
+        .clone()
+        .unwrap_or_else(|| default_console_log(&args.image));
+    let mut opts = BootOptions::new(&args.image, &console_log);
+    opts.firmware = args.firmware;
+    opts.timeout = Duration::from_secs(args.timeout);
+    opts.memory = args.memory;
+    opts.disk_size = args.disk_size;
+    let format = ImageFormat::detect(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    opts.medium.check(&args.image, format, args.disk_size).map_err(usage)?;
+    opts.format = Some(format);
+    let session = kiln_vm::session::SshOptions {
+        user: args.user.clone(),
+        command: args.command.clone(),
+        hostname: Some(args.hostname.clone()),
+        ssh_grace: Duration::from_secs(args.ssh_wait),
+    };
+    let status = kiln_vm::session::ssh(&opts, &session, &mut |event| {
+        log_event(&args.image, &opts, args.timeout, event)
+    })?;
+    tracing::info!("kiln: the session ended; the VM is powered off");
+    Ok(Exit::of_command(status))
+}
+
+/// Progress of a boot on stderr.
+fn log_event(image: &Path, opts: &BootOptions, timeout: u64, event: BootEvent<'_>) {
+    match event {
         BootEvent::Accel(choice) => tracing::info!("kiln: accelerator {} ({})", choice.accel.name(), choice.reason),
         BootEvent::Imds { instance, port } => tracing::info!(
             "kiln: EC2 instance {} ({}, {}, {}): metadata service at 169.254.169.254, served from 127.0.0.1:{port}",
@@ -65,30 +131,21 @@ pub(crate) fn run(args: BootArgs) -> Result<Exit> {
             tracing::debug!("QEMU: {command}");
             tracing::info!(
                 "kiln: booting {} ({}, {}, {}, {} MiB, {} CPU{}; timeout {} s)…",
-                args.image.display(),
+                image.display(),
                 opts.medium.describe(),
                 vm.firmware.name(),
                 vm.accel.name(),
                 vm.memory >> 20,
                 vm.cpus,
                 if vm.cpus == 1 { "" } else { "s" },
-                args.timeout
+                timeout
             );
             tracing::info!("kiln: network: {}", vm.net);
             tracing::info!("kiln: serial console → {}", vm.console_log.display());
         }
         BootEvent::Seen(seen) => tracing::info!("kiln: [{:>4} s] seen {}", seen.at.as_secs(), seen.name),
         BootEvent::Waiting { elapsed } => tracing::info!("kiln: [{:>4} s] waiting…", elapsed.as_secs()),
-    })?;
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report_json(&verdict))?)?;
-        if !verdict.passed {
-            eprintln!("FAIL {}", verdict.summary());
-        }
-    } else {
-        report(&verdict)?;
     }
-    Ok(Exit::verdict(verdict.passed))
 }
 
 /// `IMAGE.console.log` beside the image.

@@ -20,16 +20,19 @@ mod publish;
 mod reproducible;
 mod seed;
 mod serve;
+mod shell;
 
 pub(crate) fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Build(args) => build(args),
         Command::Plan(args) => plan(args),
+        Command::Shell(args) => shell::run(args),
         Command::Validate(args) => validate(args),
         Command::Check(args) => check(args),
         Command::Inspect(args) => inspect(args),
         Command::Seed(args) => seed::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Ssh(args) => boot::ssh(args),
         Command::Deploy(cmd) => deploy::run(cmd),
         Command::Publish(cmd) => publish::run(cmd),
         Command::Serve(args) => serve::run(args),
@@ -75,6 +78,9 @@ fn build(args: BuildArgs) -> Result<Exit> {
         cache_dir: args.cache_dir.clone().unwrap_or_else(kiln_build::cache::default_dir),
         no_cache: args.no_cache || args.verify_reproducible,
         threads: args.threads.unwrap_or(0),
+        on_error: args.on_error.into(),
+        debugger: (args.step || args.on_error == crate::cli::OnError::Shell)
+            .then(|| Arc::new(shell::Console::new(args.step)) as Arc<dyn kiln_build::Debugger>),
     };
     if plan.source_date_epoch.is_none() && args.log_format == LogFormat::Human {
         tracing::info!("note: SOURCE_DATE_EPOCH: {}", plan.source_date_epoch_origin);
