@@ -14,6 +14,7 @@
 
 pub mod ami;
 pub mod contract;
+pub mod security;
 pub mod disk;
 pub mod iso;
 pub mod ovh_byol;

@@ -74,7 +74,7 @@ fn results(target: &str, mutate: impl FnOnce(&Path), after: impl FnOnce(&Path)) 
 }
 
 /// The disk contract's rules, in order.
-pub(crate) const ALL: [&str; 8] = [
+pub(crate) const ALL: [&str; 13] = [
     "gpt",
     "bios-boot",
     "uefi-boot",
@@ -83,6 +83,11 @@ pub(crate) const ALL: [&str; 8] = [
     "grub-cfg",
     "machine-id",
     "ssh-host-keys",
+    "passwords",
+    "ssh-root-login",
+    "world-writable",
+    "setuid",
+    "secrets",
 ];
 
 #[test]
@@ -141,7 +146,63 @@ fn each_broken_disk_fails_its_rule() {
         })
     };
     let esp = "esp_size = \"36MiB\"\n";
-    let cases: Vec<(&str, &str, Change, Change, &str, &str)> = vec![
+    let chmod = |p: &'static str, text: &'static str, mode: u32| -> Change {
+        Box::new(move |t: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            write(t, p, text);
+            fs::set_permissions(t.join(p.trim_start_matches('/')), fs::Permissions::from_mode(mode)).unwrap();
+        })
+    };
+    // The security contract read through the ext4 reader of a real disk.
+    let security: Vec<(&str, &str, Change, Change, &str, &str)> = vec![
+        (
+            "a root password",
+            esp,
+            put("/etc/shadow", "root:$6$salt$hash:19000::::::\n".into()),
+            none(),
+            "passwords",
+            "root (a password hash, in /etc/shadow)",
+        ),
+        (
+            "sshd allowing root by default",
+            esp,
+            Box::new(|t: &Path| {
+                write(t, "/usr/sbin/sshd", "ELF");
+                write(t, "/etc/ssh/sshd_config", "Include /etc/ssh/sshd_config.d/*.conf\n");
+            }),
+            none(),
+            "ssh-root-login",
+            "PermitRootLogin prohibit-password (sshd's default)",
+        ),
+        (
+            "a world-writable file",
+            esp,
+            chmod("/etc/app.conf", "x", 0o666),
+            none(),
+            "world-writable",
+            "/etc/app.conf (0666)",
+        ),
+        (
+            "a setuid file no package installed",
+            esp,
+            chmod("/usr/local/bin/rootsh", "ELF", 0o4755),
+            none(),
+            "setuid",
+            "/usr/local/bin/rootsh",
+        ),
+        (
+            "a private key in /root",
+            esp,
+            put(
+                "/root/.ssh/id_rsa",
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n".into(),
+            ),
+            none(),
+            "secrets",
+            "/root/.ssh/id_rsa (a private key)",
+        ),
+    ];
+    let cases: Vec<(&str, &str, Change, Change, &str, &str)> = security.into_iter().chain(vec![
         (
             "no MBR boot code",
             esp,
@@ -269,7 +330,7 @@ fn each_broken_disk_fails_its_rule() {
             "ssh-host-keys",
             "ssh_host_rsa_key",
         ),
-    ];
+    ]).collect();
     let mut problems = Vec::new();
     for (name, target, mutate, after, rule, needle) in cases {
         let r = results(target, mutate, after);
