@@ -122,7 +122,10 @@ pub fn configure_script(spec: &Spec, datasources: &[String], family: &dyn Distro
         b
     });
 
-    section("ssh root login", sshd_root_login(crate::targets::security::root_login(spec)));
+    section(
+        "ssh root login",
+        sshd_root_login(crate::targets::security::root_login(spec)),
+    );
 
     section(
         "cloud-init",

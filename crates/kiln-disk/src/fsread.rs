@@ -736,7 +736,11 @@ mod tests {
         assert_eq!(listed[0].1.kind, FileKind::Symlink);
         assert_eq!(listed[1].1.kind, FileKind::Dir);
         for (name, meta) in fs.read_dir_meta("/etc").unwrap().unwrap() {
-            assert_eq!(fs.symlink_metadata(&format!("/etc/{name}")).unwrap(), Some(meta), "{name}");
+            assert_eq!(
+                fs.symlink_metadata(&format!("/etc/{name}")).unwrap(),
+                Some(meta),
+                "{name}"
+            );
         }
         assert_eq!(fs.read_dir_meta("/etc/hostname").unwrap(), None);
         assert_eq!(fs.read_dir_meta("/nope").unwrap(), None);

@@ -365,7 +365,8 @@ pub(crate) fn bootloader_id(s: &str) -> Rule {
 /// printable ASCII characters.
 pub(crate) fn volume_label(s: &str) -> Rule {
     if s.is_empty() || s.len() > 32 {
-        return Err(Problem::new("it must be 1 to 32 characters").help("use 1 to 32 printable ASCII characters, e.g. \"KILN-LIVE\""));
+        return Err(Problem::new("it must be 1 to 32 characters")
+            .help("use 1 to 32 printable ASCII characters, e.g. \"KILN-LIVE\""));
     }
     if let Some(c) = first_bad_char(s, |c| c.is_ascii_graphic() || c == ' ') {
         return Err(Problem::new(format!("{c:?} is not allowed")).help("use printable ASCII, e.g. \"KILN-LIVE\""));
@@ -527,7 +528,10 @@ mod tests {
             ("/etc/./motd", Err(("it is not normalised", Some("write `/etc/motd`")))),
             (
                 "",
-                Err(("it is empty", Some("write an absolute path in the image, e.g. \"/etc/motd\""))),
+                Err((
+                    "it is empty",
+                    Some("write an absolute path in the image, e.g. \"/etc/motd\""),
+                )),
             ),
             (
                 "/proc/cmdline",

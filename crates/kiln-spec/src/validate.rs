@@ -116,7 +116,11 @@ impl Validator<'_, '_> {
         let span = self.spans.value_or_parent(path);
         // Every problem says what to do; the few rules without a specific
         // hint point at the reference.
-        let help = help.or_else(|| Some(format!("correct `{path}`; `kiln schema` describes every key and its values")));
+        let help = help.or_else(|| {
+            Some(format!(
+                "correct `{path}`; `kiln schema` describes every key and its values"
+            ))
+        });
         self.diagnostics
             .push(self.file.diagnostic(DiagnosticKind::Invalid, span, message, help));
     }

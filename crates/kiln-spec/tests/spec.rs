@@ -2246,7 +2246,13 @@ fn broken_spec_corpus() {
     for file in &files {
         let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
         let first_line = std::fs::read(file)
-            .map(|b| String::from_utf8_lossy(&b).lines().next().unwrap_or_default().to_owned())
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .unwrap_or_default();
         let placeless = first_line.contains("(no place)");
         let err = match std::panic::catch_unwind(|| load(file)) {

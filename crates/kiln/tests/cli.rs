@@ -736,11 +736,16 @@ fn broken_specs_stop_plan_and_build_before_any_work() {
             let o = kiln(args);
             let t = text(&o);
             assert_eq!(o.status.code(), Some(2), "{name} {args:?}: {t}");
-            assert!(t.contains("error:") && t.contains(name) && t.contains("help:"), "{name}: {t}");
+            assert!(
+                t.contains("error:") && t.contains(name) && t.contains("help:"),
+                "{name}: {t}"
+            );
             assert!(!t.contains("panicked"), "{name}: {t}");
         }
         for dir in [&out, &cache] {
-            let left: Vec<_> = std::fs::read_dir(dir).map(|d| d.flatten().collect()).unwrap_or_default();
+            let left: Vec<_> = std::fs::read_dir(dir)
+                .map(|d| d.flatten().collect())
+                .unwrap_or_default();
             assert!(left.is_empty(), "{name}: {} holds {left:?}", dir.display());
         }
     }

@@ -14,10 +14,10 @@
 
 pub mod ami;
 pub mod contract;
-pub mod security;
 pub mod disk;
 pub mod iso;
 pub mod ovh_byol;
+pub mod security;
 pub mod tar;
 
 use std::collections::BTreeMap;

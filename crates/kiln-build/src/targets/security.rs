@@ -36,7 +36,10 @@ use crate::targets::contract::{chain, fail, pass, Results, Verdict};
 
 /// The rules, in the order they are reported.
 pub(crate) const RULES: [(&str, &str); 5] = [
-    ("passwords", "no account with a usable password unless the spec sets one"),
+    (
+        "passwords",
+        "no account with a usable password unless the spec sets one",
+    ),
     ("ssh-root-login", "SSH root login off unless the spec asks for it"),
     (
         "world-writable",
@@ -225,7 +228,11 @@ pub(crate) fn push_rules_with(fs: &mut dyn FsRead, r: &mut Results, skip: &[&str
                 },
             },
         };
-        r.push(id, title, verdict.unwrap_or_else(|why| fail(format!("could not read the image: {why}"))));
+        r.push(
+            id,
+            title,
+            verdict.unwrap_or_else(|why| fail(format!("could not read the image: {why}"))),
+        );
     }
 }
 
@@ -277,7 +284,9 @@ fn passwords_rule(fs: &mut dyn FsRead, access: &Access) -> RuleOutcome {
     let mut found: Vec<(String, &str, &str)> = Vec::new();
     let mut accounts = 0;
     for (path, in_passwd) in [("/etc/shadow", false), ("/etc/passwd", true)] {
-        let Some(text) = fs.read_file(path).map_err(read_err)? else { continue };
+        let Some(text) = fs.read_file(path).map_err(read_err)? else {
+            continue;
+        };
         for line in String::from_utf8_lossy(&text).lines() {
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
@@ -359,7 +368,9 @@ fn read_sshd_config(
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (key, value) = line.split_once(|c: char| c.is_whitespace() || c == '=').unwrap_or((line, ""));
+        let (key, value) = line
+            .split_once(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or((line, ""));
         let value = value.trim_matches(|c: char| c.is_whitespace() || c == '=' || c == '"');
         match key.to_ascii_lowercase().as_str() {
             "match" => in_match = true,
@@ -416,7 +427,9 @@ fn ssh_root_login_rule(fs: &mut dyn FsRead, access: &Access) -> RuleOutcome {
     };
     let mut problems = Vec::new();
     match root_login_rank(&effective) {
-        None => problems.push(format!("PermitRootLogin {effective} ({from}) is not a value sshd knows")),
+        None => problems.push(format!(
+            "PermitRootLogin {effective} ({from}) is not a value sshd knows"
+        )),
         Some(rank) if rank > allowed => problems.push(format!("PermitRootLogin {effective} ({from})")),
         Some(_) => {}
     }
@@ -588,7 +601,11 @@ fn setuid_rule(fs: &mut dyn FsRead, tree: &Tree) -> RuleOutcome {
         {
             // The rpm database is not read: known programs only.
             unowned.retain(|p| !RPM_SETUID.contains(&p.rsplit('/').next().unwrap_or_default()));
-            return Ok(setuid_verdict(&unowned, total, "rpm (the database is not read: names of RHEL's setuid programs)"));
+            return Ok(setuid_verdict(
+                &unowned,
+                total,
+                "rpm (the database is not read: names of RHEL's setuid programs)",
+            ));
         }
         None => ("no package database", Vec::new()),
     };
@@ -598,10 +615,16 @@ fn setuid_rule(fs: &mut dyn FsRead, tree: &Tree) -> RuleOutcome {
         if unowned.is_empty() {
             break;
         }
-        let Some(text) = fs.read_file(&list).map_err(read_err)? else { continue };
+        let Some(text) = fs.read_file(&list).map_err(read_err)? else {
+            continue;
+        };
         for line in String::from_utf8_lossy(&text).lines() {
             let line = line.trim_end();
-            let path = if line.starts_with('/') { line.to_owned() } else { format!("/{line}") };
+            let path = if line.starts_with('/') {
+                line.to_owned()
+            } else {
+                format!("/{line}")
+            };
             unowned.remove(&merged_usr(&path));
         }
     }
@@ -610,7 +633,9 @@ fn setuid_rule(fs: &mut dyn FsRead, tree: &Tree) -> RuleOutcome {
 
 fn setuid_verdict(unowned: &BTreeSet<String>, total: usize, manager: &str) -> Verdict {
     if unowned.is_empty() {
-        pass(format!("{total} setuid/setgid files, each installed by a package ({manager})"))
+        pass(format!(
+            "{total} setuid/setgid files, each installed by a package ({manager})"
+        ))
     } else {
         let names: Vec<String> = unowned.iter().cloned().collect();
         fail(format!(
@@ -675,7 +700,11 @@ fn secrets_rule(fs: &mut dyn FsRead, tree: &Tree, host_paths: &[String]) -> Rule
         })
         .collect();
     for p in &tree.docker_configs {
-        if fs.read_file(p).map_err(read_err)?.is_some_and(|d| docker_credentials(&d)) {
+        if fs
+            .read_file(p)
+            .map_err(read_err)?
+            .is_some_and(|d| docker_credentials(&d))
+        {
             found.push(format!("{p} (registry credentials)"));
         }
     }
@@ -687,7 +716,9 @@ fn secrets_rule(fs: &mut dyn FsRead, tree: &Tree, host_paths: &[String]) -> Rule
             continue;
         }
         read += size;
-        let Some(data) = fs.read_file(path).map_err(read_err)? else { continue };
+        let Some(data) = fs.read_file(path).map_err(read_err)? else {
+            continue;
+        };
         if has_private_key(&data) {
             found.push(format!("{path} (a private key)"));
         }
@@ -714,6 +745,33 @@ fn secrets_rule(fs: &mut dyn FsRead, tree: &Tree, host_paths: &[String]) -> Rule
             named(&found)
         ))
     })
+}
+
+/// Warnings for `[[files]]` sources that look like private keys (read up
+/// to [`SCAN_MAX_FILE`] bytes each): such a file would be in every machine
+/// made from the image, and the `secrets` rule of `kiln check` fails it.
+/// A warning at plan time, not an error, since a spec may mean it.
+pub fn private_key_warnings(loaded: &kiln_spec::LoadedSpec) -> Vec<String> {
+    use std::io::Read as _;
+    let mut warnings = Vec::new();
+    for (i, f) in loaded.spec.files.iter().enumerate() {
+        let mut head = Vec::new();
+        let read = std::fs::File::open(loaded.resolve(&f.src))
+            .and_then(|file| file.take(SCAN_MAX_FILE).read_to_end(&mut head));
+        if read.is_err() || !has_private_key(&head) {
+            continue;
+        }
+        let at = loaded
+            .location(&format!("files[{i}].src"))
+            .map_or_else(String::new, |(line, col)| format!(":{line}:{col}"));
+        warnings.push(format!(
+            "{}{at}: [[files]] source `{}` looks like a private key: every machine made from the image would carry it to {}, and `kiln check` fails its `secrets` rule; provision it at boot (cloud-init, a secret store) instead",
+            loaded.path.display(),
+            f.src,
+            f.dest
+        ));
+    }
+    warnings
 }
 
 /// The first [`NAMED`] of `items`, then how many more.

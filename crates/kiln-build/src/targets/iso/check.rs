@@ -26,8 +26,8 @@ use kiln_disk::squashfs::{SquashFs, MAGIC as SQUASHFS_MAGIC};
 use kiln_disk::{ErrorKind, FileKind, FsRead};
 
 use crate::targets::contract::{chain, fail, machine_id_rule, pass, ssh_keys_rule, Results, Verdict};
-use crate::targets::security;
 use crate::targets::disk::check::efi_binary_verdict;
+use crate::targets::security;
 use crate::targets::{CheckOptions, RuleResult};
 
 /// Where Debian's live-boot looks for the system, as the iso target lays it out.

@@ -37,7 +37,8 @@ impl MemFs {
 
     fn dir(mut self, path: &str, mode: u32) -> Self {
         self.dirs_above(path);
-        self.0.insert(path.to_owned(), (meta(FileKind::Dir, mode, 0), Vec::new()));
+        self.0
+            .insert(path.to_owned(), (meta(FileKind::Dir, mode, 0), Vec::new()));
         self
     }
 
@@ -134,7 +135,12 @@ fn clean() -> MemFs {
 
 fn run(fs: &mut MemFs) -> Vec<RuleResult> {
     let mut r = Results::default();
-    push_rules_with(fs, &mut r, &[], &["/home/builder/.cache/kiln".to_owned(), ".kiln-work-".to_owned()]);
+    push_rules_with(
+        fs,
+        &mut r,
+        &[],
+        &["/home/builder/.cache/kiln".to_owned(), ".kiln-work-".to_owned()],
+    );
     r.0
 }
 
@@ -148,7 +154,10 @@ fn a_clean_tree_passes_every_rule() {
     let ids: Vec<&str> = r.iter().map(|r| r.id).collect();
     assert_eq!(ids, RULES.map(|(id, _)| id));
     let setuid = &r.iter().find(|r| r.id == "setuid").unwrap().reason;
-    assert!(setuid.contains("2 setuid/setgid files, each installed by a package (dpkg)"), "{setuid}");
+    assert!(
+        setuid.contains("2 setuid/setgid files, each installed by a package (dpkg)"),
+        "{setuid}"
+    );
 }
 
 #[test]
@@ -165,7 +174,11 @@ fn each_rule_catches_its_problem() {
             "an empty password, even when granted",
             clean()
                 .file("/etc/shadow", 0o640, "root:*:1::::::\nops::1::::::\n")
-                .file(crate::manifest::EMBEDDED_PATH, 0o644, &manifest("{\"passwords\":[\"ops\"]}")),
+                .file(
+                    crate::manifest::EMBEDDED_PATH,
+                    0o644,
+                    &manifest("{\"passwords\":[\"ops\"]}"),
+                ),
             "passwords",
             "ops (empty: no password needed",
         ),
@@ -200,7 +213,11 @@ fn each_rule_catches_its_problem() {
         (
             "password logins for root when keys were asked for",
             clean()
-                .file("/etc/ssh/sshd_config.d/00-kiln-root-login.conf", 0o644, "PermitRootLogin yes\n")
+                .file(
+                    "/etc/ssh/sshd_config.d/00-kiln-root-login.conf",
+                    0o644,
+                    "PermitRootLogin yes\n",
+                )
                 .file(
                     crate::manifest::EMBEDDED_PATH,
                     0o644,
@@ -309,7 +326,11 @@ fn each_rule_catches_its_problem() {
 fn what_the_spec_grants_passes() {
     let mut fs = clean()
         .file("/etc/shadow", 0o640, "root:$6$a$b:1::::::\nops:$6$c$d:1::::::\n")
-        .file("/etc/ssh/sshd_config.d/00-kiln-root-login.conf", 0o644, "PermitRootLogin prohibit-password\n")
+        .file(
+            "/etc/ssh/sshd_config.d/00-kiln-root-login.conf",
+            0o644,
+            "PermitRootLogin prohibit-password\n",
+        )
         .file(
             crate::manifest::EMBEDDED_PATH,
             0o644,
@@ -326,17 +347,24 @@ fn no_sshd_and_no_accounts_pass() {
 
 #[test]
 fn setuid_on_pacman_and_rpm_systems() {
-    let base = MemFs::default().file("/usr/bin/su", 0o4755, "ELF").file("/usr/bin/evil", 0o4755, "ELF");
-    let mut arch = base
-        .clone()
-        .file("/var/lib/pacman/local/util-linux-2.40-1/files", 0o644, "%FILES%\nusr/\nusr/bin/su\n");
+    let base = MemFs::default()
+        .file("/usr/bin/su", 0o4755, "ELF")
+        .file("/usr/bin/evil", 0o4755, "ELF");
+    let mut arch = base.clone().file(
+        "/var/lib/pacman/local/util-linux-2.40-1/files",
+        0o644,
+        "%FILES%\nusr/\nusr/bin/su\n",
+    );
     let r = run(&mut arch);
     assert_eq!(failed(&r).len(), 1, "{r:#?}");
     assert!(failed(&r)[0].1.contains("(pacman): /usr/bin/evil"), "{r:#?}");
     let mut rocky = base.dir("/var/lib/rpm", 0o755);
     let r = run(&mut rocky);
     assert!(failed(&r)[0].1.contains("rpm (the database is not read"), "{r:#?}");
-    assert!(failed(&r)[0].1.contains("/usr/bin/evil") && !failed(&r)[0].1.contains("/usr/bin/su"), "{r:#?}");
+    assert!(
+        failed(&r)[0].1.contains("/usr/bin/evil") && !failed(&r)[0].1.contains("/usr/bin/su"),
+        "{r:#?}"
+    );
 }
 
 #[test]
@@ -377,11 +405,31 @@ fn access_from_the_spec() {
 #[test]
 fn the_walk_is_bounded_to_small_files_outside_usr() {
     let big = "x".repeat(SCAN_MAX_FILE as usize + 1);
-    let mut fs = clean().file("/etc/big", 0o644, &big).file("/usr/local/etc/k", 0o600, KEY);
+    let mut fs = clean()
+        .file("/etc/big", 0o644, &big)
+        .file("/usr/local/etc/k", 0o600, KEY);
     let tree = walk(&mut fs).unwrap();
     let scanned: Vec<&str> = tree.scan.iter().map(|(p, _)| p.as_str()).collect();
     assert!(!scanned.contains(&"/etc/big"), "{scanned:?}");
     assert!(!scanned.contains(&"/usr/share/doc/x/key.pem"), "{scanned:?}");
     assert!(!scanned.contains(&"/etc/ssh/ssh_host_ed25519_key"), "{scanned:?}");
     assert!(scanned.contains(&"/usr/local/etc/k"), "{scanned:?}");
+}
+
+#[test]
+fn plan_warns_about_private_key_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("id_ed25519"), KEY).unwrap();
+    std::fs::write(dir.path().join("motd"), "hello\n").unwrap();
+    let text = "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+        [[files]]\nsrc = \"motd\"\ndest = \"/etc/motd\"\n[[files]]\nsrc = \"id_ed25519\"\ndest = \"/root/.ssh/id_ed25519\"\n[targets.tar]\n";
+    let loaded =
+        kiln_spec::parse_str(text, std::path::Path::new("spec.toml"), dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let warnings = private_key_warnings(&loaded);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("spec.toml:11:7: [[files]] source `id_ed25519` looks like a private key"),
+        "{}",
+        warnings[0]
+    );
 }

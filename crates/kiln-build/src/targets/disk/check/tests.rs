@@ -202,135 +202,138 @@ fn each_broken_disk_fails_its_rule() {
             "/root/.ssh/id_rsa (a private key)",
         ),
     ];
-    let cases: Vec<(&str, &str, Change, Change, &str, &str)> = security.into_iter().chain(vec![
-        (
-            "no MBR boot code",
-            esp,
-            none(),
-            zero(0, 440),
-            "bios-boot",
-            "no GRUB boot code",
-        ),
-        (
-            "no core.img",
-            esp,
-            none(),
-            zero(1 << 20, 512),
-            "bios-boot",
-            "no GRUB core.img",
-        ),
-        (
-            "BIOS only",
-            "esp_size = \"36MiB\"\nfirmware = [\"bios\"]\n",
-            none(),
-            none(),
-            "uefi-boot",
-            "has no EFI/BOOT/BOOTX64.EFI",
-        ),
-        (
-            "UEFI only",
-            "esp_size = \"36MiB\"\nfirmware = [\"uefi\"]\n",
-            none(),
-            none(),
-            "bios-boot",
-            "no GRUB boot code",
-        ),
-        (
-            "fstab names another filesystem",
-            esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
-                let first = text.split_whitespace().next().unwrap().to_owned();
-                write(
-                    t,
-                    "etc/fstab",
-                    &text.replace(&first, "UUID=0badc0de-0000-4000-8000-000000000000"),
-                );
-            }),
-            none(),
-            "fstab",
-            "names no filesystem on this disk",
-        ),
-        (
-            "fstab without the ESP",
-            esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
-                let kept: String = text
-                    .lines()
-                    .filter(|l| !l.contains("/boot/efi"))
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                write(t, "etc/fstab", &kept);
-            }),
-            none(),
-            "fstab",
-            "(EFI System, vfat) is not in fstab",
-        ),
-        (
-            "fstab by device name",
-            esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
-                write(t, "etc/fstab", &format!("{text}/dev/sdb1 /srv ext4 defaults 0 2\n"));
-            }),
-            none(),
-            "fstab",
-            "/dev/sdb1, a device name",
-        ),
-        (
-            "no grub.cfg",
-            esp,
-            Box::new(|t| fs::remove_file(t.join("boot/grub/grub.cfg")).unwrap()),
-            none(),
-            "grub-cfg",
-            "no /boot/grub/grub.cfg",
-        ),
-        (
-            "grub.cfg with another root",
-            esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("boot/grub/grub.cfg")).unwrap();
-                let at = text.find("root=UUID=").unwrap() + "root=UUID=".len();
-                let uuid = &text[at..at + 36];
-                write(
-                    t,
-                    "boot/grub/grub.cfg",
-                    &text.replace(
-                        &format!("root=UUID={uuid}"),
-                        "root=UUID=0badc0de-0000-4000-8000-000000000000",
-                    ),
-                );
-            }),
-            none(),
-            "grub-cfg",
-            "root=UUID=0badc0de",
-        ),
-        (
-            "grub.cfg names a missing kernel",
-            esp,
-            Box::new(|t| fs::remove_file(t.join("boot/vmlinuz-6.1.0-18-amd64")).unwrap()),
-            none(),
-            "grub-cfg",
-            "vmlinuz-6.1.0-18-amd64 is missing",
-        ),
-        (
-            "machine-id",
-            esp,
-            put("/etc/machine-id", "0123456789abcdef\n".into()),
-            none(),
-            "machine-id",
-            "/etc/machine-id has content",
-        ),
-        (
-            "ssh host key",
-            esp,
-            put("/etc/ssh/ssh_host_rsa_key", "key".into()),
-            none(),
-            "ssh-host-keys",
-            "ssh_host_rsa_key",
-        ),
-    ]).collect();
+    let cases: Vec<(&str, &str, Change, Change, &str, &str)> = security
+        .into_iter()
+        .chain(vec![
+            (
+                "no MBR boot code",
+                esp,
+                none(),
+                zero(0, 440),
+                "bios-boot",
+                "no GRUB boot code",
+            ),
+            (
+                "no core.img",
+                esp,
+                none(),
+                zero(1 << 20, 512),
+                "bios-boot",
+                "no GRUB core.img",
+            ),
+            (
+                "BIOS only",
+                "esp_size = \"36MiB\"\nfirmware = [\"bios\"]\n",
+                none(),
+                none(),
+                "uefi-boot",
+                "has no EFI/BOOT/BOOTX64.EFI",
+            ),
+            (
+                "UEFI only",
+                "esp_size = \"36MiB\"\nfirmware = [\"uefi\"]\n",
+                none(),
+                none(),
+                "bios-boot",
+                "no GRUB boot code",
+            ),
+            (
+                "fstab names another filesystem",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
+                    let first = text.split_whitespace().next().unwrap().to_owned();
+                    write(
+                        t,
+                        "etc/fstab",
+                        &text.replace(&first, "UUID=0badc0de-0000-4000-8000-000000000000"),
+                    );
+                }),
+                none(),
+                "fstab",
+                "names no filesystem on this disk",
+            ),
+            (
+                "fstab without the ESP",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
+                    let kept: String = text
+                        .lines()
+                        .filter(|l| !l.contains("/boot/efi"))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    write(t, "etc/fstab", &kept);
+                }),
+                none(),
+                "fstab",
+                "(EFI System, vfat) is not in fstab",
+            ),
+            (
+                "fstab by device name",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
+                    write(t, "etc/fstab", &format!("{text}/dev/sdb1 /srv ext4 defaults 0 2\n"));
+                }),
+                none(),
+                "fstab",
+                "/dev/sdb1, a device name",
+            ),
+            (
+                "no grub.cfg",
+                esp,
+                Box::new(|t| fs::remove_file(t.join("boot/grub/grub.cfg")).unwrap()),
+                none(),
+                "grub-cfg",
+                "no /boot/grub/grub.cfg",
+            ),
+            (
+                "grub.cfg with another root",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("boot/grub/grub.cfg")).unwrap();
+                    let at = text.find("root=UUID=").unwrap() + "root=UUID=".len();
+                    let uuid = &text[at..at + 36];
+                    write(
+                        t,
+                        "boot/grub/grub.cfg",
+                        &text.replace(
+                            &format!("root=UUID={uuid}"),
+                            "root=UUID=0badc0de-0000-4000-8000-000000000000",
+                        ),
+                    );
+                }),
+                none(),
+                "grub-cfg",
+                "root=UUID=0badc0de",
+            ),
+            (
+                "grub.cfg names a missing kernel",
+                esp,
+                Box::new(|t| fs::remove_file(t.join("boot/vmlinuz-6.1.0-18-amd64")).unwrap()),
+                none(),
+                "grub-cfg",
+                "vmlinuz-6.1.0-18-amd64 is missing",
+            ),
+            (
+                "machine-id",
+                esp,
+                put("/etc/machine-id", "0123456789abcdef\n".into()),
+                none(),
+                "machine-id",
+                "/etc/machine-id has content",
+            ),
+            (
+                "ssh host key",
+                esp,
+                put("/etc/ssh/ssh_host_rsa_key", "key".into()),
+                none(),
+                "ssh-host-keys",
+                "ssh_host_rsa_key",
+            ),
+        ])
+        .collect();
     let mut problems = Vec::new();
     for (name, target, mutate, after, rule, needle) in cases {
         let r = results(target, mutate, after);
