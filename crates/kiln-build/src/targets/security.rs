@@ -555,16 +555,18 @@ fn world_writable_verdict(tree: &Tree) -> Verdict {
 /// `/bin/x` and `/usr/bin/x` are one file on a merged-/usr system, and
 /// package lists name either.
 fn merged_usr(path: &str) -> String {
+    let mut path = path.to_owned();
     for dir in ["/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/"] {
         if let Some(rest) = path.strip_prefix(dir) {
-            return format!("/usr{dir}{rest}");
+            path = format!("/usr{dir}{rest}");
+            break;
         }
     }
-    if let Some(rest) = path.strip_prefix("/usr/sbin/") {
-        // Arch merges sbin into bin.
-        return format!("/usr/bin/{rest}");
+    // Arch merges sbin into bin: one name for the four spellings.
+    match path.strip_prefix("/usr/sbin/") {
+        Some(rest) => format!("/usr/bin/{rest}"),
+        None => path,
     }
-    path.to_owned()
 }
 
 /// The package file lists of the image: each is a file of paths (dpkg's
@@ -592,7 +594,10 @@ fn setuid_rule(fs: &mut dyn FsRead, tree: &Tree) -> RuleOutcome {
     if tree.setuid.is_empty() {
         return Ok(pass("no setuid or setgid files"));
     }
-    let mut unowned: BTreeSet<String> = tree.setuid.iter().map(|(p, _)| merged_usr(p)).collect();
+    // Normalised name → the path in the image, for the verdict.
+    let real: std::collections::BTreeMap<String, String> =
+        tree.setuid.iter().map(|(p, _)| (merged_usr(p), p.clone())).collect();
+    let mut unowned: BTreeSet<String> = real.keys().cloned().collect();
     let total = unowned.len();
     let (manager, lists) = match package_lists(fs)? {
         Some(found) => found,
@@ -603,6 +608,7 @@ fn setuid_rule(fs: &mut dyn FsRead, tree: &Tree) -> RuleOutcome {
             unowned.retain(|p| !RPM_SETUID.contains(&p.rsplit('/').next().unwrap_or_default()));
             return Ok(setuid_verdict(
                 &unowned,
+                &real,
                 total,
                 "rpm (the database is not read: names of RHEL's setuid programs)",
             ));
@@ -628,16 +634,21 @@ fn setuid_rule(fs: &mut dyn FsRead, tree: &Tree) -> RuleOutcome {
             unowned.remove(&merged_usr(&path));
         }
     }
-    Ok(setuid_verdict(&unowned, total, manager))
+    Ok(setuid_verdict(&unowned, &real, total, manager))
 }
 
-fn setuid_verdict(unowned: &BTreeSet<String>, total: usize, manager: &str) -> Verdict {
+fn setuid_verdict(
+    unowned: &BTreeSet<String>,
+    real: &std::collections::BTreeMap<String, String>,
+    total: usize,
+    manager: &str,
+) -> Verdict {
     if unowned.is_empty() {
         pass(format!(
             "{total} setuid/setgid files, each installed by a package ({manager})"
         ))
     } else {
-        let names: Vec<String> = unowned.iter().cloned().collect();
+        let names: Vec<String> = unowned.iter().map(|n| real.get(n).unwrap_or(n).clone()).collect();
         fail(format!(
             "setuid/setgid files that no package installed ({manager}): {}; they run with their owner's rights: `chmod u-s,g-s` them or install them from a package",
             named(&names)

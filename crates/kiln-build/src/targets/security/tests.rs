@@ -126,6 +126,9 @@ fn clean() -> MemFs {
         .dir("/var/local", 0o2775)
         .file("/var/lib/dpkg/info/util-linux.list", 0o644, "/.\n/bin\n/bin/su\n")
         .file("/var/lib/dpkg/info/cron.list", 0o644, "/usr/bin/crontab\n")
+        // Listed under /sbin, installed under /usr/sbin (Debian 12's merged /usr).
+        .file("/usr/sbin/unix_chkpwd", 0o2755, "ELF")
+        .file("/var/lib/dpkg/info/libpam-modules-bin.list", 0o644, "/sbin/unix_chkpwd\n")
         .file("/etc/ssl/certs/ca.pem", 0o644, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
         .file("/usr/share/doc/x/key.pem", 0o644, KEY)
         .file("/home/ops/.bashrc", 0o644, "alias ll='ls -l'\n")
@@ -155,7 +158,7 @@ fn a_clean_tree_passes_every_rule() {
     assert_eq!(ids, RULES.map(|(id, _)| id));
     let setuid = &r.iter().find(|r| r.id == "setuid").unwrap().reason;
     assert!(
-        setuid.contains("2 setuid/setgid files, each installed by a package (dpkg)"),
+        setuid.contains("3 setuid/setgid files, each installed by a package (dpkg)"),
         "{setuid}"
     );
 }
