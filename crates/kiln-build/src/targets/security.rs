@@ -288,7 +288,8 @@ fn passwords_rule(fs: &mut dyn FsRead, access: &Access) -> RuleOutcome {
             continue;
         };
         for line in String::from_utf8_lossy(&text).lines() {
-            if line.trim().is_empty() || line.starts_with('#') {
+            // Not an account line (blank, comment, no fields).
+            if line.trim().is_empty() || line.starts_with('#') || !line.contains(':') {
                 continue;
             }
             let mut fields = line.split(':');
@@ -477,6 +478,23 @@ fn scanned(path: &str) -> bool {
         && !under(path, "/usr/share/kiln")
         // The host-key rule reports these.
         && !path.starts_with("/etc/ssh/ssh_host_")
+}
+
+/// Whether a streaming reader (the tar target's check) should keep the
+/// content of the file at `path` (relative to the root, as in an archive)
+/// for these rules: the account and sshd files, the embedded manifest, the
+/// package file lists, and what the secrets rule reads.
+pub(crate) fn wanted_content(path: &str, size: u64) -> bool {
+    let p = format!("/{path}");
+    let small = size <= SCAN_MAX_FILE;
+    matches!(
+        p.as_str(),
+        "/etc/shadow" | "/etc/passwd" | crate::manifest::EMBEDDED_PATH
+    ) || (small && under(&p, "/etc/ssh"))
+        || (p.starts_with("/var/lib/dpkg/info/") && p.ends_with(".list"))
+        || (p.starts_with("/var/lib/pacman/local/") && p.ends_with("/files"))
+        || (small && p.ends_with("/.docker/config.json"))
+        || (small && size > 0 && scanned(&p))
 }
 
 /// Walks the whole tree once, depth first, symlinks not followed.
