@@ -500,6 +500,7 @@ pub(crate) fn wanted_content(path: &str, size: u64) -> bool {
 /// Walks the whole tree once, depth first, symlinks not followed.
 pub(crate) fn walk(fs: &mut dyn FsRead) -> std::result::Result<Tree, String> {
     let mut tree = Tree::default();
+    fs.prefetch_tree().map_err(read_err)?;
     let mut dirs = vec![String::new()];
     while let Some(dir) = dirs.pop() {
         let listing = fs
