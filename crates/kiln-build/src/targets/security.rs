@@ -18,8 +18,9 @@
 //! secrets land (everywhere but `/usr` outside `/usr/local`, and the package
 //! manager's own databases and caches), one at a time, at most
 //! [`SCAN_BUDGET`] bytes in all; plus each package file list when there are
-//! setuid files to look up. A Debian image of 1 GiB has about 40,000 entries
-//! and a few MiB of such files.
+//! setuid files to look up. The OVH example (Debian 12, 1.35 GiB) has
+//! 24,000 entries and 300 such files (0.5 MiB): 6 s on ext4 in a debug
+//! build, 31 s on XFS (whose metadata comes from `xfs_db`).
 //!
 //! Limits: setuid files are compared with dpkg's and pacman's file lists;
 //! the rpm database is not read (kiln has no reader for it), so on the RHEL
