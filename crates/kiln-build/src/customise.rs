@@ -123,6 +123,11 @@ pub fn configure_script(spec: &Spec, datasources: &[String], family: &dyn Distro
     });
 
     section(
+        "ssh root login",
+        sshd_root_login(crate::targets::security::root_login(spec)),
+    );
+
+    section(
         "cloud-init",
         cloud_init_config(datasources, spec.cloud_init.default_user.as_ref()),
     );
@@ -191,6 +196,22 @@ pub fn configure_script(spec: &Spec, datasources: &[String], family: &dyn Distro
 
     section("package removals", family.remove_script(&spec.packages.remove));
     s
+}
+
+/// Sets sshd's `PermitRootLogin` to `value` in an early drop-in (sshd keeps
+/// the first value it reads), or at the top of sshd_config when it includes
+/// no drop-ins (RHEL 8); the security contract checks the result.
+fn sshd_root_login(value: &str) -> String {
+    let drop_in = crate::targets::security::SSHD_DROP_IN;
+    format!(
+        "mkdir -p /etc/ssh/sshd_config.d\n\
+         printf '%s\\n' '# Written by kiln: root logs in over SSH only with the keys the spec gives it.' {line} > {drop_in}\n\
+         if [ -s /etc/ssh/sshd_config ] && ! grep -qiE '^[[:space:]]*Include[[:space:]]+(/etc/ssh/)?sshd_config\\.d/' /etc/ssh/sshd_config; then\n\
+         \tsed -i {sed} /etc/ssh/sshd_config\n\
+         fi\n",
+        line = q(&format!("PermitRootLogin {value}")),
+        sed = q(&format!("1i PermitRootLogin {value}")),
+    )
 }
 
 fn owner(spec: Option<&str>) -> (&str, &str) {

@@ -37,6 +37,10 @@ pub struct Manifest {
     pub efi_bootloader_path: Option<String>,
     #[serde(rename = "ovhReinstall", skip_serializing_if = "Option::is_none")]
     pub ovh_reinstall: Option<serde_json::Value>,
+    /// What the spec grants that the security contract would otherwise
+    /// refuse (passwords, SSH root login); `kiln check` reads it from the
+    /// embedded copy.
+    pub access: crate::targets::security::Access,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +116,7 @@ impl Manifest {
             partitions: Vec::new(),
             efi_bootloader_path: plan.targets.iter().find_map(|t| t.efi_bootloader_path()),
             ovh_reinstall: None,
+            access: crate::targets::security::Access::of(&plan.spec),
         }
     }
 }

@@ -497,6 +497,10 @@ fn plan_with_targets(
             json_input("[[users]]", &spec.users),
             json_input("[root]", &spec.root),
             json_input(
+                "sshd PermitRootLogin (security contract)",
+                &crate::targets::security::root_login(spec),
+            ),
+            json_input(
                 "hostname/timezone/locale",
                 &(&spec.hostname, &spec.timezone, &spec.locale),
             ),

@@ -25,6 +25,8 @@ use crate::probe::{probe_filesystem, FsType};
 pub(crate) const MAX_READ: u64 = 256 << 20;
 /// Symlinks followed while resolving one path (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
+/// Inodes read per `xfs_db` run when listing a directory with metadata.
+const XFS_BATCH: usize = 256;
 
 /// The type of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,6 +69,31 @@ pub trait FsRead {
     fn read_link(&mut self, path: &str) -> Result<Option<String>>;
     /// The filesystem's type.
     fn fs_type(&self) -> FsType;
+
+    /// Each entry of a directory with its own metadata (a symlink's, not its
+    /// target's), sorted by name; `None` if `path` is not a directory. Walks
+    /// of a whole tree go through it, so readers override it where one
+    /// listing can carry the metadata (ext4's directory entries lead
+    /// straight to their inodes; XFS batches its inode reads).
+    /// Reads the metadata of the whole tree ahead of a walk, for readers
+    /// that pay per lookup (XFS starts `xfs_db` per call); a no-op elsewhere.
+    fn prefetch_tree(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn read_dir_meta(&mut self, path: &str) -> Result<Option<Vec<(String, FileMeta)>>> {
+        let Some(names) = self.read_dir(path)? else {
+            return Ok(None);
+        };
+        let base = path.trim_end_matches('/');
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(meta) = self.symlink_metadata(&format!("{base}/{name}"))? {
+                entries.push((name, meta));
+            }
+        }
+        Ok(Some(entries))
+    }
 }
 
 /// Opens the filesystem in the `size` bytes at `offset` of `image` (an
@@ -243,6 +270,28 @@ impl FsRead for Ext4Fs {
     fn fs_type(&self) -> FsType {
         self.fs_type
     }
+
+    fn read_dir_meta(&mut self, path: &str) -> Result<Option<Vec<(String, FileMeta)>>> {
+        let path = absolute(path);
+        let Some(iter) = Self::found(self.fs.read_dir(path.as_str()), "listing", &path)? else {
+            return Ok(None);
+        };
+        let mut entries = Vec::new();
+        for entry in iter {
+            let entry = entry.map_err(|e| ext4_error(e, &format!("listing {path}")))?;
+            let name = String::from_utf8_lossy(entry.file_name().as_ref()).into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            // The entry's own inode: no path lookup, and a symlink is not followed.
+            let meta = entry
+                .metadata()
+                .map_err(|e| ext4_error(e, &format!("reading metadata of {path}/{name}")))?;
+            entries.push((name, ext4_meta(&meta)));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(entries))
+    }
 }
 
 // ---------------------------------------------------------------- XFS
@@ -311,6 +360,83 @@ impl XfsFs {
             return Ok(i.clone());
         }
         let out = self.xfs_db(&[format!("inode {ino}"), "print".into(), "bmap".into()])?;
+        let inode = self.parse_inode(ino, &out)?;
+        self.inodes.insert(ino, inode.clone());
+        Ok(inode)
+    }
+
+    /// Reads the inodes `inos` that are not cached yet, many per `xfs_db`
+    /// run: a walk of a whole tree would otherwise start one process per file.
+    fn prefetch(&mut self, inos: &[u64]) -> Result<()> {
+        let missing: Vec<u64> = inos.iter().copied().filter(|i| !self.inodes.contains_key(i)).collect();
+        for chunk in missing.chunks(XFS_BATCH) {
+            let commands: Vec<String> = chunk
+                .iter()
+                .flat_map(|ino| [format!("inode {ino}"), "print".into(), "bmap".into()])
+                .collect();
+            let out = self.xfs_db(&commands)?;
+            // Each inode's `print` starts with its magic number.
+            let mut parts: Vec<String> = Vec::new();
+            for line in out.lines() {
+                if line.starts_with("core.magic") {
+                    parts.push(String::new());
+                }
+                if let Some(part) = parts.last_mut() {
+                    part.push_str(line);
+                    part.push('\n');
+                }
+            }
+            if parts.len() != chunk.len() {
+                // Output that does not split as expected: one run per inode.
+                for &ino in chunk {
+                    self.inode(ino)?;
+                }
+                continue;
+            }
+            for (&ino, text) in chunk.iter().zip(&parts) {
+                let inode = self.parse_inode(ino, text)?;
+                self.inodes.insert(ino, inode);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the directories `dirs` that are not cached yet, many per
+    /// `xfs_db` run; each listing is preceded by its inode's magic number,
+    /// which no `ls` line starts with.
+    fn list_many(&mut self, dirs: &[u64]) -> Result<()> {
+        let missing: Vec<u64> = dirs.iter().copied().filter(|d| !self.dirs.contains_key(d)).collect();
+        for chunk in missing.chunks(XFS_BATCH) {
+            let commands: Vec<String> = chunk
+                .iter()
+                .flat_map(|ino| [format!("inode {ino}"), "print core.magic".into(), "ls".into()])
+                .collect();
+            let out = self.xfs_db(&commands)?;
+            let mut parts: Vec<Vec<(String, u64)>> = Vec::new();
+            for line in out.lines() {
+                if line.starts_with("core.magic") {
+                    parts.push(Vec::new());
+                } else if let (Some(part), Some((name, child))) = (parts.last_mut(), parse_ls_line(line)) {
+                    if name != "." && name != ".." {
+                        part.push((name, child));
+                    }
+                }
+            }
+            if parts.len() != chunk.len() {
+                for &d in chunk {
+                    self.entries(d)?;
+                }
+                continue;
+            }
+            for (&d, part) in chunk.iter().zip(parts) {
+                self.dirs.insert(d, part);
+            }
+        }
+        Ok(())
+    }
+
+    /// An inode from what `xfs_db` printed for `inode N`, `print`, `bmap`.
+    fn parse_inode(&self, ino: u64, out: &str) -> Result<XfsInode> {
         let mut fields = HashMap::new();
         let mut extents = Vec::new();
         let mut local_target = None;
@@ -348,13 +474,11 @@ impl XfsFs {
             size: num("size")?,
             mtime: None,
         };
-        let inode = XfsInode {
+        Ok(XfsInode {
             meta,
             extents,
             local_target,
-        };
-        self.inodes.insert(ino, inode.clone());
-        Ok(inode)
+        })
     }
 
     /// Parses `0 startblock 10 (0/10) count 1 flag 0`.
@@ -562,6 +686,47 @@ impl FsRead for XfsFs {
     fn fs_type(&self) -> FsType {
         FsType::Xfs
     }
+
+    /// Breadth first, a whole level per batch of `xfs_db` runs: about a
+    /// hundred runs for a Debian system rather than one per directory.
+    fn prefetch_tree(&mut self) -> Result<()> {
+        let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut level = vec![self.root];
+        self.prefetch(&level)?;
+        while !level.is_empty() {
+            level.retain(|d| seen.insert(*d));
+            self.list_many(&level)?;
+            let children: Vec<u64> = level
+                .iter()
+                .filter_map(|d| self.dirs.get(d))
+                .flat_map(|entries| entries.iter().map(|(_, i)| *i))
+                .collect();
+            self.prefetch(&children)?;
+            level = children
+                .into_iter()
+                .filter(|i| self.inodes.get(i).is_some_and(|n| n.meta.kind == FileKind::Dir))
+                .collect();
+        }
+        Ok(())
+    }
+
+    fn read_dir_meta(&mut self, path: &str) -> Result<Option<Vec<(String, FileMeta)>>> {
+        let Some(ino) = self.resolve(path, true)? else {
+            return Ok(None);
+        };
+        if self.inode(ino)?.meta.kind != FileKind::Dir {
+            return Ok(None);
+        }
+        let mut children = self.entries(ino)?;
+        let inos: Vec<u64> = children.iter().map(|(_, i)| *i).collect();
+        self.prefetch(&inos)?;
+        children.sort();
+        let mut entries = Vec::with_capacity(children.len());
+        for (name, child) in children {
+            entries.push((name, self.inode(child)?.meta));
+        }
+        Ok(Some(entries))
+    }
 }
 
 #[cfg(test)]
@@ -626,6 +791,24 @@ mod tests {
         );
         assert_eq!(fs.read_file("/nope").unwrap(), None);
         assert_eq!(fs.read_file("/etc/hostname/below").unwrap(), None);
+        // Listing with metadata (after reading the whole tree ahead, as a
+        // walk does): symlinks are not followed, and each entry matches what
+        // a lookup of its own path says.
+        fs.prefetch_tree().unwrap();
+        let listed = fs.read_dir_meta("/usr").unwrap().unwrap();
+        let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["abs-link", "bin"]);
+        assert_eq!(listed[0].1.kind, FileKind::Symlink);
+        assert_eq!(listed[1].1.kind, FileKind::Dir);
+        for (name, meta) in fs.read_dir_meta("/etc").unwrap().unwrap() {
+            assert_eq!(
+                fs.symlink_metadata(&format!("/etc/{name}")).unwrap(),
+                Some(meta),
+                "{name}"
+            );
+        }
+        assert_eq!(fs.read_dir_meta("/etc/hostname").unwrap(), None);
+        assert_eq!(fs.read_dir_meta("/nope").unwrap(), None);
         assert!(fs.read_file("/loop1").is_err());
 
         let m = fs.metadata("/etc/hostname").unwrap().unwrap();

@@ -210,7 +210,14 @@ fn syntax_help(text: &str, message: &str, span: Option<&std::ops::Range<usize>>)
         "missing escaped value" => {
             "write `\\\\` for a backslash in \"…\", or use a literal string in single quotes".to_owned()
         }
-        _ => return None,
+        "invalid float" | "invalid integer" | "invalid number" => {
+            format!("write a plain number ({key} = 1700000000), or quote the value if it is text")
+        }
+        "invalid multi-line basic string" | "invalid multi-line literal string" => {
+            "close the multi-line string with the same three quotes that open it".to_owned()
+        }
+        // Whatever else the parser stops at: where it stopped is marked.
+        _ => "the caret marks where the TOML parser stopped; see https://toml.io for the syntax".to_owned(),
     };
     Some(help)
 }
@@ -262,7 +269,10 @@ fn translate(file: &SourceFile<'_>, spans: &SpanIndex<'_>, e: &toml::de::Error) 
         let found = in_toml_terms(found);
         let key = path.map_or_else(String::new, |p| format!(" for `{}` {}", leaf(p), table_of(p)));
         let value_text = span.as_ref().and_then(|s| file.text.get(s.clone()));
-        let help = path.and_then(|p| type_help(&expected, value_text, p));
+        let help = Some(match path {
+            Some(p) => type_help(&expected, value_text, p),
+            None => format!("write {expected}; `kiln schema` describes every key"),
+        });
         return file.diagnostic(
             DiagnosticKind::WrongType,
             span,
@@ -289,11 +299,16 @@ fn translate(file: &SourceFile<'_>, spans: &SpanIndex<'_>, e: &toml::de::Error) 
         return file.diagnostic(DiagnosticKind::MissingKey, span, message, help);
     }
 
-    file.diagnostic(DiagnosticKind::WrongType, span, message, None)
+    file.diagnostic(
+        DiagnosticKind::WrongType,
+        span,
+        message,
+        Some("`kiln schema` prints what each key takes".to_owned()),
+    )
 }
 
 /// What to write instead of a value of the wrong type at `path`.
-fn type_help(expected: &str, value: Option<&str>, path: &str) -> Option<String> {
+fn type_help(expected: &str, value: Option<&str>, path: &str) -> String {
     let key = leaf(path);
     let v = value.unwrap_or("");
     let quoted = v.len() >= 2 && (v.starts_with('"') && v.ends_with('"') || v.starts_with('\'') && v.ends_with('\''));
@@ -313,9 +328,12 @@ fn type_help(expected: &str, value: Option<&str>, path: &str) -> Option<String> 
         }
         "a non-negative integer" => format!("write a number: {key} = 1"),
         "a table" => format!("write a table: a [{path}] header on its own line, with its keys below it"),
-        _ => return None,
+        "an array" if v.starts_with('[') && !v.starts_with("[[") => {
+            format!("write [[{path}]] (two brackets): each [[{path}]] header adds one entry")
+        }
+        _ => format!("write {expected} for `{key}`; `kiln schema` describes every key"),
     };
-    Some(help)
+    help
 }
 
 /// Splits serde's "`name`, expected `a`, `b` or `c`" into the name and the

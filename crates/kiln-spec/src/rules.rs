@@ -52,10 +52,10 @@ pub(crate) fn image_name(s: &str) -> Rule {
 pub(crate) fn account_name(s: &str) -> Rule {
     let help = "use lower-case letters, digits, `_` and `-`, starting with a letter or `_`";
     let Some(first) = s.chars().next() else {
-        return Err(Problem::new("it is empty"));
+        return Err(Problem::new("it is empty").help(help));
     };
     if s.len() > 32 {
-        return Err(Problem::new("it is longer than 32 characters"));
+        return Err(Problem::new("it is longer than 32 characters").help("shorten it to 32 characters at most"));
     }
     if !(first.is_ascii_lowercase() || first == '_') {
         return Err(Problem::new(format!("it starts with {first:?}")).help(help));
@@ -106,7 +106,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// An absolute, normalised path inside the image, other than `/`.
 pub(crate) fn image_path(s: &str) -> Rule {
     if s.is_empty() {
-        return Err(Problem::new("it is empty"));
+        return Err(Problem::new("it is empty").help("write an absolute path in the image, e.g. \"/etc/motd\""));
     }
     if s.contains('\0') {
         return Err(Problem::new("it contains a NUL byte"));
@@ -124,6 +124,12 @@ pub(crate) fn image_path(s: &str) -> Rule {
     }
     if s != normal {
         return Err(Problem::new("it is not normalised").help(format!("write `{normal}`")));
+    }
+    if let Some(fs) = ["proc", "sys", "dev"].iter().find(|d| parts[0] == **d) {
+        return Err(Problem::new(format!(
+            "/{fs} is a virtual filesystem at run time: what the build writes there is hidden and lost"
+        ))
+        .help("write the file elsewhere (a sysctl or udev rule under /etc, for instance)"));
     }
     Ok(())
 }
@@ -359,7 +365,8 @@ pub(crate) fn bootloader_id(s: &str) -> Rule {
 /// printable ASCII characters.
 pub(crate) fn volume_label(s: &str) -> Rule {
     if s.is_empty() || s.len() > 32 {
-        return Err(Problem::new("it must be 1 to 32 characters"));
+        return Err(Problem::new("it must be 1 to 32 characters")
+            .help("use 1 to 32 printable ASCII characters, e.g. \"KILN-LIVE\""));
     }
     if let Some(c) = first_bad_char(s, |c| c.is_ascii_graphic() || c == ' ') {
         return Err(Problem::new(format!("{c:?} is not allowed")).help("use printable ASCII, e.g. \"KILN-LIVE\""));
@@ -394,10 +401,13 @@ pub(crate) fn console(s: &str) -> Rule {
 /// `name/suite`). A leading `-` would be read as an option.
 pub(crate) fn package(s: &str) -> Rule {
     if s.is_empty() {
-        return Err(Problem::new("it is empty"));
+        return Err(Problem::new("it is empty").help("remove the empty string from the list"));
     }
     if s.starts_with('-') {
-        return Err(Problem::new("it starts with `-`"));
+        return Err(Problem::new("it starts with `-`").help(format!(
+            "write the package name alone (`{}`); to remove a package, list it under [packages] remove",
+            s.trim_start_matches('-')
+        )));
     }
     if s.chars().any(char::is_whitespace) {
         return Err(Problem::new("it contains white space").help("list each package as its own string"));
@@ -407,11 +417,12 @@ pub(crate) fn package(s: &str) -> Rule {
 
 /// A systemd unit name; `ssh` means `ssh.service`, as for systemctl.
 pub(crate) fn unit(s: &str) -> Rule {
+    let help = "write the unit's name as systemctl takes it, e.g. \"ssh\" or \"apt-daily.timer\"";
     if s.is_empty() {
-        return Err(Problem::new("it is empty"));
+        return Err(Problem::new("it is empty").help(help));
     }
     match first_bad_char(s, |c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c)) {
-        Some(c) => Err(Problem::new(format!("{c:?} is not allowed in a unit name"))),
+        Some(c) => Err(Problem::new(format!("{c:?} is not allowed in a unit name")).help(help)),
         None => Ok(()),
     }
 }
@@ -515,7 +526,21 @@ mod tests {
             ("//", Err(("it is the root directory", Some("name a path below `/`")))),
             ("/etc//motd/", Err(("it is not normalised", Some("write `/etc/motd`")))),
             ("/etc/./motd", Err(("it is not normalised", Some("write `/etc/motd`")))),
-            ("", Err(("it is empty", None))),
+            (
+                "",
+                Err((
+                    "it is empty",
+                    Some("write an absolute path in the image, e.g. \"/etc/motd\""),
+                )),
+            ),
+            (
+                "/proc/cmdline",
+                Err((
+                    "/proc is a virtual filesystem at run time: what the build writes there is hidden and lost",
+                    Some("write the file elsewhere (a sysctl or udev rule under /etc, for instance)"),
+                )),
+            ),
+            ("/devices/x", Ok(())),
         ];
         for (s, want) in cases {
             let got = image_path(s).map_err(|p| (p.why, p.help));

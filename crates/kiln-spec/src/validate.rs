@@ -114,6 +114,13 @@ impl Validator<'_, '_> {
             return;
         }
         let span = self.spans.value_or_parent(path);
+        // Every problem says what to do; the few rules without a specific
+        // hint point at the reference.
+        let help = help.or_else(|| {
+            Some(format!(
+                "correct `{path}`; `kiln schema` describes every key and its values"
+            ))
+        });
         self.diagnostics
             .push(self.file.diagnostic(DiagnosticKind::Invalid, span, message, help));
     }
@@ -366,6 +373,24 @@ impl Validator<'_, '_> {
         ] {
             for (i, name) in names.iter().enumerate() {
                 self.check(&format!("packages.{list}[{i}]"), "package", name, rules::package(name));
+            }
+        }
+        for (i, name) in spec.packages.remove.iter().enumerate() {
+            if let Some(j) = spec.packages.install.iter().position(|n| n == name) {
+                self.report(
+                    &format!("packages.remove[{i}]"),
+                    format!("`{name}` is both installed (install[{j}]) and removed"),
+                    Some(format!("keep `{name}` in one of the two lists")),
+                );
+            }
+        }
+        for (i, param) in spec.kernel.cmdline.iter().enumerate() {
+            if param.chars().any(char::is_control) {
+                self.report(
+                    &format!("kernel.cmdline[{i}]"),
+                    format!("kernel parameter {param:?} contains a control character (a newline?)"),
+                    Some("write each parameter as its own string, on one line".into()),
+                );
             }
         }
         if !spec.packages.offline.is_empty() && !matches!(spec.base.distro(), Distro::Debian | Distro::Ubuntu) {
@@ -1212,7 +1237,11 @@ impl Validator<'_, '_> {
                 self.report(
                     &format!("{here}.label"),
                     format!("invalid label `{label}`: {why}"),
-                    None,
+                    Some(if fs.is_none() {
+                        "remove `label` from the BIOS boot partition".to_owned()
+                    } else {
+                        format!("use 1 to {max} printable ASCII characters without spaces or quotes, e.g. \"root\"")
+                    }),
                 );
             }
         }
@@ -1416,7 +1445,7 @@ impl Validator<'_, '_> {
                 Ok(Headroom::Bytes(b)) if b > rule.max => self.report(
                     &format!("{at}.headroom"),
                     format!("headroom `{headroom}` is larger than {}", format_size(rule.max)),
-                    None,
+                    Some("write a smaller headroom, or a percentage such as \"25%\"".into()),
                 ),
                 Ok(_) => {}
             }
@@ -1483,7 +1512,8 @@ impl Validator<'_, '_> {
         }
         let meta = fs::metadata(&real).map_err(|e| Problem::new(format!("cannot be read: {e}")))?;
         if !meta.is_file() {
-            return Err(Problem::new("is not a regular file"));
+            return Err(Problem::new("is not a regular file")
+                .help("name a file; to copy a directory, list each file in its own [[files]] entry"));
         }
         Ok(meta.len())
     }

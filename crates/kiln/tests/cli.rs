@@ -878,3 +878,51 @@ fn ssh_to_an_image_without_an_ssh_server_says_so_and_leaves_nothing_running() {
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
+
+/// A sample of the broken-spec corpus (kiln-spec's tests/fixtures/broken)
+/// through the binary: `kiln plan` and `kiln build` refuse each with exit 2
+/// and the located message with its hint, before doing anything (the
+/// output and cache directories stay empty).
+#[test]
+fn broken_specs_stop_plan_and_build_before_any_work() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-spec/tests/fixtures/broken");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 100, "{} broken specs", files.len());
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = (tmp.path().join("out"), tmp.path().join("cache"));
+    // Every ninth: each kind of problem (syntax, keys, types, paths, users,
+    // targets, URLs) is in the sample.
+    for file in files.iter().step_by(9) {
+        let spec = file.to_str().unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let build = [
+            "build",
+            "--out",
+            out.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            spec,
+        ];
+        for args in [&["plan", "--offline", spec][..], &build[..]] {
+            let o = kiln(args);
+            let t = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{name} {args:?}: {t}");
+            assert!(
+                t.contains("error:") && t.contains(name) && t.contains("help:"),
+                "{name}: {t}"
+            );
+            assert!(!t.contains("panicked"), "{name}: {t}");
+        }
+        for dir in [&out, &cache] {
+            let left: Vec<_> = std::fs::read_dir(dir)
+                .map(|d| d.flatten().collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{name}: {} holds {left:?}", dir.display());
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub mod contract;
 pub mod disk;
 pub mod iso;
 pub mod ovh_byol;
+pub mod security;
 pub mod tar;
 
 use std::collections::BTreeMap;

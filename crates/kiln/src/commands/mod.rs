@@ -124,6 +124,9 @@ fn reporter(plan: &kiln_build::Plan, args: &BuildArgs) -> Arc<dyn kiln_build::Re
 /// checked is a warning.
 fn load_checked(spec: &std::path::Path, offline: bool) -> Result<kiln_spec::LoadedSpec> {
     let loaded = kiln_spec::load(spec)?;
+    for w in kiln_build::targets::security::private_key_warnings(&loaded) {
+        tracing::warn!("{w}");
+    }
     let (catalog, warnings) = kiln_build::names::gather(&loaded, &kiln_build::names::NameSources::host(offline));
     for w in warnings {
         tracing::warn!("{w}");

@@ -39,7 +39,7 @@ const GIB: u64 = 1 << 30;
 const MAX_EBS: u64 = 64 << 40;
 
 /// The rules read from the root filesystem, in order.
-const RULES_ON_ROOT: [(&str, &str); 9] = [
+const RULES_ON_ROOT: [(&str, &str); 8] = [
     ("cloud-init", "cloud-init with the Ec2 datasource first"),
     ("growpart", "growpart and resizefs grow the root at first boot"),
     (
@@ -52,7 +52,6 @@ const RULES_ON_ROOT: [(&str, &str); 9] = [
         "time from the Amazon Time Sync Service (169.254.169.123) only",
     ),
     ("network", "no baked network configuration"),
-    ("passwords", "no password for any account"),
     (
         "default-user",
         "a cloud-init default user with sudo and a locked password",
@@ -104,7 +103,7 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
             Ok(c) => rule(fs, c).unwrap_or_else(|e| fail(format!("could not read the image: {}", chain(&e)))),
             Err(v) => v.clone(),
         };
-    let [cloud, grow, cmdline, initramfs, time, network, passwords, user, ssh] = RULES_ON_ROOT;
+    let [cloud, grow, cmdline, initramfs, time, network, user, ssh] = RULES_ON_ROOT;
     r.push(cloud.0, cloud.1, on_configs(fs, cloud_init_rule));
     r.push(grow.0, grow.1, on_configs(fs, growpart_rule));
     r.push(
@@ -125,7 +124,6 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
     );
     r.push(time.0, time.1, guarded(fs, time_rule));
     r.push(network.0, network.1, guarded(fs, network_rule));
-    r.push(passwords.0, passwords.1, guarded(fs, passwords_rule));
     r.push(user.0, user.1, on_configs(fs, |_, c| Ok(default_user_rule(c))));
     r.push(ssh.0, ssh.1, on_configs(fs, |_, c| Ok(ssh_passwords_rule(c))));
     Ok(results.0)
@@ -495,34 +493,6 @@ fn network_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
         "no network configuration besides lo: cloud-init renders the instance's",
         "instances name their interfaces differently and cloud-init writes theirs from the metadata",
     )
-}
-
-fn passwords_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
-    let Some(shadow) = fs.read_file("/etc/shadow")? else {
-        return Ok(fail("no /etc/shadow: cannot tell whether accounts have passwords"));
-    };
-    let text = String::from_utf8_lossy(&shadow);
-    let mut with_password = Vec::new();
-    let mut accounts = 0;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        accounts += 1;
-        let mut fields = line.split(':');
-        let name = fields.next().unwrap_or_default();
-        let hash = fields.next().unwrap_or_default();
-        if hash.is_empty() {
-            with_password.push(format!("{name} (empty: no password needed)"));
-        } else if !hash.chars().all(|c| c == '!' || c == '*') {
-            with_password.push(name.to_owned());
-        }
-    }
-    Ok(if with_password.is_empty() {
-        pass(format!("{accounts} accounts, none with a password"))
-    } else {
-        fail(format!(
-            "accounts with a password in /etc/shadow: {}; every instance would share it: lock them (`*` or `!`)",
-            with_password.join(", ")
-        ))
-    })
 }
 
 fn default_user_rule(configs: &CloudConfigs) -> Verdict {

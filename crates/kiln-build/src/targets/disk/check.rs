@@ -5,7 +5,8 @@
 //! path of the FAT ESP), since a disk image may be booted under either; a
 //! root filesystem whose fstab names every filesystem of the disk by its
 //! real UUID; a grub.cfg whose kernels exist and whose root= is the root;
-//! and no machine-id or SSH host keys baked in.
+//! no machine-id or SSH host keys baked in; and the security contract
+//! ([`crate::targets::security`]) on the root filesystem.
 //!
 //! Like [`crate::targets::ovh_byol::check`], a rule that cannot be
 //! evaluated FAILs and says why; only I/O errors on the file abort. It
@@ -23,7 +24,7 @@ use kiln_disk::partition::TableKind;
 use kiln_disk::{open_filesystem, DiskImage, ErrorKind, FileKind, FsInfo, FsRead, FsType, Partition};
 
 use crate::targets::contract::{chain, fail, machine_id_rule, pass, ssh_keys_rule, Results, Verdict};
-use crate::targets::{CheckOptions, RuleResult};
+use crate::targets::{security, CheckOptions, RuleResult};
 
 /// One partition and what is on it.
 pub(crate) struct Part {
@@ -169,6 +170,7 @@ pub(crate) fn check_disk(path: &Path) -> Result<DiskCheck> {
         for (id, title) in RULES_ON_ROOT {
             r.push(id, title, fail("not checked: no root filesystem"));
         }
+        security::push_unchecked(&mut r, "no root filesystem", &[]);
         return Ok(done(r, Some(image), parts));
     };
 
@@ -214,6 +216,7 @@ pub(crate) fn check_disk(path: &Path) -> Result<DiskCheck> {
     let fs = filesystems.get_mut(&root).expect("root is open");
     r.push(mid_id, mid_title, guarded(fs.as_mut(), machine_id_rule));
     r.push(ssh_id, ssh_title, guarded(fs.as_mut(), ssh_keys_rule));
+    security::push_rules(fs.as_mut(), &mut r, &[]);
     Ok(DiskCheck {
         results: r,
         root: filesystems.remove(&root),

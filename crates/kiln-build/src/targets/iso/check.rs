@@ -27,6 +27,7 @@ use kiln_disk::{ErrorKind, FileKind, FsRead};
 
 use crate::targets::contract::{chain, fail, machine_id_rule, pass, ssh_keys_rule, Results, Verdict};
 use crate::targets::disk::check::efi_binary_verdict;
+use crate::targets::security;
 use crate::targets::{CheckOptions, RuleResult};
 
 /// Where Debian's live-boot looks for the system, as the iso target lays it out.
@@ -204,6 +205,10 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
                 Err(why) => fail(format!("not checked: {why}")),
             },
         );
+    }
+    match &mut root {
+        Ok(fs) => security::push_rules(fs, &mut r, &[]),
+        Err(why) => security::push_unchecked(&mut r, why, &[]),
     }
     Ok(r.0)
 }

@@ -17,7 +17,7 @@ use kiln_disk::{open_filesystem, DiskImage, ErrorKind, FileKind, Format, FsRead,
 
 use crate::targets::contract::{
     chain, cloud_configs, cloud_init_installed, datasource_names, disabled_by_config, enabled_modules, executable,
-    fail, last_key, machine_id_rule, network_verdict, pass, ssh_keys_rule, Verdict,
+    fail, last_key, machine_id_rule, network_verdict, pass, ssh_keys_rule, Results, Verdict,
 };
 pub use crate::targets::contract::{CheckOptions, RuleResult};
 
@@ -174,6 +174,14 @@ pub fn check_image(path: &Path, opts: &CheckOptions) -> Result<Vec<RuleResult>> 
     ];
     for (id, title, rule) in rules {
         push(id, title, rule(&mut ctx, opts));
+    }
+    let mut security = Results::default();
+    match ctx.fs.as_mut() {
+        Some(fs) => crate::targets::security::push_rules(fs.as_mut(), &mut security, &[]),
+        None => crate::targets::security::push_unchecked(&mut security, &ctx.no_fs, &[]),
+    }
+    for r in security.0 {
+        push(r.id, &r.title, (r.passed, r.reason));
     }
     Ok(results)
 }
@@ -861,7 +869,7 @@ mod tests {
         };
         let r = results(Disk::Qcow2, &opts, |_| {});
         assert_eq!(failed(&r), vec![]);
-        assert_eq!(r.len(), 19, "{r:#?}");
+        assert_eq!(r.len(), 19 + crate::targets::security::RULES.len(), "{r:#?}");
         let efi = r.iter().find(|r| r.id == "efi-bootloader-id").unwrap();
         assert!(efi.reason.contains("matches --bootloader-id debian"), "{}", efi.reason);
     }

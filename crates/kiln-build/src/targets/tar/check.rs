@@ -7,7 +7,9 @@
 //! directories before what they hold, nothing below a symlink, hard links
 //! to files already unpacked, no name twice), a root tree owned by root,
 //! extended attributes and ACLs kept, no disks in fstab, and no baked
-//! machine-id or SSH host keys. It lists what it read: members by type,
+//! machine-id or SSH host keys, and the security contract every image
+//! meets ([`crate::targets::security`], on the members' modes and the
+//! contents kept while streaming). It lists what it read: members by type,
 //! sizes, attributes.
 //!
 //! The tar reader is kiln's own and small (ustar headers, PAX and GNU long
@@ -27,7 +29,8 @@ use anyhow::{Context, Result};
 use crate::targets::contract::{
     fail, machine_id_baked, machine_id_verdict, pass, ssh_keys_verdict, Results, Verdict, MACHINE_ID_PATHS,
 };
-use crate::targets::{CheckOptions, RuleResult};
+use crate::targets::{security, CheckOptions, RuleResult};
+use kiln_disk::{FileKind, FileMeta, FsRead};
 
 /// The rules, in order, for callers that list them.
 pub const RULES: &[(&str, &str)] = &[
@@ -428,6 +431,7 @@ fn parent(path: &str) -> &str {
 struct Entry {
     kind: Kind,
     mode: u32,
+    size: u64,
     uid: u64,
     gid: u64,
     link: String,
@@ -439,6 +443,8 @@ struct Entry {
 struct Listing {
     entries: BTreeMap<String, Entry>,
     kept: BTreeMap<String, Vec<u8>>,
+    /// Bytes in `kept`.
+    kept_bytes: u64,
     counts: BTreeMap<&'static str, u64>,
     bytes: u64,
     bad_paths: Vec<String>,
@@ -524,6 +530,7 @@ impl Listing {
             Entry {
                 kind: m.kind,
                 mode: m.mode,
+                size: m.size,
                 uid: m.uid,
                 gid: m.gid,
                 link: m.link,
@@ -541,7 +548,8 @@ impl Listing {
                 return Some((key.as_str(), e));
             }
             path = if e.link.starts_with('/') {
-                normalise(&e.link).ok()?
+                // An absolute target starts again at the archive's root.
+                normalise(e.link.trim_start_matches('/')).ok()?
             } else {
                 let joined = format!("{}/{}", parent(&path), e.link);
                 // Resolve `..` against the path, as the kernel would.
@@ -603,12 +611,16 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
             break;
         }
         let kept = &mut listing.kept;
+        let kept_bytes = &mut listing.kept_bytes;
         let mut sink = |m: &Member, data: &[u8]| {
             if m.kind != Kind::File || m.size > MAX_KEPT {
                 return;
             }
             if let Ok(p) = normalise(&m.name) {
-                if KEPT.contains(&p.as_str()) {
+                // The security contract's files, within its budget.
+                let secure = *kept_bytes + m.size <= security::SCAN_BUDGET && security::wanted_content(&p, m.size);
+                if KEPT.contains(&p.as_str()) || secure {
+                    *kept_bytes += data.len() as u64;
                     kept.entry(p).or_default().extend_from_slice(data);
                 }
             }
@@ -642,6 +654,7 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
         for (id, _) in &RULES[1..] {
             push(id, fail("no member could be read"));
         }
+        security::push_unchecked(&mut r, "no member could be read", &[]);
         return Ok(r.0);
     }
     push(
@@ -691,8 +704,140 @@ pub fn check(path: &Path, _opts: &CheckOptions) -> Result<Vec<RuleResult>> {
         .map(|p| p["etc/ssh/".len()..].to_owned())
         .collect();
     push("ssh-host-keys", ssh_keys_verdict(&ssh));
+    security::push_rules(&mut ListingFs(&listing), &mut r, &[]);
     Ok(r.0)
 }
+
+/// The archive's tree as a read-only filesystem, for the security contract
+/// that every image meets: the metadata of every member, and the content of
+/// the files kept while streaming ([`security::wanted_content`]); a file
+/// whose content was not kept reads as missing.
+struct ListingFs<'a>(&'a Listing);
+
+impl ListingFs<'_> {
+    fn key(path: &str) -> Option<String> {
+        normalise(path.trim_start_matches('/')).ok()
+    }
+
+    /// A hard link is the file it links to: the header's own mode is not
+    /// what extraction gives it, and the data came with the first member.
+    fn target<'b>(&'b self, key: &str, e: &'b Entry) -> (String, &'b Entry) {
+        if e.kind == Kind::HardLink {
+            if let Some((k, t)) = normalise(&e.link).ok().and_then(|k| self.0.entries.get_key_value(&k)) {
+                return (k.clone(), t);
+            }
+        }
+        (key.to_owned(), e)
+    }
+
+    fn meta(e: &Entry) -> FileMeta {
+        FileMeta {
+            kind: match e.kind {
+                Kind::File | Kind::HardLink => FileKind::File,
+                Kind::Dir => FileKind::Dir,
+                Kind::Symlink => FileKind::Symlink,
+                _ => FileKind::Other,
+            },
+            mode: e.mode & 0o7777,
+            uid: u32::try_from(e.uid).unwrap_or(u32::MAX),
+            gid: u32::try_from(e.gid).unwrap_or(u32::MAX),
+            size: e.size,
+            mtime: None,
+        }
+    }
+}
+
+impl FsRead for ListingFs<'_> {
+    fn read_file(&mut self, path: &str) -> kiln_disk::Result<Option<Vec<u8>>> {
+        let Some(key) = Self::key(path) else { return Ok(None) };
+        let Some((at, e)) = self.0.resolve(&key) else {
+            return Ok(None);
+        };
+        let (at, _) = self.target(at, e);
+        Ok(self.0.kept.get(&at).cloned())
+    }
+
+    fn metadata(&mut self, path: &str) -> kiln_disk::Result<Option<FileMeta>> {
+        let Some(key) = Self::key(path) else { return Ok(None) };
+        if key.is_empty() {
+            return Ok(Some(Self::meta(&ROOT_DIR)));
+        }
+        Ok(self
+            .0
+            .resolve(&key)
+            .map(|(at, e)| self.target(at, e).1)
+            .filter(|e| e.kind != Kind::HardLink)
+            .map(Self::meta))
+    }
+
+    fn symlink_metadata(&mut self, path: &str) -> kiln_disk::Result<Option<FileMeta>> {
+        let Some(key) = Self::key(path) else { return Ok(None) };
+        if key.is_empty() {
+            return Ok(Some(Self::meta(&ROOT_DIR)));
+        }
+        Ok(self
+            .0
+            .entries
+            .get(&key)
+            .map(|e| self.target(&key, e).1)
+            // A hard link to nothing unpacks to nothing (the `unpacks` rule says so).
+            .filter(|e| e.kind != Kind::HardLink)
+            .map(Self::meta))
+    }
+
+    fn read_dir(&mut self, path: &str) -> kiln_disk::Result<Option<Vec<String>>> {
+        let Some(key) = Self::key(path) else { return Ok(None) };
+        let dir = if key.is_empty() {
+            String::new()
+        } else {
+            match self.0.resolve(&key) {
+                Some((at, e)) if e.kind == Kind::Dir => at.to_owned(),
+                _ => return Ok(None),
+            }
+        };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        Ok(Some(
+            self.0
+                .entries
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .filter_map(|(k, _)| k.strip_prefix(&prefix))
+                .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+
+    fn read_link(&mut self, path: &str) -> kiln_disk::Result<Option<String>> {
+        let Some(key) = Self::key(path) else { return Ok(None) };
+        Ok(self
+            .0
+            .entries
+            .get(&key)
+            .filter(|e| e.kind == Kind::Symlink)
+            .map(|e| e.link.clone()))
+    }
+
+    fn fs_type(&self) -> kiln_disk::FsType {
+        // Not a filesystem: no rule asks a tree's type.
+        kiln_disk::FsType::Ext4
+    }
+}
+
+/// The archive's root, which a tar need not hold as a member.
+const ROOT_DIR: Entry = Entry {
+    kind: Kind::Dir,
+    mode: 0o755,
+    size: 0,
+    uid: 0,
+    gid: 0,
+    link: String::new(),
+    xattrs: Vec::new(),
+};
 
 fn root_tree_rule(l: &Listing) -> Verdict {
     let mut missing = Vec::new();

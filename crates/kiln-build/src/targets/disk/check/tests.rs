@@ -74,7 +74,7 @@ fn results(target: &str, mutate: impl FnOnce(&Path), after: impl FnOnce(&Path)) 
 }
 
 /// The disk contract's rules, in order.
-pub(crate) const ALL: [&str; 8] = [
+pub(crate) const ALL: [&str; 13] = [
     "gpt",
     "bios-boot",
     "uefi-boot",
@@ -83,6 +83,11 @@ pub(crate) const ALL: [&str; 8] = [
     "grub-cfg",
     "machine-id",
     "ssh-host-keys",
+    "passwords",
+    "ssh-root-login",
+    "world-writable",
+    "setuid",
+    "secrets",
 ];
 
 #[test]
@@ -141,135 +146,194 @@ fn each_broken_disk_fails_its_rule() {
         })
     };
     let esp = "esp_size = \"36MiB\"\n";
-    let cases: Vec<(&str, &str, Change, Change, &str, &str)> = vec![
+    let chmod = |p: &'static str, text: &'static str, mode: u32| -> Change {
+        Box::new(move |t: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            write(t, p, text);
+            fs::set_permissions(t.join(p.trim_start_matches('/')), fs::Permissions::from_mode(mode)).unwrap();
+        })
+    };
+    // The security contract read through the ext4 reader of a real disk.
+    let security: Vec<(&str, &str, Change, Change, &str, &str)> = vec![
         (
-            "no MBR boot code",
+            "a root password",
             esp,
+            put("/etc/shadow", "root:$6$salt$hash:19000::::::\n".into()),
             none(),
-            zero(0, 440),
-            "bios-boot",
-            "no GRUB boot code",
+            "passwords",
+            "root (a password hash, in /etc/shadow)",
         ),
         (
-            "no core.img",
+            "sshd allowing root by default",
             esp,
-            none(),
-            zero(1 << 20, 512),
-            "bios-boot",
-            "no GRUB core.img",
-        ),
-        (
-            "BIOS only",
-            "esp_size = \"36MiB\"\nfirmware = [\"bios\"]\n",
-            none(),
-            none(),
-            "uefi-boot",
-            "has no EFI/BOOT/BOOTX64.EFI",
-        ),
-        (
-            "UEFI only",
-            "esp_size = \"36MiB\"\nfirmware = [\"uefi\"]\n",
-            none(),
-            none(),
-            "bios-boot",
-            "no GRUB boot code",
-        ),
-        (
-            "fstab names another filesystem",
-            esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
-                let first = text.split_whitespace().next().unwrap().to_owned();
-                write(
-                    t,
-                    "etc/fstab",
-                    &text.replace(&first, "UUID=0badc0de-0000-4000-8000-000000000000"),
-                );
+            Box::new(|t: &Path| {
+                write(t, "/usr/sbin/sshd", "ELF");
+                write(t, "/etc/ssh/sshd_config", "Include /etc/ssh/sshd_config.d/*.conf\n");
             }),
             none(),
-            "fstab",
-            "names no filesystem on this disk",
+            "ssh-root-login",
+            "PermitRootLogin prohibit-password (sshd's default)",
         ),
         (
-            "fstab without the ESP",
+            "a world-writable file",
             esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
-                let kept: String = text
-                    .lines()
-                    .filter(|l| !l.contains("/boot/efi"))
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                write(t, "etc/fstab", &kept);
-            }),
+            chmod("/etc/app.conf", "x", 0o666),
             none(),
-            "fstab",
-            "(EFI System, vfat) is not in fstab",
+            "world-writable",
+            "/etc/app.conf (0666)",
         ),
         (
-            "fstab by device name",
+            "a setuid file no package installed",
             esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
-                write(t, "etc/fstab", &format!("{text}/dev/sdb1 /srv ext4 defaults 0 2\n"));
-            }),
+            chmod("/usr/local/bin/rootsh", "ELF", 0o4755),
             none(),
-            "fstab",
-            "/dev/sdb1, a device name",
+            "setuid",
+            "/usr/local/bin/rootsh",
         ),
         (
-            "no grub.cfg",
+            "a private key in /root",
             esp,
-            Box::new(|t| fs::remove_file(t.join("boot/grub/grub.cfg")).unwrap()),
+            put(
+                "/root/.ssh/id_rsa",
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n".into(),
+            ),
             none(),
-            "grub-cfg",
-            "no /boot/grub/grub.cfg",
-        ),
-        (
-            "grub.cfg with another root",
-            esp,
-            Box::new(|t| {
-                let text = fs::read_to_string(t.join("boot/grub/grub.cfg")).unwrap();
-                let at = text.find("root=UUID=").unwrap() + "root=UUID=".len();
-                let uuid = &text[at..at + 36];
-                write(
-                    t,
-                    "boot/grub/grub.cfg",
-                    &text.replace(
-                        &format!("root=UUID={uuid}"),
-                        "root=UUID=0badc0de-0000-4000-8000-000000000000",
-                    ),
-                );
-            }),
-            none(),
-            "grub-cfg",
-            "root=UUID=0badc0de",
-        ),
-        (
-            "grub.cfg names a missing kernel",
-            esp,
-            Box::new(|t| fs::remove_file(t.join("boot/vmlinuz-6.1.0-18-amd64")).unwrap()),
-            none(),
-            "grub-cfg",
-            "vmlinuz-6.1.0-18-amd64 is missing",
-        ),
-        (
-            "machine-id",
-            esp,
-            put("/etc/machine-id", "0123456789abcdef\n".into()),
-            none(),
-            "machine-id",
-            "/etc/machine-id has content",
-        ),
-        (
-            "ssh host key",
-            esp,
-            put("/etc/ssh/ssh_host_rsa_key", "key".into()),
-            none(),
-            "ssh-host-keys",
-            "ssh_host_rsa_key",
+            "secrets",
+            "/root/.ssh/id_rsa (a private key)",
         ),
     ];
+    let cases: Vec<(&str, &str, Change, Change, &str, &str)> = security
+        .into_iter()
+        .chain(vec![
+            (
+                "no MBR boot code",
+                esp,
+                none(),
+                zero(0, 440),
+                "bios-boot",
+                "no GRUB boot code",
+            ),
+            (
+                "no core.img",
+                esp,
+                none(),
+                zero(1 << 20, 512),
+                "bios-boot",
+                "no GRUB core.img",
+            ),
+            (
+                "BIOS only",
+                "esp_size = \"36MiB\"\nfirmware = [\"bios\"]\n",
+                none(),
+                none(),
+                "uefi-boot",
+                "has no EFI/BOOT/BOOTX64.EFI",
+            ),
+            (
+                "UEFI only",
+                "esp_size = \"36MiB\"\nfirmware = [\"uefi\"]\n",
+                none(),
+                none(),
+                "bios-boot",
+                "no GRUB boot code",
+            ),
+            (
+                "fstab names another filesystem",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
+                    let first = text.split_whitespace().next().unwrap().to_owned();
+                    write(
+                        t,
+                        "etc/fstab",
+                        &text.replace(&first, "UUID=0badc0de-0000-4000-8000-000000000000"),
+                    );
+                }),
+                none(),
+                "fstab",
+                "names no filesystem on this disk",
+            ),
+            (
+                "fstab without the ESP",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
+                    let kept: String = text
+                        .lines()
+                        .filter(|l| !l.contains("/boot/efi"))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    write(t, "etc/fstab", &kept);
+                }),
+                none(),
+                "fstab",
+                "(EFI System, vfat) is not in fstab",
+            ),
+            (
+                "fstab by device name",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("etc/fstab")).unwrap();
+                    write(t, "etc/fstab", &format!("{text}/dev/sdb1 /srv ext4 defaults 0 2\n"));
+                }),
+                none(),
+                "fstab",
+                "/dev/sdb1, a device name",
+            ),
+            (
+                "no grub.cfg",
+                esp,
+                Box::new(|t| fs::remove_file(t.join("boot/grub/grub.cfg")).unwrap()),
+                none(),
+                "grub-cfg",
+                "no /boot/grub/grub.cfg",
+            ),
+            (
+                "grub.cfg with another root",
+                esp,
+                Box::new(|t| {
+                    let text = fs::read_to_string(t.join("boot/grub/grub.cfg")).unwrap();
+                    let at = text.find("root=UUID=").unwrap() + "root=UUID=".len();
+                    let uuid = &text[at..at + 36];
+                    write(
+                        t,
+                        "boot/grub/grub.cfg",
+                        &text.replace(
+                            &format!("root=UUID={uuid}"),
+                            "root=UUID=0badc0de-0000-4000-8000-000000000000",
+                        ),
+                    );
+                }),
+                none(),
+                "grub-cfg",
+                "root=UUID=0badc0de",
+            ),
+            (
+                "grub.cfg names a missing kernel",
+                esp,
+                Box::new(|t| fs::remove_file(t.join("boot/vmlinuz-6.1.0-18-amd64")).unwrap()),
+                none(),
+                "grub-cfg",
+                "vmlinuz-6.1.0-18-amd64 is missing",
+            ),
+            (
+                "machine-id",
+                esp,
+                put("/etc/machine-id", "0123456789abcdef\n".into()),
+                none(),
+                "machine-id",
+                "/etc/machine-id has content",
+            ),
+            (
+                "ssh host key",
+                esp,
+                put("/etc/ssh/ssh_host_rsa_key", "key".into()),
+                none(),
+                "ssh-host-keys",
+                "ssh_host_rsa_key",
+            ),
+        ])
+        .collect();
     let mut problems = Vec::new();
     for (name, target, mutate, after, rule, needle) in cases {
         let r = results(target, mutate, after);

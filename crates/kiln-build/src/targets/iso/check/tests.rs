@@ -174,7 +174,8 @@ fn a_good_live_iso_passes_every_rule() {
     let r = results(Iso::default());
     assert_eq!(failed(&r), vec![]);
     let ids: Vec<&str> = r.iter().map(|r| r.id).collect();
-    let all: Vec<&str> = RULES.iter().map(|(id, _)| *id).collect();
+    let mut all: Vec<&str> = RULES.iter().map(|(id, _)| *id).collect();
+    all.extend(crate::targets::security::RULES.map(|(id, _)| id));
     assert_eq!(ids, all);
     let reason = |id: &str| r.iter().find(|r| r.id == id).unwrap().reason.clone();
     assert!(
@@ -337,7 +338,15 @@ fn each_broken_iso_fails_its_rule() {
             },
             "root-image",
             "is missing",
-            &["machine-id", "ssh-host-keys"],
+            &[
+                "machine-id",
+                "ssh-host-keys",
+                "passwords",
+                "ssh-root-login",
+                "world-writable",
+                "setuid",
+                "secrets",
+            ],
         ),
         (
             "no boot=live",

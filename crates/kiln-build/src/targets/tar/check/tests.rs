@@ -161,7 +161,8 @@ fn a_good_archive_passes_and_is_listed() {
     let results = run(&archive(&good()));
     assert!(failed(&results).is_empty(), "{:#?}", failed(&results));
     let ids: Vec<&str> = results.iter().map(|r| r.id).collect();
-    let all: Vec<&str> = RULES.iter().map(|(id, _)| *id).collect();
+    let mut all: Vec<&str> = RULES.iter().map(|(id, _)| *id).collect();
+    all.extend(crate::targets::security::RULES.map(|(id, _)| id));
     assert_eq!(ids, all);
     let archive = &results[0].reason;
     assert!(
@@ -197,88 +198,132 @@ fn each_fault_is_caught_by_its_rule() {
         pax: vec![("path".into(), format!("./usr/{}", "d/".repeat(80)).into_bytes())],
         ..file("./usr/short", "x")
     });
-    let cases: Vec<(&str, Vec<M>, &str, &str)> = vec![
+    // The security contract on the members' modes and kept contents.
+    let with = |m: M| {
+        let mut members = good();
+        members.push(m);
+        members
+    };
+    let security: Vec<(&str, Vec<M>, &str, &str)> = vec![
         (
-            "a baked machine-id",
-            replace(
-                good(),
-                "./etc/machine-id",
-                file("./etc/machine-id", "0123456789abcdef\n"),
-            ),
-            "machine-id",
-            "/etc/machine-id has content",
-        ),
-        ("baked host keys", ssh, "ssh-host-keys", "ssh_host_ed25519_key"),
-        (
-            "ping without its capability",
-            replace(good(), "./usr/bin/ping", file("./usr/bin/ping", "ELF")),
-            "xattrs",
-            "/usr/bin/ping has neither a file capability nor setuid",
+            "a world-writable file",
+            with(M {
+                mode: 0o666,
+                ..file("./etc/app.conf", "x")
+            }),
+            "world-writable",
+            "/etc/app.conf (0666)",
         ),
         (
-            "a disk in fstab",
-            replace(
-                good(),
-                "./etc/fstab",
-                file(
-                    "./etc/fstab",
-                    "UUID=1234 / ext4 defaults 0 1\nLABEL=data /data ext4 nofail 0 2\n",
-                ),
-            ),
-            "fstab",
-            "mounts UUID=1234 on /",
+            "a setuid file no package installed",
+            with(M {
+                mode: 0o4755,
+                ..file("./usr/bin/rootsh", "ELF")
+            }),
+            "setuid",
+            "/usr/bin/rootsh",
         ),
         (
-            "a tree owned by a user",
-            replace(
-                good(),
-                "./etc/",
-                M {
-                    uid: 1000,
-                    ..dir("./etc/")
-                },
-            ),
-            "owners",
-            "/etc is 1000:1000",
+            "a private key",
+            with(file(
+                "./etc/app.key",
+                "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n",
+            )),
+            "secrets",
+            "/etc/app.key (a private key)",
         ),
         (
-            "no os-release",
-            replace(good(), "./usr/lib/os-release", file("./usr/lib/os-release2", "")),
-            "root-tree",
-            "/etc/os-release",
-        ),
-        (
-            "a member below a symlink",
-            under_symlink,
-            "unpacks",
-            "below the symlink lib",
-        ),
-        ("an absolute name", absolute, "paths", "/etc/shadow (absolute)"),
-        ("a name with ..", dotdot, "paths", "(`..`)"),
-        ("a name twice", twice, "unpacks", "./etc/passwd comes twice"),
-        (
-            "a file before its directory",
-            orphan,
-            "unpacks",
-            "before its directory var/lib",
-        ),
-        (
-            "a hard link to nothing",
-            replace(
-                good(),
-                "./usr/bin/ping4",
-                link("./usr/bin/ping4", b'1', "./usr/bin/pong"),
-            ),
-            "unpacks",
-            "which no member before it is",
-        ),
-        (
-            "a PAX path below a missing directory",
-            long,
-            "unpacks",
-            "before its directory usr/d/d",
+            "a root password",
+            with(file("./etc/shadow", "root:$6$s$h:1::::::\n")),
+            "passwords",
+            "root (a password hash, in /etc/shadow)",
         ),
     ];
+    let cases: Vec<(&str, Vec<M>, &str, &str)> = security
+        .into_iter()
+        .chain(vec![
+            (
+                "a baked machine-id",
+                replace(
+                    good(),
+                    "./etc/machine-id",
+                    file("./etc/machine-id", "0123456789abcdef\n"),
+                ),
+                "machine-id",
+                "/etc/machine-id has content",
+            ),
+            ("baked host keys", ssh, "ssh-host-keys", "ssh_host_ed25519_key"),
+            (
+                "ping without its capability",
+                replace(good(), "./usr/bin/ping", file("./usr/bin/ping", "ELF")),
+                "xattrs",
+                "/usr/bin/ping has neither a file capability nor setuid",
+            ),
+            (
+                "a disk in fstab",
+                replace(
+                    good(),
+                    "./etc/fstab",
+                    file(
+                        "./etc/fstab",
+                        "UUID=1234 / ext4 defaults 0 1\nLABEL=data /data ext4 nofail 0 2\n",
+                    ),
+                ),
+                "fstab",
+                "mounts UUID=1234 on /",
+            ),
+            (
+                "a tree owned by a user",
+                replace(
+                    good(),
+                    "./etc/",
+                    M {
+                        uid: 1000,
+                        ..dir("./etc/")
+                    },
+                ),
+                "owners",
+                "/etc is 1000:1000",
+            ),
+            (
+                "no os-release",
+                replace(good(), "./usr/lib/os-release", file("./usr/lib/os-release2", "")),
+                "root-tree",
+                "/etc/os-release",
+            ),
+            (
+                "a member below a symlink",
+                under_symlink,
+                "unpacks",
+                "below the symlink lib",
+            ),
+            ("an absolute name", absolute, "paths", "/etc/shadow (absolute)"),
+            ("a name with ..", dotdot, "paths", "(`..`)"),
+            ("a name twice", twice, "unpacks", "./etc/passwd comes twice"),
+            (
+                "a file before its directory",
+                orphan,
+                "unpacks",
+                "before its directory var/lib",
+            ),
+            (
+                "a hard link to nothing",
+                replace(
+                    good(),
+                    "./usr/bin/ping4",
+                    link("./usr/bin/ping4", b'1', "./usr/bin/pong"),
+                ),
+                "unpacks",
+                "which no member before it is",
+            ),
+            (
+                "a PAX path below a missing directory",
+                long,
+                "unpacks",
+                "before its directory usr/d/d",
+            ),
+        ])
+        .collect();
     let mut wrong = Vec::new();
     for (name, members, rule, needle) in cases {
         if let Some(w) = wrong_failures(name, &run(&archive(&members)), rule, needle, &[]) {
