@@ -229,12 +229,16 @@ fn builds_and_checks_the_xfs_example() {
     );
 }
 
-/// A spec in a temp dir whose `[[run]]` step fails after printing something.
+/// A spec in a temp dir whose `[[run]]` step fails after printing
+/// something. Its packages are the BYOL example's, so that, built with
+/// [`example_epoch`], its bootstrap is the example's cached one.
 fn failing_spec(dir: &Path) -> PathBuf {
     let spec = dir.join("fail.toml");
     std::fs::write(
         &spec,
-        "[image]\nname = \"fail\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+        "timezone = \"Etc/UTC\"\n[image]\nname = \"fail\"\nversion = \"1\"\n\
+         [base]\ndistro = \"debian\"\nrelease = \"bookworm\"\ncomponents = [\"main\"]\n\
+         [packages]\ninstall = [\"curl\", \"less\", \"vim-tiny\"]\n\
          [[run]]\nname = \"break on purpose\"\nscript = \"echo about to fail\\necho the-reason >&2\\nexit 3\"\n\
          [targets.ovh-byol]\n",
     )
@@ -253,7 +257,12 @@ fn a_failing_run_step_names_the_step_and_leaves_nothing_behind() {
     std::fs::write(out.join("fail-1.qcow2"), "previous build").unwrap();
     let loops_before = loop_devices();
 
-    let res = run(kiln().arg("build").arg("--out").arg(&out).arg(&spec));
+    let res = run(kiln()
+        .env("SOURCE_DATE_EPOCH", example_epoch())
+        .arg("build")
+        .arg("--out")
+        .arg(&out)
+        .arg(&spec));
     let msg = text(&res);
     // 3: the run failed (2 would say that nothing ran).
     assert_eq!(res.status.code(), Some(3), "{msg}");
@@ -284,7 +293,7 @@ fn sigint_during_bootstrap_cleans_up() {
     let out = dir.path().join("out");
     let loops_before = loop_devices();
 
-    // --no-cache: the failing test above may have cached this bootstrap.
+    // --no-cache: a real bootstrap even when the example's is cached.
     let mut child = kiln()
         .args(["build", "--no-cache", "--log-format", "json", "--out"])
         .arg(&out)

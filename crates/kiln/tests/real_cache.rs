@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use common::{example, kiln, repo_root, run, text};
+use common::{example, example_epoch, kiln, repo_root, run, text};
 
 /// A copy of the example BYOL spec in `dir`, so its files can be edited.
 fn spec_copy(dir: &Path) -> PathBuf {
@@ -254,15 +254,7 @@ fn release_builds_are_versioned_and_recorded() {
     let head = git(&["rev-parse", "HEAD"]);
     // The examples' epoch, so that every stage before the target's is the
     // one the other slow tests built from the example.
-    let epoch = run(common::tool("git").arg("-C").arg(repo_root().join("examples")).args([
-        "log",
-        "-1",
-        "--format=%ct",
-        "--",
-        ".",
-    ]));
-    let epoch = String::from_utf8_lossy(&epoch.stdout).trim().to_owned();
-    assert!(!epoch.is_empty(), "the examples have no commit time");
+    let epoch = example_epoch();
     // The outputs live inside the repository, untracked: they do not count.
     // An earlier release is on record.
     let out = repo.join("out");

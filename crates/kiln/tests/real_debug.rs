@@ -18,17 +18,6 @@ use common::*;
 
 const EXAMPLE: &str = "debian-12-ovh-byol.toml";
 
-/// The SOURCE_DATE_EPOCH kiln plans the example with.
-fn example_epoch() -> String {
-    let out = run(kiln().args(["plan", "--json", "--offline"]).arg(example(EXAMPLE)));
-    assert!(out.status.success(), "{}", text(&out));
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    plan["source_date_epoch"]
-        .as_u64()
-        .expect("the example has a SOURCE_DATE_EPOCH")
-        .to_string()
-}
-
 /// A spec sharing the example's bootstrap whose second `[[run]]` step
 /// fails after the first one left a mark.
 fn failing_spec(dir: &Path) -> PathBuf {

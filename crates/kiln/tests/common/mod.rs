@@ -78,3 +78,18 @@ pub fn example_image(spec: &str, image: &str) -> PathBuf {
     }
     out.join(image)
 }
+
+/// The SOURCE_DATE_EPOCH kiln plans the BYOL example with. A test spec
+/// built on it, with the example's packages, shares the example's cached
+/// bootstrap instead of storing another ~1 GiB tree.
+pub fn example_epoch() -> String {
+    let out = run(kiln()
+        .args(["plan", "--json", "--offline"])
+        .arg(example("debian-12-ovh-byol.toml")));
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    plan["source_date_epoch"]
+        .as_u64()
+        .expect("the example has a SOURCE_DATE_EPOCH")
+        .to_string()
+}
