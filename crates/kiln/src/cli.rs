@@ -209,6 +209,11 @@ pub struct BuildArgs {
     /// Threads for image compression [default: one per CPU].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// After the build (whether it succeeded or not), trim the stage cache to
+    /// SIZE, e.g. 20GiB, least recently used entries first, as `kiln cache gc`
+    /// does; the entries this build used are the last to go [default: no limit].
+    #[arg(long, value_parser = parse_size, env = "KILN_CACHE_MAX_SIZE", value_name = "SIZE")]
+    pub cache_max_size: Option<u64>,
     /// Build release VERSION (semantic versioning, e.g. 1.2.0): it replaces
     /// [image] version in every artifact, the build must come from a clean
     /// git tree, and DIR/releases.json gains an entry (version, commit,

@@ -926,3 +926,52 @@ fn broken_specs_stop_plan_and_build_before_any_work() {
         }
     }
 }
+
+/// `kiln build --cache-max-size` (or `KILN_CACHE_MAX_SIZE`) trims the stage
+/// cache after the build, a failed one too: here the build fails at once
+/// (its output directory is a file), and only the trimming is at work.
+#[test]
+fn cache_max_size_trims_the_cache_after_a_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_dir = tmp.path().join("cache");
+    let cache = kiln_build::cache::Cache::open(&cache_dir).unwrap();
+    for name in ["one", "two"] {
+        let key = kiln_build::hash::Hasher::new("cli test").str("entry", name).finish();
+        let src = tmp.path().join(name);
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("data"), vec![b'x'; 1 << 20]).unwrap();
+        let mut pending = cache.begin(&key, "customise", "cli-test").unwrap();
+        pending.adopt("layer", &src).unwrap();
+        pending.commit(serde_json::json!({})).unwrap();
+    }
+    let entries = || cache.list().unwrap().len();
+    assert_eq!(entries(), 2);
+    let not_a_dir = tmp.path().join("out");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    let build = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = command(&["build", "--cache-dir", cache_dir.to_str().unwrap()]);
+        cmd.args(extra).arg("--out").arg(&not_a_dir).arg(&spec);
+        if let Some(v) = env {
+            cmd.env("KILN_CACHE_MAX_SIZE", v);
+        }
+        cmd.output().unwrap()
+    };
+
+    // Under the limit: nothing goes.
+    let out = build(&["--cache-max-size", "10GiB"], None);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(entries(), 2, "{}", text(&out));
+    // 1.5 MiB from the environment: the least recently used of the two goes.
+    let out = build(&[], Some("1536KiB"));
+    assert_eq!(entries(), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("cache: removed 1 least recently used entries"),
+        "{}",
+        text(&out)
+    );
+    // A bad size is a usage error before any work.
+    let out = build(&["--cache-max-size", "lots"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(entries(), 1);
+}

@@ -93,6 +93,26 @@ pub(crate) fn run(cmd: CacheCommand) -> Result<Exit> {
     }
 }
 
+/// `kiln build --cache-max-size`: trims the cache after a build. A failure
+/// to trim is a warning; the build's own result stands.
+pub(crate) fn trim(dir: &std::path::Path, max_size: u64) {
+    let trimmed = Cache::open(dir.to_path_buf()).and_then(|cache| cache.gc(max_size));
+    match trimmed {
+        Ok((removed, left)) if !removed.is_empty() => {
+            let freed: u64 = removed.iter().map(|l| l.entry.size()).sum();
+            tracing::info!(
+                "cache: removed {} least recently used entries ({}) to stay under {}; {} left",
+                removed.len(),
+                human(freed),
+                human(max_size),
+                human(left)
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("warning: trimming the stage cache in {}: {e:#}", dir.display()),
+    }
+}
+
 fn open(dir: &CacheDirArg) -> Result<Cache> {
     Cache::open(dir.cache_dir.clone().unwrap_or_else(kiln_build::cache::default_dir))
 }

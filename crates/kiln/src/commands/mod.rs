@@ -85,11 +85,26 @@ fn build(args: BuildArgs) -> Result<Exit> {
     if plan.source_date_epoch.is_none() && args.log_format == LogFormat::Human {
         tracing::info!("note: SOURCE_DATE_EPOCH: {}", plan.source_date_epoch_origin);
     }
-    if args.verify_reproducible {
-        return reproducible::verify(&plan, &opts, &args, started);
+    let result = if args.verify_reproducible {
+        reproducible::verify(&plan, &opts, &args, started)
+    } else {
+        build_once(&plan, &opts, &args, release, started)
+    };
+    if let Some(max) = args.cache_max_size {
+        cache::trim(&opts.cache_dir, max);
     }
-    let reporter = reporter(&plan, &args);
-    let result = kiln_build::build(&plan, &opts, Arc::clone(&reporter));
+    result
+}
+
+fn build_once(
+    plan: &kiln_build::Plan,
+    opts: &kiln_build::BuildOptions,
+    args: &BuildArgs,
+    release: Option<Option<kiln_build::release::Tree>>,
+    started: Instant,
+) -> Result<Exit> {
+    let reporter = reporter(plan, args);
+    let result = kiln_build::build(plan, opts, Arc::clone(&reporter));
     progress::finish(args.log_format, result.is_ok(), started.elapsed());
     let output = result?;
     let record = match &release {

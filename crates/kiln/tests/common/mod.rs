@@ -11,6 +11,10 @@ pub fn kiln() -> Command {
     c.stdin(Stdio::null());
     // One cache (the rescue system) for every slow test of the run.
     c.env("KILN_CACHE_DIR", repo_root().join("target/tmp/cache"));
+    // The examples' trees would hold about 10 GiB by the end of the run:
+    // keep the most recently used (the BYOL example's, which most tests
+    // share) and let the rest go, on a disk that the run shares.
+    c.env("KILN_CACHE_MAX_SIZE", "6GiB");
     c
 }
 
