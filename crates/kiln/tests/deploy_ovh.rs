@@ -394,7 +394,9 @@ fn the_installer_downloads_the_image_from_kiln_serve_and_checks_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let image: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let image: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     std::fs::write(out.join("debian-12-byol-1.0.0.qcow2"), &image).unwrap();
     let sha = hex::encode(sha2::Sha512::digest(&image));
     let served = Served::start(&out, &["--auth", "user:pass"], &dir.path().join("serve.log"));
@@ -403,8 +405,17 @@ fn the_installer_downloads_the_image_from_kiln_serve_and_checks_it() {
     assert!(served.stdout.iter().any(|l| l.contains(good)), "{:?}", served.stdout);
     let run = |fake: &Fake, header: &str| {
         let argv = [
-            "deploy", "ovh", SERVICE, "--manifest", "manifest.json", "--image-url", &url,
-            "--http-header", header, "--poll-interval", "1",
+            "deploy",
+            "ovh",
+            SERVICE,
+            "--manifest",
+            "manifest.json",
+            "--image-url",
+            &url,
+            "--http-header",
+            header,
+            "--poll-interval",
+            "1",
         ];
         let out = kiln(dir.path(), &fake.base, &argv);
         (out.status.code(), text(&out))
@@ -420,7 +431,10 @@ fn the_installer_downloads_the_image_from_kiln_serve_and_checks_it() {
     let d = st.download.clone().expect("the fake downloaded nothing");
     assert_eq!(d.error, None);
     assert_eq!(d.url, url);
-    assert_eq!(d.headers, [("Authorization".to_owned(), "Basic dXNlcjpwYXNz".to_owned())]);
+    assert_eq!(
+        d.headers,
+        [("Authorization".to_owned(), "Basic dXNlcjpwYXNz".to_owned())]
+    );
     assert_eq!(d.bytes, image.len() as u64);
     assert_eq!(d.checksum.as_deref(), Some(sha.as_str()));
     drop(st);
@@ -438,11 +452,15 @@ fn the_installer_downloads_the_image_from_kiln_serve_and_checks_it() {
     let (code, all) = run(&fake, good);
     assert_eq!(code, Some(1), "{all}");
     assert!(all.contains("FAILED at step 10/17 \"Checking image\""), "{all}");
-    assert!(all.contains(&format!("sha512 checksum {sha} is not imageCheckSum")), "{all}");
+    assert!(
+        all.contains(&format!("sha512 checksum {sha} is not imageCheckSum")),
+        "{all}"
+    );
 
     let log = served.stop();
     assert_eq!(
-        log.matches(&format!("\"GET /debian-12-byol-1.0.0.qcow2\" 200 {}", image.len())).count(),
+        log.matches(&format!("\"GET /debian-12-byol-1.0.0.qcow2\" 200 {}", image.len()))
+            .count(),
         2,
         "{log}"
     );

@@ -161,7 +161,10 @@ fn deploy_through_serve_and_the_api(image: &Path) {
     let d = st.download.clone().expect("the fake's installer downloaded nothing");
     assert_eq!(d.error, None);
     assert_eq!(d.url, url);
-    assert_eq!(d.headers, [("Authorization".to_owned(), "Basic dXNlcjpwYXNz".to_owned())]);
+    assert_eq!(
+        d.headers,
+        [("Authorization".to_owned(), "Basic dXNlcjpwYXNz".to_owned())]
+    );
     assert_eq!(d.bytes, size, "not the whole image");
     assert_eq!(d.checksum.as_deref(), Some(sha512.as_str()));
     drop(st);

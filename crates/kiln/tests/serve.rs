@@ -5,7 +5,6 @@
 //! path traversal, a symlink out of the directory, unknown files). Needs
 //! no root: part of `cargo test`, skipped without curl (failing under CI).
 
-
 use sha2::{Digest, Sha512};
 
 mod common;

@@ -207,7 +207,14 @@ fn step_list(done: usize, failed: Option<(usize, &str)>) -> Value {
     json!({"elapsedTime": done * 30, "progress": steps})
 }
 
-fn answer(scenario: Scenario, fetch: bool, base: &str, req: &tiny_http::Request, body: &str, st: &mut State) -> (u16, Value) {
+fn answer(
+    scenario: Scenario,
+    fetch: bool,
+    base: &str,
+    req: &tiny_http::Request,
+    body: &str,
+    st: &mut State,
+) -> (u16, Value) {
     let method = req.method().as_str().to_owned();
     let path = req.url().to_owned();
     st.requests.push(format!("{method} {path}"));
@@ -322,8 +329,7 @@ fn answer(scenario: Scenario, fetch: bool, base: &str, req: &tiny_http::Request,
     }
 }
 
-
-/// Step 9 and 10 of OVH's installer: download `imageURL` with the body's
+/// Steps 9 and 10 of OVH's installer: download `imageURL` with the body's
 /// `httpHeaders`, hashing the bytes as they come, and compare the digest
 /// with `imageCheckSum`. The failure, if any, is (step, error).
 fn fetch_image(body: &Value) -> (Download, Option<(usize, String)>) {
@@ -337,25 +343,18 @@ fn fetch_image(body: &Value) -> (Download, Option<(usize, String)>) {
                 .collect()
         })
         .unwrap_or_default();
+    let mut d = Download {
+        url: url.clone(),
+        headers: headers.clone(),
+        ..Download::default()
+    };
     let kind = c["imageCheckSumType"].as_str().unwrap_or("sha512");
     let mut hasher: Box<dyn sha2::digest::DynDigest> = match kind {
         "md5" => Box::new(md5::Md5::new()),
         "sha1" => Box::new(Sha1::new()),
         "sha256" => Box::new(sha2::Sha256::new()),
         "sha512" => Box::new(sha2::Sha512::new()),
-        other => {
-            let d = Download {
-                url,
-                headers,
-                ..Download::default()
-            };
-            return (d, Some((10, format!("unknown imageCheckSumType {other}"))));
-        }
-    };
-    let mut d = Download {
-        url: url.clone(),
-        headers: headers.clone(),
-        ..Download::default()
+        other => return (d, Some((10, format!("unknown imageCheckSumType {other}")))),
     };
     // 127.0.0.1 directly, whatever proxy the environment names.
     let agent = ureq::Agent::config_builder().proxy(None).build().new_agent();
@@ -390,7 +389,10 @@ fn fetch_image(body: &Value) -> (Download, Option<(usize, String)>) {
     if !got.eq_ignore_ascii_case(want) {
         return (
             d,
-            Some((10, format!("the image's {kind} checksum {got} is not imageCheckSum {want}"))),
+            Some((
+                10,
+                format!("the image's {kind} checksum {got} is not imageCheckSum {want}"),
+            )),
         );
     }
     (d, None)
