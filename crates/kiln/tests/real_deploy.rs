@@ -9,6 +9,8 @@
 //! hosted by `kiln serve` and installed with `kiln deploy ovh` through the
 //! fake OVH API (tests/fake_ovh), whose installer downloads the image from
 //! the server with the header and checks its SHA-512, as OVH's does.
+//! The same artifact is then pushed with `kiln publish oci` to a local
+//! docker-registry and pulled back with `kiln pull`, byte for byte.
 
 use std::path::{Path, PathBuf};
 
@@ -108,6 +110,31 @@ fn replay_bios_raid1_boots_and_passes_the_verdict() {
     assert!(out.status.success(), "kiln check refused the example:\n{}", text(&out));
     assert_replay_passes("bios");
     deploy_through_serve_and_the_api(&image);
+    publish_and_pull_back(&image);
+}
+
+/// The other way to host it: `kiln publish oci` to a docker-registry on
+/// 127.0.0.1 and `kiln pull` back, the same bytes (a few seconds).
+fn publish_and_pull_back(image: &Path) {
+    if !kiln_exec::testing::require_tool_or_skip("docker-registry") {
+        return;
+    }
+    let registry = Registry::start(false);
+    let reference = registry.reference("1.0.0");
+    let out = run(kiln()
+        .args(["publish", "oci"])
+        .arg(image)
+        .args([&reference, "--plain-http"]));
+    assert!(out.status.success(), "{}\n{}", text(&out), registry.log());
+    let work = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let out = run(kiln().args(["pull", &reference, "--plain-http", "-o"]).arg(work.path()));
+    assert!(out.status.success(), "{}\n{}", text(&out), registry.log());
+    let out_dir = image.parent().unwrap();
+    let name = image.file_name().unwrap().to_str().unwrap();
+    for file in [name.to_owned(), format!("{name}.sha512"), "manifest.json".to_owned()] {
+        let cmp = run(tool("cmp").arg(out_dir.join(&file)).arg(work.path().join(&file)));
+        assert!(cmp.status.success(), "{file} pulled back differs: {}", text(&cmp));
+    }
 }
 
 /// `kiln serve` hosts the build's output with a password, and `kiln deploy
