@@ -1,5 +1,5 @@
 //! Fast tests of `kiln deploy ovh SERVICE_NAME` against a fake OVH API on
-//! 127.0.0.1 (tiny_http, in this file). The fake's clock runs 1000 s ahead
+//! 127.0.0.1 (tiny_http, in tests/fake_ovh). The fake's clock runs 1000 s ahead
 //! of this machine's, so only a client that takes the API's time from
 //! `GET /auth/time` signs acceptable requests; it recomputes every
 //! signature itself (its own SHA-1 of secret, consumer key, method, full
@@ -13,281 +13,27 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
-use sha1::{Digest, Sha1};
+use serde_json::json;
 
-const AK: &str = "fakeApplicationKey";
-const AS: &str = "fakeApplicationSecret-0123456789";
-const CK: &str = "fakeConsumerKey-0123456789abcdef";
-const SERVICE: &str = "ns1234567.ip-1-2-3.eu";
-const HEADER_SECRET: &str = "Basic c2VjcmV0LXVzZXI6c2VjcmV0LXBhc3M=";
-/// The fake API's clock minus this machine's.
-const SKEW: i64 = 1000;
-const TASK: u64 = 4242;
-
-const STEPS: [&str; 17] = [
-    "Preparing installation",
-    "Checking hardware",
-    "Cleaning disks",
-    "Setting up hardware RAID",
-    "Setting up partitions",
-    "Setting up software RAID",
-    "Formatting partitions",
-    "Creating config drive",
-    "Downloading image",
-    "Checking image",
-    "Mounting image",
-    "Deploying image",
-    "Writing fstab",
-    "Setting up bootloader",
-    "Running BYOLinux Configure",
-    "Cleaning up",
-    "Rebooting",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Scenario {
-    Success,
-    /// make_image_bootable.sh fails: step 15 ends in error.
-    FailAt15,
-    /// A task is already running: the POST gets 409.
-    Busy,
-    /// The consumer key lacks POST /dedicated/server/*/reinstall.
-    Forbidden,
-    /// The first N POSTs get 503.
-    Flaky(usize),
-    /// byolinux_64 is not among the server's templates.
-    NotByolinux,
-    /// The consumer key has expired: every signed call is refused.
-    Expired,
-}
-
-#[derive(Default)]
-struct State {
-    /// Method and path of every request.
-    requests: Vec<String>,
-    /// Every signature or schema check that failed.
-    problems: Vec<String>,
-    bodies: Vec<Value>,
-    posts: usize,
-    /// install/status polls since the POST.
-    polls: usize,
-}
-
-struct Fake {
-    server: Arc<tiny_http::Server>,
-    base: String,
-    state: Arc<Mutex<State>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-impl Fake {
-    fn start(scenario: Scenario) -> Fake {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let base = format!("http://{}/1.0", server.server_addr().to_ip().unwrap());
-        let state = Arc::new(Mutex::new(State::default()));
-        let (s, st, b) = (Arc::clone(&server), Arc::clone(&state), base.clone());
-        let thread = std::thread::spawn(move || {
-            while let Ok(mut req) = s.recv() {
-                let mut body = String::new();
-                let _ = req.as_reader().read_to_string(&mut body);
-                let (status, answer) = answer(scenario, &b, &req, &body, &mut st.lock().unwrap());
-                let resp = tiny_http::Response::from_string(answer.to_string())
-                    .with_status_code(status)
-                    .with_header("Content-Type: application/json".parse::<tiny_http::Header>().unwrap());
-                let _ = req.respond(resp);
-            }
-        });
-        Fake {
-            server,
-            base,
-            state,
-            thread: Some(thread),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap()
-    }
-}
-
-fn header(req: &tiny_http::Request, name: &'static str) -> Option<String> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_owned())
-}
-
-/// The fake's own check of a request's signature.
-fn check_signature(base: &str, req: &tiny_http::Request, body: &str) -> Result<(), String> {
-    let path = req.url();
-    let ak = header(req, "X-Ovh-Application").ok_or("no X-Ovh-Application")?;
-    let ck = header(req, "X-Ovh-Consumer").ok_or("no X-Ovh-Consumer")?;
-    let ts = header(req, "X-Ovh-Timestamp").ok_or("no X-Ovh-Timestamp")?;
-    let sig = header(req, "X-Ovh-Signature").ok_or("no X-Ovh-Signature")?;
-    if ak != AK || ck != CK {
-        return Err(format!("{path}: unknown keys {ak}/{ck}"));
-    }
-    let t: i64 = ts.parse().map_err(|_| format!("{path}: timestamp {ts:?}"))?;
-    if (t - (now() + SKEW)).abs() > 10 {
-        return Err(format!("{path}: timestamp {t} is not the API's time"));
-    }
-    let url = format!("{base}{}", path.trim_start_matches("/1.0"));
-    let text = format!("{AS}+{CK}+{}+{url}+{body}+{ts}", req.method().as_str().to_uppercase());
-    let want = format!("$1${}", hex::encode(Sha1::digest(text.as_bytes())));
-    if sig != want {
-        return Err(format!("{path}: signature {sig} is not {want}"));
-    }
-    Ok(())
-}
-
-fn step_list(done: usize, failed_at: Option<usize>) -> Value {
-    let steps: Vec<Value> = STEPS
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let n = i + 1;
-            let (status, error) = match failed_at {
-                Some(f) if n == f => ("error", Some("make_image_bootable.sh exited with status 1")),
-                _ if n <= done => ("done", None),
-                _ if n == done + 1 && failed_at.is_none() => ("doing", None),
-                _ => ("todo", None),
-            };
-            json!({"comment": name, "status": status, "error": error})
-        })
-        .collect();
-    json!({"elapsedTime": done * 30, "progress": steps})
-}
-
-fn answer(scenario: Scenario, base: &str, req: &tiny_http::Request, body: &str, st: &mut State) -> (u16, Value) {
-    let method = req.method().as_str().to_owned();
-    let path = req.url().to_owned();
-    st.requests.push(format!("{method} {path}"));
-    if path == "/1.0/auth/time" {
-        return (200, json!(now() + SKEW));
-    }
-    if let Err(e) = check_signature(base, req, body) {
-        st.problems.push(e);
-        return (
-            400,
-            json!({"errorCode": "INVALID_SIGNATURE", "message": "Invalid signature"}),
-        );
-    }
-    if scenario == Scenario::Expired {
-        return (
-            403,
-            json!({"errorCode": "INVALID_CREDENTIAL", "httpCode": "403 Forbidden", "message": "This credential is not valid"}),
-        );
-    }
-    let server = format!("/1.0/dedicated/server/{SERVICE}");
-    let Some(rest) = path.strip_prefix(&server) else {
-        return (
-            404,
-            json!({"class": "Client::NotFound", "message": "The requested object does not exist"}),
-        );
-    };
-    match (method.as_str(), rest) {
-        ("GET", "/install/compatibleTemplates") => {
-            let mut ovh = vec!["debian12_64", "byoi_64"];
-            if scenario != Scenario::NotByolinux {
-                ovh.push("byolinux_64");
-            }
-            (200, json!({"ovh": ovh, "personal": []}))
-        }
-        ("POST", "/reinstall") => {
-            st.posts += 1;
-            let parsed: Value = match serde_json::from_str(body) {
-                Ok(v) => v,
-                Err(e) => {
-                    st.problems.push(format!("POST body is not JSON: {e}"));
-                    return (400, json!({"class": "Client::BadRequest", "message": "not JSON"}));
-                }
-            };
-            let violations = kiln_deploy::ovh::api::schema::Schemas::reinstall()
-                .validate(kiln_deploy::ovh::api::schema::REINSTALL, &parsed);
-            if !violations.is_empty() {
-                st.problems.push(format!("POST body breaks the schema: {violations:?}"));
-                return (
-                    400,
-                    json!({"class": "Client::BadRequest::CustomizationInvalidFormat", "message": "invalid"}),
-                );
-            }
-            st.bodies.push(parsed);
-            match scenario {
-                Scenario::Busy => (
-                    409,
-                    json!({"class": "Client::Conflict::TaskAlreadyExists", "message": "A reinstallServer task is already running"}),
-                ),
-                Scenario::Forbidden => (
-                    403,
-                    json!({"errorCode": "NOT_GRANTED_CALL", "httpCode": "403 Forbidden", "message": "This call has not been granted"}),
-                ),
-                Scenario::Flaky(n) if st.posts <= n => (503, json!({"message": "Service Unavailable"})),
-                _ => (
-                    200,
-                    json!({"taskId": TASK, "function": "reinstallServer", "status": "init",
-                           "comment": "Start bare metal OS installation", "startDate": "2026-12-07T04:00:00Z", "doneDate": null}),
-                ),
-            }
-        }
-        ("GET", "/install/status") => {
-            if st.posts == 0 {
-                return (
-                    404,
-                    json!({"class": "Client::NotFound", "message": "No installation in progress"}),
-                );
-            }
-            st.polls += 1;
-            let done = (st.polls * 6).min(17);
-            match scenario {
-                Scenario::FailAt15 if done >= 15 => (200, step_list(14, Some(15))),
-                _ => (200, step_list(done, None)),
-            }
-        }
-        ("GET", p) if p == format!("/task/{TASK}") => {
-            let done = (st.polls * 6).min(17);
-            let status = match scenario {
-                Scenario::FailAt15 if done >= 15 => "customerError",
-                _ if st.polls == 0 => "init",
-                _ if done >= 17 => "done",
-                _ => "doing",
-            };
-            (
-                200,
-                json!({"taskId": TASK, "function": "reinstallServer", "status": status, "comment": null}),
-            )
-        }
-        _ => (
-            404,
-            json!({"class": "Client::NotFound", "message": format!("no route {method} {path}")}),
-        ),
-    }
-}
+mod common;
+mod fake_ovh;
+use common::Served;
+use fake_ovh::*;
 
 /// A build manifest as an ovh-byol build writes it.
 fn manifest(dir: &Path) -> std::path::PathBuf {
+    manifest_with(dir, &"ab".repeat(64))
+}
+
+/// The same, with the image's SHA-512 `sha512`.
+fn manifest_with(dir: &Path, sha512: &str) -> std::path::PathBuf {
     let m = json!({
         "manifestVersion": 1,
         "name": "debian-12-byol",
         "version": "1.0.0",
         "efiBootloaderPath": "\\efi\\debian\\grubx64.efi",
-        "ovhReinstall": kiln_build::manifest::ovh_reinstall_template("\\efi\\debian\\grubx64.efi", &"ab".repeat(64), "debian-12-byol-1.0.0.qcow2"),
+        "ovhReinstall": kiln_build::manifest::ovh_reinstall_template("\\efi\\debian\\grubx64.efi", sha512, "debian-12-byol-1.0.0.qcow2"),
     });
     let p = dir.join("manifest.json");
     std::fs::write(&p, serde_json::to_string_pretty(&m).unwrap()).unwrap();
@@ -636,4 +382,87 @@ fn invalid_bodies_and_dry_runs_send_nothing() {
     );
     assert_no_secret(&all);
     assert!(fake.state().requests.is_empty(), "{:?}", fake.state().requests);
+}
+
+/// With fetching on, the fake's step 9 downloads `imageURL` from `kiln
+/// serve` with the `httpHeaders` and step 10 checks the manifest's SHA-512:
+/// the right header and checksum install; a wrong header fails step 9 and a
+/// wrong checksum step 10, each named with OVH's step name.
+#[test]
+fn the_installer_downloads_the_image_from_kiln_serve_and_checks_it() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let image: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(out.join("debian-12-byol-1.0.0.qcow2"), &image).unwrap();
+    let sha = hex::encode(sha2::Sha512::digest(&image));
+    let served = Served::start(&out, &["--auth", "user:pass"], &dir.path().join("serve.log"));
+    let url = served.url("/debian-12-byol-1.0.0.qcow2");
+    let good = "Authorization: Basic dXNlcjpwYXNz"; // user:pass
+    assert!(served.stdout.iter().any(|l| l.contains(good)), "{:?}", served.stdout);
+    let run = |fake: &Fake, header: &str| {
+        let argv = [
+            "deploy",
+            "ovh",
+            SERVICE,
+            "--manifest",
+            "manifest.json",
+            "--image-url",
+            &url,
+            "--http-header",
+            header,
+            "--poll-interval",
+            "1",
+        ];
+        let out = kiln(dir.path(), &fake.base, &argv);
+        (out.status.code(), text(&out))
+    };
+
+    manifest_with(dir.path(), &sha);
+    let fake = Fake::start_fetching(Scenario::Success);
+    let (code, all) = run(&fake, good);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("step 10/17 done   Checking image"), "{all}");
+    let st = fake.state();
+    assert!(st.problems.is_empty(), "{:?}", st.problems);
+    let d = st.download.clone().expect("the fake downloaded nothing");
+    assert_eq!(d.error, None);
+    assert_eq!(d.url, url);
+    assert_eq!(
+        d.headers,
+        [("Authorization".to_owned(), "Basic dXNlcjpwYXNz".to_owned())]
+    );
+    assert_eq!(d.bytes, image.len() as u64);
+    assert_eq!(d.checksum.as_deref(), Some(sha.as_str()));
+    drop(st);
+
+    let fake = Fake::start_fetching(Scenario::Success);
+    let (code, all) = run(&fake, "Authorization: Basic dXNlcjp3cm9uZw==");
+    assert_eq!(code, Some(1), "{all}");
+    assert!(all.contains("FAILED at step 9/17 \"Downloading image\""), "{all}");
+    assert!(all.contains("401"), "{all}");
+    assert!(all.contains("could not fetch or verify the image"), "{all}");
+    assert_eq!(fake.state().download.as_ref().unwrap().bytes, 0);
+
+    manifest_with(dir.path(), &"cd".repeat(64));
+    let fake = Fake::start_fetching(Scenario::Success);
+    let (code, all) = run(&fake, good);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(all.contains("FAILED at step 10/17 \"Checking image\""), "{all}");
+    assert!(
+        all.contains(&format!("sha512 checksum {sha} is not imageCheckSum")),
+        "{all}"
+    );
+
+    let log = served.stop();
+    assert_eq!(
+        log.matches(&format!("\"GET /debian-12-byol-1.0.0.qcow2\" 200 {}", image.len()))
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("\"GET /debian-12-byol-1.0.0.qcow2\" 401"), "{log}");
 }

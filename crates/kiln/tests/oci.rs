@@ -14,20 +14,17 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256, Sha512};
 
 mod common;
-use common::{kiln, run, text, tool};
+use common::{kiln, run, text, tool, wait_listening, Registry, REGISTRY_PASS as PASS, REGISTRY_USER as USER};
 
 const IMAGE: &str = "debian-12-byol-1.0.0.qcow2";
 const SIZE: usize = (5 << 20) + 12345;
-const USER: &str = "kiln-ci";
-const PASS: &str = "pw-Zt7q";
 
 fn tools_present() -> bool {
     ["docker-registry", "skopeo", "htpasswd"]
@@ -56,81 +53,6 @@ fn oras(python: &Path, script: &str) -> Output {
     let program =
         format!("import oras.client, os, sys, json\nclient = oras.client.OrasClient(insecure=True)\n{script}");
     run(tool(python.to_str().unwrap()).args(["-c", &program]))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A docker-registry on 127.0.0.1, killed when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// With `auth`, Basic authentication from an htpasswd file (bcrypt).
-    fn start(auth: bool) -> Registry {
-        Registry::start_with(auth, false)
-    }
-
-    /// With `read_only`, in distribution's read-only maintenance mode.
-    fn start_with(auth: bool, read_only: bool) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let maintenance = if read_only {
-            "  maintenance:\n    readonly:\n      enabled: true\n"
-        } else {
-            ""
-        };
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n{maintenance}  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n",
-            dir.path().join("data").display()
-        );
-        if auth {
-            let out = run(tool("htpasswd").args(["-Bbn", USER, PASS]));
-            assert!(out.status.success(), "{}", text(&out));
-            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            ));
-        }
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let child = tool("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
-            .spawn()
-            .expect("docker-registry starts");
-        wait_listening(port, "docker-registry");
-        Registry { child, port, dir }
-    }
-
-    fn reference(&self, tag: &str) -> String {
-        format!("127.0.0.1:{}/kiln/debian-12-byol:{tag}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A TCP proxy to `to` on 127.0.0.1. Once `cut_at` bytes have gone from

@@ -5,90 +5,12 @@
 //! path traversal, a symlink out of the directory, unknown files). Needs
 //! no root: part of `cargo test`, skipped without curl (failing under CI).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-
 use sha2::{Digest, Sha512};
 
 mod common;
-use common::{kiln, tool};
+use common::{tool, Served};
 
 const SIZE: usize = 3 << 20;
-
-/// A running `kiln serve` on a free port; interrupted (SIGINT) when stopped.
-struct Served {
-    child: Option<Child>,
-    base: String,
-    stdout: Vec<String>,
-    stderr: PathBuf,
-}
-
-impl Served {
-    fn start(dir: &Path, extra: &[&str], log: &Path) -> Served {
-        let mut child = kiln()
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let base = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {first:?}"))
-            .trim_end_matches('/')
-            .to_owned();
-        let mut stdout = vec![first];
-        // The artifact URLs, then (with --auth) the header: read until the
-        // output stops growing, which it does once the server is ready.
-        let want = if extra.contains(&"--auth") { 2 } else { 0 };
-        let mut headers = 0;
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if line.contains("Authorization") || line.contains("--http-header") {
-                headers += 1;
-            }
-            let last = line.ends_with(".sha512") && want == 0 || headers == want && want > 0;
-            stdout.push(line);
-            if last {
-                break;
-            }
-        }
-        Served {
-            child: Some(child),
-            base,
-            stdout,
-            stderr: log.to_owned(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Stops it with SIGINT, as Ctrl-C does; its access log.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        let out = tool("kill").args(["-INT", &child.id().to_string()]).output().unwrap();
-        assert!(out.status.success());
-        let status = child.wait().unwrap();
-        assert!(status.success(), "kiln serve ended with {status} after Ctrl-C");
-        std::fs::read_to_string(&self.stderr).unwrap()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Runs curl with `args` (the body goes to /dev/null unless they have
 /// `-o`); (HTTP status, response headers, exit status).

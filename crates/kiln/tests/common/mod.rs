@@ -1,9 +1,12 @@
-//! Helpers shared by the slow real tests.
+//! Helpers shared by the test binaries (mostly the slow real tests).
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn kiln() -> Command {
     #[allow(clippy::disallowed_methods)] // the binary under test
@@ -96,4 +99,157 @@ pub fn example_epoch() -> String {
         .as_u64()
         .expect("the example has a SOURCE_DATE_EPOCH")
         .to_string()
+}
+
+/// A running `kiln serve` on a free port; interrupted (SIGINT) when stopped.
+pub struct Served {
+    child: Option<Child>,
+    pub base: String,
+    pub stdout: Vec<String>,
+    stderr: PathBuf,
+}
+
+impl Served {
+    pub fn start(dir: &Path, extra: &[&str], log: &Path) -> Served {
+        let mut child = kiln()
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {first:?}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let mut stdout = vec![first];
+        // The artifact URLs, then (with --auth) the header: read until the
+        // output stops growing, which it does once the server is ready.
+        let want = if extra.contains(&"--auth") { 2 } else { 0 };
+        let mut headers = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains("Authorization") || line.contains("--http-header") {
+                headers += 1;
+            }
+            let last = line.ends_with(".sha512") && want == 0 || headers == want && want > 0;
+            stdout.push(line);
+            if last {
+                break;
+            }
+        }
+        Served {
+            child: Some(child),
+            base,
+            stdout,
+            stderr: log.to_owned(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops it with SIGINT, as Ctrl-C does; its access log.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let out = tool("kill").args(["-INT", &child.id().to_string()]).output().unwrap();
+        assert!(out.status.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "kiln serve ended with {status} after Ctrl-C");
+        std::fs::read_to_string(&self.stderr).unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The user and password of a [`Registry`] started with `auth`.
+pub const REGISTRY_USER: &str = "kiln-ci";
+pub const REGISTRY_PASS: &str = "pw-Zt7q";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A docker-registry on 127.0.0.1, killed when dropped.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// With `auth`, Basic authentication from an htpasswd file (bcrypt).
+    pub fn start(auth: bool) -> Registry {
+        Registry::start_with(auth, false)
+    }
+
+    /// With `read_only`, in distribution's read-only maintenance mode.
+    pub fn start_with(auth: bool, read_only: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let maintenance = if read_only {
+            "  maintenance:\n    readonly:\n      enabled: true\n"
+        } else {
+            ""
+        };
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n{maintenance}  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n",
+            dir.path().join("data").display()
+        );
+        if auth {
+            let out = run(tool("htpasswd").args(["-Bbn", REGISTRY_USER, REGISTRY_PASS]));
+            assert!(out.status.success(), "{}", text(&out));
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = tool("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry starts");
+        wait_listening(port, "docker-registry");
+        Registry { child, port, dir }
+    }
+
+    pub fn reference(&self, tag: &str) -> String {
+        format!("127.0.0.1:{}/kiln/debian-12-byol:{tag}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
