@@ -1413,9 +1413,7 @@ impl StageTree {
 /// the mount lives in the private mount namespace this enters.
 pub fn stage_tree(plan: &Plan, stage_id: &str, opts: &ShellOptions, reporter: Arc<dyn Reporter>) -> Result<StageTree> {
     debug::check_tree_stage(plan, stage_id).map_err(anyhow::Error::msg)?;
-    if !is_root() {
-        bail!("kiln shell needs root: mounting the stage's layers and chroot need it; run it with sudo");
-    }
+    check_shell_can_start(plan, opts, is_root())?;
     let mut tools = vec!["unshare", "chroot", "sh"];
     if !opts.no_build {
         tools.extend(plan.family.host_tools());
@@ -1472,6 +1470,47 @@ pub fn stage_tree(plan: &Plan, stage_id: &str, opts: &ShellOptions, reporter: Ar
         _layers: layers,
         _work: work,
     })
+}
+
+/// What `kiln shell` checks before it creates or mounts anything: it
+/// needs root, and a tree it may not build (`--no-build`, or no root to
+/// build with) must be in the cache. Only the bootstrap is looked up here
+/// (its entry depends on nothing below it; the stages above it are found
+/// missing by the build itself, which cleans up after them).
+fn check_shell_can_start(plan: &Plan, opts: &ShellOptions, root: bool) -> Result<()> {
+    if root && !opts.no_build {
+        return Ok(());
+    }
+    let spec = plan.spec_path.display();
+    let cached = opts.kept.is_some() || {
+        let bootstrap = plan
+            .stages
+            .iter()
+            .find(|s| s.kind == StageKind::Bootstrap)
+            .context("internal: the plan has no bootstrap stage")?;
+        Cache::holds(&opts.cache_dir, &Run::entry_key(bootstrap, &[], ""))
+    };
+    if !cached {
+        let missing = format!(
+            "no cached tree: stage bootstrap of {spec} is not in the stage cache ({})",
+            opts.cache_dir.display()
+        );
+        match (opts.no_build, root) {
+            (_, true) => bail!("{missing}; build it with `kiln build {spec}`, or leave out --no-build"),
+            (true, false) => bail!(
+                "{missing}, and kiln shell runs as root only (it mounts the tree and chroots into it); \
+                 build it with `sudo kiln build {spec}`, then run `sudo kiln shell`"
+            ),
+            (false, false) => bail!(
+                "{missing}, and building it needs root (mmdebstrap, chroot and mounts), as entering it does; \
+                 run `sudo kiln shell {spec}` (it builds the missing stages first)"
+            ),
+        }
+    }
+    if !root {
+        bail!("kiln shell needs root: mounting the stage's layers and chroot need it; run it with sudo");
+    }
+    Ok(())
 }
 
 /// The directories of `layers`, top first, for an overlay's lowerdir.
@@ -1549,6 +1588,61 @@ mod tests {
             ("lower count", Run::entry_key(&stage("s"), &[], "")),
         ] {
             assert_ne!(base, other, "{what} does not change the key");
+        }
+    }
+
+    /// `kiln shell`'s checks before it creates anything, for each way in:
+    /// root or not, `--no-build` or not, the bootstrap cached or not.
+    #[test]
+    fn a_shell_that_may_not_build_needs_the_cached_tree_and_root_needs_no_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("apt")).unwrap();
+        std::fs::write(
+            dir.path().join("apt/sources.list"),
+            "deb http://mirror.example/debian bookworm main\n",
+        )
+        .unwrap();
+        let source = "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
+                      [targets.ovh-byol]\n";
+        let loaded = kiln_spec::parse_str(source, &dir.path().join("spec.toml"), dir.path()).unwrap();
+        let tools = std::collections::BTreeMap::from([("mmdebstrap".to_owned(), "1.3.5".to_owned())]);
+        let plan = crate::plan::plan_with_host_sources(&loaded, tools, &dir.path().join("apt")).unwrap();
+        let cache = dir.path().join("cache");
+        let opts = |no_build| ShellOptions {
+            cache_dir: cache.clone(),
+            work_dir: dir.path().to_owned(),
+            no_build,
+            kept: None,
+        };
+        let check = |root, no_build| check_shell_can_start(&plan, &opts(no_build), root).map_err(|e| format!("{e:#}"));
+        assert_eq!(check(true, false), Ok(()), "root may build what is missing");
+        for (root, no_build, says) in [
+            (true, true, "or leave out --no-build"),
+            (false, true, "then run `sudo kiln shell`"),
+            (false, false, "building it needs root"),
+        ] {
+            let e = check(root, no_build).unwrap_err();
+            assert!(e.starts_with("no cached tree: stage bootstrap of "), "{e}");
+            assert!(e.contains(says), "root {root}, --no-build {no_build}: {e}");
+        }
+        let kept = ShellOptions {
+            kept: Some(dir.path().to_owned()),
+            ..opts(true)
+        };
+        assert!(
+            check_shell_can_start(&plan, &kept, true).is_ok(),
+            "--kept with an empty cache: the kept tree is looked at later"
+        );
+        assert!(!cache.exists(), "the check created the cache");
+
+        let bootstrap = plan.stages.iter().find(|s| s.kind == StageKind::Bootstrap).unwrap();
+        let entry = cache.join("stages").join(Run::entry_key(bootstrap, &[], "").to_hex());
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(entry.join("entry.json"), "{}").unwrap();
+        assert_eq!(check(true, true), Ok(()), "cached: --no-build goes on");
+        for no_build in [false, true] {
+            let e = check(false, no_build).unwrap_err();
+            assert!(e.starts_with("kiln shell needs root"), "{e}");
         }
     }
 }

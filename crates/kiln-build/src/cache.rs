@@ -180,6 +180,12 @@ impl Cache {
         Ok(EntryLock { _file: file })
     }
 
+    /// Whether the cache at `root` has a complete entry for `key`, without
+    /// creating anything there (for a caller that may not write it).
+    pub fn holds(root: &Path, key: &Hash) -> bool {
+        Cache { root: root.to_owned() }.exists(key)
+    }
+
     /// Whether a complete entry for `key` is present (not verified).
     pub fn exists(&self, key: &Hash) -> bool {
         self.entry_dir(key).join(ENTRY_FILE).exists()

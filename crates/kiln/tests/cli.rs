@@ -975,3 +975,271 @@ fn cache_max_size_trims_the_cache_after_a_build() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert_eq!(entries(), 1);
 }
+
+/// Polls `done` every 50 ms for at most `secs` seconds.
+fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
+/// `kiln boot --interactive` on a real pseudo-terminal (util-linux's
+/// `script` gives kiln one as its controlling terminal) with a stand-in
+/// QEMU on PATH that plays a guest on the console socket kiln gives it:
+/// it prints a banner and a login prompt, echoes what it receives and
+/// records it. The console reaches the terminal, the typed bytes reach
+/// the guest unchanged (Ctrl-C among them, which would kill kiln if the
+/// terminal were not raw), Ctrl-] ends kiln with exit 0, the stand-in is
+/// stopped, the terminal's mode is restored and TMPDIR is left empty.
+#[test]
+fn interactive_boot_on_a_terminal_passes_keys_through_and_quits_on_ctrl_bracket() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = d.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let qemu = bin.join("qemu-system-x86_64");
+    // A guest on the serial console: QEMU serves `-chardev socket,...,path=SOCKET`.
+    std::fs::write(
+        &qemu,
+        r#"#!/usr/bin/env python3
+import os, socket, sys
+path = None
+for a in sys.argv[1:]:
+    if a.startswith("socket,id=console,"):
+        for kv in a.split(","):
+            if kv.startswith("path="):
+                path = kv[len("path="):]
+if path is None:
+    sys.exit("stand-in QEMU: no console socket in " + " ".join(sys.argv[1:]))
+with open(os.environ["FAKE_QEMU_PID"], "w") as f:
+    f.write(str(os.getpid()))
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(1)
+conn, _ = server.accept()
+conn.sendall(b"Debian GNU/Linux 12 kiln-tty ttyS0\r\n\r\nkiln-tty login: ")
+with open(os.environ["FAKE_QEMU_GOT"], "ab", buffering=0) as got:
+    while True:
+        data = conn.recv(4096)
+        if not data:
+            break
+        got.write(data)
+        conn.sendall(data)
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = d.join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let (pid_file, got_file) = (d.join("qemu.pid"), d.join("got"));
+    // Run on the terminal: its mode before and after, and kiln's status.
+    let inner = d.join("on-tty.sh");
+    std::fs::write(
+        &inner,
+        "stty -g > \"$D/stty.before\"\n\
+         \"$KILN\" boot --interactive \"$D/disk.raw\"\n\
+         echo $? > \"$D/status\"\n\
+         stty -g > \"$D/stty.after\"\n",
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    #[allow(clippy::disallowed_methods)] // util-linux's script: the terminal under test
+    let mut script = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("sh {}", inner.display()))
+        .arg("/dev/null")
+        .env("D", d)
+        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_ACCEL", "tcg")
+        .env("PATH", path)
+        .env("TMPDIR", &tmp)
+        .env("FAKE_QEMU_PID", &pid_file)
+        .env("FAKE_QEMU_GOT", &got_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux script is installed");
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let screen = Arc::clone(&screen);
+        let mut stdout = script.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let shown = |needle: &[u8]| screen.lock().unwrap().windows(needle.len()).any(|w| w == needle);
+    let seen = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let mut keyboard = script.stdin.take().unwrap();
+    let stop = |script: &mut std::process::Child| {
+        let _ = script.kill();
+        let _ = script.wait();
+    };
+
+    // The guest's prompt on the terminal means kiln's console pump runs,
+    // so the terminal is raw by now.
+    if !wait_for(30, || shown(b"kiln-tty login: ")) {
+        stop(&mut script);
+        panic!("the console never reached the terminal: {:?}", seen());
+    }
+    let typed = b"root\x03 still here\r";
+    keyboard.write_all(typed).unwrap();
+    keyboard.flush().unwrap();
+    let got = || std::fs::read(&got_file).unwrap_or_default();
+    if !wait_for(30, || got().len() >= typed.len()) {
+        stop(&mut script);
+        panic!("the guest got {:?} of {typed:?}; terminal: {:?}", got(), seen());
+    }
+    assert_eq!(got(), typed, "the guest got other bytes than typed");
+    assert!(wait_for(10, || shown(typed)), "the guest's echo: {:?}", seen());
+    keyboard.write_all(&[0x1d]).unwrap();
+    keyboard.flush().unwrap();
+    let ended = wait_for(30, || script.try_wait().unwrap().is_some());
+    if !ended {
+        stop(&mut script);
+    }
+    drop(keyboard);
+    reader.join().unwrap();
+    let mut err = String::new();
+    script.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let t = seen();
+    assert!(ended, "kiln did not end on Ctrl-]: {t}{err}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("status")).unwrap_or_default().trim(),
+        "0",
+        "kiln's status after Ctrl-]: {t}{err}"
+    );
+    assert!(t.contains("Ctrl-] quits"), "{t}");
+    assert!(t.contains("console closed (Ctrl-])"), "{t}");
+    assert_eq!(got(), typed, "the guest got more after Ctrl-]");
+    let (before, after) = (
+        std::fs::read_to_string(d.join("stty.before")).unwrap(),
+        std::fs::read_to_string(d.join("stty.after")).unwrap(),
+    );
+    assert!(!before.trim().is_empty());
+    assert_eq!(before, after, "the terminal's mode is not restored");
+    let pid = std::fs::read_to_string(&pid_file).expect("the stand-in QEMU ran");
+    assert!(
+        !Path::new("/proc").join(pid.trim()).exists(),
+        "the stand-in QEMU (pid {}) is still running",
+        pid.trim()
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// `kiln shell` with an empty stage cache where it may not build the tree
+/// (`--no-build`, or not root): exit 3 with a message that says the tree is
+/// not cached, why kiln cannot build it and what to run instead; nothing
+/// is left in the work directory or TMPDIR (world-writable here, so the
+/// unprivileged runs could have left something). The unprivileged runs
+/// go through util-linux's setpriv (as nobody) when the tests run as root,
+/// as they do in CI; the root run needs root.
+#[test]
+fn shell_without_a_cached_tree_and_no_way_to_build_it_says_what_to_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let spec = examples().join("debian-12-ovh-byol.toml");
+    let spec = spec.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, work, tmp) = (
+        dir.path().join("cache"),
+        dir.path().join("work"),
+        dir.path().join("tmp"),
+    );
+    for d in [dir.path(), &cache, &work, &tmp] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let root = running_as_root();
+    let not_cached = format!(
+        "no cached tree: stage bootstrap of {spec} is not in the stage cache ({})",
+        cache.display()
+    );
+    let mut cases = vec![
+        (
+            false,
+            true,
+            format!("kiln shell runs as root only (it mounts the tree and chroots into it); build it with `sudo kiln build {spec}`, then run `sudo kiln shell`"),
+        ),
+        (
+            false,
+            false,
+            format!("building it needs root (mmdebstrap, chroot and mounts), as entering it does; run `sudo kiln shell {spec}` (it builds the missing stages first)"),
+        ),
+    ];
+    if root {
+        cases.push((
+            true,
+            true,
+            format!("; build it with `kiln build {spec}`, or leave out --no-build"),
+        ));
+    }
+    for (as_root, no_build, advice) in cases {
+        let mut args = vec![
+            "shell",
+            spec,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--work-dir",
+            work.to_str().unwrap(),
+        ];
+        if no_build {
+            args.push("--no-build");
+        }
+        args.extend(["--", "true"]);
+        let mut c = if root && !as_root {
+            #[allow(clippy::disallowed_methods)] // util-linux's setpriv: kiln as nobody
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_kiln"),
+            ])
+            .args(&args)
+            .stdin(Stdio::null())
+            .env("KILN_ACCEL", "tcg");
+            c
+        } else {
+            command(&args)
+        };
+        let out = c.env("TMPDIR", &tmp).output().unwrap();
+        let t = text(&out);
+        let case = format!("as root: {as_root}, --no-build: {no_build}");
+        assert_eq!(out.status.code(), Some(3), "{case}: {t}");
+        assert!(t.contains(&not_cached), "{case}: {t}");
+        assert!(t.contains(&advice), "{case}: expected {advice:?} in {t}");
+        for d in [&cache, &work, &tmp] {
+            let left: Vec<_> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name()).collect();
+            assert!(left.is_empty(), "{case}: left in {}: {left:?}", d.display());
+        }
+    }
+}
