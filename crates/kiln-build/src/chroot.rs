@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use kiln_exec::Cmd;
 
-/// The wrapper run by `sh` inside the new mount namespace. `$1` is the tree,
-/// `$2` the script path inside the tree.
-const WRAPPER: &str = r#"set -eu
-root=$1
-script=$2
-mount -t proc proc "$root/proc"
+/// The mounts that build steps and sessions both have in the tree
+/// (`$root`): /proc, /sys, /dev, a tmpfs /run, and the host's resolv.conf.
+/// A macro, so that the wrappers below are single literals.
+macro_rules! tree_mounts {
+    () => {
+        r#"mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs tmpfs "$root/run"
@@ -31,10 +31,23 @@ if [ -f /etc/resolv.conf ]; then
     fi
     mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
 fi
-# `.` of a missing file ends a non-interactive POSIX shell before `|| true`
+"#
+    };
+}
+
+/// The wrapper run by `sh` inside the new mount namespace. `$1` is the tree,
+/// `$2` the script path inside the tree.
+const WRAPPER: &str = concat!(
+    r#"set -eu
+root=$1
+script=$2
+"#,
+    tree_mounts!(),
+    r#"# `.` of a missing file ends a non-interactive POSIX shell before `|| true`
 # can help: a tree without /etc/profile (a minimal one) must still run.
 exec chroot "$root" /bin/sh -c 'if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi; exec "$0"' "$script"
-"#;
+"#
+);
 
 const POLICY_RC_D: &str =
     "#!/bin/sh\n# Written by kiln during the build: no service starts in the build chroot.\nexit 101\n";
@@ -143,21 +156,13 @@ impl std::error::Error for StepFailed {
 /// exits, the kernel kills whatever the session left running, and PID 1
 /// would ignore the Ctrl-C meant for the command. `$1` is the tree, the
 /// rest the command.
-const SESSION_WRAPPER: &str = r#"set -eu
+const SESSION_WRAPPER: &str = concat!(
+    r#"set -eu
 root=$1
 shift
-mount -t proc proc "$root/proc"
-mount -t sysfs sysfs "$root/sys"
-mount --rbind /dev "$root/dev"
-mount -t tmpfs tmpfs "$root/run"
-if [ -f /etc/resolv.conf ]; then
-    if [ -L "$root/etc/resolv.conf" ] || [ ! -e "$root/etc/resolv.conf" ]; then
-        rm -f "$root/etc/resolv.conf"
-        : > "$root/etc/resolv.conf"
-    fi
-    mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
-fi
-if [ -n "${KILN_HOST_SHELL:-}" ]; then
+"#,
+    tree_mounts!(),
+    r#"if [ -n "${KILN_HOST_SHELL:-}" ]; then
     mkdir -p "$root/run/kiln"
     : > "$root/run/kiln/shell"
     mount --bind "$KILN_HOST_SHELL" "$root/run/kiln/shell"
@@ -171,7 +176,8 @@ set +e
 chroot "$root" "$@"
 status=$?
 exit "$status"
-"#;
+"#
+);
 
 /// Where a host script named by `KILN_SHELL` appears inside the tree.
 pub const HOST_SHELL_PATH: &str = "/run/kiln/shell";

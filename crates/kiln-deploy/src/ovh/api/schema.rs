@@ -371,24 +371,9 @@ mod tests {
     /// testdata/schema_oracle.py) agree on which bodies are valid.
     #[test]
     fn verdicts_match_pythons_jsonschema() {
-        let python = std::env::var_os("KILN_OVH_PYTHON")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "/opt/kiln-test/venv/bin/python3".into());
-        #[allow(clippy::disallowed_methods)] // the oracle, outside kiln's tool registry
-        let has = std::process::Command::new(&python)
-            .args(["-c", "import jsonschema"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !kiln_exec::testing::require_or_skip(
-            has,
-            &format!(
-                "{} cannot import `jsonschema` (scripts/install-deps.sh installs it into /opt/kiln-test/venv; or set KILN_OVH_PYTHON)",
-                python.display()
-            ),
-        ) {
+        let Some(python) = crate::ovh::api::oracle_python("jsonschema", "PyPI `jsonschema`") else {
             return;
-        }
+        };
         let dir = env!("CARGO_MANIFEST_DIR");
         let bodies = sample_bodies();
         #[allow(clippy::disallowed_methods)] // the oracle, outside kiln's tool registry

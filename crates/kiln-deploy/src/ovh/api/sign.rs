@@ -97,24 +97,9 @@ mod tests {
     /// agrees with the client as installed.
     #[test]
     fn signatures_match_the_official_client_run_now() {
-        let python = std::env::var_os("KILN_OVH_PYTHON")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "/opt/kiln-test/venv/bin/python3".into());
-        #[allow(clippy::disallowed_methods)] // the oracle, outside kiln's tool registry
-        let has_ovh = std::process::Command::new(&python)
-            .args(["-c", "import ovh"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !kiln_exec::testing::require_or_skip(
-            has_ovh,
-            &format!(
-                "{} cannot import the `ovh` module (scripts/install-deps.sh installs PyPI `ovh` into /opt/kiln-test/venv; or set KILN_OVH_PYTHON)",
-                python.display()
-            ),
-        ) {
+        let Some(python) = crate::ovh::api::oracle_python("ovh", "PyPI `ovh`") else {
             return;
-        }
+        };
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/ovh/api/testdata/sign.py");
         #[allow(clippy::disallowed_methods)] // the oracle, outside kiln's tool registry
         let mut child = std::process::Command::new(&python)
