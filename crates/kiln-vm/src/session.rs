@@ -186,8 +186,8 @@ fn pump(mut console: UnixStream, vm: &mut Vm) -> Result<ConsoleEnd> {
 /// What `kiln ssh` runs.
 #[derive(Debug, Clone, Default)]
 pub struct SshOptions {
-    /// Who to log in as: root by default (the seed's user data lets root
-    /// in with the key).
+    /// Who to log in as: [`SESSION_USER`] by default, the account the
+    /// seed's user data makes for the session.
     pub user: String,
     /// The command to run; empty: a login shell.
     pub command: Vec<String>,
@@ -210,10 +210,23 @@ pub struct NoSsh {
     pub console: PathBuf,
 }
 
-/// User data for the generated seed: root may log in with the key (Debian's
-/// cloud-init otherwise gives root's copy a command that only says which
-/// user to log in as).
-const SSH_USER_DATA: &str = "#cloud-config\ndisable_root: false\n";
+/// The account `kiln ssh` logs in as by default: made by the seed's user
+/// data, with the session's key and password-less sudo. Not root: kiln's
+/// images refuse root over SSH unless their spec allows it (the security
+/// contract), and the boot must not loosen what it is there to show.
+pub const SESSION_USER: &str = "kiln";
+
+/// User data for the generated seed: cloud-init's default user as the image
+/// has it, plus [`SESSION_USER`] with `key`. Root's copy of the key works
+/// where the image's sshd lets root in (`disable_root: false`, else
+/// Debian's cloud-init gives it a command that only names the user).
+fn ssh_user_data(key: &str) -> String {
+    format!(
+        "#cloud-config\ndisable_root: false\nusers:\n  - default\n  - name: {SESSION_USER}\n    \
+         gecos: kiln ssh session\n    lock_passwd: true\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    \
+         ssh_authorized_keys:\n      - {key}\n"
+    )
+}
 
 /// Boots `opts.image` in the background with a fresh ed25519 key in a
 /// NoCloud seed (with `ssh.hostname`) and the guest's port 22 forwarded to
@@ -234,7 +247,7 @@ pub fn ssh(opts: &BootOptions, ssh: &SshOptions, on_event: &mut dyn FnMut(BootEv
     let port = free_port()?;
     let mut opts = opts.clone();
     opts.seed = SeedSource::Generate {
-        user_data: Some(SSH_USER_DATA.as_bytes().to_vec()),
+        user_data: Some(ssh_user_data(public.trim()).into_bytes()),
         ssh_keys: vec![public.trim().to_owned()],
         hostname: ssh.hostname.clone(),
     };
@@ -420,7 +433,10 @@ fn wait_for_ssh(
 /// afterwards anyway when the [`Vm`] is dropped.
 fn power_off(client: &SshClient, vm: &mut Vm) {
     let _ = client
-        .command(&["systemctl poweroff || poweroff".to_owned()], true)
+        .command(
+            &["sudo -n systemctl poweroff || systemctl poweroff || poweroff".to_owned()],
+            true,
+        )
         .run_status();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && !kiln_exec::interrupted() {

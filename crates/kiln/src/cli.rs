@@ -114,7 +114,8 @@ Examples:
     /// Boot an image in the background and log in to it over SSH (or run a
     /// command), then power it off.
     #[command(after_help = "kiln generates an ed25519 key for this session only, puts it in the \
-NoCloud seed (with --hostname, and user data that lets root log in with it), forwards a free port \
+NoCloud seed (with --hostname, and user data that makes an account `kiln` with that key and \
+password-less sudo), forwards a free port \
 of 127.0.0.1 to the guest's port 22 (the guest reaches nothing else), waits for SSH, runs the \
 session, then powers the guest off; the key, the seed and QEMU are gone afterwards and the image \
 is not changed. With -- COMMAND, kiln exits with COMMAND's status (255: ssh's own failure).
@@ -501,8 +502,10 @@ pub struct SshArgs {
     /// Firmware to boot with.
     #[arg(long, value_parser = vocabulary(Firmware::ALL, Firmware::name), default_value_t = Firmware::Bios)]
     pub firmware: Firmware,
-    /// Who to log in as (the seed lets root in with the key).
-    #[arg(long, default_value = "root")]
+    /// Who to log in as: `kiln`, the session's account (with sudo), or another
+    /// account that has the key: cloud-init's default user, or root where the
+    /// image's sshd allows root logins.
+    #[arg(long, default_value = kiln_vm::session::SESSION_USER)]
     pub user: String,
     /// The guest's hostname, given in the seed.
     #[arg(long, default_value = "kiln-ssh")]
