@@ -293,13 +293,15 @@ fn step_waits_for_a_line_before_each_stage_that_runs() {
 fn shell_on_a_terminal_survives_ctrl_c_and_passes_the_exit_status_on() {
     use std::time::{Duration, Instant};
     // util-linux script gives kiln a terminal; what the test writes is typed into it.
+    // script runs the line with `$SHELL -c`; `exec` makes kiln script's own
+    // child whatever that shell is (dash forks, and a Ctrl-C would kill it).
     let line = format!(
-        "KILN_CACHE_DIR={} {} shell {}",
-        repo_root().join("target/tmp/cache").display(),
+        "exec {} shell {}",
         env!("CARGO_BIN_EXE_kiln"),
         example(EXAMPLE).display()
     );
     let mut child = tool("script")
+        .env("KILN_CACHE_DIR", repo_root().join("target/tmp/cache"))
         .args(["-q", "-e", "-f", "-c", &line, "/dev/null"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
