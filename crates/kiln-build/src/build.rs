@@ -103,6 +103,8 @@ pub struct BuildOptions {
     pub on_error: OnError,
     /// The user interface's hooks (`--step`, `--on-error=shell`).
     pub debugger: Option<Arc<dyn Debugger>>,
+    /// Sign `SHA512SUMS` with this key (`--sign-key`).
+    pub sign_key: Option<crate::sign::SignKey>,
 }
 
 /// What a build produced.
@@ -130,6 +132,16 @@ pub fn required_tools(plan: &Plan) -> Vec<&'static str> {
 /// Runs the whole build.
 pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> Result<BuildOutput> {
     preflight(plan)?;
+    // A key that cannot sign is found before the build, not after it.
+    if let Some(key) = &opts.sign_key {
+        if kiln_exec::which(key.tool()).is_none() {
+            bail!(
+                "--sign-key needs `{}`, which is not installed; see `kiln doctor`",
+                key.tool()
+            );
+        }
+        key.check()?;
+    }
     layers::enter_private_mount_namespace()?;
     let cache = Cache::open(&opts.cache_dir)
         .with_context(|| format!("opening the stage cache {}", opts.cache_dir.display()))?;
@@ -1321,8 +1333,9 @@ impl Run<'_> {
         }
     }
 
-    /// Copies the images out, then writes `.sha512` files, `SHA512SUMS` and
-    /// `manifest.json`; nothing becomes visible before everything is ready.
+    /// Copies the images out, then writes `.sha512` files, the SBOMs,
+    /// `SHA512SUMS` (signed with `--sign-key`) and `manifest.json`; nothing
+    /// becomes visible before everything is ready.
     fn checksums(&self, done: Vec<TargetResult>) -> Result<Vec<PathBuf>> {
         let plan = self.plan;
         let mut doc: Option<serde_json::Value> = None;
@@ -1332,6 +1345,7 @@ impl Run<'_> {
         let mut sums = String::new();
         let mut images = Vec::new();
         let mut sides = Vec::new();
+        let distribution = crate::sbom::Distribution::of(&plan.spec.base);
         for r in done {
             let st = &r.state;
             let part = PartialFile::new(self.out_dir.join(&st.file_name));
@@ -1346,6 +1360,24 @@ impl Run<'_> {
             sums.push_str(&line);
             let side = PartialFile::new(self.out_dir.join(format!("{}.sha512", st.file_name)));
             side.write_all(line.as_bytes())?;
+            // The SBOM lists what this artifact's own tree holds (targets
+            // add packages of their own).
+            let packages: Vec<manifest::Package> = serde_json::from_value(st.embedded["packages"].clone())
+                .with_context(|| format!("reading the package list of {}", st.file_name))?;
+            let sbom_text = crate::sbom::spdx_json(&crate::sbom::SbomInput {
+                artifact: &st.file_name,
+                sha512: &st.sha512,
+                version: &plan.version,
+                distribution,
+                packages: &packages,
+                created: plan.source_date_epoch,
+            })?;
+            let sbom_name = crate::sbom::file_name(&st.file_name);
+            let sbom_sha512 = hex::encode(Sha512::digest(sbom_text.as_bytes()));
+            sums.push_str(&format!("{sbom_sha512}  {sbom_name}\n"));
+            let sbom = PartialFile::new(self.out_dir.join(&sbom_name));
+            sbom.write_all(sbom_text.as_bytes())
+                .with_context(|| format!("writing {}", sbom.path().display()))?;
             doc.get_or_insert_with(|| st.embedded.clone());
             let artifact = Artifact {
                 target: r.target.to_owned(),
@@ -1353,6 +1385,10 @@ impl Run<'_> {
                 format: st.format.clone(),
                 size: st.size,
                 sha512: st.sha512.clone(),
+                sbom: Some(manifest::FileRef {
+                    path: sbom_name,
+                    sha512: sbom_sha512,
+                }),
             };
             if let Some(t) = plan.target(r.target) {
                 extras.extend(t.manifest_extras(&artifact));
@@ -1365,6 +1401,7 @@ impl Run<'_> {
             );
             images.push(part);
             sides.push(side);
+            sides.push(sbom);
         }
         let mut doc = doc.context("internal: no target produced an image")?;
         for (key, value) in extras {
@@ -1374,8 +1411,19 @@ impl Run<'_> {
         if !partitions_json.is_empty() {
             doc["partitions"] = serde_json::Value::Array(partitions_json);
         }
-        let sums_file = PartialFile::new(self.out_dir.join("SHA512SUMS"));
+        let sums_file = PartialFile::new(self.out_dir.join(crate::sign::SUMS));
         sums_file.write_all(sums.as_bytes())?;
+        // Signed before anything is committed: a key that fails leaves the
+        // output directory as it was.
+        let signature = match &self.opts.sign_key {
+            Some(key) => {
+                let sig = key.sign(sums.as_bytes())?;
+                let file = PartialFile::new(self.out_dir.join(key.signature_name()));
+                file.write_all(&sig)?;
+                Some(file)
+            }
+            None => None,
+        };
         let manifest_file = PartialFile::new(self.out_dir.join("manifest.json"));
         manifest_file.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
         // Images first, manifest last: whatever is visible is complete.
@@ -1383,7 +1431,20 @@ impl Run<'_> {
         for p in images {
             artifacts.push(p.commit()?);
         }
-        for p in sides.into_iter().chain([sums_file, manifest_file]) {
+        // A signature of an earlier build's SHA512SUMS would not match the
+        // new one: it goes, whichever kind it is.
+        for stale in [crate::sign::SSH_SIGNATURE, crate::sign::GPG_SIGNATURE] {
+            let path = self.out_dir.join(stale);
+            if path.exists() && signature.as_ref().is_none_or(|s| s.dest() != path) {
+                std::fs::remove_file(&path).with_context(|| format!("removing the stale {}", path.display()))?;
+            }
+        }
+        for p in sides
+            .into_iter()
+            .chain([sums_file])
+            .chain(signature)
+            .chain([manifest_file])
+        {
             p.commit()?;
         }
         Ok(artifacts)

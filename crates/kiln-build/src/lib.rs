@@ -17,7 +17,10 @@ pub mod manifest;
 pub mod names;
 pub mod plan;
 pub mod release;
+pub mod sbom;
+pub mod sign;
 pub mod targets;
+pub mod verify;
 
 pub use build::{build, stage_tree, BuildOptions, BuildOutput, Event, Quiet, Reporter, StageTree};
 pub use debug::{Debugger, OnError, ShellOptions, StageFailure};

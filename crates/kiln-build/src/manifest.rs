@@ -66,6 +66,11 @@ pub struct StageHash {
 pub struct Package {
     pub name: String,
     pub version: String,
+    /// The package's architecture as its package manager spells it
+    /// (`amd64`, `all`, `x86_64`, `noarch`, `any`): the SBOM's purls carry
+    /// it. Absent only in lists written before kiln recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +80,17 @@ pub struct Artifact {
     pub path: String,
     pub format: String,
     pub size: u64,
+    pub sha512: String,
+    /// The artifact's SBOM ([`crate::sbom`]), beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<FileRef>,
+}
+
+/// A file of the output directory and its SHA-512.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileRef {
+    /// File name relative to the output directory.
+    pub path: String,
     pub sha512: String,
 }
 

@@ -22,6 +22,10 @@ use crate::targets::{Target, TargetInputs, TargetStage, REGISTRY};
 /// Bumped when kiln changes what a stage produces for the same inputs.
 const PIPELINE_VERSION: &str = "1";
 
+/// What the finalise stage records of each installed package; changed when
+/// it records more, so that only the stages from finalise on are rebuilt.
+const PACKAGE_FIELDS: &str = "name version arch";
+
 /// One input of a stage, named for `--explain` and the manifest.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageInput {
@@ -535,10 +539,19 @@ fn plan_with_targets(
             TargetStage {
                 name: step,
                 actions,
-                inputs,
+                mut inputs,
             },
         ) in steps
         {
+            if kind == StageKind::Finalise {
+                // The finalised layer's state holds the package list that the
+                // manifest and the SBOM are made from; a layer cached before
+                // the list had what they need now must not be reused.
+                inputs.push(StageInput {
+                    name: "package list fields".to_owned(),
+                    hash: Hasher::new("package list fields").str("v", PACKAGE_FIELDS).finish(),
+                });
+            }
             push(
                 &mut stages,
                 format!("{name}/{step}"),
@@ -555,7 +568,10 @@ fn plan_with_targets(
         "checksums".into(),
         StageKind::Checksums,
         None,
-        vec!["write <file>.sha512, SHA512SUMS and manifest.json".to_owned()],
+        vec![
+            "write <file>.sha512, <file>.spdx.json (SBOM), SHA512SUMS (signed with --sign-key) and manifest.json"
+                .to_owned(),
+        ],
         vec![],
         &[],
     );

@@ -91,6 +91,7 @@ fn embedded_manifest_of_every_example() {
         let packages = vec![Package {
             name: "base-files".to_owned(),
             version: "12.4+deb12u1".to_owned(),
+            arch: Some("amd64".to_owned()),
         }];
         let mut m = serde_json::to_value(Manifest::new(&p, Some(git), packages)).unwrap();
         m["spec"]["path"] = serde_json::Value::from(format!("examples/{}.toml", name(&spec)));

@@ -80,7 +80,17 @@ pub const TOOLS: &[Tool] = &[
     tool(
         "ssh-keygen",
         "openssh-client",
-        "make the throwaway key kiln ssh puts in the guest's seed",
+        "make the throwaway key kiln ssh puts in the guest's seed; sign SHA512SUMS (--sign-key FILE) and check it (kiln verify)",
+    ),
+    tool(
+        "gpg",
+        "gpg",
+        "sign SHA512SUMS with an OpenPGP key (--sign-key ID); tests: sign the local test repositories",
+    ),
+    tool(
+        "gpgv",
+        "gpgv",
+        "check an OpenPGP signature of SHA512SUMS against a keyring (kiln verify --gpg-keyring)",
     ),
     tool(
         "git",
@@ -188,11 +198,6 @@ pub const TOOLS: &[Tool] = &[
         "createrepo_c",
         "createrepo-c",
         "tests: index the local RPM test repository",
-    ),
-    test_tool(
-        "gpg",
-        "gpg",
-        "tests: sign the local test repositories with a throwaway key",
     ),
     test_tool("rpmsign", "rpm", "tests: sign the local RPM test packages"),
     test_tool(

@@ -41,6 +41,7 @@ const EXAMPLES: &str = "Examples:
   kiln cache ls                                    what the stage cache holds
   kiln check out/debian-12-byol-1.0.0.qcow2 --target ovh-byol --ram 32GiB
   kiln inspect out/debian-12-byol-1.0.0.qcow2
+  kiln verify out --key ~/.ssh/id_ed25519.pub       checksums, SBOMs and the signature of a build
   kiln serve out --bind 0.0.0.0:8080 --auth ovh:SECRET   host the image for OVH's imageURL
   kiln publish oci out/debian-12-byol-1.0.0.qcow2 registry.example.com/images/debian-12-byol:1.0.0
   kiln pull registry.example.com/images/debian-12-byol:1.0.0 -o images
@@ -83,6 +84,11 @@ Examples:
     Check(CheckArgs),
     /// Show an image's partitions, filesystems, kernel, packages and embedded manifest.
     Inspect(InspectArgs),
+    /// Check a build's output directory: SHA512SUMS and every .sha512 against
+    /// the files, the artifacts and SBOMs of manifest.json, and the
+    /// signature of SHA512SUMS with a key (exit 1 if any rule fails).
+    #[command(after_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
     /// Write a cloud-init seed (NoCloud or ConfigDrive) as an ISO 9660 or FAT image.
     Seed(SeedArgs),
     /// Boot an image in QEMU (snapshot mode) and judge it from its serial console.
@@ -233,6 +239,15 @@ pub struct BuildArgs {
     /// without pausing, `q` stops the build there (cleanly).
     #[arg(long, conflicts_with = "verify_reproducible")]
     pub step: bool,
+    /// Sign SHA512SUMS (which lists every artifact and SBOM) once it is
+    /// written. KEY naming an existing file is an SSH private key:
+    /// `ssh-keygen -Y sign -n kiln-image` writes SHA512SUMS.sig. Anything
+    /// else is an OpenPGP key id, fingerprint or e-mail in gpg's keyring
+    /// ($GNUPGHOME): `gpg --detach-sign --armor` writes SHA512SUMS.asc. A
+    /// key with a passphrase must be in ssh-agent or gpg-agent; the key is
+    /// checked before the build starts. Check with `kiln verify`.
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<String>,
 }
 
 /// `--on-error`: what a build does when a stage fails.
@@ -358,6 +373,24 @@ pub struct CheckArgs {
     /// The efiBootloaderPath you will send to the API (default: from the embedded manifest).
     #[arg(long)]
     pub efi_bootloader_path: Option<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The output directory of a build (its --out).
+    pub dir: PathBuf,
+    /// Trust signatures by this SSH public key file.
+    #[arg(long, value_name = "PUBKEY", group = "trust")]
+    pub key: Option<PathBuf>,
+    /// Trust signatures by the keys of this OpenSSH allowed-signers file.
+    #[arg(long, value_name = "FILE", group = "trust")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Trust OpenPGP signatures by the keys of this keyring (binary or armored).
+    #[arg(long, value_name = "FILE", group = "trust")]
+    pub gpg_keyring: Option<PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -697,6 +730,23 @@ Examples:
   echo \"$TOKEN\" | kiln publish oci out/debian-12-byol-1.0.0.qcow2 ghcr.io/acme/byol:1.0.0 \\
       --username acme --password-stdin
   kiln publish oci out/disk.qcow2 127.0.0.1:5000/test/disk:dev --plain-http --force --json";
+
+const VERIFY_HELP: &str = "Rules, each reported PASS or FAIL: every line of SHA512SUMS matches its file; \
+every FILE.sha512 matches FILE; every artifact and SBOM named in manifest.json exists with the recorded \
+SHA-512 and is listed in SHA512SUMS; every SBOM describes its artifact by that SHA-512; with a key, the \
+signature of SHA512SUMS is good and made by that key (a missing signature fails). Without a key the \
+signature is not checked, and the report says so.
+
+Keys: --key takes an SSH public key file (the .pub of the key given to `kiln build --sign-key`); \
+--allowed-signers an OpenSSH allowed-signers file (principals with namespaces=\"kiln-image\" or none); \
+--gpg-keyring an OpenPGP public keyring or exported key (`gpg --export KEY > key.gpg`, armored or not), \
+checked with gpgv.
+
+Examples:
+  kiln verify out
+  kiln verify out --key ~/.ssh/id_ed25519.pub
+  kiln verify out --allowed-signers release-signers
+  kiln verify out --gpg-keyring release-key.gpg --json";
 
 const PULL_HELP: &str = "Files are written as FILE.part and renamed only once every layer is verified: a \
 failed pull leaves nothing behind. Credentials as for `kiln publish oci`.

@@ -432,17 +432,19 @@ pub(crate) fn pacman_packages(local: &Path) -> Result<Vec<Package>> {
 
 fn parse_desc(text: &str) -> Option<Package> {
     let mut lines = text.lines();
-    let (mut name, mut version) = (None, None);
+    let (mut name, mut version, mut arch) = (None, None, None);
     while let Some(l) = lines.next() {
         match l {
             "%NAME%" => name = lines.next(),
             "%VERSION%" => version = lines.next(),
+            "%ARCH%" => arch = lines.next(),
             _ => {}
         }
     }
     Some(Package {
         name: name?.to_owned(),
         version: version?.to_owned(),
+        arch: arch.filter(|a| !a.is_empty()).map(str::to_owned),
     })
 }
 
@@ -534,11 +536,16 @@ mod tests {
         for (n, v) in [("zlib", "1:1.3.1-2"), ("bash", "5.2.037-1")] {
             let d = dir.path().join(format!("{n}-{v}"));
             std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("desc"), format!("%NAME%\n{n}\n\n%VERSION%\n{v}\n\n%DESC%\nx\n")).unwrap();
+            std::fs::write(
+                d.join("desc"),
+                format!("%NAME%\n{n}\n\n%VERSION%\n{v}\n\n%DESC%\nx\n\n%ARCH%\nx86_64\n"),
+            )
+            .unwrap();
         }
         std::fs::write(dir.path().join("ALPM_DB_VERSION"), "9\n").unwrap();
         let p = pacman_packages(dir.path()).unwrap();
         assert_eq!(p[0].name, "bash");
         assert_eq!(p[1].version, "1:1.3.1-2");
+        assert_eq!(p[1].arch.as_deref(), Some("x86_64"));
     }
 }

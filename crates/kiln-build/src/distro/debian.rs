@@ -318,7 +318,11 @@ fn debian_locale(locale: &str) -> String {
 fn dpkg_packages(tree: &Path) -> Result<Vec<Package>> {
     let out = Cmd::new("dpkg-query")
         .arg(format!("--admindir={}", tree.join("var/lib/dpkg").display()))
-        .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"])
+        .args([
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+        ])
         .run_string()
         .context("listing the packages installed in the image")?;
     Ok(parse_dpkg_query(&out))
@@ -332,9 +336,11 @@ fn parse_dpkg_query(out: &str) -> Vec<Package> {
             let status = f.next()?;
             let name = f.next()?;
             let version = f.next()?;
+            let arch = f.next().filter(|a| !a.is_empty());
             status.starts_with("ii").then(|| Package {
                 name: name.to_owned(),
                 version: version.to_owned(),
+                arch: arch.map(str::to_owned),
             })
         })
         .collect();
@@ -348,17 +354,26 @@ mod tests {
 
     #[test]
     fn keeps_only_installed_packages() {
-        let out = "ii \tbash\t5.2.15-2+b7\nrc \told\t1.0\nii \tapt\t2.6.1\n";
+        let out =
+            "ii \tbash\t5.2.15-2+b7\tamd64\nrc \told\t1.0\tall\nii \tapt\t2.6.1\tamd64\nii \tdebconf\t1.5.82\tall\n";
+        let arch = |a: &str| Some(a.to_owned());
         assert_eq!(
             parse_dpkg_query(out),
             [
                 Package {
                     name: "apt".into(),
-                    version: "2.6.1".into()
+                    version: "2.6.1".into(),
+                    arch: arch("amd64"),
                 },
                 Package {
                     name: "bash".into(),
-                    version: "5.2.15-2+b7".into()
+                    version: "5.2.15-2+b7".into(),
+                    arch: arch("amd64"),
+                },
+                Package {
+                    name: "debconf".into(),
+                    version: "1.5.82".into(),
+                    arch: arch("all"),
                 }
             ]
         );

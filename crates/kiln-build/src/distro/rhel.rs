@@ -314,7 +314,7 @@ impl DistroFamily for RhelFamily {
             .arg("--root")
             .arg(tree)
             .args(["--dbpath", "/var/lib/rpm", "-qa", "--qf"])
-            .arg("%{NAME}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\n")
+            .arg("%{NAME}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\t%{ARCH}\\n")
             .run_string()
             .context("listing the packages installed in the image")?;
         Ok(parse_rpm_query(&out))
@@ -357,11 +357,19 @@ impl DistroFamily for RhelFamily {
 fn parse_rpm_query(out: &str) -> Vec<Package> {
     let mut pkgs: Vec<Package> = out
         .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .filter(|(name, _)| *name != "gpg-pubkey")
-        .map(|(name, version)| Package {
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some((
+                f.next()?,
+                f.next()?,
+                f.next().filter(|a| !a.is_empty() && *a != "(none)"),
+            ))
+        })
+        .filter(|(name, _, _)| *name != "gpg-pubkey")
+        .map(|(name, version, arch)| Package {
             name: name.to_owned(),
             version: version.to_owned(),
+            arch: arch.map(str::to_owned),
         })
         .collect();
     pkgs.sort();
@@ -394,11 +402,19 @@ mod tests {
 
     #[test]
     fn lists_packages_without_keys() {
-        let out = "zlib\t1.2.11-25.el8\ngpg-pubkey\t6d745a60-60287f36\nbash\t4.4.20-5.el8\nshim-x64\t0:15.8-3\n";
+        let out = "zlib\t1.2.11-25.el8\tx86_64\ngpg-pubkey\t6d745a60-60287f36\t(none)\n\
+                   bash\t4.4.20-5.el8\tx86_64\nshim-x64\t0:15.8-3\tx86_64\ntzdata\t2024a-1.el8\tnoarch\n";
         let p = parse_rpm_query(out);
         assert_eq!(
-            p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-            ["bash", "shim-x64", "zlib"]
+            p.iter()
+                .map(|p| (p.name.as_str(), p.arch.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>(),
+            [
+                ("bash", "x86_64"),
+                ("shim-x64", "x86_64"),
+                ("tzdata", "noarch"),
+                ("zlib", "x86_64")
+            ]
         );
     }
 

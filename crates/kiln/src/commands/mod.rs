@@ -21,6 +21,7 @@ mod reproducible;
 mod seed;
 mod serve;
 mod shell;
+mod verify;
 
 pub(crate) fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
@@ -30,6 +31,7 @@ pub(crate) fn run(cli: Cli) -> Result<Exit> {
         Command::Validate(args) => validate(args),
         Command::Check(args) => check(args),
         Command::Inspect(args) => inspect(args),
+        Command::Verify(args) => verify::run(args),
         Command::Seed(args) => seed::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Ssh(args) => boot::ssh(args),
@@ -81,7 +83,11 @@ fn build(args: BuildArgs) -> Result<Exit> {
         on_error: args.on_error.into(),
         debugger: (args.step || args.on_error == crate::cli::OnError::Shell)
             .then(|| Arc::new(shell::Console::new(args.step)) as Arc<dyn kiln_build::Debugger>),
+        sign_key: args.sign_key.as_deref().map(kiln_build::sign::SignKey::parse),
     };
+    if let Some(key) = &opts.sign_key {
+        key.check().map_err(usage)?;
+    }
     if plan.source_date_epoch.is_none() && args.log_format == LogFormat::Human {
         tracing::info!("note: SOURCE_DATE_EPOCH: {}", plan.source_date_epoch_origin);
     }

@@ -428,6 +428,7 @@ mod tests {
             format: "raw".into(),
             size: 3 * GIB,
             sha512: "ab".into(),
+            sbom: None,
         };
         let extras = p.manifest_extras(&artifact);
         assert_eq!(extras.len(), 1);
