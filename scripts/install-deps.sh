@@ -41,6 +41,7 @@ apt-get install -y -q --no-install-recommends \
   grub-pc-bin grub-efi-amd64-bin grub-common \
   genisoimage xorriso squashfs-tools mtools shellcheck git ca-certificates curl rsync zstd xz-utils time bc python3 python3-venv socat \
   tar acl attr libcap2-bin openssh-client \
+  gnupg gpg gpg-agent gpgv \
   tzdata locales \
   build-essential pkg-config
 # The Arch and RHEL-family backends (pacstrap/pacman, dnf/rpm) and what their

@@ -71,7 +71,7 @@ impl From<Exit> for ExitCode {
 /// The table `--help` shows; a test holds it to [`Exit::code`].
 pub(crate) const HELP: &str = "Exit status:
   0    success
-  1    a negative verdict: a check rule failed, boot or replay FAIL, not reproducible,
+  1    a negative verdict: a check or verify rule failed, boot or replay FAIL, not reproducible,
        doctor found something missing, cache rm matched nothing
   2    usage or spec error; nothing was run
   3    a run failed

@@ -66,10 +66,20 @@ fn build_and_check(spec: &str, image: &str, fs: &str, extra: &[&str]) {
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = OutDir(out_dir);
+    // SHA512SUMS is signed with a throwaway SSH key, and `kiln verify`
+    // checks it below.
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("release");
+    let made = run(tool("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key));
+    assert!(made.status.success(), "{}", text(&made));
     let started = Instant::now();
     let res = run(kiln()
         .args(["build", "--log-format", "json", "--out"])
         .arg(out.path())
+        .arg("--sign-key")
+        .arg(&key)
         .args(extra)
         .arg(example(spec)));
     let log = text(&res);
@@ -160,6 +170,43 @@ fn build_and_check(spec: &str, image: &str, fs: &str, extra: &[&str]) {
             "{p} missing from manifest packages"
         );
     }
+    // The SBOM beside the image: one SPDX package per package of the
+    // manifest (plus the image), the kernel and GRUB with the manifest's
+    // versions and Debian package URLs.
+    let sbom_name = format!("{image}.spdx.json");
+    assert_eq!(artifact["sbom"]["path"], sbom_name.as_str());
+    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join(&sbom_name)).unwrap()).unwrap();
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    let spdx = sbom["packages"].as_array().unwrap();
+    assert_eq!(spdx.len(), packages.len() + 1, "one SPDX package per installed package");
+    for p in ["linux-image-amd64", "grub-pc-bin", "grub-efi-amd64-bin", "grub-common"] {
+        let listed = packages.iter().find(|x| x["name"] == p).unwrap();
+        let described = spdx
+            .iter()
+            .find(|x| x["name"] == p)
+            .unwrap_or_else(|| panic!("{p} missing from the SBOM"));
+        assert_eq!(described["versionInfo"], listed["version"], "{p}");
+        let purl = described["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+        assert!(
+            purl.starts_with(&format!("pkg:deb/debian/{p}@")) && purl.ends_with("?arch=amd64"),
+            "{purl}"
+        );
+    }
+    let sums = std::fs::read_to_string(out.path().join("SHA512SUMS")).unwrap();
+    assert!(sums.contains(&format!("  {sbom_name}\n")), "{sums}");
+    // `kiln verify` passes on the output, the signature by that key included.
+    let verify = run(kiln()
+        .arg("verify")
+        .arg(out.path())
+        .arg("--key")
+        .arg(key.with_extension("pub")));
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("PASS signature  SHA512SUMS.sig"),
+        "{}",
+        text(&verify)
+    );
+
     let payload = &manifest["ovhReinstall"];
     assert_eq!(payload["operatingSystem"], "byolinux_64");
     assert_eq!(payload["customizations"]["imageCheckSum"], artifact["sha512"]);
@@ -174,6 +221,7 @@ fn build_and_check(spec: &str, image: &str, fs: &str, extra: &[&str]) {
         ".git.commit" => "[commit]",
         ".git.dirty" => "[dirty]",
         ".artifacts[].sha512" => "[sha512]",
+        ".artifacts[].sbom.sha512" => "[sha512]",
         ".artifacts[].size" => "[size]",
         ".partitions[].size" => "[size]",
         ".partitions[].uuid" => "[uuid]",

@@ -68,6 +68,17 @@ pub(crate) fn verify(
         };
         outln!("NOT reproducible: {name} differs between the two builds: {why}")?;
     }
+    // The SBOMs carry the images' checksums and the package lists: they
+    // must come out byte-identical too.
+    for (a, b) in outputs[0].artifacts.iter().zip(&outputs[1].artifacts) {
+        let name = kiln_build::sbom::file_name(&a.file_name().unwrap_or_default().to_string_lossy());
+        if files_equal(&a.with_file_name(&name), &b.with_file_name(&name))? {
+            outln!("reproducible: {name} is byte-identical in both builds")?;
+        } else {
+            same = false;
+            outln!("NOT reproducible: {name} differs between the two builds")?;
+        }
+    }
     Ok(Exit::verdict(same))
 }
 
