@@ -61,9 +61,11 @@ impl SignKey {
         }
     }
 
-    /// Checks, before a build starts, that the key can be used: the SSH
-    /// file holds a private key, the OpenPGP key has a secret key in the
-    /// keyring. (Whether a passphrase is needed shows only when signing.)
+    /// Checks, before a build starts, that the key can be used without a
+    /// passphrase prompt: the SSH file holds a private key that either has
+    /// no passphrase or is loaded in ssh-agent; the OpenPGP key has a
+    /// secret key in the keyring (gpg runs with `--pinentry-mode error`, so
+    /// a locked one fails when signing, with a message, instead of asking).
     pub fn check(&self) -> Result<()> {
         match self {
             SignKey::Ssh(path) => {
@@ -74,6 +76,24 @@ impl SignKey {
                         "--sign-key {}: not an SSH private key (a file is taken as an SSH private key; \
                          give the private key, not the .pub, or an OpenPGP key id for gpg)",
                         path.display()
+                    );
+                }
+                if ssh_key_is_open(path) {
+                    return Ok(());
+                }
+                // A passphrase: ssh-keygen would ask for it on the terminal
+                // (from a background process group, where it would stop);
+                // it must sign through ssh-agent instead.
+                let public = ssh_public_half(path);
+                let in_agent = public.exists() && Cmd::new("ssh-add").arg("-T").arg(&public).run().is_ok();
+                if !in_agent {
+                    bail!(
+                        "--sign-key {}: the key has a passphrase (or ssh-keygen cannot read it) and ssh-agent \
+                         does not hold it; load it with `ssh-add {}` (its public half {} must be beside it): \
+                         kiln does not ask for passphrases",
+                        path.display(),
+                        path.display(),
+                        public.display()
                     );
                 }
                 Ok(())
@@ -114,6 +134,8 @@ impl SignKey {
                 Cmd::new("gpg").args([
                     "--batch",
                     "--yes",
+                    "--pinentry-mode",
+                    "error",
                     "--armor",
                     "--detach-sign",
                     "--output",
@@ -123,7 +145,8 @@ impl SignKey {
                 ]),
                 format!("the OpenPGP key {id}"),
                 "if the key has a passphrase, unlock it in gpg-agent first (for example by signing \
-                 something with it in this session): kiln runs gpg with --batch"
+                 something with it in this session): kiln runs gpg with --batch --pinentry-mode error \
+                 and never asks for it"
                     .to_owned(),
             ),
         };
@@ -136,6 +159,23 @@ impl SignKey {
         }
         Ok(out.stdout)
     }
+}
+
+/// Whether the SSH private key at `path` opens without a passphrase
+/// (`ssh-keygen -y -P ''`, which never prompts).
+fn ssh_key_is_open(path: &Path) -> bool {
+    Cmd::new("ssh-keygen")
+        .args(["-y", "-P", "", "-f"])
+        .arg(path)
+        .run()
+        .is_ok()
+}
+
+/// `KEY.pub` beside `KEY`.
+fn ssh_public_half(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
 }
 
 fn gnupg_home() -> String {

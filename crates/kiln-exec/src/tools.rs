@@ -83,6 +83,11 @@ pub const TOOLS: &[Tool] = &[
         "make the throwaway key kiln ssh puts in the guest's seed; sign SHA512SUMS (--sign-key FILE) and check it (kiln verify)",
     ),
     tool(
+        "ssh-add",
+        "openssh-client",
+        "check that ssh-agent holds a --sign-key SSH key that has a passphrase",
+    ),
+    tool(
         "gpg",
         "gpg",
         "sign SHA512SUMS with an OpenPGP key (--sign-key ID); tests: sign the local test repositories",

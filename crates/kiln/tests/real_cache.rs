@@ -231,6 +231,14 @@ fn the_example_byol_image_is_reproducible() {
         msg.contains(&format!("reproducible: {IMAGE} is byte-identical in both builds")),
         "{msg}"
     );
+    // The SBOM (creation time from SOURCE_DATE_EPOCH, namespace from its
+    // content) is compared too.
+    assert!(
+        msg.contains(&format!(
+            "reproducible: {IMAGE}.spdx.json is byte-identical in both builds"
+        )),
+        "{msg}"
+    );
 }
 
 /// A release build: the version reaches the artifact names and the

@@ -344,6 +344,60 @@ fn openpgp_signatures_are_checked_with_a_keyring() {
     );
 }
 
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/debian-12-ovh-byol.toml")
+}
+
+/// `kiln build --sign-key` with a key that cannot sign stops with exit 2
+/// before any work: the output directory is not even created.
+#[test]
+fn a_key_that_cannot_sign_stops_the_build_before_any_work() {
+    if !kiln_exec::testing::require_tool_or_skip("ssh-keygen") || !kiln_exec::testing::require_tool_or_skip("gpg") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let protected = dir.path().join("protected");
+    tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "a passphrase",
+            "-f",
+            protected.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let gnupg = dir.path().join("gnupg");
+    std::fs::create_dir(&gnupg).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _agent = Agent(gnupg.clone());
+    let out = dir.path().join("out");
+    let public = protected.with_extension("pub");
+    for (key, says) in [
+        (protected.to_str().unwrap(), "ssh-add"),
+        (public.to_str().unwrap(), "not an SSH private key"),
+        ("nobody@kiln.invalid", "no OpenPGP secret key"),
+    ] {
+        #[allow(clippy::disallowed_methods)] // the binary under test
+        let res = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["build", "--out", out.to_str().unwrap(), "--sign-key", key])
+            .arg(example())
+            .env_remove("SSH_AUTH_SOCK")
+            .env("GNUPGHOME", &gnupg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let t = text(&res);
+        assert_eq!(res.status.code(), Some(2), "{key}: {t}");
+        assert!(t.contains(says), "{key}: {t}");
+        assert!(!out.exists(), "{key}: the build started");
+    }
+}
+
 /// Signs `data` with kiln-build's OpenPGP signer in a child process whose
 /// GNUPGHOME is `gnupg`: this test binary run again, on the test below.
 fn gpg_sign_in_child(gnupg: &Path, data: &[u8]) -> Vec<u8> {
