@@ -90,6 +90,13 @@ if [ "$("$venv/bin/python3" -c 'import oras; print(oras.__version__)' 2>/dev/nul
   [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "oras==$oras_version"
 fi
+# spdx-tools (pyspdxtools), the SPDX project's own validator: the oracle of
+# the SBOMs kiln writes beside each artifact. Same venv, pinned.
+spdx_tools_version=0.8.5
+if [ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("spdx-tools"))' 2>/dev/null)" != "$spdx_tools_version" ]; then
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "spdx-tools==$spdx_tools_version"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then

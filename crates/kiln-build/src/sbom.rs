@@ -305,10 +305,12 @@ mod tests {
         ]
     }
 
+    const ARTIFACT_SHA512: &str = "abababababababababababababababababababababababababababababababababababababababababababababababababababababababababababababababab";
+
     fn input(packages: &[Package]) -> SbomInput<'_> {
         SbomInput {
             artifact: "debian-12-byol-1.0.0.qcow2",
-            sha512: "ab",
+            sha512: ARTIFACT_SHA512,
             version: "1.0.0",
             distribution: debian(),
             packages,
@@ -384,7 +386,7 @@ mod tests {
             .unwrap();
         assert_eq!(artifact.name, "debian-12-byol-1.0.0.qcow2");
         assert_eq!(artifact.checksums[0].algorithm, "SHA512");
-        assert_eq!(artifact.checksums[0].checksum_value, "ab");
+        assert_eq!(artifact.checksums[0].checksum_value, ARTIFACT_SHA512);
         for p in &pkgs {
             let found = doc
                 .packages
@@ -419,7 +421,7 @@ mod tests {
         assert_eq!(a, spdx_json(&input(&pkgs)).unwrap());
         let ns = |text: &str| serde_json::from_str::<Document>(text).unwrap().document_namespace;
         let mut other = input(&pkgs);
-        other.sha512 = "cd";
+        other.sha512 = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
         assert_ne!(ns(&a), ns(&spdx_json(&other).unwrap()));
         let fewer = &pkgs[1..];
         assert_ne!(ns(&a), ns(&spdx_json(&input(fewer)).unwrap()));
@@ -432,6 +434,60 @@ mod tests {
         let doc: Document = serde_json::from_str(&spdx_json(&input(&pkgs)).unwrap()).unwrap();
         assert_eq!(doc.packages[1].spdx_id, "SPDXRef-Package-libc6-amd64");
         assert_eq!(doc.packages[2].spdx_id, "SPDXRef-Package-libc6-i386");
+    }
+
+    /// The SPDX project's validator (PyPI `spdx-tools`, which
+    /// scripts/install-deps.sh puts in the test venv) accepts the document:
+    /// SPDX ids, relationships, purls, dates, the namespace.
+    #[test]
+    fn the_spdx_validator_accepts_the_document() {
+        let tool = std::env::var_os("KILN_PYSPDXTOOLS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/opt/kiln-test/venv/bin/pyspdxtools".into());
+        if !kiln_exec::testing::require_or_skip(
+            tool.is_file(),
+            &format!(
+                "{} is missing (PyPI spdx-tools; scripts/install-deps.sh installs it)",
+                tool.display()
+            ),
+        ) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut pkgs = packages();
+        pkgs.push(pkg("libc6", "2.36-9", "i386"));
+        pkgs.push(Package {
+            name: "no-arch".into(),
+            version: "1".into(),
+            arch: None,
+        });
+        let validate = |text: &str| {
+            let file = dir.path().join("x.spdx.json");
+            std::fs::write(&file, text).unwrap();
+            #[allow(clippy::disallowed_methods)] // the oracle, not a tool of kiln's
+            let out = std::process::Command::new(&tool)
+                .arg("-i")
+                .arg(&file)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        };
+        let (ok, said) = validate(&spdx_json(&input(&pkgs)).unwrap());
+        assert!(ok, "pyspdxtools rejects kiln's SBOM:\n{said}");
+        // The oracle can say no: an id SPDX forbids.
+        let broken = spdx_json(&input(&pkgs))
+            .unwrap()
+            .replace("SPDXRef-Package-debconf-all", "SPDXRef-Package-debconf+all");
+        let (ok, said) = validate(&broken);
+        assert!(!ok, "pyspdxtools accepted an invalid id:\n{said}");
     }
 
     #[test]

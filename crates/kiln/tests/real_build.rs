@@ -194,6 +194,18 @@ fn build_and_check(spec: &str, image: &str, fs: &str, extra: &[&str]) {
     }
     let sums = std::fs::read_to_string(out.path().join("SHA512SUMS")).unwrap();
     assert!(sums.contains(&format!("  {sbom_name}\n")), "{sums}");
+    // The SPDX project's validator accepts it (a second or so).
+    let pyspdxtools = std::env::var_os("KILN_PYSPDXTOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/opt/kiln-test/venv/bin/pyspdxtools".into());
+    assert!(
+        pyspdxtools.is_file(),
+        "{} is missing: run scripts/install-deps.sh",
+        pyspdxtools.display()
+    );
+    #[allow(clippy::disallowed_methods)] // the oracle
+    let valid = run(Command::new(&pyspdxtools).arg("-i").arg(out.path().join(&sbom_name)));
+    assert!(valid.status.success(), "pyspdxtools: {}", text(&valid));
     // `kiln verify` passes on the output, the signature by that key included.
     let verify = run(kiln()
         .arg("verify")
