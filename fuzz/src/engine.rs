@@ -148,6 +148,17 @@ pub fn fuzz(opts: &Options) -> std::io::Result<Stats> {
     let mut stats = Stats::default();
     let deadline = started + Duration::from_secs(opts.seconds);
     let mut next_report = started + Duration::from_secs(30);
+    let mut next_stats = started + Duration::from_secs(5);
+    let stats_file = opts.out.join("stats");
+    let write_stats = |execs: u64, corpus: usize, virgin: &[u8], crashes: usize| {
+        let line = format!(
+            "execs={execs} seconds={:.0} corpus={corpus} edges={} crashes={crashes}\n",
+            started.elapsed().as_secs_f64(),
+            virgin.iter().filter(|&&v| v != 0).count()
+        );
+        std::fs::write(&stats_file, line)
+    };
+    write_stats(0, 0, &[], 0)?;
     let seeds = corpus.len();
     let mut i = 0usize;
 
@@ -192,6 +203,10 @@ pub fn fuzz(opts: &Options) -> std::io::Result<Stats> {
             corpus.push(Entry::new(input));
         }
 
+        if Instant::now() >= next_stats {
+            next_stats += Duration::from_secs(5);
+            write_stats(stats.execs, corpus.len(), &virgin, found.len())?;
+        }
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(30);
             let _ = writeln!(
@@ -210,6 +225,7 @@ pub fn fuzz(opts: &Options) -> std::io::Result<Stats> {
     stats.corpus = corpus.len();
     stats.crashes = found.len();
     stats.edges = virgin.iter().filter(|&&v| v != 0).count();
+    write_stats(stats.execs, stats.corpus, &virgin, stats.crashes)?;
     Ok(stats)
 }
 
@@ -231,11 +247,17 @@ fn bucket(n: u8) -> u8 {
 /// Merges this run's counters into `virgin`; whether anything was new.
 fn new_coverage(virgin: &mut [u8]) -> bool {
     let mut new = false;
-    for (v, c) in virgin.iter_mut().zip(&coverage::MAP[..coverage::used()]) {
-        let b = bucket(c.load(Ordering::Relaxed));
-        if b & !*v != 0 {
-            *v |= b;
-            new = true;
+    for (i, w) in coverage::counters().enumerate() {
+        if w == 0 {
+            continue;
+        }
+        for (j, &count) in w.to_le_bytes().iter().enumerate() {
+            let b = bucket(count);
+            let v = &mut virgin[i * 8 + j];
+            if b & !*v != 0 {
+                *v |= b;
+                new = true;
+            }
         }
     }
     new

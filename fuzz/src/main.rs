@@ -58,14 +58,14 @@ fn main() -> ExitCode {
             match engine::fuzz(&opts) {
                 Ok(s) => {
                     println!(
-                        "target={} seconds={:.0} execs={} corpus={} edges={} crashes={} coverage={}",
+                        "target={} seconds={:.0} execs={} corpus={} edges={} crashes={} guards={}",
                         t.name,
                         s.seconds,
                         s.execs,
                         s.corpus,
                         s.edges,
                         s.crashes,
-                        kiln_fuzz::coverage::enabled()
+                        kiln_fuzz::coverage::GUARDS.load(std::sync::atomic::Ordering::Relaxed)
                     );
                     ExitCode::SUCCESS
                 }

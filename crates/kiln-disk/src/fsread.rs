@@ -167,7 +167,8 @@ pub(crate) struct Ext4Fs {
 }
 
 impl Ext4Fs {
-    fn open(image: DiskImage, offset: u64, size: u64, fs_type: FsType) -> Result<Self> {
+    fn open(mut image: DiskImage, offset: u64, size: u64, fs_type: FsType) -> Result<Self> {
+        check_ext4_geometry(&mut image, offset, size)?;
         let fs = ext4_view::Ext4::load(Box::new(PartitionReader { image, offset, size }))
             .map_err(|e| ext4_error(e, "loading the ext4 superblock"))?;
         Ok(Ext4Fs { fs, fs_type })
@@ -182,6 +183,56 @@ impl Ext4Fs {
             Err(e) => Err(ext4_error(e, &format!("{what} {path}"))),
         }
     }
+}
+
+/// Most block groups kiln reads: 2^21 groups of 128 MiB (4 KiB blocks) is
+/// 256 TiB, far beyond any image; their descriptors take 32 MiB in memory.
+const MAX_EXT4_GROUPS: u64 = 1 << 21;
+
+/// Checks the superblock's geometry before `ext4-view` loads it: the crate
+/// reads the whole group descriptor table into memory, one entry per block
+/// group, so a corrupt block count would make it allocate gigabytes. The
+/// filesystem must fit in its partition, and so must its descriptor table.
+fn check_ext4_geometry(image: &mut DiskImage, offset: u64, size: u64) -> Result<()> {
+    let mut sb = [0u8; 1024];
+    if size < 2048 {
+        return Err(Error::corrupt(format!(
+            "an ext4 filesystem needs at least 2048 bytes; the partition has {size}"
+        )));
+    }
+    image.read_exact_at(&mut sb, offset + 1024)?;
+    let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
+    let incompat_64bit = le32(0x60) & 0x80 != 0;
+    let blocks = u64::from(le32(0x4)) | if incompat_64bit { u64::from(le32(0x150)) << 32 } else { 0 };
+    let log_block_size = le32(0x18);
+    let per_group = u64::from(le32(0x20));
+    if log_block_size > 6 || per_group == 0 {
+        return Err(Error::corrupt(format!(
+            "the ext4 superblock is not valid (block size 2^{} KiB, {per_group} blocks per group)",
+            log_block_size
+        )));
+    }
+    let block_size = 1024u64 << log_block_size;
+    let fs_bytes = u128::from(blocks) * u128::from(block_size);
+    if fs_bytes > u128::from(size) {
+        return Err(Error::corrupt(format!(
+            "the ext4 superblock says the filesystem has {blocks} blocks of {block_size} bytes ({fs_bytes} bytes), \
+             more than its {size}-byte partition holds"
+        )));
+    }
+    let groups = blocks.div_ceil(per_group);
+    let desc_size = if incompat_64bit {
+        u64::from(u16::from_le_bytes([sb[0xfe], sb[0xff]])).max(64)
+    } else {
+        32
+    };
+    if groups > MAX_EXT4_GROUPS || groups.saturating_mul(desc_size) > size {
+        return Err(Error::corrupt(format!(
+            "the ext4 superblock says the filesystem has {groups} block groups ({per_group} blocks each), \
+             more than its {size}-byte partition holds"
+        )));
+    }
+    Ok(())
 }
 
 fn ext4_error(e: ext4_view::Ext4Error, context: &str) -> Error {
