@@ -265,8 +265,9 @@ fn new_coverage(virgin: &mut [u8]) -> bool {
 
 /// A name for an input (FNV-1a; not a security hash, just a file name).
 fn fnv(data: &[u8]) -> u64 {
-    data.iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 const INTERESTING: &[u64] = &[
@@ -328,7 +329,11 @@ fn mutate(rng: &mut fastrand::Rng, corpus: &[Entry], pick: usize, target: &Targe
                 let at = position(rng, e, len);
                 let v = INTERESTING[rng.usize(..INTERESTING.len())];
                 let bytes = if rng.bool() { v.to_le_bytes() } else { v.to_be_bytes() };
-                let src = if rng.bool() { &bytes[..width] } else { &bytes[8 - width..] };
+                let src = if rng.bool() {
+                    &bytes[..width]
+                } else {
+                    &bytes[8 - width..]
+                };
                 let n = width.min(len - at);
                 d[at..at + n].copy_from_slice(&src[..n]);
             }

@@ -29,13 +29,26 @@ pub const TARGETS: &[Target] = &[
         name: "qcow2",
         run: qcow2,
         max_len: IMAGE_MAX,
-        tokens: &[b"QFI\xfb", b"\x00\x00\x00\x03", b"\x00\x00\x00\x02", b"\x80\x00\x00\x00\x00\x00\x00\x00"],
+        tokens: &[
+            b"QFI\xfb",
+            b"\x00\x00\x00\x03",
+            b"\x00\x00\x00\x02",
+            b"\x80\x00\x00\x00\x00\x00\x00\x00",
+        ],
     },
     Target {
         name: "table",
         run: table,
         max_len: IMAGE_MAX,
-        tokens: &[b"EFI PART", b"\x55\xaa", b"\xee", b"\x05", b"\x0f", b"\x85", b"\x00\x00\x01\x00"],
+        tokens: &[
+            b"EFI PART",
+            b"\x55\xaa",
+            b"\xee",
+            b"\x05",
+            b"\x0f",
+            b"\x85",
+            b"\x00\x00\x01\x00",
+        ],
     },
     Target {
         name: "ext4",
@@ -47,7 +60,16 @@ pub const TARGETS: &[Target] = &[
         name: "probe",
         run: probe,
         max_len: IMAGE_MAX,
-        tokens: &[b"\x53\xef", b"XFSB", b"hsqs", b"CD001", b"FAT32   ", b"FAT16   ", b"SWAPSPACE2", b"_BHRfS_M"],
+        tokens: &[
+            b"\x53\xef",
+            b"XFSB",
+            b"hsqs",
+            b"CD001",
+            b"FAT32   ",
+            b"FAT16   ",
+            b"SWAPSPACE2",
+            b"_BHRfS_M",
+        ],
     },
     Target {
         name: "checksums",
@@ -60,9 +82,31 @@ pub const TARGETS: &[Target] = &[
         run: http,
         max_len: TEXT_MAX,
         tokens: &[
-            b"{", b"}", b"[", b"]", b"\"", b":", b",", b"null", b"bytes=", b"-", b"%", b"%2e%2e", b"/../",
-            b"Bearer realm=\"", b"\",service=\"", b"<Item>", b"</Item>", b"<imageId>", b"[default]", b" = ",
-            b"\"layers\"", b"\"annotations\"", b"\"org.opencontainers.image.title\"", b"\"errors\"", b"\"taskId\"",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b":",
+            b",",
+            b"null",
+            b"bytes=",
+            b"-",
+            b"%",
+            b"%2e%2e",
+            b"/../",
+            b"Bearer realm=\"",
+            b"\",service=\"",
+            b"<Item>",
+            b"</Item>",
+            b"<imageId>",
+            b"[default]",
+            b" = ",
+            b"\"layers\"",
+            b"\"annotations\"",
+            b"\"org.opencontainers.image.title\"",
+            b"\"errors\"",
+            b"\"taskId\"",
         ],
     },
     Target {
@@ -82,22 +126,55 @@ pub const TARGETS: &[Target] = &[
         name: "iso",
         run: iso,
         max_len: IMAGE_MAX,
-        tokens: &[b"CD001", b"EL TORITO SPECIFICATION", b"RR", b"PX", b"NM", b"SL", b"CE", b"\x55\xaa"],
+        tokens: &[
+            b"CD001",
+            b"EL TORITO SPECIFICATION",
+            b"RR",
+            b"PX",
+            b"NM",
+            b"SL",
+            b"CE",
+            b"\x55\xaa",
+        ],
     },
     Target {
         name: "fat",
         run: fat,
         max_len: IMAGE_MAX,
-        tokens: &[b"\x55\xaa", b"FAT32   ", b"FAT16   ", b"FAT12   ", b"MZ", b"PE\x00\x00", b"\x0f"],
+        tokens: &[
+            b"\x55\xaa",
+            b"FAT32   ",
+            b"FAT16   ",
+            b"FAT12   ",
+            b"MZ",
+            b"PE\x00\x00",
+            b"\x0f",
+        ],
     },
     Target {
         name: "spec",
         run: spec,
         max_len: TEXT_MAX,
         tokens: &[
-            b"[image]\n", b"[base]\n", b"[[files]]\n", b"[[run]]\n", b"[[users]]\n", b"[targets.disk]\n",
-            b"[targets.ovh-byol]\n", b"[packages]\n", b" = ", b"\"", b"'''", b"[", b"]", b"{", b"}", b"size = ",
-            b"\"4GiB\"", b"mode = \"0644\"", b"\n",
+            b"[image]\n",
+            b"[base]\n",
+            b"[[files]]\n",
+            b"[[run]]\n",
+            b"[[users]]\n",
+            b"[targets.disk]\n",
+            b"[targets.ovh-byol]\n",
+            b"[packages]\n",
+            b" = ",
+            b"\"",
+            b"'''",
+            b"[",
+            b"]",
+            b"{",
+            b"}",
+            b"size = ",
+            b"\"4GiB\"",
+            b"mode = \"0644\"",
+            b"\n",
         ],
     },
     Target {
@@ -105,9 +182,26 @@ pub const TARGETS: &[Target] = &[
         run: ovh_storage,
         max_len: TEXT_MAX,
         tokens: &[
-            b"{", b"}", b"[", b"]", b"\"", b":", b",", b"\"partitioning\"", b"\"layout\"", b"\"mountPoint\"",
-            b"\"fileSystem\"", b"\"size\"", b"\"raidLevel\"", b"\"disks\"", b"\"extras\"", b"\"lv\"", b"\"zp\"",
-            b"18446744073709551615", b"-1", b"0",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b":",
+            b",",
+            b"\"partitioning\"",
+            b"\"layout\"",
+            b"\"mountPoint\"",
+            b"\"fileSystem\"",
+            b"\"size\"",
+            b"\"raidLevel\"",
+            b"\"disks\"",
+            b"\"extras\"",
+            b"\"lv\"",
+            b"\"zp\"",
+            b"18446744073709551615",
+            b"-1",
+            b"0",
         ],
     },
     Target {
@@ -115,8 +209,18 @@ pub const TARGETS: &[Target] = &[
         run: console,
         max_len: TEXT_MAX,
         tokens: &[
-            b"\x1b[", b"\x1b]", b"\x07", b"\x1b\\", b"\r\n", b"login: ", b"KILN-VERDICT ", b"hostname=", b"\xe2\x82",
-            b"KILN-IMDS ", b"=", b"md0 : active raid1",
+            b"\x1b[",
+            b"\x1b]",
+            b"\x07",
+            b"\x1b\\",
+            b"\r\n",
+            b"login: ",
+            b"KILN-VERDICT ",
+            b"hostname=",
+            b"\xe2\x82",
+            b"KILN-IMDS ",
+            b"=",
+            b"md0 : active raid1",
         ],
     },
 ];
@@ -140,7 +244,11 @@ fn scratch_file(data: &[u8]) -> PathBuf {
         let mut s = s.borrow_mut();
         let dir = s.get_or_insert_with(|| {
             let shm = Path::new("/dev/shm");
-            let base = if shm.is_dir() { shm.to_owned() } else { std::env::temp_dir() };
+            let base = if shm.is_dir() {
+                shm.to_owned()
+            } else {
+                std::env::temp_dir()
+            };
             tempfile::Builder::new()
                 .prefix("kiln-fuzz-")
                 .tempdir_in(base)
@@ -163,7 +271,15 @@ fn qcow2(data: &[u8]) {
     let _ = serde_json::to_string(image.format());
     // Reads at the start, at cluster boundaries and across the end.
     let mut buf = vec![0u8; 8192];
-    for pos in [0, 512, 65536 - 100, 1 << 20, size / 2, size.saturating_sub(4096), size.saturating_sub(10)] {
+    for pos in [
+        0,
+        512,
+        65536 - 100,
+        1 << 20,
+        size / 2,
+        size.saturating_sub(4096),
+        size.saturating_sub(10),
+    ] {
         let _ = image.read_exact_at(&mut buf, pos);
     }
     let _ = read_partitions(&mut image);
@@ -444,9 +560,17 @@ fn console(data: &[u8]) {
     use kiln_vm::console::{Console, Expect, Pattern};
     let mut console = Console::new("/nonexistent/console.log");
     let mut expect = Expect::new();
-    for (name, re) in [("login", r"login: $"), ("panic", r"Kernel panic"), ("verdict", r"KILN-VERDICT .*ok")] {
+    for (name, re) in [
+        ("login", r"login: $"),
+        ("panic", r"Kernel panic"),
+        ("verdict", r"KILN-VERDICT .*ok"),
+    ] {
         if let Ok(p) = Pattern::new(name, re) {
-            expect = if name == "panic" { expect.fail_on(p) } else { expect.want(p) };
+            expect = if name == "panic" {
+                expect.fail_on(p)
+            } else {
+                expect.want(p)
+            };
         }
     }
     let mut rest = data;

@@ -203,7 +203,12 @@ fn check_ext4_geometry(image: &mut DiskImage, offset: u64, size: u64) -> Result<
     image.read_exact_at(&mut sb, offset + 1024)?;
     let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
     let incompat_64bit = le32(0x60) & 0x80 != 0;
-    let blocks = u64::from(le32(0x4)) | if incompat_64bit { u64::from(le32(0x150)) << 32 } else { 0 };
+    let blocks = u64::from(le32(0x4))
+        | if incompat_64bit {
+            u64::from(le32(0x150)) << 32
+        } else {
+            0
+        };
     let log_block_size = le32(0x18);
     let per_group = u64::from(le32(0x20));
     if log_block_size > 6 || per_group == 0 {
