@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Hit counters (one byte per basic block guard, saturating), eight to a
 /// word so that clearing and scanning the map after each run is quick.
-pub const MAP_SIZE: usize = 1 << 17;
+pub const MAP_SIZE: usize = 1 << 18;
 pub static MAP: [AtomicU64; MAP_SIZE / 8] = [const { AtomicU64::new(0) }; MAP_SIZE / 8];
 /// Guards handed out so far (the used part of [`MAP`]).
 pub static GUARDS: AtomicU32 = AtomicU32::new(0);

@@ -4,6 +4,7 @@
 //! kiln-fuzz list
 //! kiln-fuzz run TARGET SECONDS OUT_DIR [RNG_SEED]
 //! kiln-fuzz replay TARGET FILE...
+//! kiln-fuzz alloc-check BYTES      (allocates BYTES at once: the limit's own test)
 //! ```
 
 use std::path::PathBuf;
@@ -74,6 +75,15 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        ["alloc-check", bytes] => {
+            let Ok(n) = bytes.parse::<usize>() else {
+                return usage();
+            };
+            kiln_fuzz::alloc::set_running("alloc-check");
+            let v = std::hint::black_box(vec![1u8; n]);
+            println!("allocated {} bytes", v.len());
+            ExitCode::SUCCESS
         }
         ["replay", name, files @ ..] => {
             let Some(t) = target(name) else {

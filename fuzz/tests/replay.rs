@@ -35,3 +35,31 @@ fn corpora_and_regressions_replay_without_panics() {
     assert!(runs > 0);
     assert!(failures.is_empty(), "panics:\n{}", failures.join("\n"));
 }
+
+/// The fuzzer binary under test, as `crates/kiln/tests/cli.rs` runs kiln.
+fn kiln_fuzz(args: &[&str]) -> std::process::Output {
+    #[allow(clippy::disallowed_methods)] // the binary under test
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-fuzz"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    out
+}
+
+/// The limit is real: the fuzzer binary, which runs under the same
+/// allocator, dies naming the run when one allocation is over 64 MiB.
+#[test]
+fn an_oversize_allocation_ends_the_run() {
+    let small = kiln_fuzz(&["alloc-check", "1048576"]);
+    assert!(small.status.success());
+    assert!(String::from_utf8_lossy(&small.stdout).contains("allocated 1048576 bytes"));
+    let over = (kiln_fuzz::alloc::LIMIT + 1).to_string();
+    let big = kiln_fuzz(&["alloc-check", &over]);
+    let stderr = String::from_utf8_lossy(&big.stderr);
+    assert!(!big.status.success());
+    assert!(
+        stderr.contains("exceeds the 64 MiB limit (running alloc-check)"),
+        "{stderr}"
+    );
+}

@@ -16,7 +16,7 @@
 //! relocated deep directories (Rock Ridge CL/RE), zisofs-compressed files,
 //! interleaved files, sessions other than the first.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -449,7 +449,7 @@ impl IsoImage {
 
     /// The entries of the directory whose extent is `dir`, multi-extent
     /// files joined into one node.
-    fn nodes(&self, dir: (u32, u32)) -> Result<Vec<IsoNode>> {
+    pub(crate) fn nodes(&self, dir: (u32, u32)) -> Result<Vec<IsoNode>> {
         let mut nodes: Vec<IsoNode> = Vec::new();
         let mut continuing = false;
         for r in self.records(dir)? {
@@ -565,6 +565,9 @@ impl IsoImage {
     /// searching the whole tree breadth first.
     pub fn file_at_block(&self, block: u32) -> Result<Option<(String, IsoNode)>> {
         let mut queue = VecDeque::from([(String::new(), self.root)]);
+        // A directory whose records lead back to itself or an ancestor (a
+        // corrupt image) is listed once: the walk would never end otherwise.
+        let mut dirs_seen = HashSet::from([self.root.0]);
         let mut visited = 0;
         while let Some((dir_path, dir)) = queue.pop_front() {
             for node in self.nodes(dir)? {
@@ -574,7 +577,8 @@ impl IsoImage {
                 }
                 let path = format!("{dir_path}/{}", node.name);
                 match node.kind {
-                    FileKind::Dir => queue.push_back((path, node.extents[0])),
+                    FileKind::Dir if dirs_seen.insert(node.block()) => queue.push_back((path, node.extents[0])),
+                    FileKind::Dir => {}
                     FileKind::File if node.block() == block && node.size > 0 => return Ok(Some((path, node))),
                     _ => {}
                 }
