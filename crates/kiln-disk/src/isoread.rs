@@ -556,7 +556,9 @@ impl IsoImage {
             if block != next {
                 return None;
             }
-            next = block + (len as u64).div_ceil(BLOCK) as u32;
+            // Checked: extents near block 2^32 cannot be followed by another
+            // (found by fuzzing).
+            next = block.checked_add((u64::from(len)).div_ceil(BLOCK) as u32)?;
         }
         Some(u64::from(node.block()) * BLOCK)
     }
