@@ -532,6 +532,17 @@ impl IsoImage {
                 node.size
             )));
         }
+        // The size is what the directory record claims: no larger than the
+        // image itself before anything is allocated for it (found by fuzzing).
+        if node.size > self.file_size {
+            return Err(Error::corrupt(format!(
+                "{}: {:?} claims {} bytes, more than the {}-byte image holds",
+                self.path.display(),
+                node.name,
+                node.size,
+                self.file_size
+            )));
+        }
         let mut out = Vec::with_capacity(node.size as usize);
         for &(block, len) in &node.extents {
             out.extend(self.read_extent(block, len)?);
