@@ -54,7 +54,10 @@ fuzz_one() {
     local left=$((end - $(date +%s)))
     ((left > 0)) || break
     sessions=$((sessions + 1))
-    if "$bin" run "$t" "$left" "$dir" >>"$dir/log" 2>&1; then
+    # Scratch files of path-based readers: removed even after an abort.
+    local scratch=/dev/shm/kiln-fuzz-session.$t.$$
+    [ -d /dev/shm ] || scratch=${TMPDIR:-/tmp}/kiln-fuzz-session.$t.$$
+    if KILN_FUZZ_SCRATCH=$scratch "$bin" run "$t" "$left" "$dir" >>"$dir/log" 2>&1; then
       :
     else
       # Not caught in-process: keep the input that did it, and why.
@@ -66,6 +69,7 @@ fuzz_one() {
         > "$dir/crashes/$name.txt" || echo "aborted (see $dir/log)" > "$dir/crashes/$name.txt"
       tail -n 40 "$dir/log" >> "$dir/crashes/$name.txt"
     fi
+    rm -rf "$scratch"
     execs=$((execs + $(sed -n 's/.*execs=\([0-9]*\).*/\1/p' "$dir/stats")))
   done
   local last

@@ -56,7 +56,9 @@ fn main() -> ExitCode {
                 out,
                 rng_seed,
             };
-            match engine::fuzz(&opts) {
+            let result = engine::fuzz(&opts);
+            kiln_fuzz::targets::remove_scratch();
+            match result {
                 Ok(s) => {
                     println!(
                         "target={} seconds={:.0} execs={} corpus={} edges={} crashes={} guards={}",
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            kiln_fuzz::targets::remove_scratch();
             if failed {
                 ExitCode::FAILURE
             } else {

@@ -238,17 +238,21 @@ thread_local! {
     static SCRATCH: RefCell<Option<tempfile::TempDir>> = const { RefCell::new(None) };
 }
 
-/// Writes `data` to this thread's scratch file and gives its path.
+/// Writes `data` to this thread's scratch file and gives its path. The
+/// directory is `$KILN_FUZZ_SCRATCH` when set (bench/fuzz.sh sets it and
+/// removes it after each session, even one that aborted), else a temporary
+/// one that [`remove_scratch`] removes.
 fn scratch_file(data: &[u8]) -> PathBuf {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let dir = s.get_or_insert_with(|| {
             let shm = Path::new("/dev/shm");
-            let base = if shm.is_dir() {
-                shm.to_owned()
-            } else {
-                std::env::temp_dir()
+            let base = match std::env::var_os("KILN_FUZZ_SCRATCH") {
+                Some(dir) => PathBuf::from(dir),
+                None if shm.is_dir() => shm.to_owned(),
+                None => std::env::temp_dir(),
             };
+            std::fs::create_dir_all(&base).expect("creating the fuzzer's scratch directory");
             tempfile::Builder::new()
                 .prefix("kiln-fuzz-")
                 .tempdir_in(base)
@@ -258,6 +262,12 @@ fn scratch_file(data: &[u8]) -> PathBuf {
         std::fs::write(&path, data).expect("writing the fuzzer's scratch file");
         path
     })
+}
+
+/// Removes this thread's scratch directory (thread-locals of the main
+/// thread are not dropped at exit).
+pub fn remove_scratch() {
+    SCRATCH.with(|s| drop(s.borrow_mut().take()));
 }
 
 // ------------------------------------------------------------ disk images

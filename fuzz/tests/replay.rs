@@ -32,6 +32,7 @@ fn corpora_and_regressions_replay_without_panics() {
             }
         }
     }
+    kiln_fuzz::targets::remove_scratch();
     assert!(runs > 0);
     assert!(failures.is_empty(), "panics:\n{}", failures.join("\n"));
 }
