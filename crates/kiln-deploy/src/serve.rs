@@ -253,6 +253,11 @@ enum Refusal {
 }
 
 /// The file a request target names inside `root`, or why not.
+/// The file under `root` that a request target names (used by the fuzzer).
+pub fn resolve_target(root: &Path, target: &str) -> Option<PathBuf> {
+    resolve(root, target).ok()
+}
+
 fn resolve(root: &Path, target: &str) -> Result<PathBuf, Refusal> {
     let path = target.split(['?', '#']).next().unwrap_or_default();
     let decoded = percent_decode(path).ok_or(Refusal::NotFound)?;

@@ -6,8 +6,18 @@
 //! what it writes, and it is handed a view that refuses every write, so a
 //! read never changes the image (not even the dirty flag). Non-goals:
 //! anything but reading whole small files and listing directories.
+//!
+//! `fatfs` does its cluster and sector arithmetic unchecked, so a corrupt
+//! boot sector or directory entry (cluster 0 or 1 in a chain, a FAT size
+//! that overflows) makes it panic (debug builds) or compute nonsense
+//! (release). Every call into it here runs under [`guarded`], which turns
+//! such a panic into a `Corrupt` error naming what was being read; the
+//! fuzzer (`fuzz/`, target `fat`) found these.
 
+use std::cell::Cell;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
 
 use crate::error::{Error, Result};
 use crate::fsread::MAX_READ;
@@ -59,6 +69,39 @@ impl<R> Seek for Window<R> {
     }
 }
 
+thread_local! {
+    /// Whether this thread is inside [`guarded`] (its panics are expected).
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, a call into `fatfs`; a panic in it becomes a `Corrupt` error
+/// about `what`, and is not printed (the hook installed once here defers
+/// to the previous hook for every other panic).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = GUARDED.with(|g| g.replace(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    result.unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::corrupt(format!(
+            "{what}: the FAT is corrupt (its sizes or cluster numbers are out of range: {why})"
+        )))
+    })
+}
+
 /// A FAT filesystem opened read-only.
 pub struct FatReader<R: Read + Seek> {
     fs: fatfs::FileSystem<Window<R>>,
@@ -73,14 +116,20 @@ impl<R: Read + Seek> FatReader<R> {
             len,
             pos: 0,
         };
-        let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new().update_accessed_date(false))
-            .map_err(|e| Error::with_source(crate::ErrorKind::InvalidFormat, "reading a FAT boot sector", e))?;
+        let fs = guarded("reading a FAT boot sector", || {
+            fatfs::FileSystem::new(window, fatfs::FsOptions::new().update_accessed_date(false))
+                .map_err(|e| Error::with_source(crate::ErrorKind::InvalidFormat, "reading a FAT boot sector", e))
+        })?;
         Ok(FatReader { fs })
     }
 
     /// The contents of the file at `path` (`/`-separated, matched without
     /// regard to case as FAT does); `None` if it is missing.
     pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        guarded(&format!("reading {path} in a FAT"), || self.read_file_unguarded(path))
+    }
+
+    fn read_file_unguarded(&self, path: &str) -> Result<Option<Vec<u8>>> {
         let path = path.trim_start_matches('/');
         let mut file = match self.fs.root_dir().open_file(path) {
             Ok(f) => f,
@@ -109,6 +158,10 @@ impl<R: Read + Seek> FatReader<R> {
     /// The names in the directory at `path` (without `.` and `..`), sorted;
     /// `None` if it is missing.
     pub fn read_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
+        guarded(&format!("listing {path} in a FAT"), || self.read_dir_unguarded(path))
+    }
+
+    fn read_dir_unguarded(&self, path: &str) -> Result<Option<Vec<String>>> {
         let path = path.trim_matches('/');
         let root = self.fs.root_dir();
         let dir = if path.is_empty() {

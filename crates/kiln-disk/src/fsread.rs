@@ -164,13 +164,72 @@ impl ext4_view::Ext4Read for PartitionReader {
 pub(crate) struct Ext4Fs {
     fs: ext4_view::Ext4,
     fs_type: FsType,
+    /// The partition's size: no file kiln reads from it can be larger.
+    size: u64,
 }
 
+/// Longest symlink target (Linux's PATH_MAX). `ext4-view` reads a target
+/// into a buffer of the size its inode claims, so a corrupt inode is
+/// refused before any call that reads or follows it.
+const MAX_SYMLINK: u64 = 4096;
+
+/// Most symlinks followed in one path (Linux's ELOOP limit).
+const MAX_SYMLINK_HOPS: usize = 40;
+
 impl Ext4Fs {
-    fn open(image: DiskImage, offset: u64, size: u64, fs_type: FsType) -> Result<Self> {
+    fn open(mut image: DiskImage, offset: u64, size: u64, fs_type: FsType) -> Result<Self> {
+        check_ext4_geometry(&mut image, offset, size)?;
         let fs = ext4_view::Ext4::load(Box::new(PartitionReader { image, offset, size }))
             .map_err(|e| ext4_error(e, "loading the ext4 superblock"))?;
-        Ok(Ext4Fs { fs, fs_type })
+        Ok(Ext4Fs { fs, fs_type, size })
+    }
+
+    /// Checks every symlink that resolving `path` would follow (each
+    /// component, and the targets of those that are symlinks, recursively)
+    /// for a target no longer than [`MAX_SYMLINK`]. A missing component
+    /// ends the check: the call that follows reports it.
+    fn check_symlinks(&mut self, path: &str, hops: usize) -> Result<()> {
+        let mut prefix = String::new();
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(comp);
+            let Ok(meta) = self.fs.symlink_metadata(prefix.as_str()) else {
+                return Ok(());
+            };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            if hops >= MAX_SYMLINK_HOPS {
+                return Err(Error::corrupt(format!(
+                    "{path}: more than {MAX_SYMLINK_HOPS} symlinks to follow (a loop?)"
+                )));
+            }
+            if meta.len() > MAX_SYMLINK {
+                return Err(Error::corrupt(format!(
+                    "the symlink {prefix} has a {}-byte target, more than the {MAX_SYMLINK} a path can have (ext4)",
+                    meta.len()
+                )));
+            }
+            let target = self
+                .fs
+                .read_link(prefix.as_str())
+                .map_err(|e| ext4_error(e, &format!("reading the symlink {prefix}")))?;
+            let target = String::from_utf8_lossy(target.as_ref()).into_owned();
+            let resolved = if target.starts_with('/') {
+                target
+            } else {
+                let parent = prefix.rsplit_once('/').map_or("", |(p, _)| p);
+                format!("{parent}/{target}")
+            };
+            self.check_symlinks(&resolved, hops + 1)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_symlinks`] for the directory that holds `path`.
+    fn check_parent(&mut self, path: &str) -> Result<()> {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        self.check_symlinks(parent, 0)
     }
 
     /// Maps "not there" to `None` and the rest to errors.
@@ -182,6 +241,58 @@ impl Ext4Fs {
             Err(e) => Err(ext4_error(e, &format!("{what} {path}"))),
         }
     }
+}
+
+/// Most block groups kiln reads: 2^21 groups of 128 MiB (4 KiB blocks) is
+/// 256 TiB, far beyond any image; their descriptors take 32 MiB in memory.
+const MAX_EXT4_GROUPS: u64 = 1 << 21;
+
+/// Checks the superblock's geometry before `ext4-view` loads it: the crate
+/// reads the whole group descriptor table into memory, one entry per block
+/// group, so a corrupt block count would make it allocate gigabytes. The
+/// filesystem must fit in its partition, and so must its descriptor table.
+fn check_ext4_geometry(image: &mut DiskImage, offset: u64, size: u64) -> Result<()> {
+    let mut sb = [0u8; 1024];
+    if size < 2048 {
+        return Err(Error::corrupt(format!(
+            "an ext4 filesystem needs at least 2048 bytes; the partition has {size}"
+        )));
+    }
+    image.read_exact_at(&mut sb, offset + 1024)?;
+    let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
+    let incompat_64bit = le32(0x60) & 0x80 != 0;
+    // The high half counts even without the 64bit feature, as ext4-view
+    // reads it (a real filesystem without the feature has zero there).
+    let blocks = u64::from(le32(0x4)) | (u64::from(le32(0x150)) << 32);
+    let log_block_size = le32(0x18);
+    let per_group = u64::from(le32(0x20));
+    if log_block_size > 6 || per_group == 0 {
+        return Err(Error::corrupt(format!(
+            "the ext4 superblock is not valid (block size 2^{} KiB, {per_group} blocks per group)",
+            log_block_size
+        )));
+    }
+    let block_size = 1024u64 << log_block_size;
+    let fs_bytes = u128::from(blocks) * u128::from(block_size);
+    if fs_bytes > u128::from(size) {
+        return Err(Error::corrupt(format!(
+            "the ext4 superblock says the filesystem has {blocks} blocks of {block_size} bytes ({fs_bytes} bytes), \
+             more than its {size}-byte partition holds"
+        )));
+    }
+    let groups = blocks.div_ceil(per_group);
+    let desc_size = if incompat_64bit {
+        u64::from(u16::from_le_bytes([sb[0xfe], sb[0xff]])).max(64)
+    } else {
+        32
+    };
+    if groups > MAX_EXT4_GROUPS || groups.saturating_mul(desc_size) > size {
+        return Err(Error::corrupt(format!(
+            "the ext4 superblock says the filesystem has {groups} block groups ({per_group} blocks each), \
+             more than its {size}-byte partition holds"
+        )));
+    }
+    Ok(())
 }
 
 fn ext4_error(e: ext4_view::Ext4Error, context: &str) -> Error {
@@ -219,6 +330,7 @@ fn ext4_meta(m: &ext4_view::Metadata) -> FileMeta {
 impl FsRead for Ext4Fs {
     fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
         let path = absolute(path);
+        self.check_symlinks(&path, 0)?;
         let Some(meta) = Self::found(self.fs.metadata(path.as_str()), "reading metadata of", &path)? else {
             return Ok(None);
         };
@@ -228,21 +340,33 @@ impl FsRead for Ext4Fs {
                 meta.len()
             )));
         }
+        // ext4-view reads a file into a buffer of the size its inode says;
+        // a file larger than its filesystem is sparse or corrupt.
+        if meta.len() > self.size {
+            return Err(Error::corrupt(format!(
+                "{path} claims {} bytes, more than its {}-byte filesystem holds (ext4)",
+                meta.len(),
+                self.size
+            )));
+        }
         Self::found(self.fs.read(path.as_str()), "reading", &path)
     }
 
     fn metadata(&mut self, path: &str) -> Result<Option<FileMeta>> {
         let path = absolute(path);
+        self.check_symlinks(&path, 0)?;
         Ok(Self::found(self.fs.metadata(path.as_str()), "reading metadata of", &path)?.map(|m| ext4_meta(&m)))
     }
 
     fn symlink_metadata(&mut self, path: &str) -> Result<Option<FileMeta>> {
         let path = absolute(path);
+        self.check_parent(&path)?;
         Ok(Self::found(self.fs.symlink_metadata(path.as_str()), "reading metadata of", &path)?.map(|m| ext4_meta(&m)))
     }
 
     fn read_dir(&mut self, path: &str) -> Result<Option<Vec<String>>> {
         let path = absolute(path);
+        self.check_symlinks(&path, 0)?;
         let Some(iter) = Self::found(self.fs.read_dir(path.as_str()), "listing", &path)? else {
             return Ok(None);
         };
@@ -260,6 +384,15 @@ impl FsRead for Ext4Fs {
 
     fn read_link(&mut self, path: &str) -> Result<Option<String>> {
         let path = absolute(path);
+        self.check_parent(&path)?;
+        if let Ok(meta) = self.fs.symlink_metadata(path.as_str()) {
+            if meta.file_type().is_symlink() && meta.len() > MAX_SYMLINK {
+                return Err(Error::corrupt(format!(
+                    "the symlink {path} has a {}-byte target, more than the {MAX_SYMLINK} a path can have (ext4)",
+                    meta.len()
+                )));
+            }
+        }
         match self.fs.read_link(path.as_str()) {
             Ok(target) => Ok(Some(String::from_utf8_lossy(target.as_ref()).into_owned())),
             Err(ext4_view::Ext4Error::NotASymlink) => Ok(None),
@@ -273,6 +406,7 @@ impl FsRead for Ext4Fs {
 
     fn read_dir_meta(&mut self, path: &str) -> Result<Option<Vec<(String, FileMeta)>>> {
         let path = absolute(path);
+        self.check_symlinks(&path, 0)?;
         let Some(iter) = Self::found(self.fs.read_dir(path.as_str()), "listing", &path)? else {
             return Ok(None);
         };

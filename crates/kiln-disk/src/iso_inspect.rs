@@ -158,13 +158,25 @@ pub fn inspect_iso(path: &Path) -> Result<IsoInspection> {
 /// its own files unless `recursive`.
 pub fn files_under(iso: &IsoImage, dir: &str, recursive: bool) -> Result<Vec<FileSize>> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.trim_end_matches('/').to_owned()];
-    while let Some(d) = stack.pop() {
-        for node in iso.read_dir(&d)?.unwrap_or_default() {
+    let Some(top) = iso.lookup(dir)?.filter(|n| n.kind == FileKind::Dir) else {
+        return Ok(out);
+    };
+    // Each directory once, by its first block: records that lead back to a
+    // directory already listed (a corrupt image) would loop for ever.
+    let mut seen = std::collections::HashSet::from([top.block()]);
+    let mut stack = vec![(dir.trim_end_matches('/').to_owned(), top.extents[0])];
+    while let Some((d, extent)) = stack.pop() {
+        for node in iso.nodes(extent)? {
+            if out.len() + stack.len() > MAX_FILES {
+                return Err(crate::Error::corrupt(format!(
+                    "{}: more than {MAX_FILES} entries under {dir}",
+                    iso.path().display()
+                )));
+            }
             let path = format!("{d}/{}", node.name);
             match node.kind {
                 FileKind::File => out.push(FileSize { path, size: node.size }),
-                FileKind::Dir if recursive => stack.push(path),
+                FileKind::Dir if recursive && seen.insert(node.block()) => stack.push((path, node.extents[0])),
                 _ => {}
             }
         }
@@ -172,6 +184,9 @@ pub fn files_under(iso: &IsoImage, dir: &str, recursive: bool) -> Result<Vec<Fil
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
+
+/// Most entries [`files_under`] lists (a config drive has a dozen).
+const MAX_FILES: usize = 100_000;
 
 fn config_drive(iso: &IsoImage, warnings: &mut Vec<String>) -> Result<ConfigDrive> {
     let mut drive = ConfigDrive {

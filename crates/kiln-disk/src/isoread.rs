@@ -16,7 +16,7 @@
 //! relocated deep directories (Rock Ridge CL/RE), zisofs-compressed files,
 //! interleaved files, sessions other than the first.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -449,7 +449,7 @@ impl IsoImage {
 
     /// The entries of the directory whose extent is `dir`, multi-extent
     /// files joined into one node.
-    fn nodes(&self, dir: (u32, u32)) -> Result<Vec<IsoNode>> {
+    pub(crate) fn nodes(&self, dir: (u32, u32)) -> Result<Vec<IsoNode>> {
         let mut nodes: Vec<IsoNode> = Vec::new();
         let mut continuing = false;
         for r in self.records(dir)? {
@@ -532,6 +532,17 @@ impl IsoImage {
                 node.size
             )));
         }
+        // The size is what the directory record claims: no larger than the
+        // image itself before anything is allocated for it (found by fuzzing).
+        if node.size > self.file_size {
+            return Err(Error::corrupt(format!(
+                "{}: {:?} claims {} bytes, more than the {}-byte image holds",
+                self.path.display(),
+                node.name,
+                node.size,
+                self.file_size
+            )));
+        }
         let mut out = Vec::with_capacity(node.size as usize);
         for &(block, len) in &node.extents {
             out.extend(self.read_extent(block, len)?);
@@ -556,7 +567,9 @@ impl IsoImage {
             if block != next {
                 return None;
             }
-            next = block + (len as u64).div_ceil(BLOCK) as u32;
+            // Checked: extents near block 2^32 cannot be followed by another
+            // (found by fuzzing).
+            next = block.checked_add((u64::from(len)).div_ceil(BLOCK) as u32)?;
         }
         Some(u64::from(node.block()) * BLOCK)
     }
@@ -565,6 +578,9 @@ impl IsoImage {
     /// searching the whole tree breadth first.
     pub fn file_at_block(&self, block: u32) -> Result<Option<(String, IsoNode)>> {
         let mut queue = VecDeque::from([(String::new(), self.root)]);
+        // A directory whose records lead back to itself or an ancestor (a
+        // corrupt image) is listed once: the walk would never end otherwise.
+        let mut dirs_seen = HashSet::from([self.root.0]);
         let mut visited = 0;
         while let Some((dir_path, dir)) = queue.pop_front() {
             for node in self.nodes(dir)? {
@@ -574,7 +590,8 @@ impl IsoImage {
                 }
                 let path = format!("{dir_path}/{}", node.name);
                 match node.kind {
-                    FileKind::Dir => queue.push_back((path, node.extents[0])),
+                    FileKind::Dir if dirs_seen.insert(node.block()) => queue.push_back((path, node.extents[0])),
+                    FileKind::Dir => {}
                     FileKind::File if node.block() == block && node.size > 0 => return Ok(Some((path, node))),
                     _ => {}
                 }

@@ -217,7 +217,9 @@ impl SourceFile<'_> {
             .collect();
         let start = floor_char_boundary(self.text, span.start.min(self.text.len()));
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let end = span.end.clamp(start, line_start + line_text.len());
+        // min then max, not clamp: a span that starts past the quoted line's
+        // text (on its `\r\n`) has start > the line's end (found by fuzzing).
+        let end = span.end.min(line_start + line_text.len()).max(start);
         let width = self.text.get(start..end).map_or(1, |t| t.chars().count()).max(1);
         let marks: String = std::iter::repeat_n(marker, width).collect();
         match label {

@@ -88,7 +88,9 @@ impl Console {
         Ok(self.text.len() > before)
     }
 
-    fn push(&mut self, raw: &[u8]) {
+    /// Takes bytes as [`Console::poll`] does after reading them from the log:
+    /// the cleaning and UTF-8 handling on a byte slice (used by the fuzzer).
+    pub fn push(&mut self, raw: &[u8]) {
         self.strip.feed(raw, &mut self.partial);
         let (valid, rest) = match std::str::from_utf8(&self.partial) {
             Ok(s) => (s.len(), 0),

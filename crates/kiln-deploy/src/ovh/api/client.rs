@@ -453,7 +453,7 @@ impl Client {
 
 /// The error's class or code, and message, from an OVH error body
 /// (`{"class": …, "message": …}` or `{"errorCode": …, "message": …}`).
-fn error_fields(text: &str) -> (String, String) {
+pub fn error_fields(text: &str) -> (String, String) {
     let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let code = v["errorCode"]
         .as_str()
