@@ -10,6 +10,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo test --workspace
 if [ "${1:-}" != "--fast" ]; then
-  cargo build --release -p kiln
   cargo test --workspace --no-fail-fast -- --ignored --test-threads=1
 fi
