@@ -45,7 +45,10 @@ script=$2
     tree_mounts!(),
     r#"# `.` of a missing file ends a non-interactive POSIX shell before `|| true`
 # can help: a tree without /etc/profile (a minimal one) must still run.
-exec chroot "$root" /bin/sh -c 'if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi; exec "$0"' "$script"
+# Not exec'd: this shell stays the PID namespace's first process, outside
+# the tree, so that the step sees itself in a chroot (ischroot) as it would
+# without the namespace.
+chroot "$root" /bin/sh -c 'if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi; exec "$0"' "$script"
 "#
 );
 
