@@ -294,7 +294,7 @@ mod tests {
         let other = parent.path().join("unrelated");
         fs::create_dir(&other).unwrap();
         let removed = WorkDir::sweep_stale(parent.path(), ".kiln-work-");
-        assert_eq!(removed, [dead.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&dead));
         assert!(!dead.exists());
         assert!(live.path().is_dir() && kept.path().is_dir() && other.is_dir());
         let kept_path = kept.path().to_owned();
