@@ -147,8 +147,9 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
         .with_context(|| format!("opening the stage cache {}", opts.cache_dir.display()))?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
     let out_dir = std::fs::canonicalize(&opts.out_dir)?;
-    let mut work = WorkDir::new_in(opts.work_dir.as_deref().unwrap_or(&out_dir), ".kiln-work-")
-        .context("creating the work directory")?;
+    let work_parent = opts.work_dir.as_deref().unwrap_or(&out_dir);
+    sweep_stale(&cache, work_parent, &out_dir);
+    let mut work = WorkDir::new_in(work_parent, WORK_PREFIX).context("creating the work directory")?;
     if opts.keep_work {
         work.keep();
     }
@@ -182,6 +183,28 @@ pub fn build(plan: &Plan, opts: &BuildOptions, reporter: Arc<dyn Reporter>) -> R
         log,
         reused: run.reused.into_inner().unwrap_or_default(),
     })
+}
+
+/// The name of a build's work directory starts with this.
+const WORK_PREFIX: &str = ".kiln-work-";
+
+/// What builds that were killed (SIGKILL, a power cut) left behind: their
+/// work directories, in `work_parent` and in `out_dir` (whose
+/// `--verify-reproducible` round has its own), and the cache entries they
+/// were writing. Their processes died with them (see
+/// [`kiln_exec::Cmd::in_mount_namespace`]), and so did their mounts.
+fn sweep_stale(cache: &Cache, work_parent: &Path, out_dir: &Path) {
+    let mut removed = WorkDir::sweep_stale(work_parent, WORK_PREFIX);
+    removed.extend(WorkDir::sweep_stale(out_dir, ".kiln-reproducible-"));
+    for dir in removed {
+        tracing::info!("removed {}, left by a build that was killed", dir.display());
+    }
+    if let Err(e) = cache.sweep_temporaries() {
+        tracing::warn!(
+            "warning: removing what killed builds left in the stage cache {}: {e:#}",
+            cache.root().display()
+        );
+    }
 }
 
 fn preflight(plan: &Plan) -> Result<()> {
@@ -806,6 +829,23 @@ impl Run<'_> {
                 continue;
             };
             if best.as_ref().is_some_and(|(_, layer, _)| layer.key == prev_key) {
+                continue;
+            }
+            // Verifying a bootstrap reads all of it: only the ones that
+            // would serve, by what their entry.json says, are verified.
+            let fits = |state: &LayerState| {
+                let before = &state.include;
+                !before.is_empty()
+                    && state.base_hash.as_deref() == Some(base_hash.as_str())
+                    && before.iter().all(|p| now.contains(p))
+                    && now.len() > before.len()
+                    && best.as_ref().is_none_or(|(_, _, m)| now.len() - before.len() < *m)
+            };
+            let peeked = self
+                .cache
+                .peek(&prev_key)
+                .and_then(|e| serde_json::from_value::<LayerState>(e.state).ok());
+            if !peeked.as_ref().is_some_and(fits) {
                 continue;
             }
             let Lookup::Hit(prev_hit) = self.cache.lookup(&prev_key)? else {

@@ -205,6 +205,13 @@ impl Cache {
         })
     }
 
+    /// The `entry.json` of `key`, unverified: to decide whether an entry is
+    /// worth [`Cache::lookup`]'s verification, which reads all of it.
+    pub fn peek(&self, key: &Hash) -> Option<Entry> {
+        let bytes = fs::read(self.entry_dir(key).join(ENTRY_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// Finds a valid entry for `key`, verifying every item's digest.
     pub fn lookup(&self, key: &Hash) -> Result<Lookup> {
         let dir = self.entry_dir(key);
@@ -215,11 +222,14 @@ impl Cache {
         file.lock_shared().context("locking a cache entry")?;
         let lock = EntryLock { _file: file };
         match verify(&dir, key) {
-            Ok(entry) => Ok(Lookup::Hit(Hit {
-                dir,
-                entry,
-                _lock: lock,
-            })),
+            Ok(entry) => {
+                touch(&dir.join(ENTRY_FILE));
+                Ok(Lookup::Hit(Hit {
+                    dir,
+                    entry,
+                    _lock: lock,
+                }))
+            }
             Err(problem) => {
                 drop(lock);
                 let _guard = self.lock_exclusive(key)?;
@@ -399,8 +409,9 @@ impl Cache {
         }
     }
 
-    /// Temporary and trash directories left by builds that died.
-    fn sweep_temporaries(&self) -> Result<()> {
+    /// Removes the temporary and trash directories of builds that died
+    /// (every build does this when it starts).
+    pub fn sweep_temporaries(&self) -> Result<()> {
         let stages = self.root.join("stages");
         for e in fs::read_dir(&stages)? {
             let e = e?;
@@ -512,6 +523,18 @@ impl Drop for Pending {
             let _ = remove_tree(&dir);
         }
     }
+}
+
+/// Marks an entry as used now, for `gc`'s least-recently-used order: its
+/// access time, set by hand because a filesystem mounted `relatime` (the
+/// default) updates it at most once a day, so that an entry every build
+/// reads would look as old as the day it was first read.
+fn touch(entry_file: &Path) {
+    let now = SystemTime::now();
+    let _ = File::options()
+        .write(true)
+        .open(entry_file)
+        .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(now)));
 }
 
 fn now() -> u64 {

@@ -1,11 +1,12 @@
 //! Running commands inside the image tree.
 //!
-//! Each call runs `unshare --mount --propagation private --fork --kill-child`
-//! around a small shell wrapper that mounts /proc, /sys, /dev, a tmpfs /run
-//! and the host's resolv.conf into the tree, then `chroot`s. The mounts live
-//! in a private mount namespace that dies with the wrapper, so a failure,
-//! Ctrl-C or even SIGKILL of kiln leaves no mount behind: nothing needs to be
-//! unmounted by hand. Services are kept from starting by a policy-rc.d that is
+//! Each call runs `unshare --mount --propagation private --pid --fork
+//! --kill-child` around a small shell wrapper that mounts /proc, /sys, /dev,
+//! a tmpfs /run and the host's resolv.conf into the tree, then `chroot`s.
+//! The mounts live in a private mount namespace, and the step's processes
+//! in a PID namespace, that die with the wrapper, so a failure, Ctrl-C or
+//! even SIGKILL of kiln leaves no mount or process behind: nothing needs to
+//! be unmounted or reaped by hand. Services are kept from starting by a policy-rc.d that is
 //! removed again afterwards. [`run_session`] does the same for a person
 //! (`kiln shell`, `kiln build --on-error=shell`): a shell or a command on
 //! kiln's terminal, in private PID, UTS and IPC namespaces as well.
@@ -45,7 +46,10 @@ script=$2
     tree_mounts!(),
     r#"# `.` of a missing file ends a non-interactive POSIX shell before `|| true`
 # can help: a tree without /etc/profile (a minimal one) must still run.
-exec chroot "$root" /bin/sh -c 'if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi; exec "$0"' "$script"
+# Not exec'd: this shell stays the PID namespace's first process, outside
+# the tree, so that the step sees itself in a chroot (ischroot) as it would
+# without the namespace.
+chroot "$root" /bin/sh -c 'if [ -r /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi; exec "$0"' "$script"
 "#
 );
 

@@ -106,14 +106,21 @@ impl Cmd {
     }
 
     /// A command running `program` (then the added arguments) in a new
-    /// private mount namespace (`unshare --mount --propagation private
-    /// --fork --kill-child`): every mount it makes vanishes with it, even if
-    /// kiln is killed, so nothing needs unmounting by hand.
+    /// private mount namespace and a new PID namespace (`unshare --mount
+    /// --propagation private --pid --fork --kill-child`): every mount it
+    /// makes vanishes with it, and so does every process it starts, even if
+    /// kiln is killed (SIGKILL reaches `unshare` through
+    /// `PR_SET_PDEATHSIG`, `--kill-child` passes it to `program`, and the
+    /// kernel kills what is left of a PID namespace whose first process
+    /// died), so nothing needs unmounting or reaping by hand. `program` is
+    /// the namespace's PID 1: it ignores SIGTERM unless it handles it, but
+    /// the rest of its process group does not.
     pub fn in_mount_namespace(program: &str) -> Self {
         Cmd::new("unshare").args([
             "--mount",
             "--propagation",
             "private",
+            "--pid",
             "--fork",
             "--kill-child",
             "--",

@@ -12,20 +12,32 @@ use crate::Cmd;
 /// Before deleting it checks that nothing is mounted below it: deleting
 /// through a leftover bind mount of `/dev` or `/proc` would damage the host,
 /// so in that case the directory is left in place and the problem reported.
+///
+/// While it lives its owner holds an flock(2) on the directory, which the
+/// kernel releases however the owner ends: [`WorkDir::sweep_stale`] tells
+/// by it the directory of a kiln that was killed (SIGKILL, a power cut)
+/// from one in use, and deletes the former.
 #[derive(Debug)]
 pub struct WorkDir {
     path: PathBuf,
     keep: bool,
+    _owner: fs::File,
 }
+
+/// A file in a kept work directory: [`WorkDir::sweep_stale`] leaves it be.
+const KEPT_MARK: &str = ".kiln-kept";
 
 impl WorkDir {
     /// Creates a fresh directory `<parent>/<prefix>XXXXXX`.
     pub fn new_in(parent: &Path, prefix: &str) -> io::Result<Self> {
         fs::create_dir_all(parent)?;
         let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
+        let owner = fs::File::open(dir.path())?;
+        owner.lock()?;
         Ok(WorkDir {
             path: dir.keep(),
             keep: false,
+            _owner: owner,
         })
     }
 
@@ -33,9 +45,49 @@ impl WorkDir {
         &self.path
     }
 
-    /// Keeps the directory after drop (for `--keep-work` debugging).
+    /// Keeps the directory after drop (for `--keep-work` debugging), and
+    /// from later sweeps.
     pub fn keep(&mut self) {
         self.keep = true;
+        if let Err(e) = fs::write(self.path.join(KEPT_MARK), "kept for debugging: delete it when done\n") {
+            tracing::warn!("marking {} as kept: {e}", self.path.display());
+        }
+    }
+
+    /// Deletes the directories `<parent>/<prefix>*` that a process which
+    /// died without cleaning up left behind: those nobody holds the lock of
+    /// and that were not kept on purpose. A directory with something still
+    /// mounted below it is left alone and reported. Returns what it deleted.
+    pub fn sweep_stale(parent: &Path, prefix: &str) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let Ok(entries) = fs::read_dir(parent) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stale = entry.file_name().to_string_lossy().starts_with(prefix)
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+                && !path.join(KEPT_MARK).exists()
+                && fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
+            if !stale {
+                continue;
+            }
+            let mounts = mounts_under(&path);
+            if !mounts.is_empty() {
+                tracing::error!(
+                    "not deleting {}, left by a build that was killed: still mounted below it: {:?}",
+                    path.display(),
+                    mounts
+                );
+                continue;
+            }
+            match fs::remove_dir_all(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("deleting {}, left by a build that was killed: {e}", path.display()),
+            }
+        }
+        removed
     }
 }
 
@@ -227,6 +279,36 @@ mod tests {
             w.path().to_owned()
         };
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn only_dead_owners_work_dirs_are_swept() {
+        let parent = tempfile::tempdir().unwrap();
+        let live = WorkDir::new_in(parent.path(), ".kiln-work-").unwrap();
+        let mut kept = WorkDir::new_in(parent.path(), ".kiln-work-").unwrap();
+        kept.keep();
+        // A directory whose owner died: nobody holds its lock.
+        let dead = parent.path().join(".kiln-work-dead");
+        fs::create_dir_all(dead.join("layers/x")).unwrap();
+        fs::write(dead.join("layers/x/f"), "x").unwrap();
+        let other = parent.path().join("unrelated");
+        fs::create_dir(&other).unwrap();
+        let removed = WorkDir::sweep_stale(parent.path(), ".kiln-work-");
+        assert_eq!(removed, std::slice::from_ref(&dead));
+        assert!(!dead.exists());
+        assert!(live.path().is_dir() && kept.path().is_dir() && other.is_dir());
+        let kept_path = kept.path().to_owned();
+        drop(kept);
+        assert!(kept_path.is_dir(), "a kept directory is deleted on drop");
+        // Once its owner is gone the live one is stale too; a kept one never is.
+        let live_path = live.path().to_owned();
+        let owner = std::mem::replace(
+            &mut std::mem::ManuallyDrop::new(live)._owner,
+            fs::File::open("/").unwrap(),
+        );
+        drop(owner);
+        assert_eq!(WorkDir::sweep_stale(parent.path(), ".kiln-work-"), [live_path]);
+        assert!(kept_path.is_dir());
     }
 
     #[test]

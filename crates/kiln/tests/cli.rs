@@ -336,7 +336,8 @@ fn verbose_shows_every_external_command_and_quiet_hides_progress() {
     if !kiln_exec::testing::require_tool_or_skip("unshare") {
         return;
     }
-    let command_line = "kiln: debug: running unshare --mount --propagation private --fork --kill-child -- sh -c :";
+    let command_line =
+        "kiln: debug: running unshare --mount --propagation private --pid --fork --kill-child -- sh -c :";
     let verbose = kiln(&["-v", "doctor"]);
     let stderr = String::from_utf8_lossy(&verbose.stderr);
     assert!(stderr.contains(command_line), "{stderr}");

@@ -10,48 +10,6 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
-/// Mount points below `dir` as this process sees them.
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = dir.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&dir))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn loop_devices() -> String {
-    String::from_utf8_lossy(&run(tool("losetup").arg("-a")).stdout).into_owned()
-}
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) && !cmdline.contains("real_build") {
-                found.push(cmdline);
-            }
-        }
-    }
-    found
-}
-
-/// Everything left in `out` besides expected files.
-fn leftovers(out: &Path) -> Vec<String> {
-    std::fs::read_dir(out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".kiln-work") || n.ends_with(".part"))
-        .collect()
-}
-
 struct OutDir(PathBuf);
 
 impl OutDir {

@@ -87,17 +87,6 @@ fn with_stdin(cmd: &mut Command, input: &str) -> Output {
     out
 }
 
-/// Mount points below `dir`.
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = dir.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&dir))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// What a build or shell left in `dir`: work directories.
 fn work_dirs(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)

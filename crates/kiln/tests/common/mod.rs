@@ -101,6 +101,96 @@ pub fn example_epoch() -> String {
         .to_string()
 }
 
+/// Mount points at or below `dir`, as this process sees them.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy().into_owned();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every attached loop device and its backing file (`losetup -a`).
+pub fn loop_devices() -> String {
+    String::from_utf8_lossy(&run(tool("losetup").arg("-a")).stdout).into_owned()
+}
+
+/// Loop devices whose backing file is below one of `dirs`.
+pub fn loops_backed_below(dirs: &[&Path]) -> Vec<String> {
+    let out = run(tool("losetup").args(["--json", "--list"]));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    listed["loopdevices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| {
+            let file = l["back-file"].as_str().unwrap_or("");
+            dirs.iter().any(|d| file.starts_with(&*d.to_string_lossy()))
+        })
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Other processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    processes(|cmdline, _| cmdline.contains(needle))
+}
+
+/// Other processes that work in `dir`: their command line names it, or
+/// their current or root directory is in it (a chroot into a tree there).
+pub fn processes_in(dir: &Path) -> Vec<String> {
+    processes(|cmdline, proc_dir| {
+        cmdline.contains(&*dir.to_string_lossy())
+            || ["cwd", "root"]
+                .iter()
+                .any(|l| std::fs::read_link(proc_dir.join(l)).is_ok_and(|p| p.starts_with(dir)))
+    })
+}
+
+/// `pid: cmdline` of the live processes (not this one, nor zombies) that
+/// `pick` (given the command line and the /proc directory) chooses.
+fn processes(pick: impl Fn(&str, &Path) -> bool) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if pick(&cmdline, &entry.path()) {
+                found.push(format!("{pid}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+/// What a build may not leave in its output directory: work directories
+/// and partial files.
+pub fn leftovers(out: &Path) -> Vec<String> {
+    std::fs::read_dir(out)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".kiln-work") || n.starts_with(".kiln-reproducible") || n.ends_with(".part"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A running `kiln serve` on a free port; interrupted (SIGINT) when stopped.
 pub struct Served {
     child: Option<Child>,
