@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod customise;
 pub mod debug;
 pub mod distro;
+pub mod download;
 pub mod hash;
 pub mod layers;
 pub mod manifest;
