@@ -13,6 +13,7 @@ pub mod debug;
 pub mod distro;
 pub mod download;
 pub mod hash;
+pub mod import;
 pub mod layers;
 pub mod manifest;
 pub mod names;
