@@ -44,6 +44,8 @@ pub struct Downloader {
     agent: ureq::Agent,
     /// Pause before retry `n` is `backoff * 2^(n-1)` (tests shorten it).
     backoff: Duration,
+    /// Attempts per request.
+    attempts: u32,
 }
 
 impl Downloader {
@@ -61,7 +63,14 @@ impl Downloader {
             dir: dir.to_path_buf(),
             agent: config.into(),
             backoff: Duration::from_secs(2),
+            attempts: ATTEMPTS,
         }
+    }
+
+    /// One attempt per request, no retries (planning, which must not hang).
+    pub fn once(mut self) -> Self {
+        self.attempts = 1;
+        self
     }
 
     /// Shorter pauses between attempts (tests).
@@ -137,7 +146,7 @@ impl Downloader {
     /// Downloads `url` into `part`, resuming what it holds; retried.
     fn download(&self, url: &str, part: &Path, progress: Progress<'_>) -> Result<()> {
         let mut last: Option<anyhow::Error> = None;
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1..=self.attempts {
             kiln_exec::check_interrupted()?;
             if attempt > 1 {
                 std::thread::sleep(self.backoff * 2u32.pow(attempt - 2));
@@ -146,14 +155,14 @@ impl Downloader {
                 Ok(()) => return Ok(()),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(e)) => {
-                    tracing::info!("downloading {url}: {e:#}; attempt {attempt} of {ATTEMPTS}");
+                    tracing::info!("downloading {url}: {e:#}; attempt {attempt} of {}", self.attempts);
                     last = Some(e);
                 }
             }
         }
         Err(last
             .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
-            .context(format!("downloading {url}: gave up after {ATTEMPTS} attempts")))
+            .context(format!("downloading {url}: gave up after {} attempts", self.attempts)))
     }
 
     /// One request: with `Range` when `part` holds bytes already.
@@ -229,7 +238,7 @@ impl Downloader {
             return fs::read_to_string(path).with_context(|| format!("reading {path}"));
         }
         let mut last = None;
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1..=self.attempts {
             if attempt > 1 {
                 std::thread::sleep(self.backoff * 2u32.pow(attempt - 2));
             }
