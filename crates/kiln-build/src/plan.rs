@@ -430,17 +430,18 @@ fn plan_with_targets(
         Some(image) => {
             // The stage is keyed by the image's checksum, so a list is
             // read now (once, without retries: planning must not hang).
-            let looked_up = match image.sha256() {
-                Some(h) => Ok(h),
-                None => crate::download::Downloader::new(Path::new(""))
-                    .once()
-                    .expected_sha256(&crate::download::Request {
-                        url: &image.url,
-                        sha256: None,
-                        checksum_url: image.checksum_url.as_deref(),
-                        file_name: image.file_name(),
-                    }),
-            };
+            let looked_up =
+                match image.sha256() {
+                    Some(h) => Ok(h),
+                    None => crate::download::Downloader::new(Path::new("")).once().expected_sha256(
+                        &crate::download::Request {
+                            url: &image.url,
+                            sha256: None,
+                            checksum_url: image.checksum_url.as_deref(),
+                            file_name: image.file_name(),
+                        },
+                    ),
+                };
             let (sha256, unresolved) = match looked_up {
                 Ok(h) => (Some(h), None),
                 Err(e) => (None, Some(format!("{e:#}"))),
@@ -472,10 +473,7 @@ fn plan_with_targets(
                             why.as_deref().unwrap_or("no checksum")
                         ),
                     },
-                    format!(
-                        "extract the tree of its root filesystem; remove {}",
-                        cleaned.join(", ")
-                    ),
+                    format!("extract the tree of its root filesystem; remove {}", cleaned.join(", ")),
                     format!(
                         "install {} packages with the {} family's tools: {}",
                         bootstrap.include.len(),
@@ -511,44 +509,44 @@ fn plan_with_targets(
             );
         }
         None => {
-        push(
-            &mut stages,
-            "bootstrap".into(),
-            StageKind::Bootstrap,
-            None,
-            vec![
-                family.bootstrap_summary(&bootstrap),
-                format!(
-                    "install {} packages: {}",
-                    bootstrap.include.len(),
-                    bootstrap.include.join(" ")
-                ),
-                if bootstrap.download.is_empty() {
-                    "download no extra .deb files".to_owned()
-                } else {
+            push(
+                &mut stages,
+                "bootstrap".into(),
+                StageKind::Bootstrap,
+                None,
+                vec![
+                    family.bootstrap_summary(&bootstrap),
                     format!(
-                        "keep .deb files of {} in {}",
-                        bootstrap.download.join(", "),
-                        bootstrap.download_dir
-                    )
-                },
-            ],
-            vec![
-                json_input("[base]", &spec.base),
-                json_input("bootstrap request", &bootstrap),
-                StageInput::text(family.bootstrap_tool(), &tool(family.bootstrap_tool())),
-                json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
-            ]
-            .into_iter()
-            .chain(
-                file_inputs
-                    .iter()
-                    .filter(|i| i.name.starts_with("apt key") || i.name.starts_with("repository key"))
-                    .cloned(),
-            )
-            .collect(),
-            &[],
-        );
+                        "install {} packages: {}",
+                        bootstrap.include.len(),
+                        bootstrap.include.join(" ")
+                    ),
+                    if bootstrap.download.is_empty() {
+                        "download no extra .deb files".to_owned()
+                    } else {
+                        format!(
+                            "keep .deb files of {} in {}",
+                            bootstrap.download.join(", "),
+                            bootstrap.download_dir
+                        )
+                    },
+                ],
+                vec![
+                    json_input("[base]", &spec.base),
+                    json_input("bootstrap request", &bootstrap),
+                    StageInput::text(family.bootstrap_tool(), &tool(family.bootstrap_tool())),
+                    json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
+                ]
+                .into_iter()
+                .chain(
+                    file_inputs
+                        .iter()
+                        .filter(|i| i.name.starts_with("apt key") || i.name.starts_with("repository key"))
+                        .cloned(),
+                )
+                .collect(),
+                &[],
+            );
         }
     }
 

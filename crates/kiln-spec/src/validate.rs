@@ -11,8 +11,8 @@ use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
-    AmiTarget, ArchBase, ArchBootstrap, Base, BaseImage, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware,
-    IsoTarget, NetworkData, OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, RhelBase, Spec,
+    AmiTarget, ArchBase, ArchBootstrap, Base, BaseImage, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem,
+    Firmware, IsoTarget, NetworkData, OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, RhelBase, Spec,
     TarTarget, Targets,
 };
 
@@ -231,7 +231,12 @@ impl Validator<'_, '_> {
 
     /// `[base] image`: where it comes from, how it is checked, what it is.
     fn base_image(&mut self, spec: &Spec, image: &BaseImage) {
-        self.check("base.image.url", "image URL", &image.url, rules::archive_url(&image.url));
+        self.check(
+            "base.image.url",
+            "image URL",
+            &image.url,
+            rules::archive_url(&image.url),
+        );
         if image.file_name().is_empty() {
             self.report(
                 "base.image.url",
@@ -268,7 +273,11 @@ impl Validator<'_, '_> {
         if let Base::Arch(arch) = &spec.base {
             if arch.bootstrap.is_some() || arch.tarball.is_some() {
                 self.report(
-                    if arch.tarball.is_some() { "base.tarball" } else { "base.bootstrap" },
+                    if arch.tarball.is_some() {
+                        "base.tarball"
+                    } else {
+                        "base.bootstrap"
+                    },
                     "a base `image` is not bootstrapped: `bootstrap` and `tarball` would be ignored".into(),
                     Some("remove `bootstrap` and `tarball`, or remove `image` to bootstrap with pacstrap".into()),
                 );

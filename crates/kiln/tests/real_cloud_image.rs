@@ -37,7 +37,10 @@ fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
     let plan = run(kiln().arg("plan").arg(&spec));
     let t = text(&plan);
     assert!(plan.status.success(), "{t}");
-    assert!(t.contains("1. import") && !t.contains("bootstrap  ["), "kiln plan shows no import stage:\n{t}");
+    assert!(
+        t.contains("1. import") && !t.contains("bootstrap  ["),
+        "kiln plan shows no import stage:\n{t}"
+    );
 
     let out = dir.path().join("out");
     let res = run(kiln().args(["build", "--explain", "--out"]).arg(&out).arg(&spec));
@@ -45,7 +48,10 @@ fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
     eprintln!("{t}");
     assert!(res.status.success(), "building on the served image failed:\n{t}");
     let log = server.stop();
-    assert!(log.contains("SHA256SUMS") && log.contains(name), "the server's access log:\n{log}");
+    assert!(
+        log.contains("SHA256SUMS") && log.contains(name),
+        "the server's access log:\n{log}"
+    );
 
     for (artifact, target) in [
         ("debian-12-from-cloud-image-1.0.0.qcow2", "ovh-byol"),
@@ -53,13 +59,25 @@ fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
     ] {
         let image = out.join(artifact);
         let check = run(kiln().arg("check").arg(&image).args(["--target", target]));
-        assert!(check.status.success(), "kiln check --target {target}:\n{}", text(&check));
+        assert!(
+            check.status.success(),
+            "kiln check --target {target}:\n{}",
+            text(&check)
+        );
         let inspect = run(kiln().arg("inspect").arg(&image));
         let t = text(&inspect);
         assert!(t.contains("Debian GNU/Linux 12"), "kiln inspect {artifact}:\n{t}");
         let console = dir.path().join(format!("{target}.console.log"));
         let boot = run(kiln()
-            .args(["boot", "--firmware", "bios", "--timeout", "600", "--expect", "Debian GNU/Linux 12"])
+            .args([
+                "boot",
+                "--firmware",
+                "bios",
+                "--timeout",
+                "600",
+                "--expect",
+                "Debian GNU/Linux 12",
+            ])
             .arg("--console-log")
             .arg(&console)
             .arg(&image));

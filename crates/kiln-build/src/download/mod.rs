@@ -114,7 +114,8 @@ impl Downloader {
         let done = self.cached_path(&sha256);
         let lock_path = self.dir.join(format!("sha256-{sha256}.lock"));
         let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-        lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
         if done.exists() {
             let got = sha256_file(&done)?;
             if got == sha256 {
@@ -185,7 +186,9 @@ impl Downloader {
                 )))
             }
             Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) && code != 408 && code != 429 => {
-                return Err(Attempt::Fatal(anyhow::anyhow!("{url}: the server refused it (HTTP {code})")))
+                return Err(Attempt::Fatal(anyhow::anyhow!(
+                    "{url}: the server refused it (HTTP {code})"
+                )))
             }
             Err(e) => return Err(Attempt::Retry(anyhow::Error::new(e))),
         };

@@ -145,7 +145,9 @@ fn serve(image: Vec<u8>, sums: String) -> Server {
 }
 
 fn image() -> Vec<u8> {
-    (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
 }
 
 fn sha(bytes: &[u8]) -> String {
@@ -170,7 +172,10 @@ fn a_checksum_mismatch_is_a_clear_error_and_caches_nothing() {
     };
     let err = downloader(dir.path()).fetch(&req, &mut |_, _| {}).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("checksum mismatch") && msg.contains(&sha(&image())), "{msg}");
+    assert!(
+        msg.contains("checksum mismatch") && msg.contains(&sha(&image())),
+        "{msg}"
+    );
     assert!(msg.contains("nothing was cached"), "{msg}");
     let left: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
@@ -196,7 +201,15 @@ fn an_interrupted_download_resumes_with_a_range_request_and_verifies() {
     let mut seen = Vec::new();
     let (path, got) = downloader(dir.path())
         .fetch(&req, &mut |done, total| seen.push((done, total)))
-        .unwrap_or_else(|e| panic!("{e:#}; requests: {:?}; progress {:?}", server.ranges.lock().unwrap(), seen.iter().filter(|p| p.0 == 0 || p.0 % 1048576 == 0).collect::<Vec<_>>()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}; requests: {:?}; progress {:?}",
+                server.ranges.lock().unwrap(),
+                seen.iter()
+                    .filter(|p| p.0 == 0 || p.0 % 1048576 == 0)
+                    .collect::<Vec<_>>()
+            )
+        });
     assert_eq!(got, good);
     assert_eq!(fs::read(&path).unwrap(), bytes);
     let ranges = server.ranges.lock().unwrap().clone();
@@ -218,11 +231,7 @@ fn an_interrupted_download_resumes_with_a_range_request_and_verifies() {
 #[test]
 fn the_checksum_comes_from_a_sha256sums_file() {
     let bytes = image();
-    let sums = format!(
-        "{}  other.qcow2\n{} *disk.qcow2\n",
-        sha(b"other"),
-        sha(&bytes)
-    );
+    let sums = format!("{}  other.qcow2\n{} *disk.qcow2\n", sha(b"other"), sha(&bytes));
     let server = serve(bytes.clone(), sums);
     let dir = tempfile::tempdir().unwrap();
     let url = format!("{}/images/disk.qcow2", server.url);
@@ -241,7 +250,10 @@ fn the_checksum_comes_from_a_sha256sums_file() {
         ..req
     };
     let err = downloader(dir.path()).expected_sha256(&missing).unwrap_err();
-    assert!(format!("{err:#}").contains("lists no SHA-256 for absent.qcow2"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("lists no SHA-256 for absent.qcow2"),
+        "{err:#}"
+    );
 }
 
 #[test]

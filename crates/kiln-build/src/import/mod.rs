@@ -48,9 +48,15 @@ use kiln_spec::{BaseImage, BaseImageCompression, BaseImageFormat, Distro};
 /// the machine the image was made on, not to the machines made from it.
 /// Part of the import stage's cache key.
 pub const CLEAN_RECIPE: &[(&str, &str)] = &[
-    ("/var/lib/cloud", "cloud-init's state (its instance and semaphores): cloud-init runs again on first boot"),
+    (
+        "/var/lib/cloud",
+        "cloud-init's state (its instance and semaphores): cloud-init runs again on first boot",
+    ),
     ("/etc/machine-id", "emptied: systemd makes a new one on first boot"),
-    ("/var/lib/dbus/machine-id", "removed where it is a file (a copy of the machine-id)"),
+    (
+        "/var/lib/dbus/machine-id",
+        "removed where it is a file (a copy of the machine-id)",
+    ),
     ("/etc/ssh/ssh_host_*", "the SSH host keys: each machine makes its own"),
     ("/var/log", "log files (directories stay)"),
     ("/root/.bash_history", "root's shell history"),
@@ -89,7 +95,8 @@ pub fn import(
 ) -> Result<Imported> {
     fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let disk = decompress(file, image.compression(), scratch)?;
-    let mut disk_image = DiskImage::open(&disk).with_context(|| format!("opening the base image {}", disk.display()))?;
+    let mut disk_image =
+        DiskImage::open(&disk).with_context(|| format!("opening the base image {}", disk.display()))?;
     match (image.format(), disk_image.format()) {
         (Some(BaseImageFormat::Qcow2), Format::Raw) => bail!(
             "the base image {} is not a qcow2 file (no qcow2 header); set `format = \"raw\"` in [base] image if it is a raw disk",
@@ -117,7 +124,11 @@ pub fn import(
     match root.fs {
         t if t.is_ext() => extract_ext(&part, tree, scratch, log)?,
         FsType::Xfs | FsType::Btrfs => extract_mounted(&part, root.fs, tree, scratch, log)?,
-        other => bail!("the root filesystem of {} is {}, which kiln cannot read", image.url, other.name()),
+        other => bail!(
+            "the root filesystem of {} is {}, which kiln cannot read",
+            image.url,
+            other.name()
+        ),
     }
     let _ = fs::remove_file(&part);
     clean(tree)?;
@@ -232,7 +243,10 @@ fn find_root(image: &mut DiskImage) -> Result<Root> {
         };
         if info.fs_type != FsType::Btrfs {
             let mut fs = open_filesystem(image, start, size)?;
-            if let Some(text) = fs.read_file("/etc/os-release")?.or(fs.read_file("/usr/lib/os-release")?) {
+            if let Some(text) = fs
+                .read_file("/etc/os-release")?
+                .or(fs.read_file("/usr/lib/os-release")?)
+            {
                 root.os_release = Some(String::from_utf8_lossy(&text).into_owned());
                 root.machine = fs
                     .read_file("/bin/sh")?
@@ -281,7 +295,12 @@ pub fn family_of(text: &str) -> Option<Distro> {
 
 /// Checks the image's family, release and architecture against the spec's.
 fn check_identity(root: &Root, expected: Expected<'_>, url: &str) -> Result<String> {
-    let name = |d: Distro| serde_json::to_value(d).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let name = |d: Distro| {
+        serde_json::to_value(d)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
     let Some(text) = &root.os_release else {
         // btrfs: read after extraction would be too late to be cheap; the
         // family's package tools fail clearly on a wrong tree anyway.
@@ -469,7 +488,11 @@ fn extract_ext(part: &Path, tree: &Path, scratch: &Path, log: &Path) -> Result<(
                 }
             },
             S_IFIFO => {
-                Cmd::new("mknod").arg(&host).arg("p").run().with_context(|| format!("making the FIFO {path}"))?;
+                Cmd::new("mknod")
+                    .arg(&host)
+                    .arg("p")
+                    .run()
+                    .with_context(|| format!("making the FIFO {path}"))?;
             }
             S_IFCHR | S_IFBLK => devices.push((path.clone(), e.mode & S_IFMT)),
             _ => {}
@@ -487,14 +510,26 @@ fn extract_ext(part: &Path, tree: &Path, scratch: &Path, log: &Path) -> Result<(
             .map(|v| v.split_whitespace().next().unwrap_or(""))
             .collect();
         if numbers.len() != devices.len() {
-            bail!("debugfs gave {} device numbers for {} device nodes", numbers.len(), devices.len());
+            bail!(
+                "debugfs gave {} device numbers for {} device nodes",
+                numbers.len(),
+                devices.len()
+            );
         }
         for ((path, kind), number) in devices.iter().zip(numbers) {
             let (major, minor) = number.split_once(':').context("a device number without ':'")?;
             let kind = if *kind == S_IFCHR { "c" } else { "b" };
             Cmd::new("mknod")
                 .arg(host_path(tree, path))
-                .args([kind, major.trim_start_matches('0'), minor.trim_start_matches('0')].map(|s| if s.is_empty() { "0" } else { s }))
+                .args(
+                    [kind, major.trim_start_matches('0'), minor.trim_start_matches('0')].map(|s| {
+                        if s.is_empty() {
+                            "0"
+                        } else {
+                            s
+                        }
+                    }),
+                )
                 .run()
                 .with_context(|| format!("making the device node {path}"))?;
         }
@@ -537,7 +572,9 @@ fn restore_xattrs(part: &Path, tree: &Path, scratch: &Path, entries: &[(String, 
         let Some(path) = &current else { continue };
         // "  NAME (LEN) = VALUE"
         let Some(rest) = line.strip_prefix("  ") else { continue };
-        let Some((name, _)) = rest.split_once(" (") else { continue };
+        let Some((name, _)) = rest.split_once(" (") else {
+            continue;
+        };
         // Inline file data is ext4's business, not an attribute.
         if name == "system.data" || name.is_empty() || name.contains(char::is_whitespace) {
             continue;
@@ -551,7 +588,12 @@ fn restore_xattrs(part: &Path, tree: &Path, scratch: &Path, entries: &[(String, 
     fs::create_dir_all(&values)?;
     let mut cmds = String::new();
     for (i, (path, name)) in wanted.iter().enumerate() {
-        writeln!(cmds, "ea_get -f {} {} {name}", values.join(i.to_string()).display(), dq(path)?)?;
+        writeln!(
+            cmds,
+            "ea_get -f {} {} {name}",
+            values.join(i.to_string()).display(),
+            dq(path)?
+        )?;
     }
     debugfs(part, scratch, "ea-get.cmds", &cmds, log)?;
     // setfattr's --restore format: one "# file:" block per file, values
@@ -563,7 +605,12 @@ fn restore_xattrs(part: &Path, tree: &Path, scratch: &Path, entries: &[(String, 
         for (i, (path, name)) in wanted.iter().enumerate() {
             let value = fs::read(values.join(i.to_string()))
                 .with_context(|| format!("reading the attribute {name} of {path} that debugfs wrote"))?;
-            writeln!(w, "# file: {}\n{name}=0x{}\n", escape_dump_path(path.trim_start_matches('/')), hex::encode(value))?;
+            writeln!(
+                w,
+                "# file: {}\n{name}=0x{}\n",
+                escape_dump_path(path.trim_start_matches('/')),
+                hex::encode(value)
+            )?;
         }
         w.flush()?;
     }

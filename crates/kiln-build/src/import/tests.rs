@@ -43,7 +43,13 @@ fn make_source(src: &Path) {
     std::os::unix::fs::symlink("ping", src.join("usr/bin/ping6")).unwrap();
     run(
         "setfattr",
-        &[os("-n"), os("user.kiln"), os("-v"), os("yes"), src.join("usr/bin/ping").as_os_str()],
+        &[
+            os("-n"),
+            os("user.kiln"),
+            os("-v"),
+            os("yes"),
+            src.join("usr/bin/ping").as_os_str(),
+        ],
     );
     run(
         "setfattr",
@@ -222,7 +228,10 @@ fn a_wrong_family_release_or_architecture_fails_before_extraction() {
         },
         &qcow2,
     );
-    assert!(e.contains("release \"bookworm\", but [base] release is \"trixie\""), "{e}");
+    assert!(
+        e.contains("release \"bookworm\", but [base] release is \"trixie\""),
+        "{e}"
+    );
     let e = attempt(
         Expected {
             architecture: "arm64",
