@@ -26,6 +26,10 @@ fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
     let sums = run(tool("sha256sum").arg(name).current_dir(&served));
     assert!(sums.status.success());
     std::fs::write(served.join("SHA256SUMS"), &sums.stdout).unwrap();
+    // kiln serve lists its files; the helper reads the listing up to a
+    // `.sha512` line, as a build's output has.
+    let sha512 = run(tool("sha512sum").arg(name).current_dir(&served));
+    std::fs::write(served.join(format!("{name}.sha512")), &sha512.stdout).unwrap();
     let server = Served::start(&served, &[], &dir.path().join("serve.log"));
 
     let spec_text = std::fs::read_to_string(example("debian-12-from-cloud-image.toml")).unwrap();
