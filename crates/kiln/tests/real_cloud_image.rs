@@ -3,10 +3,11 @@
 //! cache when warm), is served on 127.0.0.1 by `kiln serve` with a
 //! SHA256SUMS beside it, and is the base of
 //! examples/debian-12-from-cloud-image.toml (its URL pointed at the
-//! server). The build shows the import stage instead of a bootstrap, its
-//! `ovh-byol` and `disk` artifacts pass `kiln check`, the imported tree
-//! lost the base image's machine-id and SSH host keys and kept its own
-//! file, and each artifact boots once (BIOS) to kiln boot's verdict. The
+//! server). `kiln plan` and the build show the import stage instead of a
+//! bootstrap, both artifacts (`ovh-byol`, `disk`) pass `kiln check` and
+//! hold Debian 12 (`kiln inspect`), and the disk artifact boots once
+//! (BIOS) to kiln boot's verdict (the ovh-byol image has no bootloader
+//! before OVH's installer runs; real_deploy.rs boots that path). The
 //! downloader's failure modes (checksum mismatch, interrupted transfer,
 //! 404) are fast tests in kiln-build's `download` module.
 
@@ -14,7 +15,7 @@ mod common;
 use common::*;
 
 #[test]
-#[ignore = "slow: a real build on a served base image and two QEMU boots; run with --ignored as root"]
+#[ignore = "slow: a real build on a served base image and a QEMU boot; run with --ignored as root"]
 fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
     let base = example_image("debian-12-disk.toml", "debian-12-disk-1.0.0-disk.qcow2");
     let dir = tempfile::tempdir_in(repo_root().join("target/tmp")).unwrap();
@@ -71,6 +72,12 @@ fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
         let inspect = run(kiln().arg("inspect").arg(&image));
         let t = text(&inspect);
         assert!(t.contains("Debian GNU/Linux 12"), "kiln inspect {artifact}:\n{t}");
+        // The ovh-byol image holds no bootloader until OVH's installer
+        // runs its make_image_bootable.sh; its boot is the installer
+        // replay's (real_deploy.rs), not repeated here for CI's time.
+        if target != "disk" {
+            continue;
+        }
         let console = dir.path().join(format!("{target}.console.log"));
         let boot = run(kiln()
             .args([
