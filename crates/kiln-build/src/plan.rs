@@ -482,6 +482,10 @@ fn plan_with_targets(
                     ),
                 ],
                 vec![
+                    // The whole table (as for a bootstrap): the targets
+                    // derive their UUIDs from the spec, so a layer must
+                    // not outlive a change of it.
+                    json_input("[base]", &spec.base),
                     match &resolved.sha256 {
                         Some(h) => StageInput::text("image sha256", h),
                         None => StageInput::text(

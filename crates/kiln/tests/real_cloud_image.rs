@@ -53,10 +53,16 @@ fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
     eprintln!("{t}");
     assert!(res.status.success(), "building on the served image failed:\n{t}");
     let log = server.stop();
-    assert!(
-        log.contains("SHA256SUMS") && log.contains(name),
-        "the server's access log:\n{log}"
-    );
+    assert!(log.contains("GET /SHA256SUMS\" 200"), "the server's access log:\n{log}");
+    // Downloaded by this build or an earlier one, verified, and cached
+    // under its checksum.
+    let sha256 = String::from_utf8_lossy(&sums.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let cached = repo_root().join(format!("target/tmp/cache/downloads/sha256-{sha256}"));
+    assert!(cached.is_file(), "{} is not in the download cache", cached.display());
 
     for (artifact, target) in [
         ("debian-12-from-cloud-image-1.0.0.qcow2", "ovh-byol"),
