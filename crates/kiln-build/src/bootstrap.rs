@@ -334,6 +334,7 @@ mod tests {
             variant: None,
             architecture: None,
             sources: vec![],
+            image: None,
         }
     }
 

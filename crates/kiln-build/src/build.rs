@@ -121,6 +121,10 @@ pub struct BuildOutput {
 pub fn required_tools(plan: &Plan) -> Vec<&'static str> {
     let mut tools = plan.family.host_tools().to_vec();
     tools.extend(["unshare", "chroot", "sh", "cp"]);
+    if plan.base_image.is_some() {
+        // The import: ext4 read without mounting, XFS/btrfs mounted.
+        tools.extend(["debugfs", "setfattr", "mknod", "mount"]);
+    }
     for t in &plan.targets {
         tools.extend(t.tools());
     }
@@ -394,6 +398,114 @@ fn timed<T>(
 }
 
 impl Run<'_> {
+    /// The stage that makes the first tree (bootstrap or import).
+    fn first_stage(&self) -> Result<&Stage> {
+        self.plan
+            .first_stage()
+            .context("internal: the plan has no bootstrap or import stage")
+    }
+
+    /// Runs the first stage: a bootstrap, or the import of a base image.
+    fn first(&self, stage: &Stage, tree: &Path) -> Result<(String, LayerState)> {
+        match stage.kind {
+            StageKind::Import => self.import(stage, tree),
+            _ => self.bootstrap(stage, tree),
+        }
+    }
+
+    /// `[base] image`: download (or take from the download cache) and
+    /// verify it, extract its root tree, then install the packages a
+    /// bootstrap would have installed, with the family's tools.
+    fn import(&self, stage: &Stage, tree: &Path) -> Result<(String, LayerState)> {
+        let plan = self.plan;
+        let resolved = plan
+            .base_image
+            .as_ref()
+            .context("internal: an import stage without [base] image")?;
+        let image = &resolved.image;
+        let downloader = crate::download::Downloader::new(&self.cache.root().join("downloads"));
+        let mut sink = self.sink(&stage.id);
+        let mut shown = 0u64;
+        let mut progress = |done: u64, total: Option<u64>| {
+            // A line per 5% (or per 32 MiB without a length): the
+            // stage's progress line shows the last one.
+            let step = total.map_or(32 << 20, |t| (t / 20).max(1));
+            if done == 0 || done >= shown + step || total == Some(done) {
+                shown = done;
+                let mib = |n: u64| n as f64 / 1048576.0;
+                sink(&match total {
+                    Some(t) if t > 0 => format!(
+                        "downloading {}: {:.0} of {:.0} MiB ({}%)",
+                        image.file_name(),
+                        mib(done),
+                        mib(t),
+                        done * 100 / t
+                    ),
+                    _ => format!("downloading {}: {:.0} MiB", image.file_name(), mib(done)),
+                });
+            }
+        };
+        let request = crate::download::Request {
+            url: &image.url,
+            sha256: resolved.sha256.as_deref(),
+            checksum_url: image.checksum_url.as_deref(),
+            file_name: image.file_name(),
+        };
+        let (file, sha256) = downloader
+            .fetch(&request, &mut progress)
+            .with_context(|| format!("downloading the base image {}", image.url))?;
+        let scratch = self.work.join("import");
+        let expected = crate::import::Expected {
+            distro: plan.spec.base.distro(),
+            release: plan.spec.base.release(),
+            architecture: plan.spec.base.architecture(),
+        };
+        let imported = crate::import::import(&file, image, expected, &scratch, tree, &self.log)
+            .with_context(|| format!("importing the base image {}", image.url))?;
+        let _ = cache::remove_tree(&scratch);
+        self.reporter.event(Event::Output {
+            id: stage.id.clone(),
+            line: format!(
+                "imported {} from the {} filesystem of {}",
+                imported.os,
+                imported.fs.name(),
+                imported
+                    .partition
+                    .map_or_else(|| "the whole disk".to_owned(), |p| format!("partition {p}"))
+            ),
+        });
+        // What a bootstrap installs, installed on the image (from the
+        // network, with the image's own package sources).
+        self.install_packages(stage, tree, &plan.bootstrap.include)?;
+        let req = &plan.bootstrap;
+        if !req.download.is_empty() {
+            let script = format!(
+                "mkdir -p {dir} && cd {dir} && apt-get download {}",
+                req.download.join(" "),
+                dir = kiln_exec::cmd::shell_quote(&req.download_dir)
+            );
+            self.chroot(stage, tree, "keeping package files", &script)?;
+        }
+        self.chroot(
+            stage,
+            tree,
+            "cleaning the package archive",
+            plan.family.clean_downloads_script(),
+        )?;
+        Ok((
+            format!(
+                "imported {} (sha256:{}), {} packages requested",
+                imported.os,
+                &sha256[..12],
+                req.include.len()
+            ),
+            LayerState {
+                include: req.include.clone(),
+                ..LayerState::default()
+            },
+        ))
+    }
+
     fn stage(&self, id: &str) -> Result<&Stage> {
         self.plan
             .stage(id)
@@ -421,7 +533,7 @@ impl Run<'_> {
     }
 
     fn all(&self) -> Result<Vec<PathBuf>> {
-        let boot = self.tree_stage(self.stage("bootstrap")?, &[], |stage, tree| self.bootstrap(stage, tree))?;
+        let boot = self.tree_stage(self.first_stage()?, &[], |stage, tree| self.first(stage, tree))?;
         let cust = self.tree_stage(self.stage("customise")?, &[&boot], |stage, tree| {
             self.customise(stage, tree)
         })?;
@@ -571,13 +683,14 @@ impl Run<'_> {
             let key = Hasher::new("kept layer").str("dir", &dir.to_string_lossy()).finish();
             Ok(Some(Layer::local(&dir, key, String::new(), LayerState::default())))
         };
-        if stage_id == "bootstrap" {
+        let first = self.first_stage()?;
+        if stage_id == first.id {
             if let Some(top) = kept_layer(stage_id)? {
                 return Ok(vec![top]);
             }
         }
-        let boot = self.tree_stage(self.stage("bootstrap")?, &[], |stage, tree| self.bootstrap(stage, tree))?;
-        if stage_id == "bootstrap" {
+        let boot = self.tree_stage(first, &[], |stage, tree| self.first(stage, tree))?;
+        if stage_id == first.id {
             return Ok(vec![boot]);
         }
         if stage_id == "customise" {
@@ -1585,9 +1698,7 @@ fn check_shell_can_start(plan: &Plan, opts: &ShellOptions, root: bool) -> Result
     let spec = plan.spec_path.display();
     let cached = opts.kept.is_some() || {
         let bootstrap = plan
-            .stages
-            .iter()
-            .find(|s| s.kind == StageKind::Bootstrap)
+            .first_stage()
             .context("internal: the plan has no bootstrap stage")?;
         Cache::holds(&opts.cache_dir, &Run::entry_key(bootstrap, &[], ""))
     };

@@ -129,7 +129,7 @@ pub fn tree_stages(plan: &Plan) -> Vec<&str> {
         .filter(|s| {
             matches!(
                 s.kind,
-                StageKind::Bootstrap | StageKind::Customise | StageKind::Finalise
+                StageKind::Bootstrap | StageKind::Import | StageKind::Customise | StageKind::Finalise
             )
         })
         .map(|s| s.id.as_str())

@@ -56,6 +56,8 @@ impl StageInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageKind {
     Bootstrap,
+    /// A distribution's disk image as the first tree (`[base] image`).
+    Import,
     Customise,
     /// A target's change of the tree (a layer of its own).
     Finalise,
@@ -70,6 +72,7 @@ impl StageKind {
     pub fn title(self) -> &'static str {
         match self {
             StageKind::Bootstrap => "bootstrap",
+            StageKind::Import => "import",
             StageKind::Customise => "customise",
             StageKind::Finalise => "finalise",
             StageKind::Assemble(name) | StageKind::Output(name) => name,
@@ -124,6 +127,23 @@ pub struct Plan {
     /// The family of `[base] distro`.
     #[serde(skip)]
     pub family: &'static dyn DistroFamily,
+    /// `[base] image` with its SHA-256 (looked up in its `SHA256SUMS`
+    /// when the spec names a list): the import stage's input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<ResolvedImage>,
+}
+
+/// A base image and the SHA-256 it must have.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedImage {
+    pub image: kiln_spec::BaseImage,
+    /// `None` when the spec names a checksum list that could not be read
+    /// while planning: the import looks it up again (and fails clearly if
+    /// it still cannot), and the stage is keyed by the list's URL.
+    pub sha256: Option<String>,
+    /// Why the list could not be read, for `kiln plan`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
 }
 
 fn describe_targets<S: serde::Serializer>(targets: &[Arc<dyn Target>], s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -138,6 +158,14 @@ fn describe_targets<S: serde::Serializer>(targets: &[Arc<dyn Target>], s: S) -> 
 impl Plan {
     pub fn stage(&self, id: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.id == id)
+    }
+
+    /// The stage that makes the first tree: `bootstrap`, or `import` for
+    /// a spec with a base image.
+    pub fn first_stage(&self) -> Option<&Stage> {
+        self.stages
+            .iter()
+            .find(|s| matches!(s.kind, StageKind::Bootstrap | StageKind::Import))
     }
 
     /// The targets this plan builds, in build order.
@@ -401,44 +429,134 @@ fn plan_with_targets(
         hash: v.hash(name),
     };
 
-    push(
-        &mut stages,
-        "bootstrap".into(),
-        StageKind::Bootstrap,
-        None,
-        vec![
-            family.bootstrap_summary(&bootstrap),
-            format!(
-                "install {} packages: {}",
-                bootstrap.include.len(),
-                bootstrap.include.join(" ")
-            ),
-            if bootstrap.download.is_empty() {
-                "download no extra .deb files".to_owned()
-            } else {
-                format!(
-                    "keep .deb files of {} in {}",
-                    bootstrap.download.join(", "),
-                    bootstrap.download_dir
+    let base_image = match spec.base.image() {
+        None => None,
+        Some(image) => {
+            // The stage is keyed by the image's checksum, so a list is
+            // read now (once, without retries: planning must not hang).
+            let looked_up =
+                match image.sha256() {
+                    Some(h) => Ok(h),
+                    None => crate::download::Downloader::new(Path::new("")).once().expected_sha256(
+                        &crate::download::Request {
+                            url: &image.url,
+                            sha256: None,
+                            checksum_url: image.checksum_url.as_deref(),
+                            file_name: image.file_name(),
+                        },
+                    ),
+                };
+            let (sha256, unresolved) = match looked_up {
+                Ok(h) => (Some(h), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
+            Some(ResolvedImage {
+                image: image.clone(),
+                sha256,
+                unresolved,
+            })
+        }
+    };
+    match &base_image {
+        Some(resolved) => {
+            let cleaned: Vec<&str> = crate::import::CLEAN_RECIPE.iter().map(|(p, _)| *p).collect();
+            push(
+                &mut stages,
+                "import".into(),
+                StageKind::Import,
+                None,
+                vec![
+                    match (&resolved.sha256, &resolved.unresolved) {
+                        (Some(h), _) => format!(
+                            "download {} (sha256:{h}) into the download cache, or take it from there",
+                            resolved.image.url
+                        ),
+                        (None, why) => format!(
+                            "download {}; its checksum could not be looked up now ({}): the build looks it up again",
+                            resolved.image.url,
+                            why.as_deref().unwrap_or("no checksum")
+                        ),
+                    },
+                    format!("extract the tree of its root filesystem; remove {}", cleaned.join(", ")),
+                    format!(
+                        "install {} packages with the {} family's tools: {}",
+                        bootstrap.include.len(),
+                        family.name(),
+                        bootstrap.include.join(" ")
+                    ),
+                ],
+                vec![
+                    // The whole table (as for a bootstrap): the targets
+                    // derive their UUIDs from the spec, so a layer must
+                    // not outlive a change of it.
+                    json_input("[base]", &spec.base),
+                    match &resolved.sha256 {
+                        Some(h) => StageInput::text("image sha256", h),
+                        None => StageInput::text(
+                            "image checksum list",
+                            &format!(
+                                "{} {}",
+                                resolved.image.checksum_url.as_deref().unwrap_or(""),
+                                resolved.image.file_name()
+                            ),
+                        ),
+                    },
+                    json_input("cleaning", &crate::import::CLEAN_RECIPE),
+                    json_input("bootstrap request", &bootstrap),
+                    json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
+                ]
+                .into_iter()
+                .chain(
+                    file_inputs
+                        .iter()
+                        .filter(|i| i.name.starts_with("apt key") || i.name.starts_with("repository key"))
+                        .cloned(),
                 )
-            },
-        ],
-        vec![
-            json_input("[base]", &spec.base),
-            json_input("bootstrap request", &bootstrap),
-            StageInput::text(family.bootstrap_tool(), &tool(family.bootstrap_tool())),
-            json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
-        ]
-        .into_iter()
-        .chain(
-            file_inputs
-                .iter()
-                .filter(|i| i.name.starts_with("apt key") || i.name.starts_with("repository key"))
-                .cloned(),
-        )
-        .collect(),
-        &[],
-    );
+                .collect(),
+                &[],
+            );
+        }
+        None => {
+            push(
+                &mut stages,
+                "bootstrap".into(),
+                StageKind::Bootstrap,
+                None,
+                vec![
+                    family.bootstrap_summary(&bootstrap),
+                    format!(
+                        "install {} packages: {}",
+                        bootstrap.include.len(),
+                        bootstrap.include.join(" ")
+                    ),
+                    if bootstrap.download.is_empty() {
+                        "download no extra .deb files".to_owned()
+                    } else {
+                        format!(
+                            "keep .deb files of {} in {}",
+                            bootstrap.download.join(", "),
+                            bootstrap.download_dir
+                        )
+                    },
+                ],
+                vec![
+                    json_input("[base]", &spec.base),
+                    json_input("bootstrap request", &bootstrap),
+                    StageInput::text(family.bootstrap_tool(), &tool(family.bootstrap_tool())),
+                    json_input("SOURCE_DATE_EPOCH", &source_date_epoch),
+                ]
+                .into_iter()
+                .chain(
+                    file_inputs
+                        .iter()
+                        .filter(|i| i.name.starts_with("apt key") || i.name.starts_with("repository key"))
+                        .cloned(),
+                )
+                .collect(),
+                &[],
+            );
+        }
+    }
 
     let mut actions = Vec::new();
     if !spec.files.is_empty() || !spec.directories.is_empty() {
@@ -597,6 +715,7 @@ fn plan_with_targets(
         stages,
         spec: spec.clone(),
         family,
+        base_image,
     })
 }
 

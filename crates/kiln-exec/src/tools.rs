@@ -144,10 +144,16 @@ pub const TOOLS: &[Tool] = &[
         "write the tar target's archive (PAX, sorted, xattrs and ACLs kept, mtimes clamped); extract the Arch bootstrap tarball",
     ),
     test_tool("setfacl", "acl", "tests: give files of a synthetic tree POSIX ACLs"),
-    test_tool(
+    tool(
         "setfattr",
         "attr",
-        "tests: give files of a synthetic tree extended attributes",
+        "restore the extended attributes of a base image's ext4 tree; tests: give files of a synthetic tree extended attributes",
+    ),
+    test_tool("getfattr", "attr", "tests: read the extended attributes of an imported tree"),
+    tool(
+        "mknod",
+        "coreutils",
+        "recreate the FIFOs and device nodes of a base image's ext4 tree",
     ),
     test_tool(
         "setcap",

@@ -146,6 +146,15 @@ impl Base {
         }
     }
 
+    /// The distribution image the build starts from, if `[base] image` names one.
+    pub fn image(&self) -> Option<&BaseImage> {
+        match self {
+            Base::Debian(apt) | Base::Ubuntu(apt) => apt.image.as_ref(),
+            Base::Arch(arch) => arch.image.as_ref(),
+            Base::Rhel(rhel) => rhel.image.as_ref(),
+        }
+    }
+
     /// The settings of an apt-based family (Debian and Ubuntu share them),
     /// or `None` for another family.
     pub fn apt(&self) -> Option<&AptBase> {
@@ -189,6 +198,12 @@ pub struct ArchBase {
     #[serde(default)]
     #[schemars(extend("default" = "x86_64"))]
     pub architecture: Option<String>,
+    /// Start from a distribution's own disk image (a cloud image) instead
+    /// of bootstrapping: kiln downloads it, verifies it, and takes the tree
+    /// of its root filesystem as the first stage; customisation and targets
+    /// follow as after a bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<BaseImage>,
 }
 
 /// How an Arch tree is bootstrapped.
@@ -229,6 +244,12 @@ pub struct RhelBase {
     #[serde(default)]
     #[schemars(extend("default" = "x86_64"))]
     pub architecture: Option<String>,
+    /// Start from a distribution's own disk image (a cloud image) instead
+    /// of bootstrapping: kiln downloads it, verifies it, and takes the tree
+    /// of its root filesystem as the first stage; customisation and targets
+    /// follow as after a bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<BaseImage>,
 }
 
 /// A distribution of the RHEL family.
@@ -290,6 +311,101 @@ pub struct AptBase {
     /// Extra apt sources available during the build and kept in the image.
     #[serde(default)]
     pub sources: Vec<AptSource>,
+    /// Start from a distribution's own disk image (a cloud image) instead
+    /// of bootstrapping: kiln downloads it, verifies it, and takes the tree
+    /// of its root filesystem as the first stage; customisation and targets
+    /// follow as after a bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<BaseImage>,
+}
+
+/// A distribution's disk image that a build starts from (`[base] image`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BaseImage {
+    /// Where to download it (https, http or file).
+    pub url: String,
+    /// Its checksum, "sha256:" and 64 hex digits; checked before the image
+    /// is used. Give this or `checksum_url`.
+    #[serde(default)]
+    pub checksum: Option<String>,
+    /// A `SHA256SUMS` file (sha256sum's format) that lists the image under
+    /// the last path segment of `url`. Give this or `checksum`.
+    #[serde(default)]
+    pub checksum_url: Option<String>,
+    /// "qcow2" or "raw". Default: from the file name (".qcow2", ".img" and
+    /// ".raw", before any ".xz" or ".zst").
+    #[serde(default)]
+    pub format: Option<BaseImageFormat>,
+    /// "xz", "zstd" or "none". Default: from the file name (".xz", ".zst").
+    #[serde(default)]
+    pub compression: Option<BaseImageCompression>,
+}
+
+/// The format of a base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseImageFormat {
+    Qcow2,
+    Raw,
+}
+
+/// How a base image file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseImageCompression {
+    None,
+    Xz,
+    Zstd,
+}
+
+impl BaseImage {
+    /// The last path segment of `url`: the name a `SHA256SUMS` lists.
+    pub fn file_name(&self) -> &str {
+        let path = self.url.split(['?', '#']).next().unwrap_or("");
+        path.rsplit('/').next().unwrap_or("")
+    }
+
+    /// `compression`, or what the file name says.
+    pub fn compression(&self) -> BaseImageCompression {
+        self.compression.unwrap_or_else(|| {
+            let name = self.file_name();
+            if name.ends_with(".xz") {
+                BaseImageCompression::Xz
+            } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+                BaseImageCompression::Zstd
+            } else {
+                BaseImageCompression::None
+            }
+        })
+    }
+
+    /// `format`, or what the file name says (`None`: it says nothing).
+    pub fn format(&self) -> Option<BaseImageFormat> {
+        if self.format.is_some() {
+            return self.format;
+        }
+        let name = self.file_name();
+        let name = [".xz", ".zst", ".zstd"]
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext))
+            .unwrap_or(name);
+        if name.ends_with(".qcow2") {
+            Some(BaseImageFormat::Qcow2)
+        } else if name.ends_with(".raw") || name.ends_with(".img") {
+            Some(BaseImageFormat::Raw)
+        } else {
+            None
+        }
+    }
+
+    /// The SHA-256 `checksum` names, in lower-case hex.
+    pub fn sha256(&self) -> Option<String> {
+        self.checksum
+            .as_deref()
+            .and_then(|c| c.strip_prefix("sha256:"))
+            .map(str::to_ascii_lowercase)
+    }
 }
 
 /// An extra apt source, written as a deb822 .sources file.

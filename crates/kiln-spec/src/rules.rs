@@ -346,6 +346,20 @@ pub(crate) fn sha256_hex(s: &str) -> Rule {
     }
 }
 
+/// A base image's `checksum`: kiln verifies SHA-256, which every
+/// distribution publishes for its cloud images.
+pub(crate) fn sha256_checksum(s: &str) -> Rule {
+    let help = "write \"sha256:\" and the image's `sha256sum`, e.g. \"sha256:5f3c…\" (64 hex digits)";
+    match s.split_once(':') {
+        Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        Some(("sha256", _)) => Err(Problem::new("the SHA-256 is not 64 hexadecimal digits").help(help)),
+        Some((kind, _)) => Err(Problem::new(format!("kiln verifies sha256, not `{kind}`")).help(
+            "write the image's SHA-256 (distributions publish SHA256SUMS beside their images), or use `checksum_url`",
+        )),
+        None => Err(Problem::new("it does not start with \"sha256:\"").help(help)),
+    }
+}
+
 /// A directory name under the ESP's `\EFI\`, as `grub-install --bootloader-id`.
 pub(crate) fn bootloader_id(s: &str) -> Rule {
     if s.is_empty() {

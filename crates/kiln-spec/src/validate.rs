@@ -11,8 +11,8 @@ use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
-    AmiTarget, ArchBase, ArchBootstrap, Base, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem, Firmware,
-    IsoTarget, NetworkData, OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, RhelBase, Spec,
+    AmiTarget, ArchBase, ArchBootstrap, Base, BaseImage, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem,
+    Firmware, IsoTarget, NetworkData, OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, RhelBase, Spec,
     TarTarget, Targets,
 };
 
@@ -153,6 +153,9 @@ impl Validator<'_, '_> {
     }
 
     fn base(&mut self, spec: &Spec) {
+        if let Some(image) = spec.base.image() {
+            self.base_image(spec, image);
+        }
         match &spec.base {
             Base::Debian(_) | Base::Ubuntu(_) => {}
             Base::Arch(arch) => return self.arch_base(arch),
@@ -222,6 +225,71 @@ impl Validator<'_, '_> {
             }
             if let Some(key) = &source.key {
                 self.source_file(&format!("{at}.key"), "key file", key);
+            }
+        }
+    }
+
+    /// `[base] image`: where it comes from, how it is checked, what it is.
+    fn base_image(&mut self, spec: &Spec, image: &BaseImage) {
+        self.check(
+            "base.image.url",
+            "image URL",
+            &image.url,
+            rules::archive_url(&image.url),
+        );
+        if image.file_name().is_empty() {
+            self.report(
+                "base.image.url",
+                format!("image URL `{}` names no file", image.url),
+                Some("write the URL of the image file itself, e.g. \"https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2\"".into()),
+            );
+        }
+        match (&image.checksum, &image.checksum_url) {
+            (None, None) => self.report(
+                "base.image",
+                "`image` has neither `checksum` nor `checksum_url`: kiln verifies every image before it uses it".into(),
+                Some("add `checksum = \"sha256:<64 hex digits>\"` (the image's sha256sum), or `checksum_url = \"…/SHA256SUMS\"`".into()),
+            ),
+            (Some(_), Some(_)) => self.report(
+                "base.image.checksum_url",
+                "`checksum` and `checksum_url` both give the image's checksum".into(),
+                Some("keep one of them".into()),
+            ),
+            _ => {}
+        }
+        if let Some(c) = &image.checksum {
+            self.check("base.image.checksum", "checksum", c, rules::sha256_checksum(c));
+        }
+        if let Some(u) = &image.checksum_url {
+            self.check("base.image.checksum_url", "checksum URL", u, rules::archive_url(u));
+        }
+        if image.format().is_none() {
+            self.report(
+                "base.image.url",
+                format!("cannot tell the format of `{}` from its name", image.file_name()),
+                Some("add `format = \"qcow2\"` or `format = \"raw\"` to the image".into()),
+            );
+        }
+        if let Base::Arch(arch) = &spec.base {
+            if arch.bootstrap.is_some() || arch.tarball.is_some() {
+                self.report(
+                    if arch.tarball.is_some() {
+                        "base.tarball"
+                    } else {
+                        "base.bootstrap"
+                    },
+                    "a base `image` is not bootstrapped: `bootstrap` and `tarball` would be ignored".into(),
+                    Some("remove `bootstrap` and `tarball`, or remove `image` to bootstrap with pacstrap".into()),
+                );
+            }
+        }
+        if let Some(apt) = spec.base.apt() {
+            if apt.variant.is_some() {
+                self.report(
+                    "base.variant",
+                    "`variant` chooses what mmdebstrap installs; a base `image` is not bootstrapped".into(),
+                    Some("remove `variant`, or remove `image` to bootstrap with mmdebstrap".into()),
+                );
             }
         }
     }

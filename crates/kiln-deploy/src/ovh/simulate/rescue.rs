@@ -96,6 +96,7 @@ pub fn rescue_request(etc: &Path) -> Result<BootstrapRequest> {
         variant: None,
         architecture: None,
         sources: Vec::new(),
+        image: None,
     });
     Ok(BootstrapRequest {
         distro: kiln_spec::Distro::Debian,
