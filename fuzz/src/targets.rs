@@ -483,6 +483,8 @@ fn ovh_storage(data: &[u8]) {
 fn checksums(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = kiln_deploy::oci::sidecar_sha512(&text, Path::new("image.qcow2.sha512"));
+    // A `checksum_url` list of a `[base] image`, fetched from the network.
+    let _ = kiln_build::download::lookup_sha256(&text, "debian-12-genericcloud-amd64.qcow2");
 }
 
 /// The first byte picks the response reader; the rest is the response.
