@@ -378,7 +378,10 @@ fn timed<T>(
         id: stage.id.clone(),
         title: stage.kind.title().to_owned(),
     });
-    match f() {
+    match kiln_exec::fault_point(&stage.id)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| f())
+    {
         Ok((value, summary)) => {
             reporter.event(Event::StageFinished {
                 id: stage.id.clone(),
@@ -1513,6 +1516,7 @@ impl Run<'_> {
             sums.push_str(&line);
             let side = PartialFile::new(self.out_dir.join(format!("{}.sha512", st.file_name)));
             side.write_all(line.as_bytes())?;
+            kiln_exec::fault_point("checksums/partial")?;
             // The SBOM lists what this artifact's own tree holds (targets
             // add packages of their own).
             let packages: Vec<manifest::Package> = serde_json::from_value(st.embedded["packages"].clone())

@@ -72,6 +72,27 @@ pub fn check_interrupted() -> Result<(), ExecError> {
     }
 }
 
+/// A fault point of kiln's fault-injection test: when `KILN_FAULT_PAUSE`
+/// names this point (a stage id such as `ovh-byol/disk`, or
+/// `checksums/partial`), kiln says so on stderr and waits here until a
+/// signal interrupts it, so that the test can interrupt stages too short
+/// to hit by timing. Otherwise it returns at once.
+pub fn fault_point(name: &str) -> Result<(), ExecError> {
+    if std::env::var_os("KILN_FAULT_PAUSE").is_none_or(|v| v != name) {
+        return Ok(());
+    }
+    // Not eprintln!: a closed stderr must not panic.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("kiln: fault point {name}: waiting for a signal\n").as_bytes(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !interrupted() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check_interrupted()
+}
+
 /// Requests an interruption, as a signal would (used by tests).
 pub fn request_interrupt() {
     flag().store(true, Ordering::SeqCst);

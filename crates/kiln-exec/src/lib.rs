@@ -17,5 +17,5 @@ pub mod tools;
 
 pub use cmd::{locate, Cmd, ExecError, Output, Running};
 pub use guard::{mounts_under, LoopDevice, PartialFile, WorkDir};
-pub use interrupt::{check_interrupted, install_signal_handlers, interrupted, InteractiveWindow};
+pub use interrupt::{check_interrupted, fault_point, install_signal_handlers, interrupted, InteractiveWindow};
 pub use tools::{find_tool, which, Tool, TOOLS};

@@ -79,7 +79,9 @@ struct Build {
 }
 
 impl Build {
-    fn start(spec: &Path, out: &Path, wait_in: Option<&str>) -> Build {
+    /// `hold`: an environment variable that holds the build up, e.g.
+    /// `("KILN_FAULT_WAIT", "customise")` or `("KILN_FAULT_PAUSE", "checksums/partial")`.
+    fn start(spec: &Path, out: &Path, hold: Option<(&str, &str)>) -> Build {
         // Not beside the output: that filesystem may be full.
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -91,8 +93,8 @@ impl Build {
             .arg(spec)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
-        if let Some(stage) = wait_in {
-            cmd.env("KILN_FAULT_WAIT", stage);
+        if let Some((var, value)) = hold {
+            cmd.env(var, value);
         }
         let name = std::fs::read_to_string(spec)
             .unwrap()
@@ -163,6 +165,11 @@ impl Build {
         self.seen
             .iter()
             .any(|e| e["event"] == "stage-start" && e["stage"] == stage)
+    }
+
+    /// Whether kiln said `needle` on stderr (a fault point says it waits).
+    fn said(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.stderr).is_ok_and(|l| l.contains(needle))
     }
 
     fn logged(&self, needle: &str) -> bool {
@@ -333,7 +340,7 @@ fn fault_rounds(
     spec: &Path,
     out: &Path,
     stage: &str,
-    wait_in: Option<&str>,
+    hold: Option<(&str, &str)>,
     (reused, then): (&[&str], &[&str]),
     ready: impl Fn(&Build) -> bool,
 ) {
@@ -345,7 +352,7 @@ fn fault_rounds(
             .collect();
         let what = format!("SIG{sig} in {stage}");
         let started = Instant::now();
-        let mut build = Build::start(spec, out, wait_in);
+        let mut build = Build::start(spec, out, hold);
         build.wait_until(&format!("{stage} is running"), &ready);
         build.signal(sig);
         let done = build.finish();
@@ -412,19 +419,50 @@ fn a_fault_at_every_stage_leaves_nothing_behind() {
     let out = dir.path().join("out");
     let (boot, cust, fin) = ("bootstrap", "customise", "ovh-byol/finalise");
     // (The first round bootstraps if the cache is cold.)
-    fault_rounds(&spec, &out, cust, Some("customise"), (&[], &[boot]), |b| {
-        b.logged("fault test: customise waits")
-    });
-    fault_rounds(&spec, &out, fin, Some("finalise"), (&[boot], &[cust]), |b| {
-        b.logged("fault test: finalise waits")
-    });
+    fault_rounds(
+        &spec,
+        &out,
+        cust,
+        Some(("KILN_FAULT_WAIT", "customise")),
+        (&[], &[boot]),
+        |b| b.logged("fault test: customise waits"),
+    );
+    fault_rounds(
+        &spec,
+        &out,
+        fin,
+        Some(("KILN_FAULT_WAIT", "finalise")),
+        (&[boot], &[cust]),
+        |b| b.logged("fault test: finalise waits"),
+    );
     fault_rounds(&spec, &out, "ovh-byol/filesystem", None, (&[boot, cust], &[fin]), |b| {
         b.started("ovh-byol/filesystem")
     });
     let whole = [boot, cust, fin];
+    // The partition table takes a millisecond: kiln's fault point holds
+    // the stage up at its start.
+    fault_rounds(
+        &spec,
+        &out,
+        "ovh-byol/disk",
+        Some(("KILN_FAULT_PAUSE", "ovh-byol/disk")),
+        (&whole, &[]),
+        |b| b.said("fault point ovh-byol/disk: waiting"),
+    );
     fault_rounds(&spec, &out, "ovh-byol/convert", None, (&whole, &[]), |b| {
         b.started("ovh-byol/convert")
     });
+    // The checksums, last: held up once the first artifact's copy and
+    // .sha512 are written as .part files. After SIGKILL those wait for the
+    // next build of this spec into this directory, which replaces them.
+    fault_rounds(
+        &spec,
+        &out,
+        "checksums",
+        Some(("KILN_FAULT_PAUSE", "checksums/partial")),
+        (&whole, &[]),
+        |b| b.said("fault point checksums/partial: waiting"),
+    );
 
     // The next build cleans up after the killed ones and succeeds, with
     // every stage that was whole from the cache.
