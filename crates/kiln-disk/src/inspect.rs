@@ -73,16 +73,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let mut image = DiskImage::open(path)?;
     let table = read_partition_table(&mut image)?;
     let mut warnings = table.warnings.clone();
-    let spans: Vec<(Option<u32>, u64, u64)> = if table.kind.is_none() {
-        vec![(None, 0, image.virtual_size())]
-    } else {
-        table
-            .partitions
-            .iter()
-            .filter(|p| !p.part_type.is_extended())
-            .map(|p| (Some(p.index), p.start, p.size))
-            .collect()
-    };
+    let spans = table.filesystem_spans(image.virtual_size());
     let mut volumes = Vec::new();
     let mut root = None;
     for (partition, start, size) in spans {

@@ -144,6 +144,22 @@ pub struct PartitionTable {
     pub warnings: Vec<String>,
 }
 
+impl PartitionTable {
+    /// Where filesystems may be, as (partition index, start, size) in
+    /// bytes: every partition but an MBR extended one, or the whole disk of
+    /// `disk_size` bytes when it has no table.
+    pub fn filesystem_spans(&self, disk_size: u64) -> Vec<(Option<u32>, u64, u64)> {
+        if self.kind.is_none() {
+            return vec![(None, 0, disk_size)];
+        }
+        self.partitions
+            .iter()
+            .filter(|p| !p.part_type.is_extended())
+            .map(|p| (Some(p.index), p.start, p.size))
+            .collect()
+    }
+}
+
 /// Reads the partition table of the disk `r`.
 pub fn read_partition_table<R: Read + Seek>(r: &mut R) -> Result<PartitionTable> {
     let disk_size = r.seek(SeekFrom::End(0)).ctx(|| "finding the disk size".into())?;

@@ -209,16 +209,7 @@ struct Root {
 /// and XFS), else the largest ext/XFS/btrfs one.
 fn find_root(image: &mut DiskImage) -> Result<Root> {
     let table = read_partition_table(image)?;
-    let spans: Vec<(Option<u32>, u64, u64)> = if table.kind.is_none() {
-        vec![(None, 0, image.virtual_size())]
-    } else {
-        table
-            .partitions
-            .iter()
-            .filter(|p| !p.part_type.is_extended())
-            .map(|p| (Some(p.index), p.start, p.size))
-            .collect()
-    };
+    let spans = table.filesystem_spans(image.virtual_size());
     let mut seen = Vec::new();
     let mut linux: Vec<Root> = Vec::new();
     for (partition, start, size) in spans {
