@@ -5,17 +5,19 @@
 //! examples/debian-12-from-cloud-image.toml (its URL pointed at the
 //! server). `kiln plan` and the build show the import stage instead of a
 //! bootstrap, both artifacts (`ovh-byol`, `disk`) pass `kiln check` and
-//! hold Debian 12 (`kiln inspect`), and the disk artifact boots once
-//! (BIOS) to kiln boot's verdict (the ovh-byol image has no bootloader
-//! before OVH's installer runs; real_deploy.rs boots that path). The
-//! downloader's failure modes (checksum mismatch, interrupted transfer,
-//! 404) are fast tests in kiln-build's `download` module.
+//! hold Debian 12 (`kiln inspect`), and both boot once: the ovh-byol image
+//! through the replay of OVH's installer with UEFI onto two disks in RAID1
+//! (this is CI's UEFI replay; real_deploy.rs replays the example with
+//! BIOS), the disk image with BIOS to kiln boot's verdict. The downloader's
+//! failure modes (checksum mismatch, interrupted transfer, 404) are fast
+//! tests in kiln-build's `download` module.
 
 mod common;
+use common::replay::assert_replay_passes;
 use common::*;
 
 #[test]
-#[ignore = "slow: a real build on a served base image and a QEMU boot; run with --ignored as root"]
+#[ignore = "slow: a real build on a served base image, an OVH installer replay and a QEMU boot; run with --ignored as root"]
 fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
     let base = example_image("debian-12-disk.toml", "debian-12-disk-1.0.0-disk.qcow2");
     let dir = tempfile::tempdir_in(repo_root().join("target/tmp")).unwrap();
@@ -79,9 +81,9 @@ fn a_served_kiln_image_is_the_base_of_another_build_that_boots() {
         let t = text(&inspect);
         assert!(t.contains("Debian GNU/Linux 12"), "kiln inspect {artifact}:\n{t}");
         // The ovh-byol image holds no bootloader until OVH's installer
-        // runs its make_image_bootable.sh; its boot is the installer
-        // replay's (real_deploy.rs), not repeated here for CI's time.
-        if target != "disk" {
+        // runs its make_image_bootable.sh: it boots through the replay.
+        if target == "ovh-byol" {
+            assert_replay_passes(&image, "uefi");
             continue;
         }
         let console = dir.path().join(format!("{target}.console.log"));

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod replay;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
