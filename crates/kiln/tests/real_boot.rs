@@ -35,7 +35,13 @@ fn disk_image() -> std::path::PathBuf {
 /// Boots `image` with `kiln boot`; returns the serial console's text.
 fn boot_image(image: &std::path::Path, firmware: &str, extra: &[&str]) -> String {
     let before = std::fs::read(image).unwrap();
-    let console = image.with_extension(format!("{firmware}.console.log"));
+    // One log per boot: tests boot the same image at once (--cdrom, --usb).
+    let medium: String = extra
+        .iter()
+        .filter(|a| matches!(**a, "--cdrom" | "--usb"))
+        .map(|a| format!("{}.", &a[2..]))
+        .collect();
+    let console = image.with_extension(format!("{firmware}.{medium}console.log"));
     let out = run(kiln()
         .args([
             "boot",
@@ -299,6 +305,7 @@ runcmd:
 /// both targets, and each artifact must meet its target's contract.
 fn airship() -> std::path::PathBuf {
     let dir = shared_out("airship-report");
+    let _lock = lock_shared(&dir);
     let out = dir.join("out");
     if out.join("manifest.json").is_file()
         && std::fs::read_to_string(dir.join("airship/user-data")).ok().as_deref() == Some(LIVE_REPORT)

@@ -63,6 +63,16 @@ pub fn shared_out(spec: &str) -> PathBuf {
         .join(spec.trim_end_matches(".toml"))
 }
 
+/// An exclusive lock on the shared output `out` (a file beside it), held
+/// until the returned file is dropped, also when the test panics.
+pub fn lock_shared(out: &Path) -> std::fs::File {
+    let lock = out.with_extension("lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(&lock).unwrap();
+    file.lock().unwrap();
+    file
+}
+
 /// The spec hash `kiln plan` computes for `spec` today.
 fn spec_hash(spec: &Path) -> String {
     let out = run(kiln().args(["plan", "--json", "--offline"]).arg(spec));
@@ -73,8 +83,11 @@ fn spec_hash(spec: &Path) -> String {
 
 /// A built image of example `spec`: reused from an earlier test of this run
 /// (or an earlier run) when its manifest has today's spec hash, else built.
+/// Tests that share it may run at once (real_boot runs two at a time): the
+/// first builds while the others wait, then reuse its output.
 pub fn example_image(spec: &str, image: &str) -> PathBuf {
     let out = shared_out(spec);
+    let _lock = lock_shared(&out);
     let want = spec_hash(&example(spec));
     let manifest = std::fs::read(out.join("manifest.json")).ok();
     let have = manifest
