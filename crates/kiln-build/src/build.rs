@@ -934,16 +934,34 @@ impl Run<'_> {
     /// and installs one package, and a second spec that needs a few more
     /// packages than a first builds on the first's bootstrap. The spec's
     /// own last bootstrap is preferred, then the one that lacks the fewest
-    /// packages. `--no-cache` never takes this path, so the reproducible
+    /// packages, among each spec's last bootstrap and every other cached
+    /// one. `--no-cache` never takes this path, so the reproducible
     /// result is always a full bootstrap.
     fn grow_bootstrap(&self, stage: &Stage, key: Hash) -> Result<Option<Layer>> {
         let base_hash = self.bootstrap_base_hash();
         let now = &self.plan.bootstrap.include;
+        // Candidates: each spec's last bootstrap (this spec's first), then
+        // every other cached bootstrap, as a spec's last one may have
+        // packages that this one lacks while an older one fits.
+        let mut candidates: Vec<(String, Hash)> = Vec::new();
+        let recorded = self
+            .cache
+            .records_of_stage(&self.plan.name, &stage.id)
+            .into_iter()
+            .filter_map(|(spec, record)| Some((spec, record.entry.as_deref().and_then(Hash::from_hex)?)));
+        let cached = self
+            .cache
+            .list()?
+            .into_iter()
+            .filter(|l| l.entry.stage == stage.id)
+            .filter_map(|l| Some((l.entry.spec, Hash::from_hex(&l.entry.key)?)));
+        for (spec, key) in recorded.chain(cached) {
+            if !candidates.iter().any(|(_, k)| *k == key) {
+                candidates.push((spec, key));
+            }
+        }
         let mut best: Option<(String, Layer, usize)> = None;
-        for (spec, record) in self.cache.records_of_stage(&self.plan.name, &stage.id) {
-            let Some(prev_key) = record.entry.as_deref().and_then(Hash::from_hex) else {
-                continue;
-            };
+        for (spec, prev_key) in candidates {
             if best.as_ref().is_some_and(|(_, layer, _)| layer.key == prev_key) {
                 continue;
             }

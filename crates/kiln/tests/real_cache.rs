@@ -207,6 +207,28 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
         "the grown spec's image is missing"
     );
 
+    // The first spec gains that package too, so neither spec's last
+    // bootstrap is a subset of a third spec's packages (the first's with
+    // `file` added): it grows the first's older bootstrap, still cached.
+    std::fs::write(&spec, text_before.replacen("install = [", "install = [\"tree\", ", 1)).unwrap();
+    let widened = events(&build(&spec, &cache, &out_a, &[]));
+    assert_eq!(status_of(&widened, "ovh-byol/convert"), "ok");
+    let third_spec = spec.with_file_name("third.toml");
+    std::fs::write(
+        &third_spec,
+        text_before
+            .replacen("install = [", "install = [\"file\", ", 1)
+            .replacen("name = \"debian-12-byol\"", "name = \"debian-12-byol-file\"", 1),
+    )
+    .unwrap();
+    let third = events(&build(&third_spec, &cache, &dir.path().join("third"), &[]));
+    assert!(
+        rebuild_reason(&third, "bootstrap")
+            .contains("packages added: file; installing them on top of the cached bootstrap of debian-12-byol"),
+        "{:?}",
+        rebuild_reason(&third, "bootstrap")
+    );
+
     // kiln cache ls shows the entries; rm --all empties the cache.
     let ls = run(kiln().args(["cache", "ls", "--cache-dir"]).arg(&cache));
     assert!(ls.status.success() && text(&ls).contains("bootstrap"), "{}", text(&ls));
