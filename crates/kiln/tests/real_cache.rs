@@ -175,14 +175,22 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     // installed on top of the first spec's cached bootstrap, not a new
     // bootstrap, and is in the image.
     let text_before = std::fs::read_to_string(&spec).unwrap();
-    let grown_spec = spec.with_file_name("grown.toml");
-    std::fs::write(
-        &grown_spec,
-        text_before
-            .replacen("install = [", "install = [\"tree\", ", 1)
-            .replacen("name = \"debian-12-byol\"", "name = \"debian-12-byol-tree\"", 1),
-    )
-    .unwrap();
+    // The first spec with `package` added, as image debian-12-byol-SUFFIX
+    // (none: the first spec itself), written to `file`.
+    let with_package = |file: &str, package: &str, suffix: Option<&str>| {
+        let mut text = text_before.replacen("install = [", &format!("install = [\"{package}\", "), 1);
+        if let Some(suffix) = suffix {
+            text = text.replacen(
+                "name = \"debian-12-byol\"",
+                &format!("name = \"debian-12-byol-{suffix}\""),
+                1,
+            );
+        }
+        let path = spec.with_file_name(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let grown_spec = with_package("grown.toml", "tree", Some("tree"));
     let out_grown = dir.path().join("grown");
     let grown = events(&build(&grown_spec, &cache, &out_grown, &[]));
     assert_eq!(status_of(&grown, "bootstrap"), "ok");
@@ -210,17 +218,11 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     // The first spec gains that package too, so neither spec's last
     // bootstrap is a subset of a third spec's packages (the first's with
     // `file` added): it grows the first's older bootstrap, still cached.
-    std::fs::write(&spec, text_before.replacen("install = [", "install = [\"tree\", ", 1)).unwrap();
+    let spec_file = spec.file_name().unwrap().to_str().unwrap().to_owned();
+    with_package(&spec_file, "tree", None);
     let widened = events(&build(&spec, &cache, &out_a, &[]));
     assert_eq!(status_of(&widened, "ovh-byol/convert"), "ok");
-    let third_spec = spec.with_file_name("third.toml");
-    std::fs::write(
-        &third_spec,
-        text_before
-            .replacen("install = [", "install = [\"file\", ", 1)
-            .replacen("name = \"debian-12-byol\"", "name = \"debian-12-byol-file\"", 1),
-    )
-    .unwrap();
+    let third_spec = with_package("third.toml", "file", Some("file"));
     let third = events(&build(&third_spec, &cache, &dir.path().join("third"), &[]));
     assert!(
         rebuild_reason(&third, "bootstrap")
