@@ -949,9 +949,12 @@ impl Run<'_> {
             .records_of_stage(&self.plan.name, &stage.id)
             .into_iter()
             .filter_map(|(spec, record)| Some((spec, record.entry.as_deref().and_then(Hash::from_hex)?)));
+        // Growing only saves time: a cache that cannot be listed means no
+        // older candidates, not a failed build.
         let cached = self
             .cache
-            .list()?
+            .list()
+            .unwrap_or_default()
             .into_iter()
             .filter(|l| l.entry.stage == stage.id)
             .filter_map(|l| Some((l.entry.spec, Hash::from_hex(&l.entry.key)?)));
