@@ -13,20 +13,45 @@ if [ "${1:-}" = "--fast" ]; then
   exit 0
 fi
 
-# The slow tests run one at a time (they count mounts, loop devices and
-# processes machine-wide, and share the stage cache), except real_boot's:
-# each of those boots one TCG guest with one vCPU, so two at a time keep
-# both cores busy (their shared example builds take a lock). Its tests are
-# skipped by exact name in the serial run, so none runs twice.
+# The slow tests that boot run two at a time: each boots TCG guests with one
+# vCPU, so two keep both cores busy, and none counts mounts, loop devices or
+# processes machine-wide. The examples they share are built once, under a
+# lock (and so is the replay's rescue system). The longest go first. The
+# other slow tests then run one at a time (they count mounts, loop devices
+# and processes machine-wide, and share the stage cache); the pooled tests
+# are skipped there by exact name, so none runs twice.
+pooled=(real_cloud_image real_deploy real_boot)
+jobs=()
+for bin in "${pooled[@]}"; do
+  names=$(cargo test -q -p kiln --test "$bin" -- --ignored --list --format terse | sed -n 's/: test$//p')
+  if [ -z "$names" ]; then
+    echo "scripts/test.sh: $bin lists no slow tests" >&2
+    exit 1
+  fi
+  while IFS= read -r name; do
+    jobs+=("$bin $name")
+  done <<<"$names"
+done
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+run_one() {
+  local bin=$1 name=$2 log="$logs/$1.$2.log" rc=0
+  echo "slow test $bin::$name: started $(date -u +%T)"
+  cargo test -p kiln --test "$bin" -- --ignored --exact "$name" >"$log" 2>&1 || rc=$?
+  echo "slow test $bin::$name: exit $rc at $(date -u +%T)"
+  cat "$log"
+  return "$rc"
+}
+export -f run_one
+export logs
+
 status=0
-cargo test -p kiln --test real_boot -- --ignored --test-threads=2 || status=$?
+printf '%s\n' "${jobs[@]}" | xargs -P 2 -L 1 bash -c 'run_one "$@"' _ || status=$?
+
 skip=()
-while IFS= read -r name; do
-  skip+=(--skip "$name")
-done < <(cargo test -q -p kiln --test real_boot -- --ignored --list --format terse | sed -n 's/: test$//p')
-if [ "${#skip[@]}" -eq 0 ]; then
-  echo "scripts/test.sh: real_boot lists no tests" >&2
-  exit 1
-fi
+for job in "${jobs[@]}"; do
+  skip+=(--skip "${job#* }")
+done
 cargo test --workspace --no-fail-fast -- --ignored --test-threads=1 --exact "${skip[@]}" || status=$?
 exit "$status"

@@ -1764,11 +1764,22 @@ fn count_files(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// A UUID derived from the spec hash, so rebuilding the same spec gives the
-/// same filesystem and partition identifiers.
+/// A UUID derived from the key of the target's finalisation stage, so
+/// rebuilding the same spec gives the same filesystem and partition
+/// identifiers. Not from the spec hash: the finalised layer writes these
+/// identifiers into the tree (fstab, grub.cfg), and another spec that
+/// shares the layer's key (same tree, another artifact name or format)
+/// reuses it, so its disk must carry the same identifiers.
 fn derived_uuid(plan: &Plan, target: &str, what: &str) -> uuid::Uuid {
+    let finalise = format!("{target}/finalise");
+    let key = plan
+        .stages
+        .iter()
+        .find(|s| s.id == finalise)
+        .expect("every planned target has a finalisation stage")
+        .hash;
     let h = Hasher::new("uuid")
-        .hash("spec", &plan.spec_hash)
+        .hash("finalise", &key)
         .str("target", target)
         .str("what", what)
         .finish();
@@ -1826,6 +1837,52 @@ mod tests {
         ] {
             assert_ne!(base, other, "{what} does not change the key");
         }
+    }
+
+    /// The identifiers a finalised layer writes into the tree (fstab,
+    /// grub.cfg) must be the ones the disk stage gives the filesystems,
+    /// also when another spec reuses the layer: they follow the layer's
+    /// key, not the spec's hash.
+    #[test]
+    fn derived_identifiers_follow_the_finalised_layer_not_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("apt")).unwrap();
+        std::fs::write(
+            dir.path().join("apt/sources.list"),
+            "deb http://mirror.example/debian bookworm main\n",
+        )
+        .unwrap();
+        let plan = |targets: &str| {
+            let source = format!(
+                "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n{targets}"
+            );
+            let loaded = kiln_spec::parse_str(&source, &dir.path().join("spec.toml"), dir.path()).unwrap();
+            let tools = std::collections::BTreeMap::from([("mmdebstrap".to_owned(), "1.3.5".to_owned())]);
+            crate::plan::plan_with_host_sources(&loaded, tools, &dir.path().join("apt")).unwrap()
+        };
+        let qcow2 = plan("[targets.disk]\nformat = \"qcow2\"\n");
+        let raw = plan("[targets.disk]\nformat = \"raw\"\n");
+        let console = plan("[targets.disk]\nformat = \"raw\"\nconsole = \"ttyS1,115200n8\"\n");
+        assert_ne!(qcow2.spec_hash, raw.spec_hash);
+        let finalise = |p: &Plan| p.stages.iter().find(|s| s.id == "disk/finalise").unwrap().hash;
+        assert_eq!(
+            finalise(&qcow2),
+            finalise(&raw),
+            "the artifact format does not change the finalised layer"
+        );
+        let id = |p: &Plan| derived_uuid(p, "disk", "root filesystem");
+        assert_eq!(id(&qcow2), id(&raw), "a shared finalised layer, the same identifiers");
+        assert_ne!(
+            id(&qcow2),
+            derived_uuid(&qcow2, "disk", "esp"),
+            "one identifier per use"
+        );
+        assert_ne!(
+            finalise(&console),
+            finalise(&raw),
+            "the console is written by the finalisation"
+        );
+        assert_ne!(id(&console), id(&raw), "another finalised layer, other identifiers");
     }
 
     /// `kiln shell`'s checks before it creates anything, for each way in:

@@ -135,10 +135,20 @@ pub fn ensure_rescue(
         initrd: dir.join("initrd.img"),
         rootfs: dir.join("rootfs.ext4"),
     };
-    if rescue.kernel.is_file() && rescue.initrd.is_file() && rescue.rootfs.is_file() {
+    let ready = |r: &Rescue| r.kernel.is_file() && r.initrd.is_file() && r.rootfs.is_file();
+    if ready(&rescue) {
         return Ok(rescue);
     }
     std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    // Two replays started at once build it once: the second waits here,
+    // then finds it stored.
+    let lock_path = cache.join(format!("rescue-{key}.lock"));
+    let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    if ready(&rescue) {
+        return Ok(rescue);
+    }
     let work = WorkDir::new_in(cache, &format!(".rescue-{key}-")).context("creating the rescue work directory")?;
     let tree = work.path().join("tree");
     let scratch = work.path().join("scratch");
