@@ -1152,6 +1152,9 @@ impl Run<'_> {
             .env("TMPDIR", &tmp)
             .log_to(&self.log)
             .on_line(self.sink(&stage.id));
+        for (key, value) in plan.family.bootstrap_env() {
+            cmd = cmd.env(key, value);
+        }
         if let Some(epoch) = plan.source_date_epoch {
             cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
         }

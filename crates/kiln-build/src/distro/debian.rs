@@ -118,6 +118,10 @@ impl DistroFamily for AptFamily {
         ("mmdebstrap", args)
     }
 
+    fn bootstrap_env(&self) -> &'static [(&'static str, &'static str)] {
+        bootstrap::MMDEBSTRAP_ENV
+    }
+
     fn bootstrap_tool(&self) -> &'static str {
         "mmdebstrap"
     }
@@ -405,6 +409,20 @@ mod tests {
         assert!(args.iter().any(|a| a == "noble"));
         let (_, debian) = DEBIAN.bootstrap_command(&req, Path::new("/t"), Path::new("/s"), None);
         assert!(!debian.iter().any(|a| a.starts_with("--keyring")));
+        // One initramfs, made once every package is configured.
+        assert_eq!(DEBIAN.bootstrap_env(), [("INITRD", "No")]);
+        let hook = debian
+            .iter()
+            .find(|a| a.contains("update-initramfs"))
+            .expect("a hook that makes the initramfs");
+        assert!(
+            hook.starts_with("--customize-hook=chroot \"$1\" env -u INITRD sh -ec '"),
+            "{hook}"
+        );
+        assert!(
+            hook.contains("update-initramfs -c -k \"$v\"; linux-update-symlinks install"),
+            "{hook}"
+        );
         assert_eq!(UBUNTU.packages(Role::Kernel), ["linux-image-generic"]);
         assert_eq!(UBUNTU.bootloader_id(), "ubuntu");
     }

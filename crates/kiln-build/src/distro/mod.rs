@@ -179,6 +179,10 @@ pub trait DistroFamily: Send + Sync + Debug {
         scratch: &Path,
         packages: Option<&Path>,
     ) -> (&'static str, Vec<String>);
+    /// Environment variables [`DistroFamily::bootstrap_command`] runs with.
+    fn bootstrap_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
     /// Shell that installs `packages` in a chroot of a bootstrapped tree.
     fn install_script(&self, packages: &[&str]) -> String;
     /// Shell that removes (purges) `packages` in a chroot.

@@ -124,9 +124,11 @@ pub fn check_image(path: &Path, opts: &CheckOptions) -> Result<Vec<RuleResult>> 
             "the script's #! interpreter exists in the image",
             |c, _| guarded(c, interpreter_rule),
         ),
-        ("kernel", "a kernel in /boot with its /lib/modules directory", |c, _| {
-            guarded(c, kernel_rule)
-        }),
+        (
+            "kernel",
+            "a kernel in /boot with its /lib/modules directory and its initramfs",
+            |c, _| guarded(c, kernel_rule),
+        ),
         ("initramfs-tools", "initramfs-tools is installed", |c, _| {
             packages_rule(c, &["initramfs-tools"])
         }),
@@ -401,6 +403,26 @@ fn kernel_rule(fs: &mut dyn FsRead) -> kiln_disk::Result<Verdict> {
             "kernel(s) {} have no /lib/modules/<version> directory; the initramfs cannot load storage or NIC drivers",
             kernels.join(", ")
         )));
+    }
+    // With initramfs-tools, make_image_bootable.sh updates the initramfs
+    // (`update-initramfs -u`), which makes none where there is none (dracut
+    // and mkinitcpio make theirs anew).
+    let initramfs_tools = fs.metadata("/etc/initramfs-tools")?.map(|m| m.kind) == Some(FileKind::Dir);
+    for k in matched.iter().filter(|_| initramfs_tools) {
+        let initrd = format!("/boot/initrd.img-{k}");
+        if !matches!(fs.metadata(&initrd)?, Some(m) if m.kind == FileKind::File) {
+            return Ok(fail(format!(
+                "kernel {k} has no {initrd}: the installer's script only updates an initramfs, so the machine could not mount its root"
+            )));
+        }
+    }
+    // The links the kernel package makes come in pairs.
+    for (kernel_link, initrd_link) in [("/vmlinuz", "/initrd.img"), ("/vmlinuz.old", "/initrd.img.old")] {
+        if fs.read_link(kernel_link)?.is_some() && fs.read_link(initrd_link)?.is_none() {
+            return Ok(fail(format!(
+                "{kernel_link} is a link but {initrd_link} is not: the kernel's postinst ran without an initramfs"
+            )));
+        }
     }
     let mut reason = format!(
         "kernel {}",
@@ -745,6 +767,10 @@ mod tests {
         write(root, "/usr/bin/cloud-init", "#!/usr/bin/python3", 0o755);
         write(root, "/usr/sbin/grub-install", "ELF", 0o755);
         write(root, "/boot/vmlinuz-6.1.0-18-amd64", "kernel", 0o644);
+        write(root, "/boot/initrd.img-6.1.0-18-amd64", "initramfs", 0o644);
+        write(root, "/etc/initramfs-tools/initramfs.conf", "MODULES=most\n", 0o644);
+        symlink("boot/vmlinuz-6.1.0-18-amd64", root.join("vmlinuz")).unwrap();
+        symlink("boot/initrd.img-6.1.0-18-amd64", root.join("initrd.img")).unwrap();
         write(root, SCRIPT, SCRIPT_TEXT, 0o755);
         write(root, "/root/.ovh/debs/grub-pc_2.06-13_amd64.deb", "deb", 0o644);
         write(root, "/root/.ovh/debs/grub-efi-amd64_2.06-13_amd64.deb", "deb", 0o644);
@@ -973,6 +999,22 @@ mod tests {
                 rm("boot/vmlinuz-6.1.0-18-amd64"),
                 "kernel",
                 "no /boot/vmlinuz-*",
+            ),
+            (
+                "no initramfs",
+                Disk::Qcow2,
+                CheckOptions::default(),
+                rm("boot/initrd.img-6.1.0-18-amd64"),
+                "kernel",
+                "kernel 6.1.0-18-amd64 has no /boot/initrd.img-6.1.0-18-amd64",
+            ),
+            (
+                "no initramfs link",
+                Disk::Qcow2,
+                CheckOptions::default(),
+                rm("initrd.img"),
+                "kernel",
+                "/vmlinuz is a link but /initrd.img is not",
             ),
             (
                 "kernel without modules",

@@ -156,9 +156,11 @@ pub fn ensure_rescue(
     std::fs::create_dir_all(&tmp)?;
     std::fs::create_dir_all(&scratch)?;
     let (program, args) = DEBIAN.bootstrap_command(req, &tree, &scratch, None);
-    Cmd::in_mount_namespace(program)
-        .args(&args)
-        .env("TMPDIR", &tmp)
+    let mut cmd = Cmd::in_mount_namespace(program).args(&args);
+    for (key, value) in DEBIAN.bootstrap_env() {
+        cmd = cmd.env(key, value);
+    }
+    cmd.env("TMPDIR", &tmp)
         .on_line(on_line)
         .run()
         .context("bootstrapping the rescue system")?;
