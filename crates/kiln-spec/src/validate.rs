@@ -11,9 +11,9 @@ use std::path::{Component, Path};
 
 use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
-    AmiTarget, UsbInstallerTarget, ArchBase, ArchBootstrap, Base, BaseImage, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem,
+    AmiTarget, ArchBase, ArchBootstrap, Base, BaseImage, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem,
     Firmware, IsoTarget, NetworkData, OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, RhelBase, Spec,
-    TarTarget, Targets,
+    TarTarget, Targets, UsbInstallerTarget,
 };
 
 /// The major releases of the RHEL family that kiln knows how to build.
@@ -826,7 +826,14 @@ impl Validator<'_, '_> {
                     .join(" or ")
             )
         } else {
-            format!("this spec defines {}", carriable.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", "))
+            format!(
+                "this spec defines {}",
+                carriable
+                    .iter()
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let payload = t.payload.as_str();
         let payload_size = match payload {
