@@ -55,16 +55,26 @@ struct Installed {
 fn boot_stick(firmware: &str, disks: &[&Path], until: Option<&str>, timeout: Duration, dir: &Path) -> Installed {
     let console = dir.join(format!("{firmware}.console.log"));
     let mut qemu = tool("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg", "-m", "1024", "-display", "none", "-no-reboot", "-nic", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .args(["-device", "qemu-xhci,id=xhci"])
-        .arg("-drive")
-        .arg(format!(
-            "if=none,id=stick,format=raw,snapshot=on,file={}",
-            stick().display()
-        ))
-        .args(["-device", "usb-storage,drive=stick,bus=xhci.0,removable=on,bootindex=0"]);
+    qemu.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "1024",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .args(["-device", "qemu-xhci,id=xhci"])
+    .arg("-drive")
+    .arg(format!(
+        "if=none,id=stick,format=raw,snapshot=on,file={}",
+        stick().display()
+    ))
+    .args(["-device", "usb-storage,drive=stick,bus=xhci.0,removable=on,bootindex=0"]);
     for (i, disk) in disks.iter().enumerate() {
         qemu.arg("-drive")
             .arg(format!("if=none,id=d{i},format=qcow2,file={}", disk.display()))
@@ -125,11 +135,25 @@ fn installs_and_boots(firmware: &str) {
     let target = empty_disk(dir.path(), "target.qcow2", TARGET_SIZE);
     let installed = boot_stick(firmware, &[&target], None, Duration::from_secs(1500), dir.path());
     let console = &installed.console;
-    assert!(installed.exited, "{firmware}: the installer did not power off:\n{console}");
-    for line in ["target disk /dev/vda", "sha512 verified", "growing partition 3 of /dev/vda", "done; powering off"] {
-        assert!(console.contains(line), "{firmware}: no `{line}` on the console:\n{console}");
+    assert!(
+        installed.exited,
+        "{firmware}: the installer did not power off:\n{console}"
+    );
+    for line in [
+        "target disk /dev/vda",
+        "sha512 verified",
+        "growing partition 3 of /dev/vda",
+        "done; powering off",
+    ] {
+        assert!(
+            console.contains(line),
+            "{firmware}: no `{line}` on the console:\n{console}"
+        );
     }
-    assert!(console.contains("copied"), "{firmware}: no write progress on the console:\n{console}");
+    assert!(
+        console.contains("copied"),
+        "{firmware}: no write progress on the console:\n{console}"
+    );
 
     let user_data = dir.path().join("user-data");
     std::fs::write(
@@ -138,14 +162,25 @@ fn installs_and_boots(firmware: &str) {
     )
     .unwrap();
     let out = run(kiln()
-        .args(["boot", "--firmware", firmware, "--timeout", "600", "--expect", "KILN-END done"])
+        .args([
+            "boot",
+            "--firmware",
+            firmware,
+            "--timeout",
+            "600",
+            "--expect",
+            "KILN-END done",
+        ])
         .arg("--user-data")
         .arg(&user_data)
         .arg("--console-log")
         .arg(dir.path().join("target.console.log"))
         .arg(&target));
     let t = text(&out);
-    assert!(out.status.success(), "{firmware}: the installed disk did not boot:\n{t}");
+    assert!(
+        out.status.success(),
+        "{firmware}: the installed disk did not boot:\n{t}"
+    );
     let console = std::fs::read_to_string(dir.path().join("target.console.log")).unwrap();
     let disk: u64 = fact(&console, "DISK").parse().unwrap();
     let root: u64 = fact(&console, "ROOT").parse().unwrap();

@@ -110,7 +110,7 @@ pub(crate) fn layout_verdict(parts: &[Part]) -> Verdict {
             ));
         }
     }
-    pass(format!("{}", PARTITION_NAMES.join(", ")))
+    pass(PARTITION_NAMES.join(", "))
 }
 
 fn installer_verdict(fs: &mut dyn FsRead) -> Verdict {
@@ -125,7 +125,7 @@ fn installer_verdict(fs: &mut dyn FsRead) -> Verdict {
         return fail("grub.cfg has no menu entry");
     };
     let init = format!("init={INSTALLER_PATH}");
-    if !entry.args.iter().any(|a| *a == init) {
+    if !entry.args.contains(&init) {
         return fail(format!("the menu entry's kernel command line has no {init}"));
     }
     for file in std::iter::once(&entry.kernel).chain(&entry.initrds) {
