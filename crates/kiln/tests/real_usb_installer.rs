@@ -8,6 +8,8 @@
 //! Refusals, in short boots that stop once the message shows: a disk
 //! smaller than the payload (no disk to install on) and a disk that holds
 //! a partition table (no kiln.force=1); the disks' bytes are unchanged.
+//! A power cut: QEMU killed while the installer writes leaves a disk that
+//! the next boot of the stick takes as empty and writes again.
 
 mod common;
 use common::*;
@@ -53,7 +55,8 @@ struct Installed {
 /// when QEMU exits, or kills it once the console shows `until` or after
 /// `timeout`.
 fn boot_stick(firmware: &str, disks: &[&Path], until: Option<&str>, timeout: Duration, dir: &Path) -> Installed {
-    let console = dir.join(format!("{firmware}.console.log"));
+    let n = std::fs::read_dir(dir).unwrap().count();
+    let console = dir.join(format!("{firmware}.{n}.console.log"));
     let mut qemu = tool("qemu-system-x86_64");
     qemu.args([
         "-accel",
@@ -77,7 +80,15 @@ fn boot_stick(firmware: &str, disks: &[&Path], until: Option<&str>, timeout: Dur
     .args(["-device", "usb-storage,drive=stick,bus=xhci.0,removable=on,bootindex=0"]);
     for (i, disk) in disks.iter().enumerate() {
         qemu.arg("-drive")
-            .arg(format!("if=none,id=d{i},format=qcow2,file={}", disk.display()))
+            .arg(format!(
+                "if=none,id=d{i},format={},file={}",
+                if disk.extension().is_some_and(|e| e == "raw") {
+                    "raw"
+                } else {
+                    "qcow2"
+                },
+                disk.display()
+            ))
             .arg("-device")
             .arg(format!("virtio-blk-pci,drive=d{i}"));
     }
@@ -263,4 +274,39 @@ fn stick_refuses_small_and_partitioned_disks() {
         refused.console
     );
     assert_eq!(sha512(&partitioned), before, "the partitioned disk was changed");
+}
+
+/// QEMU killed while the installer writes: the disk has no partition
+/// table, and the next boot of the stick writes it again and finishes.
+#[test]
+#[ignore = "slow: boots QEMU (TCG) twice"]
+fn stick_rewrites_a_disk_whose_write_was_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.raw");
+    std::fs::File::create(&target).unwrap().set_len(TARGET_SIZE).unwrap();
+    let cut = boot_stick(
+        "bios",
+        &[&target],
+        Some(" copied, "),
+        Duration::from_secs(1200),
+        dir.path(),
+    );
+    assert!(!cut.exited, "the installer finished before the cut:\n{}", cut.console);
+    let mut first = vec![0u8; MIB as usize];
+    std::io::Read::read_exact(&mut std::fs::File::open(&target).unwrap(), &mut first).unwrap();
+    assert!(
+        first.iter().all(|b| *b == 0),
+        "the disk's first MiB (the partition table) was written before the rest"
+    );
+    let installed = boot_stick("bios", &[&target], None, Duration::from_secs(1500), dir.path());
+    assert!(
+        installed.exited && installed.console.contains("sha512 verified"),
+        "the second run did not write the disk:\n{}",
+        installed.console
+    );
+    assert!(
+        !installed.console.contains("nothing was written"),
+        "{}",
+        installed.console
+    );
 }

@@ -51,6 +51,10 @@ mount_api() {
     mountpoint -q /sys || mount -t sysfs sysfs /sys
     mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
     mountpoint -q /run || mount -t tmpfs -o mode=0755 tmpfs /run
+    # The root is read-only: bash's here-documents and process
+    # substitution need a writable /tmp and /dev/fd.
+    mountpoint -q /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
+    [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
     mkdir -p "$RUN"
 }
 
@@ -211,6 +215,12 @@ main() {
 
 mount_api
 STICK=
-exec > >(tee -a "$LOG") 2>&1
+# The console is the serial port (the last console= of the command line);
+# the screen shows the same.
+if [ -w /dev/tty0 ]; then
+    exec > >(tee -a "$LOG" /dev/tty0) 2>&1
+else
+    exec > >(tee -a "$LOG") 2>&1
+fi
 trap 'wait_forever "failed at line $LINENO; the log is in $LOG and on KILN-DATA"' ERR
 main
