@@ -107,7 +107,8 @@ fn boot_stick(firmware: &str, disks: &[&Path], until: Option<&str>, timeout: Dur
     }
     let mut child = qemu.spawn().expect("qemu starts");
     let start = Instant::now();
-    let read = || std::fs::read_to_string(&console).unwrap_or_default();
+    // Firmware writes bytes that are not UTF-8 to the serial port.
+    let read = || String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
     let exited = loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "qemu failed ({status}):\n{}", read());
@@ -192,7 +193,7 @@ fn installs_and_boots(firmware: &str) {
         out.status.success(),
         "{firmware}: the installed disk did not boot:\n{t}"
     );
-    let console = std::fs::read_to_string(dir.path().join("target.console.log")).unwrap();
+    let console = String::from_utf8_lossy(&std::fs::read(dir.path().join("target.console.log")).unwrap()).into_owned();
     let disk: u64 = fact(&console, "DISK").parse().unwrap();
     let root: u64 = fact(&console, "ROOT").parse().unwrap();
     assert_eq!(disk, TARGET_SIZE);

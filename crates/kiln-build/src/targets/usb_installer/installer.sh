@@ -97,6 +97,8 @@ choose_disk() {
     target=$(cmdline_value kiln.target)
     if [ -n "$target" ]; then
         [ -b "$target" ] || wait_forever "kiln.target=$target is not a block device; nothing was written"
+        [ "$(lsblk -dno TYPE "$target")" = disk ] || wait_forever "kiln.target=$target is not a whole disk; nothing was written"
+        [ "$(lsblk -dno NAME "$target")" != "$STICK" ] || wait_forever "kiln.target=$target is the installer's own stick; nothing was written"
         echo "$target"
         return
     fi
