@@ -1221,6 +1221,9 @@ impl Run<'_> {
             family: self.plan.family,
             source_date_epoch: self.plan.source_date_epoch,
             consumed: consumed.iter().cloned().collect(),
+            bootstrap: &self.plan.bootstrap,
+            cache: &self.cache,
+            log: Some(&self.log),
             chroot: &chroot,
             uuid: &uuid,
         };

@@ -59,6 +59,9 @@ pub enum PartKind {
     Srv,
     /// Linux swap (`0657FD6D-...`, MBR 0x82).
     Swap,
+    /// Microsoft basic data (`EBD0A0A2-...`, MBR 0x0C): a FAT partition
+    /// for files that every operating system shows.
+    BasicData,
 }
 
 impl PartKind {
@@ -74,6 +77,7 @@ impl PartKind {
             PartKind::Home => Uuid::from_u128(0x933ac7e1_2eb4_4f13_b844_0e14e2aef915),
             PartKind::Srv => Uuid::from_u128(0x3b8f8425_20e0_4f3b_907f_1a25a76f98e8),
             PartKind::Swap => Uuid::from_u128(0x0657fd6d_a4ab_43c4_84e5_0933c84b4f4f),
+            PartKind::BasicData => Uuid::from_u128(0xebd0a0a2_b9e5_4433_87c0_68b6b72699c7),
         }
     }
 
@@ -90,6 +94,7 @@ impl PartKind {
             PartKind::Esp => Some(0xef),
             PartKind::Xbootldr => Some(0xea),
             PartKind::Swap => Some(0x82),
+            PartKind::BasicData => Some(0x0c),
         }
     }
 }
@@ -342,6 +347,7 @@ mod tests {
             (PartKind::Home, "Linux home"),
             (PartKind::Srv, "Linux server data"),
             (PartKind::Swap, "Linux swap"),
+            (PartKind::BasicData, "Microsoft basic data"),
         ];
         for (kind, name) in kinds {
             assert_eq!(PartType::Gpt(kind.gpt_type()).name(), name, "{kind:?}");

@@ -108,6 +108,7 @@ pub const TOOLS: &[Tool] = &[
     test_tool("blkid", "util-linux", "oracle: read filesystem labels and UUIDs"),
     test_tool("partx", "util-linux", "tests: create partition nodes for loop devices"),
     test_tool("shellcheck", "shellcheck", "tests: lint generated shell scripts"),
+    test_tool("zstd", "zstd", "tests: the usb-installer's zstd reads the payload kiln compresses"),
     tool(
         "bash",
         "bash",

@@ -678,6 +678,9 @@ pub struct Targets {
     // Left out of the serialised spec when absent, like `iso`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tar: Option<TarTarget>,
+    // Left out of the serialised spec when absent, like `iso`.
+    #[serde(default, rename = "usb-installer", skip_serializing_if = "Option::is_none")]
+    pub usb_installer: Option<UsbInstallerTarget>,
 }
 
 /// A file system type.
@@ -950,6 +953,60 @@ impl AmiTarget {
     }
 }
 
+/// One raw image to write to a USB stick with `dd`, booting in BIOS and
+/// UEFI mode: a small installer system of the spec's distro family and,
+/// compressed with its sha512, the artifact of another target of the same
+/// spec (`payload`). At boot the installer picks the machine's disk
+/// (`kiln.target=/dev/...` on the kernel command line, else the only
+/// non-removable disk large enough), refuses one that holds a partition
+/// table unless `kiln.force=1`, writes the payload skipping zero blocks,
+/// reads it back against its sha512, grows the last partition to the disk,
+/// writes its log to the FAT partition `KILN-DATA`, and powers off or
+/// reboots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsbInstallerTarget {
+    /// The target of this spec whose artifact the stick installs: "disk"
+    /// or "ami" (a bootable disk).
+    pub payload: String,
+    /// Size of the stick's image, e.g. "4GiB"; at least the payload's raw
+    /// disk size. Default: what the installer and the compressed payload
+    /// take, rounded up to whole MiB.
+    #[serde(default)]
+    pub size: Option<Written<u64>>,
+    /// What the machine does once the disk is written. Default "poweroff".
+    #[serde(default)]
+    pub after: AfterInstall,
+}
+
+impl UsbInstallerTarget {
+    /// The target kinds whose artifact is a bootable disk a stick can carry.
+    pub const PAYLOADS: &'static [&'static str] = &["disk", "ami"];
+
+    /// The declared stick size in bytes, if any.
+    pub fn stick_size(&self) -> Option<u64> {
+        self.size.as_ref().and_then(|s| s.parsed().ok().copied())
+    }
+}
+
+/// What the installer does after a successful install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterInstall {
+    #[default]
+    Poweroff,
+    Reboot,
+}
+
+impl AfterInstall {
+    pub fn name(self) -> &'static str {
+        match self {
+            AfterInstall::Poweroff => "poweroff",
+            AfterInstall::Reboot => "reboot",
+        }
+    }
+}
+
 /// The finalised root tree as one reproducible tarball (PAX, names sorted,
 /// numeric owners, mtimes clamped to SOURCE_DATE_EPOCH), extended
 /// attributes (file capabilities, SELinux labels) and POSIX ACLs kept: a
@@ -1161,7 +1218,7 @@ impl Spec {
 
 impl Targets {
     /// Every target kind kiln knows, as written under `[targets.*]`.
-    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk", "iso", "ami", "tar"];
+    pub const KINDS: &'static [&'static str] = &["ovh-byol", "disk", "iso", "ami", "tar", "usb-installer"];
 
     /// The kinds this spec defines, in [`Targets::KINDS`] order.
     pub fn defined(&self) -> Vec<&'static str> {
@@ -1171,6 +1228,7 @@ impl Targets {
             iso,
             ami,
             tar,
+            usb_installer,
         } = self;
         [
             ovh_byol.is_some(),
@@ -1178,6 +1236,7 @@ impl Targets {
             iso.is_some(),
             ami.is_some(),
             tar.is_some(),
+            usb_installer.is_some(),
         ]
         .into_iter()
         .zip(Self::KINDS)

@@ -13,7 +13,7 @@ use crate::diagnostic::{Diagnostic, DiagnosticKind, SourceFile};
 use crate::model::{
     AmiTarget, ArchBase, ArchBootstrap, Base, BaseImage, DiskFormat, DiskPartition, DiskTarget, Distro, Filesystem,
     Firmware, IsoTarget, NetworkData, OvhByolTarget, PartitionFilesystem, PartitionRole, PartitionSize, RhelBase, Spec,
-    TarTarget, Targets,
+    TarTarget, Targets, UsbInstallerTarget,
 };
 
 /// The major releases of the RHEL family that kiln knows how to build.
@@ -802,6 +802,97 @@ impl Validator<'_, '_> {
         }
         if let Some(t) = &targets.tar {
             self.tar(t);
+        }
+        if let Some(t) = &targets.usb_installer {
+            self.usb_installer(targets, t);
+        }
+    }
+
+    fn usb_installer(&mut self, targets: &Targets, t: &UsbInstallerTarget) {
+        let at = "targets.usb-installer";
+        let defined = targets.defined();
+        let carriable: Vec<&str> = defined
+            .iter()
+            .copied()
+            .filter(|k| UsbInstallerTarget::PAYLOADS.contains(k))
+            .collect();
+        let choose = if carriable.is_empty() {
+            format!(
+                "define a bootable disk target ({}) and name it here",
+                UsbInstallerTarget::PAYLOADS
+                    .iter()
+                    .map(|k| format!("[targets.{k}]"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
+        } else {
+            format!(
+                "this spec defines {}",
+                carriable
+                    .iter()
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let payload = t.payload.as_str();
+        let payload_size = match payload {
+            "disk" => targets.disk.as_ref().map(|d| d.disk_size()),
+            "ami" => targets.ami.as_ref().map(|a| Some(a.disk_size())),
+            _ => None,
+        };
+        if !defined.contains(&payload) {
+            let known = Targets::KINDS.contains(&payload);
+            let message = if known {
+                format!("payload `{payload}` names a target this spec does not define")
+            } else {
+                format!("payload `{payload}` is not a target kind")
+            };
+            self.report(&format!("{at}.payload"), message, Some(choose));
+        } else if !UsbInstallerTarget::PAYLOADS.contains(&payload) {
+            self.report(
+                &format!("{at}.payload"),
+                format!("payload `{payload}` is not a bootable disk that a stick can install"),
+                Some(choose),
+            );
+        }
+        let Some(written) = &t.size else { return };
+        let text = written.text();
+        match written.parsed().copied() {
+            Err(why) => self.report(
+                &format!("{at}.size"),
+                format!("invalid `size`: {why}"),
+                Some("write a size such as \"4GiB\", or remove `size` for what fits".into()),
+            ),
+            Ok(b) if !b.is_multiple_of(MIB) => self.report(
+                &format!("{at}.size"),
+                format!("`size` `{text}` is not a whole number of MiB"),
+                Some(format!("write \"{}MiB\"", b.div_ceil(MIB).max(1))),
+            ),
+            Ok(b) if b > MAX_DISK_SIZE => self.report(
+                &format!("{at}.size"),
+                format!("size `{text}` is larger than {}", format_size(MAX_DISK_SIZE)),
+                None,
+            ),
+            Ok(b) => {
+                if let Some(Some(raw)) = payload_size.filter(|raw| raw.is_some_and(|raw| raw > b)) {
+                    self.report(
+                        &format!("{at}.size"),
+                        format!(
+                            "the payload `{payload}` is a {} disk, larger than the stick's size `{text}`",
+                            format_size(raw)
+                        ),
+                        Some(format!(
+                            "the stick holds the payload compressed, which can be as large as the disk itself: use at least \"{}\", or remove `size` for what fits",
+                            if raw.is_multiple_of(GIB) {
+                                format!("{}GiB", raw / GIB)
+                            } else {
+                                format!("{}MiB", raw.div_ceil(MIB))
+                            }
+                        )),
+                    );
+                }
+            }
         }
     }
 

@@ -197,6 +197,52 @@ fn plan_lists_every_stage_with_hashes() {
     assert_eq!(plan["targets"]["ovh-byol"]["filesystem"], "xfs");
 }
 
+/// The usb-installer example plans the installer's stages after the
+/// disk's, and shares every stage up to the disk with the disk example
+/// (its sections are kept equal, so the stage cache serves both).
+#[test]
+fn usb_installer_example_plans_after_the_disk_example_stages() {
+    let plan = |name: &str| -> serde_json::Value {
+        let out = kiln(&["plan", "--json", "--offline", examples().join(name).to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let usb = plan("debian-12-usb-installer.toml");
+    let disk = plan("debian-12-disk.toml");
+    let hashes = |p: &serde_json::Value| -> Vec<(String, String)> {
+        p["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_owned(),
+                    s["hash"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (usb_stages, disk_stages) = (hashes(&usb), hashes(&disk));
+    let ids: Vec<&str> = usb_stages.iter().map(|(id, _)| id.as_str()).collect();
+    for stage in ["usb-installer/installer", "usb-installer/stick", "usb-installer/write"] {
+        assert!(ids.contains(&stage), "the plan lacks {stage}: {ids:?}");
+    }
+    assert_eq!(
+        usb_stages[..4],
+        disk_stages[..4],
+        "bootstrap, customise and the disk's stages differ from debian-12-disk.toml's"
+    );
+    let target = &usb["targets"]["usb-installer"];
+    assert_eq!(target["payload"], "disk");
+    assert_eq!(target["payload_format"], "qcow2");
+    for package in ["linux-image-amd64", "zstd", "cloud-guest-utils", "gdisk"] {
+        assert!(
+            target["packages"].as_array().unwrap().iter().any(|p| p == package),
+            "the installer system lacks {package}: {target}"
+        );
+    }
+}
+
 #[test]
 fn schema_is_json_with_the_spec_sections() {
     let out = kiln(&["schema"]);

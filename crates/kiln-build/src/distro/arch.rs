@@ -125,6 +125,7 @@ impl DistroFamily for ArchFamily {
             Role::Xfs => &["xfsprogs"],
             Role::CloudInit => &["cloud-init"],
             Role::GrowRoot => &["cloud-guest-utils"],
+            Role::DiskWriter => &["e2fsprogs", "util-linux", "gptfdisk", "zstd"],
             Role::SshServer => &["openssh"],
             // cloud-init renders systemd-networkd, part of systemd.
             Role::Network => &[],

@@ -69,6 +69,7 @@ fn common_packages(role: Role) -> &'static [&'static str] {
         Role::Xfs => &["xfsprogs"],
         Role::CloudInit => &["cloud-init"],
         Role::GrowRoot => &["cloud-guest-utils"],
+        Role::DiskWriter => &["e2fsprogs", "fdisk", "gdisk", "zstd"],
         Role::SshServer => &["openssh-server"],
         Role::Sudo => &["sudo"],
         Role::LiveBoot => &["live-boot"],

@@ -72,6 +72,9 @@ pub enum Role {
     CloudInit,
     /// Grows the root partition at first boot.
     GrowRoot,
+    /// What an installer writes a disk image with and checks it by: ext4
+    /// and partition table tools (sfdisk, sgdisk), zstd.
+    DiskWriter,
     /// The SSH server.
     SshServer,
     /// What cloud-init renders the network configuration for.
@@ -253,6 +256,7 @@ mod tests {
         Role::Xfs,
         Role::CloudInit,
         Role::GrowRoot,
+        Role::DiskWriter,
         Role::SshServer,
         Role::Network,
         Role::Sudo,

@@ -132,6 +132,7 @@ impl DistroFamily for RhelFamily {
             Role::Xfs => &["xfsprogs"],
             Role::CloudInit => &["cloud-init"],
             Role::GrowRoot => &["cloud-utils-growpart"],
+            Role::DiskWriter => &["e2fsprogs", "util-linux", "gdisk", "zstd"],
             Role::SshServer => &["openssh-server"],
             // cloud-init renders NetworkManager (EL 9) or ifcfg files (EL 8).
             Role::Network => &["NetworkManager"],

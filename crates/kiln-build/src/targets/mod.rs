@@ -19,6 +19,7 @@ pub mod iso;
 pub mod ovh_byol;
 pub mod security;
 pub mod tar;
+pub mod usb_installer;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -33,7 +34,14 @@ use crate::plan::StageInput;
 
 /// Every target kind kiln knows, in build order. Adding a kind is one line
 /// here (and its module and its `[targets.NAME]` section in kiln-spec).
-pub const REGISTRY: &[TargetKind] = &[ovh_byol::KIND, disk::KIND, iso::KIND, ami::KIND, tar::KIND];
+pub const REGISTRY: &[TargetKind] = &[
+    ovh_byol::KIND,
+    disk::KIND,
+    iso::KIND,
+    ami::KIND,
+    tar::KIND,
+    usb_installer::KIND,
+];
 
 /// A target kind: how the spec's section becomes a planned [`Target`], and
 /// the contract its images must meet.
@@ -205,6 +213,13 @@ pub struct StageContext<'a> {
     pub source_date_epoch: Option<u64>,
     /// Artifacts of the targets this one consumes, by target name.
     pub consumed: BTreeMap<&'static str, PathBuf>,
+    /// The build's bootstrap, for targets that bootstrap a system of their
+    /// own from the same release and sources.
+    pub bootstrap: &'a crate::bootstrap::BootstrapRequest,
+    /// The stage cache, for what a target caches under keys of its own.
+    pub cache: &'a crate::cache::Cache,
+    /// The build log, for the output of the tools a stage runs.
+    pub log: Option<&'a Path>,
     pub(crate) chroot: &'a (dyn Fn(&Path, &str, &str) -> Result<()> + Sync),
     pub(crate) uuid: &'a (dyn Fn(&str) -> uuid::Uuid + Sync),
 }

@@ -240,7 +240,7 @@ pub(crate) fn guarded(fs: &mut dyn FsRead, rule: fn(&mut dyn FsRead) -> kiln_dis
     rule(fs).unwrap_or_else(|e| fail(format!("could not read the image: {}", chain(&e))))
 }
 
-fn bios_rule(image: &mut DiskImage, parts: &[Part]) -> Verdict {
+pub(crate) fn bios_rule(image: &mut DiskImage, parts: &[Part]) -> Verdict {
     let Some(bb) = parts.iter().find(|p| p.p.part_type.is_bios_boot()) else {
         return fail(
             "no BIOS boot partition: the image cannot boot with BIOS (GRUB's core.img lives there on a GPT disk)",
@@ -276,7 +276,7 @@ fn bios_rule(image: &mut DiskImage, parts: &[Part]) -> Verdict {
     }
 }
 
-fn uefi_rule(image: &DiskImage, parts: &[Part]) -> Verdict {
+pub(crate) fn uefi_rule(image: &DiskImage, parts: &[Part]) -> Verdict {
     let Some(esp) = parts.iter().find(|p| p.p.part_type.is_esp()) else {
         return fail("no EFI system partition: the image cannot boot with UEFI");
     };
