@@ -20,7 +20,7 @@ fi
 # other slow tests then run one at a time (they count mounts, loop devices
 # and processes machine-wide, and share the stage cache); the pooled tests
 # are skipped there by exact name, so none runs twice.
-pooled=(real_cloud_image real_deploy real_boot)
+pooled=(real_cloud_image real_deploy real_usb_installer real_boot)
 jobs=()
 for bin in "${pooled[@]}"; do
   names=$(cargo test -q -p kiln --test "$bin" -- --ignored --list --format terse | sed -n 's/: test$//p')

@@ -1139,22 +1139,14 @@ impl Run<'_> {
             .prepare_packages(&plan.bootstrap, &scratch)
             .context("writing the package manager's configuration")?;
         let packages = self.cache.packages_dir();
-        let (program, args) = plan
-            .family
-            .bootstrap_command(&plan.bootstrap, tree, &scratch, Some(&packages));
+        let (program, cmd) =
+            crate::distro::bootstrap_cmd(plan.family, &plan.bootstrap, tree, &scratch, Some(&packages));
         let tmp = self.work.join("tmp");
         std::fs::create_dir_all(&tmp)?;
         let before = count_files(&packages);
         // Its temporary files go to the work directory, and its own mounts
         // into a namespace of their own, so nothing outlives it.
-        let mut cmd = Cmd::in_mount_namespace(program)
-            .args(&args)
-            .env("TMPDIR", &tmp)
-            .log_to(&self.log)
-            .on_line(self.sink(&stage.id));
-        for (key, value) in plan.family.bootstrap_env() {
-            cmd = cmd.env(key, value);
-        }
+        let mut cmd = cmd.env("TMPDIR", &tmp).log_to(&self.log).on_line(self.sink(&stage.id));
         if let Some(epoch) = plan.source_date_epoch {
             cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
         }

@@ -226,6 +226,25 @@ pub trait DistroFamily: Send + Sync + Debug {
 }
 
 /// The packages of every role in `roles`, as owned strings.
+/// The command that bootstraps `req` into `tree` with `family`'s tool, in
+/// a mount namespace of its own (so no mount outlives it), with the
+/// family's [`DistroFamily::bootstrap_env`]; also the program's name, for
+/// messages.
+pub fn bootstrap_cmd(
+    family: &dyn DistroFamily,
+    req: &BootstrapRequest,
+    tree: &Path,
+    scratch: &Path,
+    packages: Option<&Path>,
+) -> (&'static str, kiln_exec::cmd::Cmd) {
+    let (program, args) = family.bootstrap_command(req, tree, scratch, packages);
+    let mut cmd = kiln_exec::cmd::Cmd::in_mount_namespace(program).args(&args);
+    for (key, value) in family.bootstrap_env() {
+        cmd = cmd.env(key, value);
+    }
+    (program, cmd)
+}
+
 pub fn packages_for(family: &dyn DistroFamily, roles: &[Role]) -> Vec<String> {
     roles
         .iter()

@@ -331,8 +331,8 @@ impl UsbPlan {
             .prepare_packages(&req, &boot_scratch)
             .context("writing the package manager's configuration")?;
         let packages = cx.cache.packages_dir();
-        let (program, args) = cx.family.bootstrap_command(&req, &tree, &boot_scratch, Some(&packages));
-        let mut cmd = Cmd::in_mount_namespace(program).args(&args).env("TMPDIR", &tmp);
+        let (program, cmd) = crate::distro::bootstrap_cmd(cx.family, &req, &tree, &boot_scratch, Some(&packages));
+        let mut cmd = cmd.env("TMPDIR", &tmp);
         if let Some(log) = cx.log {
             cmd = cmd.log_to(log);
         }

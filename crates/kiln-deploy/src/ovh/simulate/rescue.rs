@@ -155,11 +155,7 @@ pub fn ensure_rescue(
     let tmp = work.path().join("tmp");
     std::fs::create_dir_all(&tmp)?;
     std::fs::create_dir_all(&scratch)?;
-    let (program, args) = DEBIAN.bootstrap_command(req, &tree, &scratch, None);
-    let mut cmd = Cmd::in_mount_namespace(program).args(&args);
-    for (key, value) in DEBIAN.bootstrap_env() {
-        cmd = cmd.env(key, value);
-    }
+    let (_, cmd) = kiln_build::distro::bootstrap_cmd(&DEBIAN, req, &tree, &scratch, None);
     cmd.env("TMPDIR", &tmp)
         .on_line(on_line)
         .run()
