@@ -1837,6 +1837,24 @@ mod tests {
         }
     }
 
+    /// The plan of a Debian bookworm spec with `targets`, in `dir`, against
+    /// host sources written there.
+    fn plan_in(dir: &Path, targets: &str) -> Plan {
+        let apt = dir.join("apt");
+        std::fs::create_dir_all(&apt).unwrap();
+        std::fs::write(
+            apt.join("sources.list"),
+            "deb http://mirror.example/debian bookworm main\n",
+        )
+        .unwrap();
+        let source = format!(
+            "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n{targets}"
+        );
+        let loaded = kiln_spec::parse_str(&source, &dir.join("spec.toml"), dir).unwrap();
+        let tools = std::collections::BTreeMap::from([("mmdebstrap".to_owned(), "1.3.5".to_owned())]);
+        crate::plan::plan_with_host_sources(&loaded, tools, &apt).unwrap()
+    }
+
     /// The identifiers a finalised layer writes into the tree (fstab,
     /// grub.cfg) must be the ones the disk stage gives the filesystems,
     /// also when another spec reuses the layer: they follow the layer's
@@ -1844,20 +1862,7 @@ mod tests {
     #[test]
     fn derived_identifiers_follow_the_finalised_layer_not_the_spec() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("apt")).unwrap();
-        std::fs::write(
-            dir.path().join("apt/sources.list"),
-            "deb http://mirror.example/debian bookworm main\n",
-        )
-        .unwrap();
-        let plan = |targets: &str| {
-            let source = format!(
-                "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n{targets}"
-            );
-            let loaded = kiln_spec::parse_str(&source, &dir.path().join("spec.toml"), dir.path()).unwrap();
-            let tools = std::collections::BTreeMap::from([("mmdebstrap".to_owned(), "1.3.5".to_owned())]);
-            crate::plan::plan_with_host_sources(&loaded, tools, &dir.path().join("apt")).unwrap()
-        };
+        let plan = |targets: &str| plan_in(dir.path(), targets);
         let qcow2 = plan("[targets.disk]\nformat = \"qcow2\"\n");
         let raw = plan("[targets.disk]\nformat = \"raw\"\n");
         let console = plan("[targets.disk]\nformat = \"raw\"\nconsole = \"ttyS1,115200n8\"\n");
@@ -1888,17 +1893,7 @@ mod tests {
     #[test]
     fn a_shell_that_may_not_build_needs_the_cached_tree_and_root_needs_no_cache() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("apt")).unwrap();
-        std::fs::write(
-            dir.path().join("apt/sources.list"),
-            "deb http://mirror.example/debian bookworm main\n",
-        )
-        .unwrap();
-        let source = "[image]\nname = \"t\"\nversion = \"1\"\n[base]\ndistro = \"debian\"\nrelease = \"bookworm\"\n\
-                      [targets.ovh-byol]\n";
-        let loaded = kiln_spec::parse_str(source, &dir.path().join("spec.toml"), dir.path()).unwrap();
-        let tools = std::collections::BTreeMap::from([("mmdebstrap".to_owned(), "1.3.5".to_owned())]);
-        let plan = crate::plan::plan_with_host_sources(&loaded, tools, &dir.path().join("apt")).unwrap();
+        let plan = plan_in(dir.path(), "[targets.ovh-byol]\n");
         let cache = dir.path().join("cache");
         let opts = |no_build| ShellOptions {
             cache_dir: cache.clone(),
