@@ -42,7 +42,7 @@ printf 'kiln-bench\n' >"$work/spec/bench-motd"
 cat >>"$work/spec/usb.toml" <<'EOF'
 
 [[files]]
-source = "bench-motd"
+src = "bench-motd"
 dest = "/etc/motd.d/bench"
 EOF
 echo "warm rebuild after a [[files]] entry is added" >&2
