@@ -56,22 +56,20 @@ stick=${sticks[0]}
 
 # --- 2. throughput in the same VM -------------------------------------------
 cp --sparse=always "$stick" "$work/stick.raw"
-# The installer partition (ext4, labelled KILN-INST): loop it at its offset
-# (partition nodes of a looped disk do not appear here), add the bench init
-# and take its kernel and initramfs for a direct boot.
+# The installer partition (ext4, named and labelled KILN-INST): loop it at
+# its offset (partition nodes of a looped disk do not appear here), add the
+# bench init and take its kernel and initramfs for a direct boot.
 mkdir -p "$mnt"
-while read -r start size; do
-  candidate=$(losetup --find --show --offset $((start * 512)) --sizelimit $((size * 512)) "$work/stick.raw")
-  if [ "$(blkid -s LABEL -o value "$candidate" || true)" = KILN-INST ]; then
-    loop=$candidate
-    break
-  fi
-  losetup -d "$candidate"
-done < <(sfdisk --json "$work/stick.raw" | python3 -c '
+read -r start size < <(sfdisk --json "$work/stick.raw" | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["partitiontable"]["partitions"]:
-    print(p["start"], p["size"])')
-[ -n "$loop" ] || { echo "bench/usb-installer.sh: no KILN-INST partition in $stick" >&2; exit 1; }
+    if p.get("name") == "KILN-INST":
+        print(p["start"], p["size"])') || true
+if [ -z "${start:-}" ]; then
+  echo "bench/usb-installer.sh: no KILN-INST partition in $stick" >&2
+  exit 1
+fi
+loop=$(losetup --find --show --offset $((start * 512)) --sizelimit $((size * 512)) "$work/stick.raw")
 mount "$loop" "$mnt"
 kernels=("$mnt"/boot/vmlinuz-*)
 initrds=("$mnt"/boot/initrd.img-*)

@@ -946,6 +946,12 @@ mod tests {
         assert_eq!(pids[0], child.id());
         assert!(pids.iter().all(|&p| alive(p)));
         drop(child);
+        // The group has its signal when drop returns; a member reparented
+        // away from the reaped leader may take a moment to act on it.
+        let until = Instant::now() + Duration::from_secs(5);
+        while pids.iter().any(|&p| alive(p)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(!pids.iter().any(|&p| alive(p)), "survivors among {pids:?}");
     }
 
