@@ -11,7 +11,9 @@
 #             than the first: grows the first's bootstrap (target: <= 0.3x cold)
 # Each case changes the spec of the one before, so each is a state never
 # built. Prints each time, its ratio to the cold build, and every stage's
-# status and time. Needs root, like kiln build.
+# status and time ("(patched)" when the filesystem stage patched the
+# previous build's disk instead of making it again). Needs root, like
+# kiln build.
 #   bench/cache.sh [SPEC] [PACKAGE] [SECOND_PACKAGE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,7 +109,8 @@ for case in edit add remove run pkg second; do
   python3 -c '
 import json,sys
 ev=[json.loads(l) for l in open(sys.argv[1])]
-print(", ".join("%s %s%s" % (e["stage"], e["status"], " %.1fs" % e["duration_s"] if "duration_s" in e else "") for e in ev if e.get("event")=="stage-end"))' "$work/$case.json"
+print(", ".join("%s %s%s%s" % (e["stage"], e["status"], " %.1fs" % e["duration_s"] if "duration_s" in e else "",
+  " (patched)" if "previous disk patched" in e.get("summary", "") else "") for e in ev if e.get("event")=="stage-end"))' "$work/$case.json"
 done
 # What the second build grew its bootstrap from, as --explain says it.
 grep -o 'installing them on top of [^"]*' "$work/second.json" | head -n1 | sed 's/^/  second: /' || true

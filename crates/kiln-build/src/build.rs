@@ -1489,9 +1489,6 @@ impl Run<'_> {
             let _ = std::fs::remove_file(&raw);
             Ok(Err(why))
         };
-        if self.plan.source_date_epoch.is_none() {
-            return discard("the build has no SOURCE_DATE_EPOCH to stamp patched files with".to_owned());
-        }
         let [old_fin, old_cust, old_boot] = record.layers.as_slice() else {
             return discard("the previous disk's record names no layers".to_owned());
         };

@@ -73,7 +73,10 @@ enum Create {
 /// Makes the ext4 filesystem at byte `offset` of `disk`, which holds
 /// `old_tree` as [`make_ext4`](crate::make_ext4) wrote it, hold `new_tree`,
 /// where only `candidates` (and what lies under a subtree candidate) may
-/// differ. `epoch` is the `SOURCE_DATE_EPOCH` the filesystem was made with.
+/// differ. `epoch` is the `SOURCE_DATE_EPOCH` the filesystem was made with:
+/// ctime, atime and crtime of what the patch writes are set to it, as
+/// [`make_ext4`](crate::make_ext4) sets them; without one they are what
+/// `mke2fs -d` would copy (the new tree's ctime and atime) and now.
 /// On an error the filesystem may be half patched: the caller throws it
 /// away.
 pub fn patch_ext4(
@@ -82,7 +85,7 @@ pub fn patch_ext4(
     old_tree: &Path,
     new_tree: &Path,
     candidates: &[Candidate],
-    epoch: u64,
+    epoch: Option<u64>,
 ) -> Result<Patch> {
     let ops = match plan(old_tree, new_tree, candidates)? {
         Ok(ops) => ops,
@@ -420,7 +423,10 @@ fn fs_path(rel: &Path) -> Option<String> {
 }
 
 /// The `debugfs` commands for `ops`, or why a name cannot be written.
-fn render(ops: &[Op], new: &Path, epoch: u64) -> Result<Result<String, String>> {
+fn render(ops: &[Op], new: &Path, epoch: Option<u64>) -> Result<Result<String, String>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut script = String::new();
     for op in ops {
         let path = match op {
@@ -468,8 +474,12 @@ fn render(ops: &[Op], new: &Path, epoch: u64) -> Result<Result<String, String>> 
                     meta.gid(),
                     meta.mtime()
                 ));
-                for field in ["ctime", "atime", "crtime"] {
-                    script.push_str(&format!("sif {at} {field} @{epoch}\n"));
+                let times = match epoch {
+                    Some(t) => [t as i64; 3],
+                    None => [meta.ctime(), meta.atime(), now as i64],
+                };
+                for (field, t) in ["ctime", "atime", "crtime"].into_iter().zip(times) {
+                    script.push_str(&format!("sif {at} {field} @{t}\n"));
                 }
             }
         }
@@ -648,7 +658,7 @@ mod tests {
             "usr/lib/big/f03",
             "nowhere/at/all",
         ]);
-        let outcome = patch_ext4(&patched, OFFSET, &old, &new, &names, EPOCH).unwrap();
+        let outcome = patch_ext4(&patched, OFFSET, &old, &new, &names, Some(EPOCH)).unwrap();
         assert!(
             matches!(outcome, Patch::Applied { changed } if changed > 10),
             "{outcome:?}"
@@ -657,7 +667,7 @@ mod tests {
         assert_eq!(listing(&patched), listing(&scratch));
 
         // Patching again with the same trees changes nothing.
-        let again = patch_ext4(&patched, OFFSET, &new, &new, &names, EPOCH).unwrap();
+        let again = patch_ext4(&patched, OFFSET, &new, &new, &names, Some(EPOCH)).unwrap();
         assert_eq!(again, Patch::Applied { changed: 0 });
     }
 
@@ -682,7 +692,7 @@ mod tests {
             path: "usr/lib".into(),
             subtree: true,
         }];
-        patch_ext4(&patched, OFFSET, &old, &new, &whole, EPOCH).unwrap();
+        patch_ext4(&patched, OFFSET, &old, &new, &whole, Some(EPOCH)).unwrap();
         fsck(&patched);
         assert_eq!(listing(&patched), listing(&scratch));
     }
@@ -707,7 +717,7 @@ mod tests {
             ("etc/attr", "extended attributes"),
             ("etc/quote\"d", "debugfs cannot name it"),
         ] {
-            let outcome = patch_ext4(&patched, OFFSET, &old, &new, &candidates(&[path]), EPOCH).unwrap();
+            let outcome = patch_ext4(&patched, OFFSET, &old, &new, &candidates(&[path]), Some(EPOCH)).unwrap();
             assert!(
                 matches!(&outcome, Patch::Refused(r) if r.contains(why)),
                 "{path}: {outcome:?}"

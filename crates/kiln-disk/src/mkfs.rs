@@ -225,13 +225,13 @@ fn pin_inode_times(disk: &Path, offset: u64, epoch: u64) -> Result<()> {
             script.push_str(&format!("sif <{ino}> {field} @{epoch}\n"));
         }
     }
-    run_debugfs(disk, offset, epoch, script)
+    run_debugfs(disk, offset, Some(epoch), script)
 }
 
 /// Runs `script` through one `debugfs -w` on the ext4 filesystem at
-/// `offset` of `disk`, with e2fsprogs' clock at `epoch`; a command that
-/// fails is an error.
-pub(crate) fn run_debugfs(disk: &Path, offset: u64, epoch: u64, script: String) -> Result<()> {
+/// `offset` of `disk`, with e2fsprogs' clock at `epoch` if there is one; a
+/// command that fails is an error.
+pub(crate) fn run_debugfs(disk: &Path, offset: u64, epoch: Option<u64>, script: String) -> Result<()> {
     // debugfs takes the offset as an option of the device name, after a
     // `?`, so the file is named relative to its directory.
     let name = disk
@@ -243,11 +243,14 @@ pub(crate) fn run_debugfs(disk: &Path, offset: u64, epoch: u64, script: String) 
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let out = Cmd::new("debugfs")
+    let mut cmd = Cmd::new("debugfs")
         .args(["-w", "-f", "-"])
         .arg(format!("./{name}?offset={offset}"))
-        .current_dir(dir)
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .current_dir(dir);
+    if let Some(epoch) = epoch {
+        cmd = cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    }
+    let out = cmd
         .stdin_bytes(script)
         .run()
         .map_err(|e| Error::tool("running debugfs", e))?;

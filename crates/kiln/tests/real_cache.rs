@@ -119,6 +119,14 @@ fn sha512(path: &Path) -> String {
 fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
     let spec = spec_copy(&dir.path().join("spec"));
+    // Pinned, so that the patched tree and the one made from scratch can
+    // be compared times and all (this copy is in no commit).
+    let pinned = std::fs::read_to_string(&spec).unwrap().replacen(
+        "[image]\n",
+        &format!("[image]\nsource_date_epoch = {}\n", example_epoch()),
+        1,
+    );
+    std::fs::write(&spec, pinned).unwrap();
     let cache = fresh_cache(dir.path());
     let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
 
@@ -153,7 +161,12 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     // Nothing changed: every stage comes from the cache, the image too.
     let again = events(&build(&spec, &cache, &out_a, &[]));
     for stage in ["bootstrap", "customise", "ovh-byol/finalise", "ovh-byol/convert"] {
-        assert_eq!(status_of(&again, stage), "reused", "{stage}");
+        assert_eq!(
+            status_of(&again, stage),
+            "reused",
+            "{stage}: {}",
+            rebuild_reason(&again, stage)
+        );
     }
     for stage in ["ovh-byol/filesystem", "ovh-byol/disk"] {
         assert_eq!(status_of(&again, stage), "skipped", "{stage}");
@@ -179,8 +192,9 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     // kept disk, the same spec makes it again.
     assert!(
         summary_of(&changed, "ovh-byol/filesystem").contains("the previous disk patched"),
-        "{:?}",
-        summary_of(&changed, "ovh-byol/filesystem")
+        "{:?} ({:?})",
+        summary_of(&changed, "ovh-byol/filesystem"),
+        rebuild_reason(&changed, "ovh-byol/filesystem")
     );
     let patched = tree_of(&out_a);
     let record: serde_json::Value =

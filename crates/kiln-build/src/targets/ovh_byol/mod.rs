@@ -187,9 +187,6 @@ impl OvhByol {
         let Some(prev) = cx.previous_disk else {
             return Ok(Some("no previous disk".to_owned()));
         };
-        let Some(epoch) = cx.source_date_epoch else {
-            return Ok(Some("no SOURCE_DATE_EPOCH".to_owned()));
-        };
         let Some((fs, uuid)) = prev.filesystems.get(&PARTITION_START) else {
             return Ok(Some("the previous disk has no root filesystem".to_owned()));
         };
@@ -204,8 +201,14 @@ impl OvhByol {
                 disk_size >> 20
             )));
         }
-        match kiln_disk::ext4_patch::patch_ext4(&prev.raw, PARTITION_START, &prev.tree, tree, &prev.candidates, epoch)?
-        {
+        match kiln_disk::ext4_patch::patch_ext4(
+            &prev.raw,
+            PARTITION_START,
+            &prev.tree,
+            tree,
+            &prev.candidates,
+            cx.source_date_epoch,
+        )? {
             kiln_disk::ext4_patch::Patch::Applied { .. } => {
                 out.raw = Some(prev.raw.clone());
                 out.filesystems.insert(PARTITION_START, (fs.clone(), uuid.clone()));
