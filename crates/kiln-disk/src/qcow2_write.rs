@@ -470,13 +470,27 @@ fn encode_batch(src: &Source, codec: &mut Codec, batch: u64) -> Result<Batch> {
     let start = batch * BATCH * CLUSTER;
     let end = (start + BATCH * CLUSTER).min(src.raw_len);
     let count = (end - start).div_ceil(CLUSTER) as usize;
-    let mut raw = vec![0u8; count * CLUSTER_USIZE];
-    src.raw
-        .read_exact_at(&mut raw[..(end - start) as usize], start)
-        .ctx(|| format!("reading {} at offset {start:#x}", src.raw_path.display()))?;
+    let data = data_ranges(src.raw, start..end);
+    // Holes read as zeros: only the data is read into the zeroed buffer,
+    // and a batch that is all hole needs no buffer at all.
+    let mut raw = Vec::new();
+    if !data.is_empty() {
+        raw = vec![0u8; count * CLUSTER_USIZE];
+    }
+    for r in &data {
+        src.raw
+            .read_exact_at(&mut raw[(r.start - start) as usize..(r.end - start) as usize], r.start)
+            .ctx(|| format!("reading {} at offset {:#x}", src.raw_path.display(), r.start))?;
+    }
     let mut packed = Vec::new();
     let mut clusters = Vec::with_capacity(count);
-    for cluster in raw.chunks_exact(CLUSTER_USIZE) {
+    for i in 0..count {
+        let at = start + i as u64 * CLUSTER;
+        if !data.iter().any(|r| r.start < at + CLUSTER && at < r.end) {
+            clusters.push(Encoded::Zero);
+            continue;
+        }
+        let cluster = &raw[i * CLUSTER_USIZE..(i + 1) * CLUSTER_USIZE];
         if cluster == ZERO_CLUSTER {
             clusters.push(Encoded::Zero);
             continue;
@@ -509,6 +523,36 @@ fn encode_batch(src: &Source, codec: &mut Codec, batch: u64) -> Result<Batch> {
         });
     }
     Ok(Batch { raw, packed, clusters })
+}
+
+/// The parts of `range` of `file` that may hold data, found with
+/// SEEK_DATA and SEEK_HOLE; the rest are holes, which read as zeros. Where
+/// the file cannot tell, everything from there on counts as data.
+fn data_ranges(file: &File, range: Range<u64>) -> Vec<Range<u64>> {
+    use nix::unistd::{lseek, Whence};
+    // Only the offset argument matters: every read is positional, so moving
+    // the shared file position is harmless.
+    let seek = |at: u64, whence| lseek(file, at as i64, whence).map(|to| to as u64);
+    let mut ranges = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let data = match seek(at, Whence::SeekData) {
+            Ok(data) => data.max(at),
+            // No data after `at`.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => at,
+        };
+        if data >= range.end {
+            break;
+        }
+        let hole = match seek(data, Whence::SeekHole) {
+            Ok(hole) if hole > data => hole.min(range.end),
+            _ => range.end,
+        };
+        ranges.push(data..hole);
+        at = hole;
+    }
+    ranges
 }
 
 /// Runs the workers over every batch and hands the results to `sink` in
