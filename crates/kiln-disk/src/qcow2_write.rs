@@ -466,21 +466,29 @@ struct Batch {
     clusters: Vec<Encoded>,
 }
 
-fn encode_batch(src: &Source, codec: &mut Codec, batch: u64) -> Result<Batch> {
+/// `spare` holds raw buffers of batches already written, to be filled again
+/// rather than allocated and zeroed anew.
+fn encode_batch(src: &Source, codec: &mut Codec, batch: u64, spare: &Mutex<Vec<Vec<u8>>>) -> Result<Batch> {
     let start = batch * BATCH * CLUSTER;
     let end = (start + BATCH * CLUSTER).min(src.raw_len);
     let count = (end - start).div_ceil(CLUSTER) as usize;
     let data = data_ranges(src.raw, start..end);
-    // Holes read as zeros: only the data is read into the zeroed buffer,
-    // and a batch that is all hole needs no buffer at all.
+    // Holes read as zeros: only the data is read and the gaps around it
+    // zeroed, and a batch that is all hole needs no buffer at all.
     let mut raw = Vec::new();
     if !data.is_empty() {
-        raw = vec![0u8; count * CLUSTER_USIZE];
-    }
-    for r in &data {
-        src.raw
-            .read_exact_at(&mut raw[(r.start - start) as usize..(r.end - start) as usize], r.start)
-            .ctx(|| format!("reading {} at offset {:#x}", src.raw_path.display(), r.start))?;
+        raw = lock(spare).pop().unwrap_or_default();
+        raw.resize(count * CLUSTER_USIZE, 0);
+        let mut zeroed_to = 0;
+        for r in &data {
+            let (from, to) = ((r.start - start) as usize, (r.end - start) as usize);
+            raw[zeroed_to..from].fill(0);
+            src.raw
+                .read_exact_at(&mut raw[from..to], r.start)
+                .ctx(|| format!("reading {} at offset {:#x}", src.raw_path.display(), r.start))?;
+            zeroed_to = to;
+        }
+        raw[zeroed_to..].fill(0);
     }
     let mut packed = Vec::new();
     let mut clusters = Vec::with_capacity(count);
@@ -525,6 +533,12 @@ fn encode_batch(src: &Source, codec: &mut Codec, batch: u64) -> Result<Batch> {
     Ok(Batch { raw, packed, clusters })
 }
 
+/// Locks `m`; a worker that panicked while holding it left nothing half
+/// done that matters (the scope re-raises its panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The parts of `range` of `file` that may hold data, found with
 /// SEEK_DATA and SEEK_HOLE; the rest are holes, which read as zeros. Where
 /// the file cannot tell, everything from there on counts as data.
@@ -557,25 +571,26 @@ fn data_ranges(file: &File, range: Range<u64>) -> Vec<Range<u64>> {
 
 /// Runs the workers over every batch and hands the results to `sink` in
 /// order. At most `2 * threads + 2` batches are in flight.
-fn encode_in_order(src: &Source, threads: usize, mut sink: impl FnMut(u64, Batch) -> Result<()>) -> Result<()> {
+fn encode_in_order(src: &Source, threads: usize, mut sink: impl FnMut(u64, &Batch) -> Result<()>) -> Result<()> {
     let batches = src.raw_len.div_ceil(BATCH * CLUSTER);
     let threads = threads.min(batches.max(1) as usize);
     type Job = (u64, mpsc::SyncSender<Result<Batch>>);
     let (jobs, job_rx) = mpsc::sync_channel::<Job>(threads);
     let job_rx = Mutex::new(job_rx);
+    let spare = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         // Owned by this closure: dropping it (at the end or on error) stops
         // the workers.
         let jobs = jobs;
         for _ in 0..threads {
-            let job_rx = &job_rx;
+            let (job_rx, spare) = (&job_rx, &spare);
             s.spawn(move || {
                 let mut codec = Codec::new();
                 loop {
-                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let job = lock(job_rx).recv();
                     let Ok((batch, reply)) = job else { break };
                     // The receiver is gone only when the writer gave up.
-                    let _ = reply.send(encode_batch(src, &mut codec, batch));
+                    let _ = reply.send(encode_batch(src, &mut codec, batch, spare));
                 }
             });
         }
@@ -597,7 +612,10 @@ fn encode_in_order(src: &Source, threads: usize, mut sink: impl FnMut(u64, Batch
                 .recv()
                 .map_err(|_| Error::new(ErrorKind::Io, "a qcow2 compression thread stopped"))??;
             kiln_exec::check_interrupted().map_err(|e| Error::tool("writing the qcow2 image", e))?;
-            sink(batch, encoded)?;
+            sink(batch, &encoded)?;
+            if encoded.raw.capacity() > 0 {
+                lock(&spare).push(encoded.raw);
+            }
         }
         Ok(())
     })
@@ -627,7 +645,7 @@ fn write_image(src: &Source, out: Output, threads: usize) -> Result<(Qcow2WriteS
     };
     encode_in_order(src, threads, |batch, encoded| {
         for (i, cluster) in encoded.clusters.iter().enumerate() {
-            image.add(batch * BATCH + i as u64, &encoded, i, cluster)?;
+            image.add(batch * BATCH + i as u64, encoded, i, cluster)?;
         }
         Ok(())
     })?;
