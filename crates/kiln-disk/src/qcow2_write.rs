@@ -1274,6 +1274,45 @@ mod tests {
     }
 
     #[test]
+    fn qcow2_write_reads_holes_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("holes.raw");
+        let size = 12 << 20;
+        sparse_file(&raw, size);
+        // Text everywhere in the first batches, so that the buffers later
+        // batches are read into held data; then, in every later batch,
+        // clusters whose data starts or ends part way, next to a hole.
+        write_at(&raw, 0, &text(1, 8 << 20));
+        for batch in 8..12 {
+            let at = batch * BATCH * CLUSTER;
+            write_at(&raw, at + 3 * CLUSTER + 40_000, &text(batch, 10_000));
+            write_at(&raw, at + 7 * CLUSTER, &text(batch + 20, 5000));
+        }
+        let data = data_ranges(&File::open(&raw).unwrap(), 0..size);
+        assert!(data.windows(2).all(|w| w[0].end < w[1].start), "{data:?}");
+        let bytes = fs::read(&raw).unwrap();
+        let mut covered = 0;
+        for r in &data {
+            assert!(r.start < r.end && r.end <= size, "{data:?}");
+            covered += r.end - r.start;
+        }
+        let outside = bytes
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| b != 0 && !data.iter().any(|r| r.contains(&(i as u64))));
+        assert_eq!(outside.count(), 0, "data outside {data:?}");
+        assert!(covered >= 8 << 20, "{data:?}");
+
+        let q = dir.path().join("holes.qcow2");
+        // One thread, a window of four batches: the later batches are read
+        // into the buffers of the first ones.
+        let (stats, _, _) = convert(&raw, &q, &opts(1));
+        assert_eq!(stats.compressed + stats.stored_raw, data_clusters(&raw));
+        assert_clean(&q, &stats);
+        assert_same_disk(&raw, &q);
+    }
+
+    #[test]
     fn qcow2_write_spans_several_l2_tables() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("big.raw");
