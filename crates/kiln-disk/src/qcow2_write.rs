@@ -6,8 +6,10 @@
 //! The output is a function of the raw bytes and of `compress` alone: the
 //! same input gives the same file whatever the thread count and whether or
 //! not a previous image was reused, so images can be compared and cached by
-//! hash. Worker threads read and compress batches of clusters; the calling
-//! thread writes them in guest order and places them as QEMU does:
+//! hash. Worker threads read and compress batches of clusters, reading only
+//! the data of a sparse raw file (SEEK_DATA/SEEK_HOLE: a cluster inside a
+//! hole is a zero cluster without being read); the calling thread writes
+//! them in guest order and places them as QEMU does:
 //! compressed clusters packed back to back at byte granularity (spilling
 //! into the next host cluster when that one is free), clusters that do not
 //! shrink stored whole and cluster-aligned, all-zero clusters left
