@@ -1205,6 +1205,17 @@ impl Run<'_> {
         consumed: &[(&'static str, PathBuf)],
         f: impl FnOnce(&StageContext) -> Result<T>,
     ) -> Result<T> {
+        self.with_context_and_disk(stage, target, consumed, None, f)
+    }
+
+    fn with_context_and_disk<T>(
+        &self,
+        stage: &Stage,
+        target: &dyn Target,
+        consumed: &[(&'static str, PathBuf)],
+        previous_disk: Option<&crate::previous_disk::PreviousDisk>,
+        f: impl FnOnce(&StageContext) -> Result<T>,
+    ) -> Result<T> {
         let chroot = |tree: &Path, name: &str, body: &str| self.chroot(stage, tree, name, body);
         let name = target.name();
         let uuid = |what: &str| derived_uuid(self.plan, name, what);
@@ -1218,6 +1229,7 @@ impl Run<'_> {
             log: Some(&self.log),
             chroot: &chroot,
             uuid: &uuid,
+            previous_disk,
         };
         f(&cx)
     }
@@ -1314,16 +1326,6 @@ impl Run<'_> {
         } else {
             self.why_rebuilt(output, &[&fin], miss.as_ref())
         };
-        for s in image_stages.iter().copied().chain([output]) {
-            self.reporter.event(Event::StageRebuilt {
-                id: s.id.clone(),
-                reason: if s.id == output.id {
-                    reason.clone()
-                } else {
-                    format!("the image is rebuilt: {reason}")
-                },
-            });
-        }
         let lock = self.builder_lock(&key)?;
         if lock.is_some() && !self.opts.no_cache && self.cache.exists(&key) {
             drop(lock);
@@ -1335,25 +1337,42 @@ impl Run<'_> {
         // The view the artifact is made from: every layer, plus a
         // throwaway upper for the embedded manifest (it names the commit, so
         // it must not end up in a cached layer).
-        let view = Overlay::mount(
-            &stack(&[&fin, cust, boot]),
-            Some((&base.join("upper"), &base.join("overlay-work"))),
-            &base.join("tree"),
-        )?;
-        write_mode(
-            &view.path().join(manifest::EMBEDDED_PATH.trim_start_matches('/')),
-            &embedded_json,
-            0o644,
-        )?;
-        if let Some(epoch) = self.plan.source_date_epoch {
-            // The layers are clamped already: this touches only the
-            // manifest and the directories it was written into.
-            layers::clamp_times(view.path(), epoch)?;
+        let view = self.mount_view(&[&fin, cust, boot], &base, "", &embedded_json)?;
+        let keeps_disk = target.patches_previous_disk() && !self.opts.no_cache;
+        let (previous, _old_view, _old_layers, disk_note) = if keeps_disk {
+            match self.previous_disk(name, &fin, cust, boot, &base)? {
+                Ok((disk, old_view, old_layers)) => (
+                    Some(disk),
+                    Some(old_view),
+                    old_layers,
+                    "; the previous disk is patched where it can be".to_owned(),
+                ),
+                Err(why) => (
+                    None,
+                    None,
+                    Vec::new(),
+                    format!("; its filesystem is made from scratch: {why}"),
+                ),
+            }
+        } else {
+            (None, None, Vec::new(), String::new())
+        };
+        for (i, s) in image_stages.iter().copied().chain([output]).enumerate() {
+            self.reporter.event(Event::StageRebuilt {
+                id: s.id.clone(),
+                reason: if s.id == output.id {
+                    reason.clone()
+                } else if i == 0 {
+                    format!("the image is rebuilt: {reason}{disk_note}")
+                } else {
+                    format!("the image is rebuilt: {reason}")
+                },
+            });
         }
         let mut assembly = Assembly::default();
         for s in &image_stages {
             timed(&self.reporter, self.opts.debugger.as_ref(), s, || {
-                let summary = self.with_context(s, target, consumed, |cx| {
+                let summary = self.with_context_and_disk(s, target, consumed, previous.as_ref(), |cx| {
                     target.assemble(cx, s.kind.title(), view.path(), &base, &mut assembly)
                 });
                 // Its tree is the finalised one, which the cache holds.
@@ -1362,14 +1381,37 @@ impl Run<'_> {
             })?;
         }
         view.unmount()?;
+        if let Some(disk) = &previous {
+            // Not patched (the stage made a fresh disk): it is stale now.
+            if assembly.raw.as_deref() != Some(disk.raw.as_path()) {
+                let _ = std::fs::remove_file(&disk.raw);
+            }
+        }
+        drop((_old_view, _old_layers));
 
         let previous = self.previous_image(&output.id);
         let (image, state) = timed(&self.reporter, self.opts.debugger.as_ref(), output, || {
-            let (image, state, stats) = self.write_artifact(target, &base, &assembly, &embedded, previous.as_ref())?;
+            let (image, state, stats) =
+                self.write_artifact(target, &base, &assembly, &embedded, previous.as_ref(), keeps_disk)?;
             let summary = format!("{}, {} MiB{stats}", state.file_name, state.size >> 20);
             Ok(((image, state), summary))
         })?;
         drop(previous);
+        if let Some(raw) = assembly.raw.as_deref().filter(|_| keeps_disk) {
+            let layers = [&fin, cust, boot].iter().map(|l| l.key.to_hex()).collect();
+            if let Err(e) = crate::previous_disk::keep(
+                &self.cache,
+                &self.plan.name,
+                name,
+                raw,
+                layers,
+                embedded_json.clone(),
+                assembly.filesystems.clone(),
+            ) {
+                tracing::warn!("not keeping the raw disk of {name} for the next build: {e:#}");
+                let _ = std::fs::remove_file(raw);
+            }
+        }
         let _ = self
             .cache
             .write_record(&self.plan.name, &output.id, &self.record_image(output, &key));
@@ -1395,6 +1437,102 @@ impl Run<'_> {
             state,
             _hold: Some(hit),
         })
+    }
+
+    /// Mounts the tree an artifact is made from: `layers` plus a
+    /// throwaway upper (in `base`, names prefixed with `prefix`) holding
+    /// the embedded manifest, with times clamped as the layers are.
+    fn mount_view(&self, layers: &[&Layer], base: &Path, prefix: &str, manifest_json: &str) -> Result<Overlay> {
+        let view = Overlay::mount(
+            &stack(layers),
+            Some((
+                &base.join(format!("{prefix}upper")),
+                &base.join(format!("{prefix}overlay-work")),
+            )),
+            &base.join(format!("{prefix}tree")),
+        )?;
+        write_mode(
+            &view.path().join(manifest::EMBEDDED_PATH.trim_start_matches('/')),
+            manifest_json,
+            0o644,
+        )?;
+        if let Some(epoch) = self.plan.source_date_epoch {
+            // The layers are clamped already: only the manifest and the
+            // directories it was written into can be newer.
+            let mut path = Some(Path::new(manifest::EMBEDDED_PATH.trim_start_matches('/')));
+            while let Some(rel) = path {
+                layers::clamp_path(&view.path().join(rel), epoch)?;
+                path = rel.parent();
+            }
+        }
+        Ok(view)
+    }
+
+    /// The raw disk `target` kept from its last image of this spec, taken
+    /// into `base` with the tree it holds mounted beside the new one, or
+    /// why there is none to patch.
+    #[allow(clippy::type_complexity)]
+    fn previous_disk(
+        &self,
+        target: &str,
+        fin: &Layer,
+        cust: &Layer,
+        boot: &Layer,
+        base: &Path,
+    ) -> Result<std::result::Result<(crate::previous_disk::PreviousDisk, Overlay, Vec<Layer>), String>> {
+        let raw = base.join("previous.raw");
+        let record = match crate::previous_disk::take(&self.cache, &self.plan.name, target, &raw)? {
+            Ok(record) => record,
+            Err(why) => return Ok(Err(why)),
+        };
+        let discard = |why: String| {
+            let _ = std::fs::remove_file(&raw);
+            Ok(Err(why))
+        };
+        if self.plan.source_date_epoch.is_none() {
+            return discard("the build has no SOURCE_DATE_EPOCH to stamp patched files with".to_owned());
+        }
+        let [old_fin, old_cust, old_boot] = record.layers.as_slice() else {
+            return discard("the previous disk's record names no layers".to_owned());
+        };
+        if *old_boot != boot.key.to_hex() {
+            return discard("the previous disk stands on another bootstrap".to_owned());
+        }
+        let mut old = Vec::new();
+        for key in [old_fin, old_cust] {
+            let found = match Hash::from_hex(key) {
+                Some(k) => match self.cache.lookup(&k)? {
+                    Lookup::Hit(hit) => Layer::from_hit(&self.cache, hit, k)?,
+                    _ => None,
+                },
+                None => None,
+            };
+            let Some(layer) = found else {
+                return discard("the layers of the previous disk are no longer cached".to_owned());
+            };
+            old.push(layer);
+        }
+        let view = self.mount_view(&[&old[0], &old[1], boot], base, "previous-", &record.manifest)?;
+        let mut uppers: Vec<PathBuf> = vec![base.join("previous-upper"), base.join("upper")];
+        for layer in [&old[0], &old[1], fin, cust] {
+            uppers.extend(layer.dirs.iter().cloned());
+        }
+        let mut candidates = Vec::new();
+        for upper in uppers {
+            candidates.extend(layers::upper_candidates(&upper)?);
+        }
+        candidates.sort();
+        candidates.dedup();
+        Ok(Ok((
+            crate::previous_disk::PreviousDisk {
+                raw,
+                tree: view.path().to_owned(),
+                candidates,
+                filesystems: record.filesystems,
+            },
+            view,
+            old,
+        )))
     }
 
     fn record_image(&self, stage: &Stage, key: &Hash) -> Record {
@@ -1429,6 +1567,7 @@ impl Run<'_> {
         disk: &Assembly,
         embedded: &Manifest,
         previous: Option<&(Hit, kiln_disk::ClusterIndex)>,
+        keep_raw: bool,
     ) -> Result<(PathBuf, ImageState, String)> {
         let spec = target.artifact();
         let file_name = spec.file_name;
@@ -1465,7 +1604,9 @@ impl Run<'_> {
                 crate::targets::convert_image(&raw, &image, spec.format, spec.compress, Some(&self.log))?
             }
         }
-        let _ = std::fs::remove_file(&raw);
+        if !keep_raw {
+            let _ = std::fs::remove_file(&raw);
+        }
         let size = std::fs::metadata(&image)?.len();
         let sha512 = sha512_file(&image)?;
         let partitions = disk

@@ -6,17 +6,21 @@
 //!
 //! ```text
 //! stages/<hash>/entry.json      what the entry is, and a digest of every payload item
+//! stages/<hash>/verified        when its digests were last found right (see verify)
 //! stages/<hash>/<payload>...    a tree layer, an image, side files
 //! stages/.tmp-<hash>-<pid>-<n>/ an entry being written (never valid)
 //! locks/<hash>.lock             flock(2) of one entry
 //! records/<spec>/<stage>.json   the inputs a stage was last built from (for --explain)
+//! disks/<spec>/<target>/        the raw disk of a target's last image, to patch
+//!                               (see previous_disk)
 //! packages/                     downloaded .deb files (see bootstrap)
 //! ```
 //!
 //! An entry is written in a temporary directory and renamed into place only
 //! once complete, `entry.json` last, so a crashed build leaves nothing that
 //! looks valid. Reusing an entry recomputes its digests first: a truncated
-//! or corrupted entry is thrown away and the stage rebuilt. Builds hold a
+//! or corrupted entry is thrown away and the stage rebuilt (once per boot:
+//! until its files' metadata changes, a verified entry is trusted). Builds hold a
 //! shared lock on each entry they read for as long as they use it and an
 //! exclusive one while they build a missing entry, so two builds of the
 //! same spec build each stage once, and `kiln cache gc|rm` never deletes an
@@ -39,6 +43,9 @@ use crate::plan::StageInput;
 /// Bumped when the entry format changes; older entries are ignored.
 const FORMAT: u32 = 1;
 const ENTRY_FILE: &str = "entry.json";
+/// Beside `entry.json`: when the entry's digests were last checked (see
+/// [`verified_stamp`]).
+const VERIFIED: &str = "verified";
 
 /// The machine-wide cache directory: `$KILN_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
@@ -297,6 +304,13 @@ impl Cache {
             .collect()
     }
 
+    /// Where the raw disk of `target`'s last image of `spec` is kept for
+    /// the next build to patch (see [`crate::previous_disk`]).
+    pub fn disk_slot(&self, spec: &str, target: &str) -> PathBuf {
+        let clean = |s: &str| s.replace(['/', '\\'], "_");
+        self.root.join("disks").join(clean(spec)).join(clean(target))
+    }
+
     fn record_path(&self, spec: &str, stage: &str) -> PathBuf {
         let clean = |s: &str| s.replace(['/', '\\'], "_");
         self.root
@@ -361,6 +375,15 @@ impl Cache {
             }
         }
         self.sweep_temporaries()?;
+        if prefix.is_none() {
+            // Kept disks are only worth their layers.
+            let disks = self.root.join("disks");
+            if disks.exists() {
+                remove_tree(&disks)?;
+            }
+        } else {
+            crate::previous_disk::sweep(self);
+        }
         Ok((removed, busy))
     }
 
@@ -379,6 +402,7 @@ impl Cache {
                 removed.push(l);
             }
         }
+        crate::previous_disk::sweep(self);
         Ok((removed, total))
     }
 
@@ -503,7 +527,13 @@ impl Pending {
         fs::rename(&tmp_entry, dir.join(ENTRY_FILE))?;
         let final_dir = self.cache.entry_dir(&self.key);
         match fs::rename(&dir, &final_dir) {
-            Ok(()) => Ok(final_dir),
+            Ok(()) => {
+                // Its digests were just computed from what it holds.
+                if let Some(stamp) = verified_stamp(&final_dir, &entry) {
+                    write_stamp(&final_dir, &stamp);
+                }
+                Ok(final_dir)
+            }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
                 // Somebody else's is already there and used by them: keep it.
                 remove_tree(&dir)?;
@@ -565,6 +595,76 @@ fn verify(dir: &Path, key: &Hash) -> std::result::Result<Entry, String> {
     if entry.format != FORMAT || entry.key != key.to_hex() {
         return Err("entry.json belongs to another key or format".into());
     }
+    let stamp = verified_stamp(dir, &entry);
+    if stamp.is_some() && fs::read_to_string(dir.join(VERIFIED)).ok() == stamp {
+        return Ok(entry);
+    }
+    verify_digests(dir, &entry)?;
+    if let Some(stamp) = stamp {
+        write_stamp(dir, &stamp);
+    }
+    Ok(entry)
+}
+
+/// What `verified` holds once an entry's digests were checked in this
+/// boot: the boot's id and a fingerprint of every item's metadata (inode,
+/// type and mode, owner, size, modification and change times, of each file
+/// of a tree). A change to any file moves its change time, which nothing
+/// but the clock can set, so while both still match, the contents are
+/// those that were verified, and reading them all again is skipped. A
+/// reboot (a power loss among them, which can tear an entry that was never
+/// synced) makes every entry verified in full once more.
+fn verified_stamp(dir: &Path, entry: &Entry) -> Option<String> {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let mut h = blake3::Hasher::new();
+    for item in &entry.items {
+        fingerprint(&dir.join(&item.name), Path::new(&item.name), &mut h).ok()?;
+    }
+    Some(format!("{} {}\n", boot.trim(), h.finalize().to_hex()))
+}
+
+fn fingerprint(path: &Path, rel: &Path, h: &mut blake3::Hasher) -> io::Result<()> {
+    let m = fs::symlink_metadata(path)?;
+    h.update(
+        format!(
+            "{}\0{}\0{:o}\0{}\0{}\0{}\0{}.{}\0{}.{}\n",
+            rel.display(),
+            m.ino(),
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        )
+        .as_bytes(),
+    );
+    if m.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            fingerprint(&path.join(&name), &rel.join(&name), h)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_stamp(dir: &Path, stamp: &str) {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{VERIFIED}.{}-{n}", std::process::id()));
+    if fs::write(&tmp, stamp)
+        .and_then(|()| fs::rename(&tmp, dir.join(VERIFIED)))
+        .is_err()
+    {
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+fn verify_digests(dir: &Path, entry: &Entry) -> std::result::Result<(), String> {
     for item in &entry.items {
         let (size, digest) =
             digest_path(&dir.join(&item.name)).map_err(|e| format!("{}: unreadable: {e:#}", item.name))?;
@@ -578,7 +678,7 @@ fn verify(dir: &Path, key: &Hash) -> std::result::Result<Entry, String> {
             return Err(format!("{}: content digest mismatch (corrupted)", item.name));
         }
     }
-    Ok(entry)
+    Ok(())
 }
 
 /// Size and BLAKE3 digest of a file, or of a directory tree through a

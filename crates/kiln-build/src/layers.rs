@@ -115,25 +115,71 @@ impl Drop for Overlay {
 /// say) moves them, touching them through an overlay would copy every file
 /// up, and the ext4 writer resets them in the image anyway.
 pub fn clamp_times(dir: &Path, epoch: u64) -> Result<usize> {
-    use std::os::unix::fs::MetadataExt;
-    fn walk(path: &Path, epoch: i64, count: &mut usize) -> Result<()> {
+    fn walk(path: &Path, epoch: u64, count: &mut usize) -> Result<()> {
         let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
         if meta.is_dir() {
             for e in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
                 walk(&e?.path(), epoch, count)?;
             }
         }
-        if meta.mtime() > epoch {
-            let t = filetime::FileTime::from_unix_time(epoch, 0);
-            filetime::set_symlink_file_times(path, t, t)
-                .with_context(|| format!("setting the times of {}", path.display()))?;
-            *count += 1;
-        }
+        *count += usize::from(clamp_meta(path, &meta, epoch)?);
         Ok(())
     }
     let mut count = 0;
-    walk(dir, epoch as i64, &mut count)?;
+    walk(dir, epoch, &mut count)?;
     Ok(count)
+}
+
+/// [`clamp_times`] of `path` alone (not what a directory holds); whether
+/// it was newer.
+pub fn clamp_path(path: &Path, epoch: u64) -> Result<bool> {
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    clamp_meta(path, &meta, epoch)
+}
+
+fn clamp_meta(path: &Path, meta: &std::fs::Metadata, epoch: u64) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.mtime() <= epoch as i64 {
+        return Ok(false);
+    }
+    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
+    filetime::set_symlink_file_times(path, t, t).with_context(|| format!("setting the times of {}", path.display()))?;
+    Ok(true)
+}
+
+/// Every path of the overlay upper directory `dir` (relative to it): where
+/// the merged tree may differ from the layers below, for
+/// [`kiln_disk::ext4_patch`]. A directory that hides the lower ones
+/// (opaque) or stands for one moved from elsewhere (redirect) makes its
+/// whole subtree a candidate; a whiteout is a path like any other.
+pub fn upper_candidates(dir: &Path) -> Result<Vec<kiln_disk::ext4_patch::Candidate>> {
+    fn has_xattr(path: &Path, name: &str) -> bool {
+        rustix::fs::lgetxattr(path, name, &mut [0u8; 16][..]).is_ok()
+    }
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<kiln_disk::ext4_patch::Candidate>) -> Result<()> {
+        let dir = root.join(rel);
+        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            let rel = rel.join(e.file_name());
+            let is_dir = e
+                .file_type()
+                .with_context(|| format!("reading {}", e.path().display()))?
+                .is_dir();
+            let subtree = is_dir
+                && (has_xattr(&e.path(), "trusted.overlay.opaque") || has_xattr(&e.path(), "trusted.overlay.redirect"));
+            out.push(kiln_disk::ext4_patch::Candidate {
+                path: rel.clone(),
+                subtree,
+            });
+            if is_dir && !subtree {
+                walk(root, &rel, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, Path::new(""), &mut out)?;
+    Ok(out)
 }
 
 #[cfg(test)]

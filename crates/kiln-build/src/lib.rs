@@ -18,6 +18,7 @@ pub mod layers;
 pub mod manifest;
 pub mod names;
 pub mod plan;
+pub mod previous_disk;
 pub mod release;
 pub mod sbom;
 pub mod sign;

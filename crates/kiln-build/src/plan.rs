@@ -194,13 +194,25 @@ pub fn tool_versions() -> BTreeMap<String, String> {
             Err(_) => "missing".to_owned(),
         }
     };
-    BTreeMap::from([
-        ("kiln".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-        ("mmdebstrap".to_owned(), probe("mmdebstrap", &["--version"])),
-        ("mke2fs".to_owned(), probe("mke2fs", &["-V"])),
-        ("mkfs.xfs".to_owned(), probe("mkfs.xfs", &["-V"])),
-        ("qemu-img".to_owned(), probe("qemu-img", &["--version"])),
-    ])
+    const PROBES: [(&str, &str); 4] = [
+        ("mmdebstrap", "--version"),
+        ("mke2fs", "-V"),
+        ("mkfs.xfs", "-V"),
+        ("qemu-img", "--version"),
+    ];
+    // At once: mmdebstrap alone takes a tenth of a second to start.
+    let mut versions: BTreeMap<String, String> = std::thread::scope(|s| {
+        let running: Vec<_> = PROBES
+            .iter()
+            .map(|&(tool, arg)| s.spawn(move || (tool.to_owned(), probe(tool, &[arg]))))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().expect("a version probe panicked"))
+            .collect()
+    });
+    versions.insert("kiln".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    versions
 }
 
 /// Resolves `loaded` into a plan, reading the host's apt sources for the

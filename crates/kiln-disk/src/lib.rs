@@ -17,6 +17,7 @@
 mod compare;
 mod dpkg;
 mod error;
+pub mod ext4_patch;
 pub mod fat;
 pub mod fatread;
 mod fsread;

@@ -225,6 +225,13 @@ fn pin_inode_times(disk: &Path, offset: u64, epoch: u64) -> Result<()> {
             script.push_str(&format!("sif <{ino}> {field} @{epoch}\n"));
         }
     }
+    run_debugfs(disk, offset, epoch, script)
+}
+
+/// Runs `script` through one `debugfs -w` on the ext4 filesystem at
+/// `offset` of `disk`, with e2fsprogs' clock at `epoch`; a command that
+/// fails is an error.
+pub(crate) fn run_debugfs(disk: &Path, offset: u64, epoch: u64, script: String) -> Result<()> {
     // debugfs takes the offset as an option of the device name, after a
     // `?`, so the file is named relative to its directory.
     let name = disk

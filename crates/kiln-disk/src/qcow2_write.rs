@@ -545,23 +545,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// SEEK_DATA and SEEK_HOLE; the rest are holes, which read as zeros. Where
 /// the file cannot tell, everything from there on counts as data.
 fn data_ranges(file: &File, range: Range<u64>) -> Vec<Range<u64>> {
-    use nix::unistd::{lseek, Whence};
+    use rustix::fs::{seek, SeekFrom};
     // Only the offset argument matters: every read is positional, so moving
     // the shared file position is harmless.
-    let seek = |at: u64, whence| lseek(file, at as i64, whence).map(|to| to as u64);
     let mut ranges = Vec::new();
     let mut at = range.start;
     while at < range.end {
-        let data = match seek(at, Whence::SeekData) {
+        let data = match seek(file, SeekFrom::Data(at)) {
             Ok(data) => data.max(at),
             // No data after `at`.
-            Err(nix::errno::Errno::ENXIO) => break,
+            Err(rustix::io::Errno::NXIO) => break,
             Err(_) => at,
         };
         if data >= range.end {
             break;
         }
-        let hole = match seek(data, Whence::SeekHole) {
+        let hole = match seek(file, SeekFrom::Hole(data)) {
             Ok(hole) if hole > data => hole.min(range.end),
             _ => range.end,
         };

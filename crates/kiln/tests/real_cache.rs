@@ -78,6 +78,33 @@ fn motd_in(out: &Path) -> String {
     String::from_utf8(fs.read_file("/etc/motd").unwrap().expect("/etc/motd in the image")).unwrap()
 }
 
+fn summary_of(ev: &[serde_json::Value], stage: &str) -> String {
+    ev.iter()
+        .rev()
+        .find(|e| e["event"] == "stage-end" && e["stage"] == stage)
+        .and_then(|e| e["summary"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The tree in the root filesystem of the image in `out`, as
+/// [`kiln_disk::ext4_patch::tree_listing`] lists it.
+fn tree_of(out: &Path) -> String {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let start = manifest["partitions"][0]["start"].as_u64().unwrap();
+    let raw = out.join("listing.raw");
+    let convert = run(common::tool("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(out.join(IMAGE))
+        .arg(&raw));
+    assert!(convert.status.success(), "{}", text(&convert));
+    let listing = kiln_disk::ext4_patch::tree_listing(&raw, start).unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    assert!(listing.lines().count() > 10_000, "{listing}");
+    listing
+}
+
 fn sha512(path: &Path) -> String {
     let out = run(common::tool("sha512sum").arg(path));
     String::from_utf8_lossy(&out.stdout)
@@ -147,6 +174,54 @@ fn the_stage_cache_is_shared_reused_invalidated_and_repaired() {
     assert_eq!(status_of(&changed, "ovh-byol/convert"), "ok");
     assert_eq!(motd_in(&out_a), "changed by the cache test\n");
     assert_ne!(sha512(&out_a.join(IMAGE)), first);
+    // Its filesystem is the previous disk's, patched, and holds the same
+    // tree as one made from scratch: without the cached image and the
+    // kept disk, the same spec makes it again.
+    assert!(
+        summary_of(&changed, "ovh-byol/filesystem").contains("the previous disk patched"),
+        "{:?}",
+        summary_of(&changed, "ovh-byol/filesystem")
+    );
+    let patched = tree_of(&out_a);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("records/debian-12-byol/ovh-byol_convert.json")).unwrap())
+            .unwrap();
+    let image_key = record["entry"].as_str().expect("the image's cache key").to_owned();
+    let rm = run(kiln().args(["cache", "rm", "--cache-dir"]).arg(&cache).arg(&image_key));
+    assert!(rm.status.success(), "{}", text(&rm));
+    std::fs::remove_dir_all(cache.join("disks")).unwrap();
+    let out_fresh = dir.path().join("fresh");
+    let fresh = events(&build(&spec, &cache, &out_fresh, &[]));
+    assert!(
+        rebuild_reason(&fresh, "ovh-byol/filesystem").contains("made from scratch: no previous disk"),
+        "{:?}",
+        rebuild_reason(&fresh, "ovh-byol/filesystem")
+    );
+    assert_eq!(
+        patched,
+        tree_of(&out_fresh),
+        "the patched tree differs from the one made from scratch"
+    );
+
+    // A kept disk written to since: thrown away, and the filesystem made
+    // from scratch, with the change (a [[files]] entry added) in it.
+    let kept = cache.join("disks/debian-12-byol/ovh-byol/disk.raw");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&kept)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"damage", 3 << 20))
+        .unwrap();
+    std::fs::write(dir.path().join("spec/files/added"), "added by the cache test\n").unwrap();
+    let mut text_now = std::fs::read_to_string(&spec).unwrap();
+    text_now.push_str("\n[[files]]\nsrc = \"files/added\"\ndest = \"/etc/kiln-added\"\nmode = \"0644\"\n");
+    std::fs::write(&spec, text_now).unwrap();
+    let damaged = events(&build(&spec, &cache, &out_a, &[]));
+    assert!(
+        rebuild_reason(&damaged, "ovh-byol/filesystem").contains("was changed or damaged since it was kept"),
+        "{:?}",
+        rebuild_reason(&damaged, "ovh-byol/filesystem")
+    );
+    assert!(tree_of(&out_a).contains("./etc/kiln-added"));
 
     // A damaged entry is detected and rebuilt, and the result is right.
     let entry = std::fs::read_dir(cache.join("stages"))

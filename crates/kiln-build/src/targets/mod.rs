@@ -202,6 +202,13 @@ pub trait Target: Send + Sync + Debug {
     fn consumes(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Whether the target's raw disk is kept after each build so that its
+    /// next build can patch it ([`StageContext::previous_disk`]); the
+    /// target's filesystem stage must then also write a fresh disk
+    /// whenever it does not use that one.
+    fn patches_previous_disk(&self) -> bool {
+        false
+    }
     /// What the target resolved to, for `kiln plan --json`.
     fn describe(&self) -> serde_json::Value;
 }
@@ -222,6 +229,9 @@ pub struct StageContext<'a> {
     pub log: Option<&'a Path>,
     pub(crate) chroot: &'a (dyn Fn(&Path, &str, &str) -> Result<()> + Sync),
     pub(crate) uuid: &'a (dyn Fn(&str) -> uuid::Uuid + Sync),
+    /// The raw disk of this target's last image, when the target
+    /// [patches it](Target::patches_previous_disk) and one is kept.
+    pub previous_disk: Option<&'a crate::previous_disk::PreviousDisk>,
 }
 
 impl StageContext<'_> {

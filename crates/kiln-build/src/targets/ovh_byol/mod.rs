@@ -142,6 +142,12 @@ impl OvhByol {
         };
         // 1 MiB in front for the table, 1 MiB behind for the GPT backup.
         let disk_size = PARTITION_START + fs_size + (1 << 20);
+        let summary = format!("{} MiB of content in a {} MiB filesystem", content >> 20, fs_size >> 20);
+        let not_patched = match self.patch_previous(cx, tree, disk_size, out) {
+            Ok(None) => return Ok(format!("{summary}; the previous disk patched")),
+            Ok(Some(why)) => why,
+            Err(e) => format!("patching it failed ({e:#})"),
+        };
         let raw = scratch.join("disk.raw");
         std::fs::File::create(&raw)?.set_len(disk_size)?;
         let uuid = cx.derived_uuid("root filesystem");
@@ -160,11 +166,53 @@ impl OvhByol {
         out.raw = Some(raw);
         out.filesystems
             .insert(PARTITION_START, (self.fs_name().to_owned(), uuid.to_string()));
-        Ok(format!(
-            "{} MiB of content in a {} MiB filesystem",
-            content >> 20,
-            fs_size >> 20
-        ))
+        Ok(match cx.previous_disk {
+            Some(_) => format!("{summary}; made from scratch: {not_patched}"),
+            None => summary,
+        })
+    }
+
+    /// Patches the previous build's disk, when there is one of the same
+    /// size holding an ext4 filesystem, into the new tree. `Ok(Some(why))`
+    /// when it cannot. The patched filesystem keeps the previous one's
+    /// UUID and hash seed: a build from scratch (`--no-cache`) derives
+    /// them anew.
+    fn patch_previous(
+        &self,
+        cx: &StageContext,
+        tree: &Path,
+        disk_size: u64,
+        out: &mut Assembly,
+    ) -> Result<Option<String>> {
+        let Some(prev) = cx.previous_disk else {
+            return Ok(Some("no previous disk".to_owned()));
+        };
+        let Some(epoch) = cx.source_date_epoch else {
+            return Ok(Some("no SOURCE_DATE_EPOCH".to_owned()));
+        };
+        let Some((fs, uuid)) = prev.filesystems.get(&PARTITION_START) else {
+            return Ok(Some("the previous disk has no root filesystem".to_owned()));
+        };
+        if self.filesystem != Filesystem::Ext4 || fs != "ext4" {
+            return Ok(Some("only ext4 is patched".to_owned()));
+        }
+        let len = std::fs::metadata(&prev.raw)?.len();
+        if len != disk_size {
+            return Ok(Some(format!(
+                "the filesystem's size changed ({} MiB to {} MiB)",
+                len >> 20,
+                disk_size >> 20
+            )));
+        }
+        match kiln_disk::ext4_patch::patch_ext4(&prev.raw, PARTITION_START, &prev.tree, tree, &prev.candidates, epoch)?
+        {
+            kiln_disk::ext4_patch::Patch::Applied { .. } => {
+                out.raw = Some(prev.raw.clone());
+                out.filesystems.insert(PARTITION_START, (fs.clone(), uuid.clone()));
+                Ok(None)
+            }
+            kiln_disk::ext4_patch::Patch::Refused(why) => Ok(Some(why)),
+        }
     }
 
     /// The disk stage: a table with one partition around the filesystem.
@@ -348,6 +396,10 @@ impl Target for OvhByol {
             "ovhReinstall",
             crate::manifest::ovh_reinstall_template(&self.efi_bootloader_path, &artifact.sha512, &artifact.path),
         )]
+    }
+
+    fn patches_previous_disk(&self) -> bool {
+        self.filesystem == Filesystem::Ext4
     }
 
     fn describe(&self) -> serde_json::Value {
