@@ -6,8 +6,10 @@
 //! The output is a function of the raw bytes and of `compress` alone: the
 //! same input gives the same file whatever the thread count and whether or
 //! not a previous image was reused, so images can be compared and cached by
-//! hash. Worker threads read and compress batches of clusters; the calling
-//! thread writes them in guest order and places them as QEMU does:
+//! hash. Worker threads read and compress batches of clusters, reading only
+//! the data of a sparse raw file (SEEK_DATA/SEEK_HOLE: a cluster inside a
+//! hole is a zero cluster without being read); the calling thread writes
+//! them in guest order and places them as QEMU does:
 //! compressed clusters packed back to back at byte granularity (spilling
 //! into the next host cluster when that one is free), clusters that do not
 //! shrink stored whole and cluster-aligned, all-zero clusters left
@@ -17,11 +19,15 @@
 //! refcount per host cluster and the [`ClusterIndex`].
 //!
 //! The [`ClusterIndex`] records, by content hash, where each data cluster's
-//! stored bytes are, so the next build can copy them from the previous image
+//! stored bytes are and a BLAKE3 hash of those stored bytes keyed with the
+//! content hash, so the next build can copy them from the previous image
 //! instead of compressing again. Every reused cluster is checked against the
-//! previous image (inflated and hashed, or hashed when stored whole) before
-//! it is trusted, so a stale, truncated or damaged previous image only costs
-//! time; an index from another compressor is ignored whole.
+//! previous image before it is trusted: compressed bytes must hash to the
+//! recorded check under the content hash they are filed under (a cheaper
+//! proof than inflating them, and one an entry moved to another content
+//! cannot pass), a cluster stored whole must equal the new one. A stale,
+//! truncated or damaged previous image therefore only costs time; an index
+//! of another format or from another compressor is ignored whole.
 //!
 //! Non-goals: other cluster sizes, zstd, backing files, snapshots, extended
 //! L2 entries, sharing one stored copy between identical clusters, and any
@@ -35,7 +41,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex, OnceLock};
 
-use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{Compress, FlushCompress, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -74,6 +80,10 @@ const BATCH: u64 = 16;
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// Bytes of output gathered before one positional write.
 const WRITE_BUFFER: usize = 4 << 20;
+/// The [`ClusterIndex`] layout; an index of another one is not used.
+/// 1 (unnumbered) checked reused clusters by inflating them, 2 records a
+/// check hash of each compressed cluster's stored bytes.
+const INDEX_FORMAT: u32 = 2;
 
 static ZERO_CLUSTER: [u8; CLUSTER_USIZE] = [0; CLUSTER_USIZE];
 
@@ -110,6 +120,9 @@ pub struct ReuseSource {
 /// stored, by the BLAKE3 hash of its raw (zero-padded) content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIndex {
+    /// [`INDEX_FORMAT`] of the writer that made it; 0 when absent (format 1).
+    #[serde(default)]
+    format: u32,
     /// The compressor that produced the stored bytes (see [`compressor_id`]);
     /// only an identical one may reuse them and still give identical output.
     compressor: String,
@@ -120,15 +133,28 @@ pub struct ClusterIndex {
 
 /// A stored cluster: `len` bytes at `offset`; `len` equal to the cluster
 /// size means stored whole (it did not compress).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredCluster {
     offset: u64,
     len: u32,
+    /// Hex BLAKE3 of the stored bytes of a compressed cluster, keyed with
+    /// the raw cluster's hash (see [`stored_check`]); absent for a cluster
+    /// stored whole, which is compared byte for byte instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    check: Option<String>,
+}
+
+/// The check of `stored`, the compressed form of a raw cluster hashing to
+/// `hash`. Keying with the raw hash ties the stored bytes to the content
+/// they were filed under.
+fn stored_check(hash: &blake3::Hash, stored: &[u8]) -> blake3::Hash {
+    blake3::keyed_hash(hash.as_bytes(), stored)
 }
 
 impl ClusterIndex {
     fn new(compressor: &str) -> Self {
         ClusterIndex {
+            format: INDEX_FORMAT,
             compressor: compressor.to_owned(),
             cluster_size: CLUSTER,
             clusters: BTreeMap::new(),
@@ -167,11 +193,14 @@ impl ClusterIndex {
         })
     }
 
-    fn record(&mut self, hash: &blake3::Hash, offset: u64, len: usize) {
-        self.clusters.entry(hash.to_hex().to_string()).or_insert(StoredCluster {
-            offset,
-            len: len as u32,
-        });
+    fn record(&mut self, hash: &blake3::Hash, offset: u64, len: usize, check: Option<&blake3::Hash>) {
+        self.clusters
+            .entry(hash.to_hex().to_string())
+            .or_insert_with(|| StoredCluster {
+                offset,
+                len: len as u32,
+                check: check.map(|c| c.to_hex().to_string()),
+            });
     }
 }
 
@@ -287,25 +316,22 @@ fn probe_cluster() -> Vec<u8> {
     out
 }
 
-/// One worker's deflate and inflate state, reused from cluster to cluster.
+/// One worker's deflate state, reused from cluster to cluster.
 struct Codec {
     deflate: Compress,
-    inflate: Decompress,
     /// One byte short of a cluster: output that does not fit is not worth
     /// compressing (QEMU's rule).
     compressed: Vec<u8>,
-    inflated: Vec<u8>,
+    /// A cluster stored whole in the previous image, read back.
+    stored: Vec<u8>,
 }
 
 impl Codec {
     fn new() -> Self {
         Codec {
             deflate: Compress::new_with_window_bits(flate2::Compression::new(LEVEL), false, WINDOW_BITS),
-            // The default window inflates any stream and resets without
-            // reallocating; the stored bytes came from this very compressor.
-            inflate: Decompress::new(false),
             compressed: vec![0; CLUSTER_USIZE - 1],
-            inflated: vec![0; CLUSTER_USIZE],
+            stored: vec![0; CLUSTER_USIZE],
         }
     }
 
@@ -322,19 +348,6 @@ impl Codec {
             // no other error for valid parameters.
             _ => None,
         }
-    }
-
-    /// Whether `stored` is exactly one deflate stream of a cluster whose
-    /// content hashes to `hash`.
-    fn inflates_to(&mut self, stored: &[u8], hash: &blake3::Hash) -> bool {
-        self.inflate.reset(false);
-        matches!(
-            self.inflate
-                .decompress(stored, &mut self.inflated, FlushDecompress::Finish),
-            Ok(Status::StreamEnd)
-        ) && self.inflate.total_in() == stored.len() as u64
-            && self.inflate.total_out() == CLUSTER
-            && blake3::hash(&self.inflated) == *hash
     }
 }
 
@@ -356,6 +369,14 @@ struct Reuse<'a> {
 
 fn open_reuse(src: &ReuseSource, compress: bool) -> Option<Reuse<'_>> {
     if !compress {
+        return None;
+    }
+    if src.index.format != INDEX_FORMAT {
+        tracing::warn!(
+            "not reusing {}: its index has format {}, this writer reads format {INDEX_FORMAT}",
+            src.image.display(),
+            src.index.format
+        );
         return None;
     }
     if src.index.compressor != compressor_id() || src.index.cluster_size != CLUSTER {
@@ -393,21 +414,26 @@ impl Reuse<'_> {
         if len == CLUSTER_USIZE {
             // Stored whole: this compressor could not shrink it, so there
             // is no point in trying again.
-            let old = &mut codec.inflated;
+            let old = &mut codec.stored;
             let same = self.file.read_exact_at(old, stored.offset).is_ok() && old[..] == *cluster;
             return same.then_some(Encoded::Raw {
                 hash: *hash,
                 reused: true,
             });
         }
+        let want = blake3::Hash::from_hex(stored.check.as_deref()?).ok()?;
         let at = packed.len();
         packed.resize(at + len, 0);
-        if self.file.read_exact_at(&mut packed[at..], stored.offset).is_ok() && codec.inflates_to(&packed[at..], hash) {
-            return Some(Encoded::Compressed {
-                hash: *hash,
-                bytes: at..at + len,
-                reused: true,
-            });
+        if self.file.read_exact_at(&mut packed[at..], stored.offset).is_ok() {
+            let check = stored_check(hash, &packed[at..]);
+            if check == want {
+                return Some(Encoded::Compressed {
+                    hash: *hash,
+                    check,
+                    bytes: at..at + len,
+                    reused: true,
+                });
+            }
         }
         packed.truncate(at);
         None
@@ -424,6 +450,8 @@ enum Encoded {
     },
     Compressed {
         hash: blake3::Hash,
+        /// [`stored_check`] of the bytes.
+        check: blake3::Hash,
         /// Range of the batch's `packed` bytes.
         bytes: Range<usize>,
         reused: bool,
@@ -440,17 +468,39 @@ struct Batch {
     clusters: Vec<Encoded>,
 }
 
-fn encode_batch(src: &Source, codec: &mut Codec, batch: u64) -> Result<Batch> {
+/// `spare` holds raw buffers of batches already written, to be filled again
+/// rather than allocated and zeroed anew.
+fn encode_batch(src: &Source, codec: &mut Codec, batch: u64, spare: &Mutex<Vec<Vec<u8>>>) -> Result<Batch> {
     let start = batch * BATCH * CLUSTER;
     let end = (start + BATCH * CLUSTER).min(src.raw_len);
     let count = (end - start).div_ceil(CLUSTER) as usize;
-    let mut raw = vec![0u8; count * CLUSTER_USIZE];
-    src.raw
-        .read_exact_at(&mut raw[..(end - start) as usize], start)
-        .ctx(|| format!("reading {} at offset {start:#x}", src.raw_path.display()))?;
+    let data = data_ranges(src.raw, start..end);
+    // Holes read as zeros: only the data is read and the gaps around it
+    // zeroed, and a batch that is all hole needs no buffer at all.
+    let mut raw = Vec::new();
+    if !data.is_empty() {
+        raw = lock(spare).pop().unwrap_or_default();
+        raw.resize(count * CLUSTER_USIZE, 0);
+        let mut zeroed_to = 0;
+        for r in &data {
+            let (from, to) = ((r.start - start) as usize, (r.end - start) as usize);
+            raw[zeroed_to..from].fill(0);
+            src.raw
+                .read_exact_at(&mut raw[from..to], r.start)
+                .ctx(|| format!("reading {} at offset {:#x}", src.raw_path.display(), r.start))?;
+            zeroed_to = to;
+        }
+        raw[zeroed_to..].fill(0);
+    }
     let mut packed = Vec::new();
     let mut clusters = Vec::with_capacity(count);
-    for cluster in raw.chunks_exact(CLUSTER_USIZE) {
+    for i in 0..count {
+        let at = start + i as u64 * CLUSTER;
+        if !data.iter().any(|r| r.start < at + CLUSTER && at < r.end) {
+            clusters.push(Encoded::Zero);
+            continue;
+        }
+        let cluster = &raw[i * CLUSTER_USIZE..(i + 1) * CLUSTER_USIZE];
         if cluster == ZERO_CLUSTER {
             clusters.push(Encoded::Zero);
             continue;
@@ -474,6 +524,7 @@ fn encode_batch(src: &Source, codec: &mut Codec, batch: u64) -> Result<Batch> {
                 packed.extend_from_slice(bytes);
                 Encoded::Compressed {
                     hash,
+                    check: stored_check(&hash, bytes),
                     bytes: at..packed.len(),
                     reused: false,
                 }
@@ -484,27 +535,63 @@ fn encode_batch(src: &Source, codec: &mut Codec, batch: u64) -> Result<Batch> {
     Ok(Batch { raw, packed, clusters })
 }
 
+/// Locks `m`; a worker that panicked while holding it left nothing half
+/// done that matters (the scope re-raises its panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The parts of `range` of `file` that may hold data, found with
+/// SEEK_DATA and SEEK_HOLE; the rest are holes, which read as zeros. Where
+/// the file cannot tell, everything from there on counts as data.
+fn data_ranges(file: &File, range: Range<u64>) -> Vec<Range<u64>> {
+    use rustix::fs::{seek, SeekFrom};
+    // Only the offset argument matters: every read is positional, so moving
+    // the shared file position is harmless.
+    let mut ranges = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let data = match seek(file, SeekFrom::Data(at)) {
+            Ok(data) => data.max(at),
+            // No data after `at`.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => at,
+        };
+        if data >= range.end {
+            break;
+        }
+        let hole = match seek(file, SeekFrom::Hole(data)) {
+            Ok(hole) if hole > data => hole.min(range.end),
+            _ => range.end,
+        };
+        ranges.push(data..hole);
+        at = hole;
+    }
+    ranges
+}
+
 /// Runs the workers over every batch and hands the results to `sink` in
 /// order. At most `2 * threads + 2` batches are in flight.
-fn encode_in_order(src: &Source, threads: usize, mut sink: impl FnMut(u64, Batch) -> Result<()>) -> Result<()> {
+fn encode_in_order(src: &Source, threads: usize, mut sink: impl FnMut(u64, &Batch) -> Result<()>) -> Result<()> {
     let batches = src.raw_len.div_ceil(BATCH * CLUSTER);
     let threads = threads.min(batches.max(1) as usize);
     type Job = (u64, mpsc::SyncSender<Result<Batch>>);
     let (jobs, job_rx) = mpsc::sync_channel::<Job>(threads);
     let job_rx = Mutex::new(job_rx);
+    let spare = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         // Owned by this closure: dropping it (at the end or on error) stops
         // the workers.
         let jobs = jobs;
         for _ in 0..threads {
-            let job_rx = &job_rx;
+            let (job_rx, spare) = (&job_rx, &spare);
             s.spawn(move || {
                 let mut codec = Codec::new();
                 loop {
-                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let job = lock(job_rx).recv();
                     let Ok((batch, reply)) = job else { break };
                     // The receiver is gone only when the writer gave up.
-                    let _ = reply.send(encode_batch(src, &mut codec, batch));
+                    let _ = reply.send(encode_batch(src, &mut codec, batch, spare));
                 }
             });
         }
@@ -526,7 +613,10 @@ fn encode_in_order(src: &Source, threads: usize, mut sink: impl FnMut(u64, Batch
                 .recv()
                 .map_err(|_| Error::new(ErrorKind::Io, "a qcow2 compression thread stopped"))??;
             kiln_exec::check_interrupted().map_err(|e| Error::tool("writing the qcow2 image", e))?;
-            sink(batch, encoded)?;
+            sink(batch, &encoded)?;
+            if encoded.raw.capacity() > 0 {
+                lock(&spare).push(encoded.raw);
+            }
         }
         Ok(())
     })
@@ -556,7 +646,7 @@ fn write_image(src: &Source, out: Output, threads: usize) -> Result<(Qcow2WriteS
     };
     encode_in_order(src, threads, |batch, encoded| {
         for (i, cluster) in encoded.clusters.iter().enumerate() {
-            image.add(batch * BATCH + i as u64, &encoded, i, cluster)?;
+            image.add(batch * BATCH + i as u64, encoded, i, cluster)?;
         }
         Ok(())
     })?;
@@ -660,15 +750,20 @@ impl Image<'_> {
                 let at = self.alloc.cluster();
                 self.out
                     .write_at(&batch.raw[i * CLUSTER_USIZE..(i + 1) * CLUSTER_USIZE], at)?;
-                self.index.record(hash, at, CLUSTER_USIZE);
+                self.index.record(hash, at, CLUSTER_USIZE, None);
                 self.stats.stored_raw += 1;
                 self.stats.reused += u64::from(*reused);
                 at | COPIED
             }
-            Encoded::Compressed { hash, bytes, reused } => {
+            Encoded::Compressed {
+                hash,
+                check,
+                bytes,
+                reused,
+            } => {
                 let at = self.alloc.bytes(bytes.len() as u64);
                 self.out.write_at(&batch.packed[bytes.clone()], at)?;
-                self.index.record(hash, at, bytes.len());
+                self.index.record(hash, at, bytes.len(), Some(check));
                 self.stats.compressed += 1;
                 self.stats.reused += u64::from(*reused);
                 compressed_entry(at, bytes.len() as u64)
@@ -1076,6 +1171,8 @@ mod tests {
         let a = dir.path().join("a.qcow2");
         let (_, index_a, bytes_a) = convert(&raw, &a, &opts(2));
         let data = data_clusters(&raw);
+        // Compressible text found nowhere else on the disk.
+        let first_cluster = blake3::hash(&fs::read(&raw).unwrap()[..CLUSTER_USIZE]);
 
         type Damage = Box<dyn Fn(&Path, &mut ClusterIndex)>;
         type ReusedOk = Box<dyn Fn(u64) -> bool>;
@@ -1097,12 +1194,29 @@ mod tests {
             (
                 "offsets shuffled",
                 Box::new(|_: &Path, index: &mut ClusterIndex| {
-                    let mut stored: Vec<StoredCluster> = index.clusters.values().copied().collect();
+                    let mut stored: Vec<StoredCluster> = index.clusters.values().cloned().collect();
                     stored.rotate_left(1);
                     for (slot, s) in index.clusters.values_mut().zip(stored) {
                         *slot = s;
                     }
                 }),
+                Box::new(|reused: u64| reused == 0),
+            ),
+            (
+                "one stored byte changed",
+                Box::new(move |img: &Path, index: &mut ClusterIndex| {
+                    let stored = &index.clusters[first_cluster.to_hex().as_str()];
+                    assert!(stored.check.is_some(), "the first cluster is compressed");
+                    let at = stored.offset + u64::from(stored.len) / 2;
+                    let mut byte = [0];
+                    File::open(img).unwrap().read_exact_at(&mut byte, at).unwrap();
+                    write_at(img, at, &[byte[0] ^ 0x10]);
+                }),
+                Box::new(move |reused: u64| reused == data - 1),
+            ),
+            (
+                "older index format",
+                Box::new(|_: &Path, index: &mut ClusterIndex| index.format = 1),
                 Box::new(|reused: u64| reused == 0),
             ),
             (
@@ -1133,11 +1247,70 @@ mod tests {
 
         let saved = dir.path().join("index.json");
         index_a.save(&saved).unwrap();
+        // An index written before formats were numbered (and before the
+        // checks) still loads, as format 0, and is not used.
+        let mut old: serde_json::Value = serde_json::from_slice(&fs::read(&saved).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("format");
+        for stored in old["clusters"].as_object_mut().unwrap().values_mut() {
+            stored.as_object_mut().unwrap().remove("check");
+        }
+        fs::write(&saved, serde_json::to_vec(&old).unwrap()).unwrap();
+        let old = ClusterIndex::load(&saved).unwrap();
+        assert_eq!(old.format, 0);
+        let reuse = Qcow2WriteOptions {
+            reuse: Some(ReuseSource { image: a, index: old }),
+            ..opts(2)
+        };
+        let b = dir.path().join("b.qcow2");
+        let (stats, _, bytes_b) = convert(&raw, &b, &reuse);
+        assert!(bytes_b == bytes_a, "an old index changed the output");
+        assert_eq!(stats.reused, 0);
+
+        index_a.save(&saved).unwrap();
         let json = fs::read(&saved).unwrap();
         fs::write(&saved, &json[..json.len() / 2]).unwrap();
         let e = ClusterIndex::load(&saved).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidFormat, "{e}");
         assert!(e.to_string().contains("index.json"), "{e}");
+    }
+
+    #[test]
+    fn qcow2_write_reads_holes_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("holes.raw");
+        let size = 12 << 20;
+        sparse_file(&raw, size);
+        // Text everywhere in the first batches, so that the buffers later
+        // batches are read into held data; then, in every later batch,
+        // clusters whose data starts or ends part way, next to a hole.
+        write_at(&raw, 0, &text(1, 8 << 20));
+        for batch in 8..12 {
+            let at = batch * BATCH * CLUSTER;
+            write_at(&raw, at + 3 * CLUSTER + 40_000, &text(batch, 10_000));
+            write_at(&raw, at + 7 * CLUSTER, &text(batch + 20, 5000));
+        }
+        let data = data_ranges(&File::open(&raw).unwrap(), 0..size);
+        assert!(data.windows(2).all(|w| w[0].end < w[1].start), "{data:?}");
+        let bytes = fs::read(&raw).unwrap();
+        let mut covered = 0;
+        for r in &data {
+            assert!(r.start < r.end && r.end <= size, "{data:?}");
+            covered += r.end - r.start;
+        }
+        let outside = bytes
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| b != 0 && !data.iter().any(|r| r.contains(&(i as u64))));
+        assert_eq!(outside.count(), 0, "data outside {data:?}");
+        assert!(covered >= 8 << 20, "{data:?}");
+
+        let q = dir.path().join("holes.qcow2");
+        // One thread, a window of four batches: the later batches are read
+        // into the buffers of the first ones.
+        let (stats, _, _) = convert(&raw, &q, &opts(1));
+        assert_eq!(stats.compressed + stats.stored_raw, data_clusters(&raw));
+        assert_clean(&q, &stats);
+        assert_same_disk(&raw, &q);
     }
 
     #[test]
