@@ -871,6 +871,36 @@ mod tests {
     }
 
     #[test]
+    fn a_verified_stamp_is_trusted_only_in_its_boot_and_for_the_same_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let k = key("stamp");
+        let dir = store_dir(&cache, &k, &[("etc/motd", "hello\n")]);
+        let entry = cache.peek(&k).unwrap();
+        let stamp = fs::read_to_string(dir.join(VERIFIED)).unwrap();
+        assert_eq!(
+            Some(&stamp),
+            verified_stamp(&dir, &entry).as_ref(),
+            "commit stamps the entry"
+        );
+
+        // Damaged behind the stamp's back, then stamped as if verified in
+        // this boot: trusted, which is what lets a lookup skip the digests.
+        fs::write(dir.join("layer/etc/motd"), "jello\n").unwrap();
+        fs::write(dir.join(VERIFIED), verified_stamp(&dir, &entry).unwrap()).unwrap();
+        assert!(matches!(cache.lookup(&k).unwrap(), Lookup::Hit(_)));
+        // The same stamp from another boot: the digests are checked.
+        let now = verified_stamp(&dir, &entry).unwrap();
+        fs::write(
+            dir.join(VERIFIED),
+            format!("another-boot {}", now.split_once(' ').unwrap().1),
+        )
+        .unwrap();
+        assert!(matches!(cache.lookup(&k).unwrap(), Lookup::Corrupt(_)));
+        assert!(!dir.exists());
+    }
+
+    #[test]
     fn an_uncommitted_entry_is_never_visible() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::open(tmp.path()).unwrap();

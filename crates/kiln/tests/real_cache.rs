@@ -88,7 +88,8 @@ fn summary_of(ev: &[serde_json::Value], stage: &str) -> String {
 }
 
 /// The tree in the root filesystem of the image in `out`, as
-/// [`kiln_disk::ext4_patch::tree_listing`] lists it.
+/// [`kiln_disk::ext4_patch::tree_listing`] lists it, once `e2fsck -fn`
+/// has found the filesystem clean.
 fn tree_of(out: &Path) -> String {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -99,6 +100,11 @@ fn tree_of(out: &Path) -> String {
         .arg(out.join(IMAGE))
         .arg(&raw));
     assert!(convert.status.success(), "{}", text(&convert));
+    // e2fsprogs opens a file at an offset given after a `?`.
+    let fsck = run(common::tool("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={start}", raw.display())));
+    assert!(fsck.status.success(), "e2fsck -fn:\n{}", text(&fsck));
     let listing = kiln_disk::ext4_patch::tree_listing(&raw, start).unwrap();
     std::fs::remove_file(&raw).unwrap();
     assert!(listing.lines().count() > 10_000, "{listing}");
