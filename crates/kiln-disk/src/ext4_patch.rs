@@ -621,24 +621,46 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_patched_filesystem_holds_the_same_tree_as_one_made_from_scratch() {
-        let dir = tempfile::tempdir().unwrap();
-        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    /// In `dir`: `old_tree` as `old`, a copy changed by `change` as
+    /// `new`, and a disk made from each (`patched` from old, `scratch`
+    /// from new).
+    struct Pair {
+        old: PathBuf,
+        new: PathBuf,
+        patched: PathBuf,
+        scratch: PathBuf,
+    }
+
+    fn pair(dir: &Path, change: impl FnOnce(&Path)) -> Pair {
+        let (old, new) = (dir.join("old"), dir.join("new"));
         old_tree(&old);
         set_times(&old);
         sh(r#"cp -a "$1" "$2""#, &[&old, &new]);
         change(&new);
         set_times(&new);
+        let (patched, scratch) = (dir.join("patched.raw"), dir.join("scratch.raw"));
+        for (disk, tree) in [(&patched, &old), (&scratch, &new)] {
+            sparse_file(disk, SIZE + (2 << 20));
+            make_ext4(disk, OFFSET, SIZE, tree, &opts()).unwrap();
+        }
+        Pair {
+            old,
+            new,
+            patched,
+            scratch,
+        }
+    }
 
-        let patched = dir.path().join("patched.raw");
-        sparse_file(&patched, SIZE + (2 << 20));
-        make_ext4(&patched, OFFSET, SIZE, &old, &opts()).unwrap();
-        let before = listing(&patched);
-        let scratch = dir.path().join("scratch.raw");
-        sparse_file(&scratch, SIZE + (2 << 20));
-        make_ext4(&scratch, OFFSET, SIZE, &new, &opts()).unwrap();
-        assert_ne!(before, listing(&scratch), "the change changed nothing");
+    #[test]
+    fn a_patched_filesystem_holds_the_same_tree_as_one_made_from_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let Pair {
+            old,
+            new,
+            patched,
+            scratch,
+        } = pair(dir.path(), change);
+        assert_ne!(listing(&patched), listing(&scratch), "the change changed nothing");
 
         // What the overlay uppers would name: every changed path, some
         // unchanged ones, one that exists in neither tree.
@@ -674,19 +696,15 @@ mod tests {
     #[test]
     fn a_subtree_candidate_covers_what_lies_below_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
-        old_tree(&old);
-        set_times(&old);
-        sh(r#"cp -a "$1" "$2""#, &[&old, &new]);
-        fs::remove_file(new.join("usr/lib/big/f10")).unwrap();
-        fs::write(new.join("usr/lib/big/f11"), "edited").unwrap();
-        set_times(&new);
-        let patched = dir.path().join("patched.raw");
-        sparse_file(&patched, SIZE + (2 << 20));
-        make_ext4(&patched, OFFSET, SIZE, &old, &opts()).unwrap();
-        let scratch = dir.path().join("scratch.raw");
-        sparse_file(&scratch, SIZE + (2 << 20));
-        make_ext4(&scratch, OFFSET, SIZE, &new, &opts()).unwrap();
+        let Pair {
+            old,
+            new,
+            patched,
+            scratch,
+        } = pair(dir.path(), |new| {
+            fs::remove_file(new.join("usr/lib/big/f10")).unwrap();
+            fs::write(new.join("usr/lib/big/f11"), "edited").unwrap();
+        });
 
         let whole = [Candidate {
             path: "usr/lib".into(),
@@ -700,17 +718,12 @@ mod tests {
     #[test]
     fn what_debugfs_cannot_reproduce_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
-        old_tree(&old);
-        set_times(&old);
-        sh(r#"cp -a "$1" "$2""#, &[&old, &new]);
-        fs::hard_link(new.join("etc/motd"), new.join("etc/motd.hard")).unwrap();
-        fs::write(new.join("etc/attr"), "x").unwrap();
-        sh(r#"setfattr -n user.kiln -v 1 "$1/etc/attr""#, &[&new]);
-        fs::write(new.join("etc/quote\"d"), "x").unwrap();
-        let patched = dir.path().join("patched.raw");
-        sparse_file(&patched, SIZE + (2 << 20));
-        make_ext4(&patched, OFFSET, SIZE, &old, &opts()).unwrap();
+        let Pair { old, new, patched, .. } = pair(dir.path(), |new| {
+            fs::hard_link(new.join("etc/motd"), new.join("etc/motd.hard")).unwrap();
+            fs::write(new.join("etc/attr"), "x").unwrap();
+            sh(r#"setfattr -n user.kiln -v 1 "$1/etc/attr""#, &[new]);
+            fs::write(new.join("etc/quote\"d"), "x").unwrap();
+        });
         let bytes = fs::read(&patched).unwrap();
         for (path, why) in [
             ("etc/motd", "hard links"),

@@ -37,13 +37,18 @@ fn events(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn status_of(ev: &[serde_json::Value], stage: &str) -> String {
+/// Field `field` of the last end of `stage` among `ev`, or `missing`.
+fn stage_end(ev: &[serde_json::Value], stage: &str, field: &str, missing: &str) -> String {
     ev.iter()
         .rev()
         .find(|e| e["event"] == "stage-end" && e["stage"] == stage)
-        .and_then(|e| e["status"].as_str())
-        .unwrap_or("missing")
+        .and_then(|e| e[field].as_str())
+        .unwrap_or(missing)
         .to_owned()
+}
+
+fn status_of(ev: &[serde_json::Value], stage: &str) -> String {
+    stage_end(ev, stage, "status", "missing")
 }
 
 fn rebuild_reason(ev: &[serde_json::Value], stage: &str) -> String {
@@ -79,12 +84,7 @@ fn motd_in(out: &Path) -> String {
 }
 
 fn summary_of(ev: &[serde_json::Value], stage: &str) -> String {
-    ev.iter()
-        .rev()
-        .find(|e| e["event"] == "stage-end" && e["stage"] == stage)
-        .and_then(|e| e["summary"].as_str())
-        .unwrap_or("")
-        .to_owned()
+    stage_end(ev, stage, "summary", "")
 }
 
 /// The tree in the root filesystem of the image in `out`, as
