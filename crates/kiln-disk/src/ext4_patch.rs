@@ -441,8 +441,10 @@ fn render(ops: &[Op], new: &Path, epoch: Option<u64>) -> Result<Result<String, S
             Op::Create { kind, .. } => match kind {
                 Create::File => {
                     // `write` names its file in the current directory.
-                    let parent = fs_path(path.parent().unwrap_or(Path::new("")))
-                        .and_then(|p| quoted(&format!("/{}", p.trim_start_matches('/'))));
+                    let parent = path
+                        .parent()
+                        .and_then(Path::to_str)
+                        .and_then(|p| quoted(&format!("/{p}")));
                     let name = path.file_name().and_then(|n| n.to_str()).and_then(quoted);
                     let host = new.join(path);
                     let host = host.to_str().and_then(quoted);
